@@ -1,0 +1,94 @@
+using XenDisk.Abi;
+using XenDisk.Storage;
+using XenDisk.Xen;
+
+namespace XenDisk.Backend.DataPlane;
+
+/// <summary>
+/// Everything one ring's data plane needs, handed over by the control plane once the frontend's
+/// ring details have been read, the ring pages mapped and the event channel bound.
+/// Ownership: the control plane keeps ownership of the ring mapping, the event-channel handle and
+/// binding, and the disk; it releases them only after <see cref="BlkifRing.StopAsync"/> completed.
+/// The event-channel handle is used by this ring's thread alone (one handle per ring, as QEMU does).
+/// </summary>
+public sealed record RingSetup
+{
+    /// <summary>For logs: "vbd/5/51712 queue 0".</summary>
+    public required string Name { get; init; }
+
+    public required uint FrontendDomainId { get; init; }
+
+    public required int QueueIndex { get; init; }
+
+    public required BlkifProtocol Protocol { get; init; }
+
+    /// <summary>Address of the mapped shared ring (header + slots), <see cref="RingPageCount"/> pages long.</summary>
+    public required nint SharedRing { get; init; }
+
+    /// <summary>1, 2, 4, 8 or 16.</summary>
+    public required int RingPageCount { get; init; }
+
+    public required IGrantTable Grants { get; init; }
+
+    public required IEventChannels EventChannels { get; init; }
+
+    public required uint LocalPort { get; init; }
+
+    public required IBlockDevice Disk { get; init; }
+
+    public required NegotiatedFeatures Features { get; init; }
+
+    public required DataPlaneOptions Options { get; init; }
+}
+
+/// <summary>What was agreed with the frontend for this device.</summary>
+public sealed record NegotiatedFeatures
+{
+    /// <summary>Both ends offered feature-persistent.</summary>
+    public bool PersistentGrants { get; init; }
+
+    /// <summary>The feature-max-indirect-segments we advertised (0: indirect requests are refused).</summary>
+    public int MaxIndirectSegments { get; init; }
+
+    /// <summary>mode=r: writes, barriers and discards are refused.</summary>
+    public bool ReadOnly { get; init; }
+
+    public bool Discard { get; init; }
+
+    public bool SecureDiscard { get; init; }
+}
+
+/// <summary>How ring data reaches storage.</summary>
+public enum DataPath
+{
+    /// <summary>Map the guest's pages and do I/O straight from them (persistent grants keep them mapped).</summary>
+    GrantMap,
+    /// <summary>Grant-copy through backend-owned bounce buffers: no guest page is ever mapped, so no
+    /// mapping can outlive a request (safe with network-backed storage).</summary>
+    GrantCopy,
+}
+
+/// <summary>Data-plane tuning. Limits are named with the reason for their value.</summary>
+public sealed record DataPlaneOptions
+{
+    /// <summary>
+    /// Requests taken off the ring before responses are pushed and the loop looks again: bounds the
+    /// latency one busy ring adds to its own responses (Linux blkback processes the whole ring; we
+    /// cap it so that responses flow while a deep ring keeps refilling).
+    /// </summary>
+    public int MaxBatch { get; init; } = 64;
+
+    /// <summary>Persistent-grant LRU size per ring; 1056 is Linux blkback's default (xen_blkif_max_pgrants).</summary>
+    public int PersistentGrantCacheSize { get; init; } = 1056;
+
+    /// <summary>Persistent grants unused for this long are unmapped (Linux blkback purges after 60 s).</summary>
+    public TimeSpan PersistentGrantIdleExpiry { get; init; } = TimeSpan.FromSeconds(60);
+
+    public DataPath DataPath { get; init; } = DataPath.GrantMap;
+
+    /// <summary>Threads per ring that run blocking storage calls; this is the ring's storage queue depth.
+    /// Ignored for devices that complete inline.</summary>
+    public int IoThreadsPerRing { get; init; } = 8;
+
+    public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
+}
