@@ -29,9 +29,12 @@ public interface IBlockDevice : IDisposable
     IoStatus Flush();
 
     /// <summary>
-    /// Deallocates the range; afterwards it reads as zeros. With <paramref name="secure"/> the
-    /// old contents must be unrecoverable (BLKSECDISCARD); devices that cannot promise that
-    /// return <see cref="IoStatus.NotSupported"/>.
+    /// Deallocates the range (BLKIF_OP_DISCARD). What the range reads back afterwards depends on the
+    /// device, and <see cref="BlockDeviceInfo.DiscardZeroes"/> says which: files (hole punching) and
+    /// memory read back zeros; raw block devices read back whatever the device returns, because
+    /// BLKDISCARD makes no promise about the contents. With <paramref name="secure"/> the old contents
+    /// must be unrecoverable (BLKSECDISCARD); devices that cannot promise that return
+    /// <see cref="IoStatus.NotSupported"/>, as do devices without discard at all.
     /// </summary>
     IoStatus Discard(long offset, long length, bool secure);
 
@@ -55,7 +58,10 @@ public enum IoStatus
     NoSpace,
     /// <summary>A write or discard on a read-only device.</summary>
     ReadOnly,
-    /// <summary>The range does not lie within the device.</summary>
+    /// <summary>
+    /// The range does not lie within the device, is not a whole number of logical sectors, or
+    /// contains a buffer with a negative length.
+    /// </summary>
     OutOfRange,
     /// <summary>The device cannot do this operation (for example secure discard).</summary>
     NotSupported,
@@ -76,6 +82,12 @@ public sealed record BlockDeviceInfo
     public bool SupportsDiscard { get; init; }
 
     public bool SupportsSecureDiscard { get; init; }
+
+    /// <summary>
+    /// Whether a discarded range is guaranteed to read back as zeros: true for files (hole punching)
+    /// and memory, false for raw block devices (BLKDISCARD promises nothing about the contents).
+    /// </summary>
+    public bool DiscardZeroes { get; init; }
 
     /// <summary>Bytes; discard-granularity in xenstore.</summary>
     public int DiscardGranularity { get; init; } = 512;

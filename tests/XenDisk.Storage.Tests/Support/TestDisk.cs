@@ -1,0 +1,184 @@
+namespace XenDisk.Storage.Tests.Support;
+
+/// <summary>
+/// One disk of a given <see cref="DeviceKind"/> with everything behind it (image file, loop device,
+/// ramfs mount), torn down in <see cref="Dispose"/>. Image files carry a trailing partial sector of
+/// sentinel bytes that is not part of the disk, so tests can prove nothing was written past the end.
+/// </summary>
+public sealed class TestDisk : IDisposable
+{
+    public const long DefaultSize = 4 * 1024 * 1024;
+    public const int SentinelLength = 300;
+    public const byte SentinelByte = 0xA5;
+
+    // losetup -f picks the first free device and then attaches; two at once can pick the same one.
+    private static readonly Lock LosetupGate = new();
+
+    private readonly string? _directory;
+    private readonly string? _ramfsMount;
+    private readonly string? _loopDevice;
+
+    private TestDisk(DeviceKind kind, IBlockDevice device, string? imagePath, string? directory, string? ramfsMount, string? loopDevice)
+    {
+        Kind = kind;
+        Device = device;
+        ImagePath = imagePath;
+        _directory = directory;
+        _ramfsMount = ramfsMount;
+        _loopDevice = loopDevice;
+    }
+
+    public DeviceKind Kind { get; }
+
+    public IBlockDevice Device { get; private set; }
+
+    /// <summary>The image file (behind a loop device too), or null for memory.</summary>
+    public string? ImagePath { get; }
+
+    /// <summary>The path the device was opened from: the image or the loop device.</summary>
+    public string? DevicePath => _loopDevice ?? ImagePath;
+
+    public bool IsFile => Kind is DeviceKind.DiskFile or DeviceKind.TmpfsFile or DeviceKind.RamfsFile;
+
+    public bool IsLoop => Kind is DeviceKind.LoopDevice or DeviceKind.LoopDevice4K;
+
+    public static TestDisk Create(DeviceKind kind, long size = DefaultSize, bool readOnly = false)
+    {
+        switch (kind)
+        {
+            case DeviceKind.Memory:
+                return new TestDisk(kind, new MemoryBlockDevice(size, readOnly: readOnly), null, null, null, null);
+            case DeviceKind.DiskFile:
+            case DeviceKind.TmpfsFile:
+            {
+                string directory = CreateDirectory(kind == DeviceKind.DiskFile ? "/var/tmp" : "/dev/shm");
+                string image = CreateImage(directory, size, withSentinel: true);
+                return Open(kind, image, directory, null, null, readOnly);
+            }
+            case DeviceKind.RamfsFile:
+            {
+                string directory = CreateDirectory("/var/tmp");
+                Commands.Run("mount", "-t", "ramfs", "ramfs", directory);
+                try
+                {
+                    string image = CreateImage(directory, size, withSentinel: true);
+                    return Open(kind, image, directory, directory, null, readOnly);
+                }
+                catch
+                {
+                    Commands.Run("umount", directory);
+                    Directory.Delete(directory, recursive: true);
+                    throw;
+                }
+            }
+            case DeviceKind.LoopDevice:
+            case DeviceKind.LoopDevice4K:
+            {
+                string directory = CreateDirectory("/var/tmp");
+                string image = CreateImage(directory, size, withSentinel: false);
+                string loop;
+                lock (LosetupGate)
+                {
+                    loop = kind == DeviceKind.LoopDevice4K
+                        ? Commands.Run("losetup", "-f", "--show", "--sector-size", "4096", image)
+                        : Commands.Run("losetup", "-f", "--show", image);
+                }
+                try
+                {
+                    return Open(kind, image, directory, null, loop, readOnly);
+                }
+                catch
+                {
+                    Commands.Run("losetup", "-d", loop);
+                    throw;
+                }
+            }
+            default:
+                throw new ArgumentOutOfRangeException(nameof(kind), kind, null);
+        }
+    }
+
+    /// <summary>Opens another device over the same storage (memory: not possible, so a fresh device).</summary>
+    public IBlockDevice OpenAgain(bool readOnly, RawDeviceOptions? options = null) =>
+        DevicePath is null ? new MemoryBlockDevice(Device.Info.SizeBytes, readOnly: readOnly) : RawBlockDevice.Open(DevicePath, readOnly, options);
+
+    /// <summary>Grows the storage underneath the open device, the way an operator resizes a disk online.</summary>
+    public void Grow(long newSize)
+    {
+        if (Device is MemoryBlockDevice memory)
+        {
+            memory.Resize(newSize);
+            return;
+        }
+        using (var stream = new FileStream(ImagePath!, FileMode.Open, FileAccess.ReadWrite))
+        {
+            stream.SetLength(newSize);
+        }
+        if (_loopDevice is not null)
+        {
+            lock (LosetupGate)
+            {
+                Commands.Run("losetup", "-c", _loopDevice);
+            }
+        }
+    }
+
+    /// <summary>The bytes of the image file after the disk's end (the sentinel), or empty.</summary>
+    public byte[] ReadImageTail()
+    {
+        if (ImagePath is null || _loopDevice is not null)
+        {
+            return [];
+        }
+        byte[] all = File.ReadAllBytes(ImagePath);
+        return all[(int)Device.Info.SizeBytes..];
+    }
+
+    public long ImageLength => ImagePath is null ? 0 : new FileInfo(ImagePath).Length;
+
+    public void Dispose()
+    {
+        Device.Dispose();
+        if (_loopDevice is not null)
+        {
+            lock (LosetupGate)
+            {
+                Commands.Run("losetup", "-d", _loopDevice);
+            }
+        }
+        if (_ramfsMount is not null)
+        {
+            Commands.Run("umount", _ramfsMount);
+        }
+        if (_directory is not null)
+        {
+            Directory.Delete(_directory, recursive: true);
+        }
+    }
+
+    private static TestDisk Open(DeviceKind kind, string image, string directory, string? ramfs, string? loop, bool readOnly)
+    {
+        IBlockDevice device = RawBlockDevice.Open(loop ?? image, readOnly);
+        return new TestDisk(kind, device, image, directory, ramfs, loop);
+    }
+
+    private static string CreateDirectory(string parent)
+    {
+        string directory = Path.Combine(parent, "xendisk-storage-tests-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(directory);
+        return directory;
+    }
+
+    private static string CreateImage(string directory, long size, bool withSentinel)
+    {
+        string image = Path.Combine(directory, "disk.img");
+        using var stream = new FileStream(image, FileMode.CreateNew, FileAccess.Write);
+        stream.SetLength(size);
+        if (withSentinel)
+        {
+            stream.Position = size;
+            stream.Write(Enumerable.Repeat(SentinelByte, SentinelLength).ToArray());
+        }
+        return image;
+    }
+}
