@@ -1,0 +1,47 @@
+namespace XenDisk.Xen.Native.Tests;
+
+/// <summary>The eventfd behind <see cref="NativeEventChannels.Interrupt"/> and the xenstore watch thread's stop signal.</summary>
+public sealed class EventFdTests
+{
+    [Fact]
+    public unsafe void Signal_makes_it_readable_until_drained_even_when_sent_before_the_wait()
+    {
+        using SafeEventFdHandle wake = SafeEventFdHandle.Create();
+
+        Assert.False(IsReadable(wake));
+        wake.Signal();
+        wake.Signal();
+        Assert.True(IsReadable(wake));
+        wake.Drain();
+        Assert.False(IsReadable(wake));
+    }
+
+    [Fact]
+    public void Signal_after_dispose_is_ignored()
+    {
+        SafeEventFdHandle wake = SafeEventFdHandle.Create();
+        wake.Dispose();
+
+        wake.Signal();
+
+        Assert.True(wake.IsClosed);
+    }
+
+    [Fact]
+    public void Errno_zero_after_a_failed_call_is_reported_as_EIO_not_success()
+    {
+        System.Runtime.InteropServices.Marshal.SetLastPInvokeError(0);
+        Assert.Equal(Errnos.EIO, NativeErrno.Last());
+
+        System.Runtime.InteropServices.Marshal.SetLastPInvokeError(Errnos.EAGAIN);
+        Assert.Equal(Errnos.EAGAIN, NativeErrno.Last());
+    }
+
+    private static unsafe bool IsReadable(SafeEventFdHandle handle)
+    {
+        var fd = new Interop.Libc.PollFd { fd = handle.FileDescriptor, events = Interop.Libc.POLLIN };
+        int ready = Interop.Libc.poll(&fd, 1, 0);
+        Assert.True(ready >= 0);
+        return ready == 1 && (fd.revents & Interop.Libc.POLLIN) != 0;
+    }
+}
