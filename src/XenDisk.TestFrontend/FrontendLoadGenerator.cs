@@ -1,0 +1,331 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using XenDisk.Abi;
+
+namespace XenDisk.TestFrontend;
+
+/// <summary>What the load generator does.</summary>
+public sealed record LoadGeneratorOptions
+{
+    public int Queue { get; init; }
+
+    /// <summary>Requests kept in flight; default (null) is the full ring.</summary>
+    public int? Depth { get; init; }
+
+    // The operation mix, in percent; they must add up to 100.
+    public int ReadPercent { get; init; } = 100;
+
+    public int WritePercent { get; init; }
+
+    public int FlushPercent { get; init; }
+
+    public int DiscardPercent { get; init; }
+
+    /// <summary>The region used, in 512-byte sectors; default (null) is the whole disk.</summary>
+    public long FirstSector { get; init; }
+
+    public long? SectorCount { get; init; }
+
+    public ulong Seed { get; init; } = 1;
+}
+
+/// <summary>The outcome of a run.</summary>
+public sealed record LoadGeneratorResult(
+    long Completions,
+    long Errors,
+    long BytesRead,
+    long BytesWritten,
+    long Flushes,
+    long Discards,
+    long SubmitFailures,
+    TimeSpan Elapsed,
+    LatencyHistogram Latency,
+    long BytesVerified,
+    long Mismatches)
+{
+    public double CompletionsPerSecond => Elapsed > TimeSpan.Zero ? Completions / Elapsed.TotalSeconds : 0;
+}
+
+/// <summary>
+/// A closed-loop driver for one queue: keeps <see cref="LoadGeneratorOptions.Depth"/> 4 KiB
+/// requests in flight, each slot resubmitting from the completion thread as soon as its answer
+/// arrives. Every slot owns one page, granted once (from the persistent pool), so the steady
+/// state allocates nothing on the frontend side.
+/// The verifying mode gives each slot its own part of the region and, per 4 KiB block, writes a
+/// pattern derived from (sector, generation), reads it back and compares.
+/// Ownership: the pages go back to the frontend's pool on <see cref="Dispose"/>; the pool ends
+/// their grants when the frontend disconnects. One run at a time.
+/// </summary>
+public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
+{
+    private const int SectorsPerBlock = XenPage.Size / BlkifLimits.SectorSize;
+    private const byte VerifyPoison = 0xCC;
+
+    private readonly BlockFrontend _frontend;
+    private readonly FrontendRing _ring;
+    private readonly LoadGeneratorOptions _options;
+    private readonly Slot[] _slots;
+    private readonly long _blocks;
+    private bool _verifying;
+    private volatile bool _stopRequested;
+    private int _active;
+    private TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private LatencyHistogram _latency = new();
+    private long _completions;
+    private long _errors;
+    private long _bytesRead;
+    private long _bytesWritten;
+    private long _flushes;
+    private long _discards;
+    private long _submitFailures;
+    private long _bytesVerified;
+    private long _mismatches;
+
+    public FrontendLoadGenerator(BlockFrontend frontend, LoadGeneratorOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(frontend);
+        _frontend = frontend;
+        _options = options ?? new LoadGeneratorOptions();
+        if (_options.ReadPercent + _options.WritePercent + _options.FlushPercent + _options.DiscardPercent != 100
+            || _options.ReadPercent < 0 || _options.WritePercent < 0 || _options.FlushPercent < 0 || _options.DiscardPercent < 0)
+        {
+            throw new ArgumentException("The operation mix must be non-negative and add up to 100.", nameof(options));
+        }
+
+        _ring = frontend.PickRing(_options.Queue);
+        int depth = _options.Depth ?? _ring.Entries;
+        if (depth <= 0 || depth > _ring.Entries)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), $"Depth must be 1..{_ring.Entries}.");
+        }
+
+        long sectors = _options.SectorCount ?? ((long)frontend.Sectors - _options.FirstSector);
+        _blocks = sectors / SectorsPerBlock;
+        if (_blocks < depth)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), "The region needs at least one 4 KiB block per slot.");
+        }
+
+        _slots = new Slot[depth];
+        for (int i = 0; i < depth; i++)
+        {
+            _slots[i].Page = frontend.Pool.Rent();
+            _slots[i].Random = _options.Seed + ((ulong)i * 0x9E3779B97F4A7C15UL) + 1;
+        }
+    }
+
+    public int Depth => _slots.Length;
+
+    /// <summary>Runs the mix for <paramref name="duration"/>, then lets in-flight requests finish.</summary>
+    public Task<LoadGeneratorResult> RunAsync(TimeSpan duration, CancellationToken cancellationToken = default) =>
+        RunCoreAsync(duration, verifying: false, cancellationToken);
+
+    /// <summary>Write-then-read-back of patterns for <paramref name="duration"/>; mismatches are counted.</summary>
+    public Task<LoadGeneratorResult> RunVerifyingAsync(TimeSpan duration, CancellationToken cancellationToken = default) =>
+        RunCoreAsync(duration, verifying: true, cancellationToken);
+
+    public void Dispose()
+    {
+        if (_active > 0)
+        {
+            throw new InvalidOperationException("A run is in progress.");
+        }
+
+        foreach (Slot slot in _slots)
+        {
+            _frontend.Pool.Return(slot.Page);
+        }
+    }
+
+    void IRequestCompletion.OnCompleted(int token, short status)
+    {
+        ref Slot slot = ref _slots[token];
+        _latency.Record(Stopwatch.GetTimestamp() - slot.StartTimestamp);
+        _completions++;
+        bool ok = status == BlkifStatus.Okay;
+        if (!ok)
+        {
+            _errors++;
+        }
+
+        switch (slot.Operation)
+        {
+            case BlkifOperation.Read when ok:
+                _bytesRead += XenPage.Size;
+                if (_verifying)
+                {
+                    Verify(ref slot);
+                }
+
+                break;
+            case BlkifOperation.Write when ok:
+                _bytesWritten += XenPage.Size;
+                break;
+            case BlkifOperation.FlushDiskCache:
+                _flushes++;
+                break;
+            case BlkifOperation.Discard:
+                _discards++;
+                break;
+        }
+
+        if (_stopRequested)
+        {
+            Finish();
+            return;
+        }
+
+        if (_verifying && slot.Operation == BlkifOperation.Write && ok)
+        {
+            // Read the block just written back into the same page, poisoned first so that a read that moves no data cannot pass.
+            slot.Page.Page.Span.Fill(VerifyPoison);
+            Submit(token, BlkifOperation.Read);
+        }
+        else
+        {
+            SubmitNext(token);
+        }
+    }
+
+    private async Task<LoadGeneratorResult> RunCoreAsync(TimeSpan duration, bool verifying, CancellationToken cancellationToken)
+    {
+        if (Interlocked.CompareExchange(ref _active, _slots.Length, 0) != 0)
+        {
+            throw new InvalidOperationException("A run is in progress.");
+        }
+
+        ResetCounters();
+        _verifying = verifying;
+        _stopRequested = false;
+        long start = Stopwatch.GetTimestamp();
+        for (int i = 0; i < _slots.Length; i++)
+        {
+            _slots[i].Generation++;
+            _slots[i].Cursor = 0;
+            SubmitNext(i);
+        }
+
+        try
+        {
+            await Task.Delay(duration, cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+
+        _stopRequested = true;
+        await _done.Task.ConfigureAwait(false);
+        TimeSpan elapsed = Stopwatch.GetElapsedTime(start);
+        return new LoadGeneratorResult(_completions, _errors, _bytesRead, _bytesWritten, _flushes, _discards,
+            Interlocked.Read(ref _submitFailures), elapsed, _latency, _bytesVerified, _mismatches);
+    }
+
+    private void SubmitNext(int index)
+    {
+        ref Slot slot = ref _slots[index];
+        if (_verifying)
+        {
+            // Each slot walks its own share of the region, so no two slots ever touch the same block.
+            long share = _blocks / _slots.Length;
+            long block = (index * share) + (slot.Cursor++ % share);
+            slot.Sector = _options.FirstSector + (block * SectorsPerBlock);
+            slot.Generation++;
+            FillPattern(slot.Page.Page.Span, slot.Sector, slot.Generation);
+            Submit(index, BlkifOperation.Write);
+            return;
+        }
+
+        ulong random = NextRandom(ref slot.Random);
+        int pick = (int)(random % 100);
+        byte operation = pick < _options.ReadPercent ? BlkifOperation.Read
+            : pick < _options.ReadPercent + _options.WritePercent ? BlkifOperation.Write
+            : pick < _options.ReadPercent + _options.WritePercent + _options.FlushPercent ? BlkifOperation.FlushDiskCache
+            : BlkifOperation.Discard;
+        slot.Sector = _options.FirstSector + ((long)(NextRandom(ref slot.Random) % (ulong)_blocks) * SectorsPerBlock);
+        Submit(index, operation);
+    }
+
+    private void Submit(int index, byte operation)
+    {
+        ref Slot slot = ref _slots[index];
+        slot.Operation = operation;
+        Span<BlkifRequestSegment> segment = stackalloc BlkifRequestSegment[1];
+        segment[0] = new BlkifRequestSegment { GrantRef = slot.Page.GrantRef, FirstSector = 0, LastSector = SectorsPerBlock - 1 };
+        ReadOnlySpan<BlkifRequestSegment> segments = operation is BlkifOperation.Read or BlkifOperation.Write ? segment : [];
+        slot.StartTimestamp = Stopwatch.GetTimestamp();
+        if (!_ring.TrySubmit(operation, slot.Sector, segments, SectorsPerBlock, this, index))
+        {
+            Interlocked.Increment(ref _submitFailures);
+            Finish();
+        }
+    }
+
+    private void Verify(ref Slot slot)
+    {
+        ReadOnlySpan<ulong> words = MemoryMarshal.Cast<byte, ulong>(slot.Page.Page.Span);
+        ulong seed = PatternSeed(slot.Sector, slot.Generation);
+        for (int i = 0; i < words.Length; i++)
+        {
+            if (words[i] != Mix(seed + (ulong)i))
+            {
+                _mismatches++;
+                return;
+            }
+        }
+
+        _bytesVerified += XenPage.Size;
+    }
+
+    private static void FillPattern(Span<byte> page, long sector, uint generation)
+    {
+        Span<ulong> words = MemoryMarshal.Cast<byte, ulong>(page);
+        ulong seed = PatternSeed(sector, generation);
+        for (int i = 0; i < words.Length; i++)
+        {
+            words[i] = Mix(seed + (ulong)i);
+        }
+    }
+
+    private static ulong PatternSeed(long sector, uint generation) =>
+        ((ulong)sector * 0x9E3779B97F4A7C15UL) ^ ((ulong)generation * 0xC2B2AE3D27D4EB4FUL);
+
+    /// <summary>SplitMix64's finaliser: a cheap, well-mixed function of the word's position.</summary>
+    private static ulong Mix(ulong value)
+    {
+        value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9UL;
+        value = (value ^ (value >> 27)) * 0x94D049BB133111EBUL;
+        return value ^ (value >> 31);
+    }
+
+    private static ulong NextRandom(ref ulong state)
+    {
+        state += 0x9E3779B97F4A7C15UL;
+        return Mix(state);
+    }
+
+    private void Finish()
+    {
+        if (Interlocked.Decrement(ref _active) == 0)
+        {
+            _done.TrySetResult();
+        }
+    }
+
+    private void ResetCounters()
+    {
+        _done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _latency = new LatencyHistogram();
+        _completions = _errors = _bytesRead = _bytesWritten = _flushes = _discards = _submitFailures = _bytesVerified = _mismatches = 0;
+    }
+
+    private struct Slot
+    {
+        public GrantedPage Page;
+        public long Sector;
+        public long StartTimestamp;
+        public ulong Random;
+        public long Cursor;
+        public uint Generation;
+        public byte Operation;
+    }
+}
