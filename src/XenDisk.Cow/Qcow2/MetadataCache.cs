@@ -1,0 +1,186 @@
+using XenDisk.Cow.Storage;
+
+namespace XenDisk.Cow.Qcow2;
+
+/// <summary>
+/// A least-recently-used cache of one-cluster metadata blocks (L2 tables or refcount blocks), keyed
+/// by host offset, with a byte budget. Not thread-safe: the image's metadata lock guards it.
+/// <para>
+/// Only clean blocks are evicted. A dirty block must reach the disk in the order the crash-safety
+/// rules demand (data, then refcounts, then L2), which only a write-back pass can provide; when the
+/// budget is exceeded by dirty blocks the cache grows past it and <see cref="NeedsWriteBack"/> asks
+/// the image to run that pass. Blocks being written back are pinned so that a re-read can never
+/// return the stale on-disk copy.
+/// </para>
+/// </summary>
+internal sealed class MetadataCache : IDisposable
+{
+    private readonly Dictionary<long, Entry> _entries = [];
+    private readonly Stack<AlignedBlock> _spare = new();
+    private readonly Entry _lru = new(-1, null!); // sentinel: _lru.Next is the most recently used
+    private readonly int _blockSize;
+    private readonly int _capacity;
+
+    public MetadataCache(int blockSize, long budgetBytes)
+    {
+        _blockSize = blockSize;
+        _capacity = (int)Math.Clamp(budgetBytes / blockSize, 2, int.MaxValue);
+        _lru.Next = _lru.Previous = _lru;
+    }
+
+    public sealed class Entry(long offset, AlignedBlock block)
+    {
+        public long Offset { get; } = offset;
+        public AlignedBlock Block { get; } = block;
+        public bool Dirty { get; set; }
+        public int Pins { get; set; }
+        internal Entry? Previous;
+        internal Entry? Next;
+    }
+
+    /// <summary>The number of blocks the budget allows.</summary>
+    public int Capacity => _capacity;
+
+    public int Count => _entries.Count;
+
+    public long BytesInUse => (long)_entries.Count * _blockSize;
+
+    public bool NeedsWriteBack { get; private set; }
+
+    public bool TryGet(long offset, out Entry entry)
+    {
+        if (_entries.TryGetValue(offset, out entry!))
+        {
+            Unlink(entry);
+            LinkFirst(entry);
+            return true;
+        }
+        return false;
+    }
+
+    /// <summary>A zeroed block to fill, reused from evicted entries when possible.</summary>
+    public AlignedBlock RentBlock()
+    {
+        if (_spare.TryPop(out AlignedBlock? block))
+        {
+            block.Span.Clear();
+            return block;
+        }
+        return new AlignedBlock(_blockSize);
+    }
+
+    public void ReturnBlock(AlignedBlock block)
+    {
+        if (_spare.Count < 4)
+        {
+            _spare.Push(block);
+        }
+        else
+        {
+            block.Dispose();
+        }
+    }
+
+    /// <summary>Adds a block (owned by the cache from now on), evicting clean blocks beyond the budget.</summary>
+    public Entry Add(long offset, AlignedBlock block, bool dirty)
+    {
+        // Make room first, so that the block being added is never the one evicted.
+        TrimTo(_capacity - 1);
+        Entry entry = new(offset, block) { Dirty = dirty };
+        _entries.Add(offset, entry);
+        LinkFirst(entry);
+        NeedsWriteBack = _entries.Count > _capacity;
+        return entry;
+    }
+
+    /// <summary>Drops a block (its cluster was freed). Pinned blocks stay until unpinned.</summary>
+    public void Remove(long offset)
+    {
+        if (_entries.TryGetValue(offset, out Entry? entry) && entry.Pins == 0)
+        {
+            _entries.Remove(offset);
+            Unlink(entry);
+            ReturnBlock(entry.Block);
+        }
+    }
+
+    public IEnumerable<Entry> DirtyEntries()
+    {
+        for (Entry e = _lru.Next!; e != _lru; e = e.Next!)
+        {
+            if (e.Dirty)
+            {
+                yield return e;
+            }
+        }
+    }
+
+    public int DirtyCount
+    {
+        get
+        {
+            int count = 0;
+            foreach (Entry e in _entries.Values)
+            {
+                count += e.Dirty ? 1 : 0;
+            }
+            return count;
+        }
+    }
+
+    /// <summary>Evicts clean, unpinned blocks from the least recently used end until within budget.</summary>
+    public void Trim() => TrimTo(_capacity);
+
+    private void TrimTo(int capacity)
+    {
+        Entry e = _lru.Previous!;
+        while (_entries.Count > capacity && e != _lru)
+        {
+            Entry previous = e.Previous!;
+            if (!e.Dirty && e.Pins == 0)
+            {
+                _entries.Remove(e.Offset);
+                Unlink(e);
+                ReturnBlock(e.Block);
+            }
+            e = previous;
+        }
+        NeedsWriteBack = _entries.Count > _capacity;
+    }
+
+    /// <summary>Drops everything (after the structure was rebuilt elsewhere).</summary>
+    public void Clear()
+    {
+        foreach (Entry e in _entries.Values)
+        {
+            e.Block.Dispose();
+        }
+        _entries.Clear();
+        _lru.Next = _lru.Previous = _lru;
+        NeedsWriteBack = false;
+    }
+
+    public void Dispose()
+    {
+        Clear();
+        while (_spare.TryPop(out AlignedBlock? block))
+        {
+            block.Dispose();
+        }
+    }
+
+    private void LinkFirst(Entry e)
+    {
+        e.Previous = _lru;
+        e.Next = _lru.Next;
+        _lru.Next!.Previous = e;
+        _lru.Next = e;
+    }
+
+    private static void Unlink(Entry e)
+    {
+        e.Previous!.Next = e.Next;
+        e.Next!.Previous = e.Previous;
+        e.Previous = e.Next = null;
+    }
+}

@@ -1,0 +1,562 @@
+using XenDisk.Cow.Policies;
+using XenDisk.Cow.Storage;
+using XenDisk.Storage;
+
+namespace XenDisk.Cow.Qcow2;
+
+public sealed partial class Qcow2Image
+{
+    /// <summary>Scatter lists up to this many entries are sliced on the stack.</summary>
+    private const int StackSliceLimit = 64;
+
+    private volatile string? _lastError;
+
+    /// <summary>The most recent request failure explained (compressed cluster, corruption), for logs; null if none.</summary>
+    public string? LastError => _lastError;
+
+    public IoStatus Read(long offset, ReadOnlySpan<IoBuffer> buffers)
+    {
+        IoStatus status = IoRange.Check(offset, buffers, _virtualSize, 512, out long length);
+        if (status != IoStatus.Ok || length == 0)
+        {
+            return status;
+        }
+        Span<IoBuffer> slice = buffers.Length + 2 <= StackSliceLimit ? stackalloc IoBuffer[buffers.Length + 2] : new IoBuffer[buffers.Length + 2];
+        long done = 0;
+        while (done < length)
+        {
+            long position = offset + done;
+            long guestCluster = position >> _clusterBits;
+            int start = (int)(position & (_clusterSize - 1));
+            int chunk = (int)Math.Min(_clusterSize - start, length - done);
+            int count = ScatterList.Slice(buffers, done, chunk, slice);
+            status = ReadInCluster(guestCluster, start, chunk, slice[..count]);
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+            done += chunk;
+        }
+        return IoStatus.Ok;
+    }
+
+    private IoStatus ReadInCluster(long guestCluster, int start, int length, ReadOnlySpan<IoBuffer> data)
+    {
+        ReaderWriterLockSlim stripe = StripeFor(guestCluster);
+        stripe.EnterReadLock();
+        try
+        {
+            L2Entry entry;
+            IoStatus status;
+            lock (_metadataLock)
+            {
+                status = LookupEntry(guestCluster, out entry);
+            }
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+            Span<IoBuffer> part = data.Length <= StackSliceLimit ? stackalloc IoBuffer[data.Length] : new IoBuffer[data.Length];
+            long clusterStart = guestCluster << _clusterBits;
+            int position = start;
+            int end = start + length;
+            while (position < end)
+            {
+                // A run of units in the same state is served by one I/O.
+                int unit = position >> _unitBits;
+                UnitState state = StateOf(entry, unit);
+                int runEnd = Math.Min(end, (unit + 1) << _unitBits);
+                while (runEnd < end && StateOf(entry, runEnd >> _unitBits) == state)
+                {
+                    runEnd = Math.Min(end, ((runEnd >> _unitBits) + 1) << _unitBits);
+                }
+                int count = ScatterList.Slice(data, position - start, runEnd - position, part);
+                ReadOnlySpan<IoBuffer> target = part[..count];
+                switch (state)
+                {
+                    case UnitState.Data:
+                        status = _overlay.Read(entry.HostOffset + position, target);
+                        break;
+                    case UnitState.Zero:
+                        ScatterList.Clear(target);
+                        break;
+                    case UnitState.Unallocated:
+                        status = ReadBacking(clusterStart + position, runEnd - position, target);
+                        break;
+                    case UnitState.Compressed:
+                        _lastError = $"guest offset {clusterStart + position} lies in a compressed cluster; compressed clusters are not supported (convert the image with 'qemu-img convert' first)";
+                        return IoStatus.IoError;
+                    default:
+                        _lastError = $"guest cluster {guestCluster} has an invalid L2 entry (0x{entry.Word:x16}, bitmap 0x{entry.Bitmap:x16})";
+                        return IoStatus.IoError;
+                }
+                if (status != IoStatus.Ok)
+                {
+                    return status == IoStatus.OutOfRange ? IoStatus.IoError : status;
+                }
+                position = runEnd;
+            }
+            return IoStatus.Ok;
+        }
+        finally
+        {
+            stripe.ExitReadLock();
+        }
+    }
+
+    /// <summary>Reads the backing device; past its end (or without one) the range reads as zeros (== Cluster mapping ==).</summary>
+    private IoStatus ReadBacking(long guestOffset, long length, ReadOnlySpan<IoBuffer> target)
+    {
+        long backingSize = _backing?.Info.SizeBytes ?? 0;
+        if (guestOffset >= backingSize)
+        {
+            ScatterList.Clear(target);
+            return IoStatus.Ok;
+        }
+        if (length <= backingSize - guestOffset)
+        {
+            return _backing!.Read(guestOffset, target);
+        }
+        long inside = backingSize - guestOffset;
+        Span<IoBuffer> part = target.Length <= StackSliceLimit ? stackalloc IoBuffer[target.Length] : new IoBuffer[target.Length];
+        int count = ScatterList.Slice(target, 0, inside, part);
+        IoStatus status = _backing!.Read(guestOffset, part[..count]);
+        count = ScatterList.Slice(target, inside, length - inside, part);
+        ScatterList.Clear(part[..count]);
+        return status;
+    }
+
+    public IoStatus Write(long offset, ReadOnlySpan<IoBuffer> buffers)
+    {
+        if (ReadOnly)
+        {
+            return IoStatus.ReadOnly;
+        }
+        IoStatus status = IoRange.Check(offset, buffers, _virtualSize, 512, out long length);
+        if (status != IoStatus.Ok || length == 0)
+        {
+            return status;
+        }
+        if (_failure != null)
+        {
+            return IoStatus.IoError;
+        }
+        Span<IoBuffer> slice = buffers.Length + 2 <= StackSliceLimit ? stackalloc IoBuffer[buffers.Length + 2] : new IoBuffer[buffers.Length + 2];
+        bool metadataChanged = false;
+        long done = 0;
+        while (done < length && status == IoStatus.Ok)
+        {
+            long position = offset + done;
+            long guestCluster = position >> _clusterBits;
+            int start = (int)(position & (_clusterSize - 1));
+            int chunk = (int)Math.Min(_clusterSize - start, length - done);
+            int count = ScatterList.Slice(buffers, done, chunk, slice);
+            ReaderWriterLockSlim stripe = StripeFor(guestCluster);
+            stripe.EnterWriteLock();
+            try
+            {
+                status = WriteInCluster(guestCluster, start, chunk, slice[..count], ref metadataChanged);
+            }
+            finally
+            {
+                stripe.ExitWriteLock();
+            }
+            done += chunk;
+        }
+        return AfterMetadataChange(status, metadataChanged);
+    }
+
+    /// <summary>
+    /// Sync makes the request durable before acknowledging it: its metadata and, because the device
+    /// then reports no volatile cache (the guest will not flush), its data too, even when rewriting
+    /// in place changed no metadata. Any policy writes back when the caches are over budget.
+    /// </summary>
+    private IoStatus AfterMetadataChange(IoStatus status, bool metadataChanged)
+    {
+        _ = metadataChanged;
+        if (status == IoStatus.Ok && _policy == MetadataPolicy.Sync)
+        {
+            return WriteBack(forGuestFlush: true);
+        }
+        if (_l2Cache.NeedsWriteBack || _refcountCache.NeedsWriteBack)
+        {
+            IoStatus writeBack = WriteBack(forGuestFlush: false);
+            if (status == IoStatus.Ok)
+            {
+                status = writeBack;
+            }
+        }
+        return status;
+    }
+
+    /// <summary>
+    /// Writes [start, start + length) of one guest cluster, with that cluster's stripe held
+    /// exclusively. Units (subclusters or clusters) the write covers only partly and that do not
+    /// hold data yet are completed from their source (backing device or zeros) in the same write.
+    /// </summary>
+    private IoStatus WriteInCluster(long guestCluster, int start, int length, ReadOnlySpan<IoBuffer> data, ref bool metadataChanged)
+    {
+        L2Entry entry;
+        IoStatus status;
+        lock (_metadataLock)
+        {
+            status = LookupEntry(guestCluster, out entry);
+        }
+        if (status != IoStatus.Ok)
+        {
+            return status;
+        }
+        int end = start + length;
+        int firstUnit = start >> _unitBits;
+        int lastUnit = (end - 1) >> _unitBits;
+        bool allData = true;
+        for (int unit = firstUnit; unit <= lastUnit; unit++)
+        {
+            UnitState state = StateOf(entry, unit);
+            if (state is UnitState.Compressed or UnitState.Invalid)
+            {
+                _lastError = state == UnitState.Compressed
+                    ? $"guest cluster {guestCluster} is compressed; writing compressed clusters is not supported"
+                    : $"guest cluster {guestCluster} has an invalid L2 entry (0x{entry.Word:x16})";
+                return IoStatus.IoError;
+            }
+            allData &= state == UnitState.Data;
+        }
+        long host = entry.HostOffset;
+        if (host != 0 && !entry.Copied)
+        {
+            // Without COPIED the cluster may be shared (snapshots); in place only if its refcount is one.
+            lock (_metadataLock)
+            {
+                status = GetRefcount(host >> _clusterBits, out ulong refcount);
+                if (status == IoStatus.Ok && refcount != 1)
+                {
+                    status = Corrupt($"data cluster 0x{host:x} is shared (refcount {refcount}); writing shared clusters is not supported");
+                }
+            }
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+        }
+        if (host != 0 && (IsMetadataArea(host) || host > _overlay.Info.SizeBytes - _clusterSize))
+        {
+            return Corrupt($"guest cluster {guestCluster} maps to 0x{host:x}, which is metadata or beyond the end of the file");
+        }
+        if (allData && entry.Copied)
+        {
+            // The common case: rewriting data in place needs no metadata at all.
+            return _overlay.Write(host + start, data);
+        }
+
+        bool newCluster = false;
+        if (host == 0)
+        {
+            lock (_metadataLock)
+            {
+                status = AllocateCluster(out host);
+            }
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+            newCluster = true;
+        }
+
+        long clusterStart = guestCluster << _clusterBits;
+        int headStart = firstUnit << _unitBits;
+        int tailEnd = (lastUnit + 1) << _unitBits;
+        UnitState headState = StateOf(entry, firstUnit);
+        UnitState tailState = StateOf(entry, lastUnit);
+        bool fillHead = start > headStart && headState != UnitState.Data;
+        bool fillTail = end < tailEnd && tailState != UnitState.Data;
+        AlignedBuffer headBuffer = default, tailBuffer = default;
+        bool haveHead = false, haveTail = false;
+        try
+        {
+            Span<IoBuffer> list = data.Length + 2 <= StackSliceLimit ? stackalloc IoBuffer[data.Length + 2] : new IoBuffer[data.Length + 2];
+            int count = 0;
+            int writeStart = start;
+            if (fillHead)
+            {
+                status = FillSource(headState, clusterStart + headStart, start - headStart, ref headBuffer, ref haveHead, out IoBuffer head);
+                list[count++] = head;
+                writeStart = headStart;
+            }
+            data.CopyTo(list[count..]);
+            count += data.Length;
+            int writeEnd = end;
+            if (status == IoStatus.Ok && fillTail)
+            {
+                status = FillSource(tailState, clusterStart + end, tailEnd - end, ref tailBuffer, ref haveTail, out IoBuffer tail);
+                list[count++] = tail;
+                writeEnd = tailEnd;
+            }
+            if (status == IoStatus.Ok)
+            {
+                status = _overlay.Write(host + writeStart, list[..count]);
+            }
+        }
+        finally
+        {
+            if (haveHead)
+            {
+                _scratch.Return(headBuffer);
+            }
+            if (haveTail)
+            {
+                _scratch.Return(tailBuffer);
+            }
+        }
+
+        lock (_metadataLock)
+        {
+            if (status != IoStatus.Ok)
+            {
+                if (newCluster)
+                {
+                    // Nothing references the cluster yet, so it can be released at once.
+                    ReleaseUnreferenced(host);
+                }
+                return status;
+            }
+            // Data first, then the entry that points at it (the write-back pass keeps that order on disk).
+            status = GetL2Table(guestCluster, allocate: true, out MetadataCache.Entry? table, out int index);
+            if (status != IoStatus.Ok)
+            {
+                if (newCluster)
+                {
+                    ReleaseUnreferenced(host);
+                }
+                return status;
+            }
+            L2Entry updated;
+            if (_extendedL2)
+            {
+                uint mask = UnitMask(firstUnit, lastUnit);
+                ulong allocated = entry.AllocatedBits | mask;
+                ulong zero = entry.ZeroBits & ~mask;
+                updated = new L2Entry((ulong)host | Qcow2Format.OflagCopied, allocated | (zero << 32));
+            }
+            else
+            {
+                updated = new L2Entry((ulong)host | Qcow2Format.OflagCopied, 0);
+            }
+            WriteEntry(table!, index, updated);
+            metadataChanged = true;
+        }
+        return IoStatus.Ok;
+    }
+
+    private static uint UnitMask(int firstUnit, int lastUnit)
+    {
+        ulong bits = ((1UL << (lastUnit - firstUnit + 1)) - 1) << firstUnit;
+        return (uint)bits;
+    }
+
+    /// <summary>The bytes that complete a partly written unit: zeros, or the backing device's data for an unallocated unit.</summary>
+    private IoStatus FillSource(UnitState state, long guestOffset, int length, ref AlignedBuffer buffer, ref bool rented, out IoBuffer fill)
+    {
+        if (state == UnitState.Zero || _backing == null || guestOffset >= _backing.Info.SizeBytes)
+        {
+            fill = new IoBuffer(_zeros.Address, length);
+            return IoStatus.Ok;
+        }
+        buffer = _scratch.Rent();
+        rented = true;
+        fill = new IoBuffer(buffer.Address, length);
+        return ReadBacking(guestOffset, length, new ReadOnlySpan<IoBuffer>(in fill));
+    }
+
+    public IoStatus Flush()
+    {
+        if (ReadOnly || _policy == MetadataPolicy.Transient)
+        {
+            // Transient overlays are thrown away: nothing they hold is ever meant to be durable.
+            return IoStatus.Ok;
+        }
+        if (_failure != null)
+        {
+            return IoStatus.IoError;
+        }
+        return WriteBack(forGuestFlush: true);
+    }
+
+    /// <summary>
+    /// Deallocates the range: whole units become zero units (or unallocated when there is no backing
+    /// device, where unallocated reads as zeros); partly covered units are overwritten with zeros.
+    /// Afterwards the range reads as zeros, never as the base. Freed clusters return to the allocator
+    /// after the next write-back.
+    /// </summary>
+    public IoStatus Discard(long offset, long length, bool secure)
+    {
+        if (ReadOnly)
+        {
+            return IoStatus.ReadOnly;
+        }
+        if (secure)
+        {
+            // Freed host clusters keep their contents until reused; nothing here can promise otherwise.
+            return IoStatus.NotSupported;
+        }
+        if (!IoRange.IsValid(offset, length, _virtualSize, 512))
+        {
+            return IoStatus.OutOfRange;
+        }
+        if (_failure != null)
+        {
+            return IoStatus.IoError;
+        }
+        bool metadataChanged = false;
+        IoStatus status = IoStatus.Ok;
+        long done = 0;
+        while (done < length && status == IoStatus.Ok)
+        {
+            long position = offset + done;
+            long guestCluster = position >> _clusterBits;
+            int start = (int)(position & (_clusterSize - 1));
+            int chunk = (int)Math.Min(_clusterSize - start, length - done);
+            ReaderWriterLockSlim stripe = StripeFor(guestCluster);
+            stripe.EnterWriteLock();
+            try
+            {
+                status = DiscardInCluster(guestCluster, start, chunk, ref metadataChanged);
+            }
+            finally
+            {
+                stripe.ExitWriteLock();
+            }
+            done += chunk;
+        }
+        return AfterMetadataChange(status, metadataChanged);
+    }
+
+    private IoStatus DiscardInCluster(long guestCluster, int start, int length, ref bool metadataChanged)
+    {
+        int end = start + length;
+        int firstWhole = (start + _unitSize - 1) >> _unitBits;
+        int lastWhole = (end >> _unitBits) - 1;
+        IoStatus status;
+        if (firstWhole <= lastWhole)
+        {
+            lock (_metadataLock)
+            {
+                status = DiscardUnits(guestCluster, firstWhole, lastWhole, ref metadataChanged);
+            }
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+        }
+        // Partly covered units at either end are overwritten with zeros.
+        int headEnd = Math.Min(end, firstWhole << _unitBits);
+        if (start < headEnd)
+        {
+            status = ZeroPart(guestCluster, start, headEnd - start, ref metadataChanged);
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+        }
+        int tailStart = Math.Max(start, (lastWhole + 1) << _unitBits);
+        if (tailStart < end && tailStart >= headEnd)
+        {
+            status = ZeroPart(guestCluster, tailStart, end - tailStart, ref metadataChanged);
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+        }
+        return IoStatus.Ok;
+    }
+
+    private IoStatus ZeroPart(long guestCluster, int start, int length, ref bool metadataChanged)
+    {
+        L2Entry entry;
+        IoStatus status;
+        lock (_metadataLock)
+        {
+            status = LookupEntry(guestCluster, out entry);
+        }
+        if (status != IoStatus.Ok)
+        {
+            return status;
+        }
+        UnitState state = StateOf(entry, start >> _unitBits);
+        if (state == UnitState.Zero || (state == UnitState.Unallocated && _backing == null))
+        {
+            return IoStatus.Ok;
+        }
+        IoBuffer zeros = new(_zeros.Address, length);
+        return WriteInCluster(guestCluster, start, length, new ReadOnlySpan<IoBuffer>(in zeros), ref metadataChanged);
+    }
+
+    /// <summary>Marks whole units [first, last] as zero (under the metadata lock) and queues the host cluster for freeing when nothing in it is allocated any more.</summary>
+    private IoStatus DiscardUnits(long guestCluster, int first, int last, ref bool metadataChanged)
+    {
+        bool hasBacking = _backing != null;
+        IoStatus status = GetL2Table(guestCluster, allocate: false, out MetadataCache.Entry? table, out int index);
+        if (status != IoStatus.Ok)
+        {
+            return status;
+        }
+        if (table == null && !hasBacking)
+        {
+            return IoStatus.Ok; // unallocated without a backing file already reads as zeros
+        }
+        L2Entry entry = table != null ? ReadEntry(table, index) : default;
+        for (int unit = first; unit <= last; unit++)
+        {
+            if (StateOf(entry, unit) is UnitState.Compressed or UnitState.Invalid)
+            {
+                return Corrupt($"discard of guest cluster {guestCluster}: invalid or compressed L2 entry");
+            }
+        }
+        if (host(entry) != 0 && !entry.Copied)
+        {
+            return Corrupt($"discard of guest cluster {guestCluster}: shared cluster");
+        }
+        L2Entry updated;
+        long freed = 0;
+        if (_extendedL2)
+        {
+            uint mask = UnitMask(first, last);
+            uint allocated = entry.AllocatedBits & ~mask;
+            uint zero = hasBacking ? entry.ZeroBits | mask : entry.ZeroBits & ~mask;
+            ulong word = entry.Word;
+            if (allocated == 0 && entry.HostOffset != 0)
+            {
+                freed = entry.HostOffset;
+                word = 0;
+            }
+            updated = new L2Entry(word, allocated | ((ulong)zero << 32));
+        }
+        else
+        {
+            freed = entry.HostOffset;
+            updated = new L2Entry(hasBacking ? Qcow2Format.OflagZero : 0, 0);
+        }
+        if (updated == entry)
+        {
+            return IoStatus.Ok;
+        }
+        if (table == null)
+        {
+            status = GetL2Table(guestCluster, allocate: true, out table, out index);
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+        }
+        WriteEntry(table!, index, updated);
+        metadataChanged = true;
+        if (freed != 0)
+        {
+            // Reused only after the cleared entry is on disk (see WriteBackCore).
+            _pendingFrees.Add(freed);
+        }
+        return IoStatus.Ok;
+
+        static long host(L2Entry e) => e.HostOffset;
+    }
+}

@@ -1,0 +1,205 @@
+using System.Buffers.Binary;
+using XenDisk.Cow.Storage;
+using XenDisk.Storage;
+
+namespace XenDisk.Cow.Qcow2;
+
+/// <summary>What a cluster, or a subcluster with extended L2 entries, reads as.</summary>
+internal enum UnitState : byte
+{
+    /// <summary>Falls through to the backing device (zeros without one).</summary>
+    Unallocated,
+    /// <summary>Reads as zeros.</summary>
+    Zero,
+    /// <summary>Stored in the overlay at the entry's host offset.</summary>
+    Data,
+    /// <summary>A compressed cluster: not supported.</summary>
+    Compressed,
+    /// <summary>An entry the specification does not allow (reserved bits, contradictory bitmap).</summary>
+    Invalid,
+}
+
+/// <summary>An L2 entry: the 64-bit descriptor and, with extended L2 entries, the subcluster bitmap (== Extended L2 Entries ==).</summary>
+internal readonly record struct L2Entry(ulong Word, ulong Bitmap)
+{
+    public long HostOffset => (long)(Word & Qcow2Format.OffsetMask);
+    public bool Copied => (Word & Qcow2Format.OflagCopied) != 0;
+    public bool Compressed => (Word & Qcow2Format.OflagCompressed) != 0;
+    public uint AllocatedBits => (uint)Bitmap;
+    public uint ZeroBits => (uint)(Bitmap >> 32);
+}
+
+public sealed partial class Qcow2Image
+{
+    private int L2EntriesPerTable => 1 << _l2Bits;
+
+    private ulong ReadL1(long index) => BinaryPrimitives.ReadUInt64BigEndian(_l1.Span[(int)(index * 8)..]);
+
+    private void WriteL1(long index, ulong value)
+    {
+        BinaryPrimitives.WriteUInt64BigEndian(_l1.Span[(int)(index * 8)..], value);
+        _l1Dirty.Mark(index * 8);
+    }
+
+    /// <summary>
+    /// Finds the L2 table for <paramref name="guestCluster"/> (under the metadata lock). Without
+    /// <paramref name="allocate"/>, a cluster whose L1 entry is empty yields a null table. With it, a
+    /// new zeroed table is allocated and linked into the L1 table.
+    /// </summary>
+    private IoStatus GetL2Table(long guestCluster, bool allocate, out MetadataCache.Entry? table, out int index)
+    {
+        long l1Index = guestCluster >> _l2Bits;
+        index = (int)(guestCluster & (L2EntriesPerTable - 1));
+        table = null;
+        if (l1Index >= _l1Size)
+        {
+            // Cannot happen inside the virtual disk (the header check guarantees l1_size is large enough).
+            return allocate ? IoStatus.OutOfRange : IoStatus.Ok;
+        }
+        ulong l1Entry = ReadL1(l1Index);
+        if ((l1Entry & Qcow2Format.L1ReservedMask) != 0)
+        {
+            return Corrupt($"L1 entry {l1Index} has reserved bits set (0x{l1Entry:x16})");
+        }
+        long offset = (long)(l1Entry & Qcow2Format.OffsetMask);
+        if (offset == 0)
+        {
+            if (!allocate)
+            {
+                return IoStatus.Ok;
+            }
+            IoStatus status = AllocateCluster(out long newTable);
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+            table = _l2Cache.Add(newTable, _l2Cache.RentBlock(), dirty: true);
+            WriteL1(l1Index, (ulong)newTable | Qcow2Format.OflagCopied);
+            return IoStatus.Ok;
+        }
+        if ((offset & (_clusterSize - 1)) != 0 || offset >= _overlay.Info.SizeBytes)
+        {
+            return Corrupt($"L1 entry {l1Index} points to 0x{offset:x}, which is not a cluster within the file");
+        }
+        if (allocate && (l1Entry & Qcow2Format.OflagCopied) == 0)
+        {
+            // The table may be shared (internal snapshots): writing it in place needs its refcount to be one.
+            IoStatus status = GetRefcount(offset >> _clusterBits, out ulong refcount);
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+            if (refcount != 1)
+            {
+                return Corrupt($"L2 table at 0x{offset:x} is shared (refcount {refcount}); writing shared tables is not supported");
+            }
+            WriteL1(l1Index, l1Entry | Qcow2Format.OflagCopied);
+        }
+        if (_l2Cache.TryGet(offset, out MetadataCache.Entry? cached))
+        {
+            table = cached;
+            return IoStatus.Ok;
+        }
+        if (IsMetadataArea(offset))
+        {
+            return Corrupt($"L1 entry {l1Index} points into the header, L1 table or refcount table (0x{offset:x})");
+        }
+        AlignedBlock block = _l2Cache.RentBlock();
+        IoStatus read = DeviceIo.ReadClamped(_overlay, offset, block);
+        if (read != IoStatus.Ok)
+        {
+            _l2Cache.ReturnBlock(block);
+            return read;
+        }
+        table = _l2Cache.Add(offset, block, dirty: false);
+        return IoStatus.Ok;
+    }
+
+    private L2Entry ReadEntry(MetadataCache.Entry table, int index)
+    {
+        ReadOnlySpan<byte> span = table.Block.Span[(index * _l2EntrySize)..];
+        ulong word = BinaryPrimitives.ReadUInt64BigEndian(span);
+        ulong bitmap = _extendedL2 ? BinaryPrimitives.ReadUInt64BigEndian(span[8..]) : 0;
+        return new L2Entry(word, bitmap);
+    }
+
+    private void WriteEntry(MetadataCache.Entry table, int index, L2Entry entry)
+    {
+        Span<byte> span = table.Block.Span[(index * _l2EntrySize)..];
+        BinaryPrimitives.WriteUInt64BigEndian(span, entry.Word);
+        if (_extendedL2)
+        {
+            BinaryPrimitives.WriteUInt64BigEndian(span[8..], entry.Bitmap);
+        }
+        table.Dirty = true;
+    }
+
+    /// <summary>Looks up the entry of <paramref name="guestCluster"/> (under the metadata lock); an absent L2 table reads as an empty entry.</summary>
+    private IoStatus LookupEntry(long guestCluster, out L2Entry entry)
+    {
+        IoStatus status = GetL2Table(guestCluster, allocate: false, out MetadataCache.Entry? table, out int index);
+        entry = table != null && status == IoStatus.Ok ? ReadEntry(table, index) : default;
+        return status;
+    }
+
+    /// <summary>
+    /// The state of one unit (subcluster with extended L2 entries, else the whole cluster), following
+    /// == Cluster mapping == and == Extended L2 Entries ==.
+    /// </summary>
+    private UnitState StateOf(L2Entry entry, int unit)
+    {
+        if (entry.Compressed)
+        {
+            return UnitState.Compressed;
+        }
+        if ((entry.Word & Qcow2Format.L2ReservedMask) != 0)
+        {
+            return UnitState.Invalid;
+        }
+        long host = entry.HostOffset;
+        if (!_extendedL2)
+        {
+            if ((entry.Word & Qcow2Format.OflagZero) != 0)
+            {
+                return UnitState.Zero;
+            }
+            if (host != 0)
+            {
+                return UnitState.Data;
+            }
+            // Offset 0 with the COPIED bit means offset 0 of an external data file, which is not supported.
+            return entry.Copied ? UnitState.Invalid : UnitState.Unallocated;
+        }
+        uint allocated = entry.AllocatedBits;
+        uint zero = entry.ZeroBits;
+        if ((entry.Word & Qcow2Format.OflagZero) != 0 || (allocated & zero) != 0 || (host == 0 && (allocated != 0 || entry.Copied)))
+        {
+            return UnitState.Invalid;
+        }
+        uint bit = 1u << unit;
+        if ((allocated & bit) != 0)
+        {
+            return UnitState.Data;
+        }
+        return (zero & bit) != 0 ? UnitState.Zero : UnitState.Unallocated;
+    }
+
+    /// <summary>True when the host cluster holds the header, the L1 table or the refcount table (the cheap part of QEMU's overlap check).</summary>
+    private bool IsMetadataArea(long hostOffset)
+    {
+        if (hostOffset < _clusterSize)
+        {
+            return true;
+        }
+        long l1End = _l1Offset + ((long)ClustersFor((long)_l1Size * 8) << _clusterBits);
+        long refTableEnd = _refTableOffset + ((long)_refTableClusters << _clusterBits);
+        return (hostOffset >= _l1Offset && hostOffset < l1End) || (hostOffset >= _refTableOffset && hostOffset < refTableEnd);
+    }
+
+    /// <summary>A metadata inconsistency found while serving I/O: the request fails, and further writes are refused.</summary>
+    private IoStatus Corrupt(string problem)
+    {
+        _failure ??= $"image corruption: {problem}";
+        return IoStatus.IoError;
+    }
+}

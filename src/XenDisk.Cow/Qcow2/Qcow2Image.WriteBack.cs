@@ -1,0 +1,215 @@
+using XenDisk.Cow.Policies;
+using XenDisk.Cow.Storage;
+using XenDisk.Storage;
+
+namespace XenDisk.Cow.Qcow2;
+
+/// <summary>
+/// The write-back pass: dirty metadata reaches the disk in an order that keeps every crash point
+/// consistent (at worst, leaked clusters):
+/// <list type="number">
+/// <item>flush: the data that new L2 entries point to is durable;</item>
+/// <item>refcount blocks (new clusters are counted before anything references them);</item>
+/// <item>flush, then the refcount table, and when the table moved, flush and the header;</item>
+/// <item>flush, then L2 tables;</item>
+/// <item>flush, then L1 entries (a new L2 table is durable before the L1 entry that points at it);</item>
+/// <item>flush; only now are freed clusters given back to the allocator, since no durable entry references them.</item>
+/// </list>
+/// Each dirty block is written once per pass however many writes touched it. Blocks are copied
+/// under the metadata lock (a consistent snapshot) and written outside it, so guest I/O continues
+/// while the pass runs; passes themselves are serialised.
+/// </summary>
+public sealed partial class Qcow2Image
+{
+    private readonly Stack<AlignedBlock> _writeBackSpares = new();
+
+    private sealed class Batch
+    {
+        public readonly List<(long Offset, AlignedBlock Copy, MetadataCache.Entry Entry)> RefBlocks = [];
+        public readonly List<(long Offset, AlignedBlock Copy, MetadataCache.Entry Entry)> L2Tables = [];
+        public readonly List<(long Offset, AlignedBlock Copy)> RefTableRuns = [];
+        public readonly List<(long Offset, AlignedBlock Copy)> L1Runs = [];
+        public AlignedBlock? Header;
+        public readonly List<long> Frees = [];
+        public readonly List<(long Offset, int Clusters)> RetiredTables = [];
+
+        public bool IsEmpty => RefBlocks.Count == 0 && L2Tables.Count == 0 && RefTableRuns.Count == 0 && L1Runs.Count == 0 && Frees.Count == 0 && Header == null;
+    }
+
+    private IoStatus WriteBack(bool forGuestFlush)
+    {
+        lock (_writeBackLock)
+        {
+            return WriteBackCore(forGuestFlush, forceRefcounts: false);
+        }
+    }
+
+    /// <summary>Runs one pass; the caller holds the write-back lock.</summary>
+    private IoStatus WriteBackCore(bool forGuestFlush, bool forceRefcounts)
+    {
+        if (_failure != null)
+        {
+            return IoStatus.IoError;
+        }
+        Batch batch = new();
+        lock (_metadataLock)
+        {
+            // Lazy refcounts: the dirty bit covers refcount blocks, which are written only when the
+            // cache needs room, when the table changes, or on close.
+            bool refcounts = forceRefcounts || _policy != MetadataPolicy.Lazy || _refcountCache.NeedsWriteBack || _refTableDirty.Any || _refTableMoved;
+            if (refcounts)
+            {
+                Capture(_refcountCache, batch.RefBlocks);
+                foreach ((int start, int length) in _refTableDirty.TakeRuns())
+                {
+                    batch.RefTableRuns.Add((_refTableOffset + start, CopyOf(_refTable, start, length)));
+                }
+                if (_refTableMoved)
+                {
+                    _refTableMoved = false;
+                    UpdateHeaderFields();
+                    batch.Header = CopyOf(_header, 0, HeaderWriteLength);
+                    batch.RetiredTables.AddRange(_retiredTables);
+                    _retiredTables.Clear();
+                }
+            }
+            Capture(_l2Cache, batch.L2Tables);
+            foreach ((int start, int length) in _l1Dirty.TakeRuns())
+            {
+                batch.L1Runs.Add((_l1Offset + start, CopyOf(_l1, start, length)));
+            }
+            batch.Frees.AddRange(_pendingFrees);
+            _pendingFrees.Clear();
+        }
+
+        IoStatus status = IoStatus.Ok;
+        if (!batch.IsEmpty || forGuestFlush)
+        {
+            bool barriers = _policy != MetadataPolicy.Transient;
+            bool unflushed = true; // guest data written before this pass
+            void Barrier()
+            {
+                if (status == IoStatus.Ok && barriers && unflushed)
+                {
+                    status = _overlay.Flush();
+                    unflushed = false;
+                }
+            }
+            void WriteAll<T>(List<T> items, Func<T, (long, AlignedBlock)> select)
+            {
+                if (status != IoStatus.Ok || items.Count == 0)
+                {
+                    return;
+                }
+                Barrier();
+                status = status == IoStatus.Ok ? WriteBlocks(items.Select(select).ToList()) : status;
+                unflushed = true;
+            }
+
+            WriteAll(batch.RefBlocks, b => (b.Offset, b.Copy));
+            WriteAll(batch.RefTableRuns, r => r);
+            if (batch.Header != null)
+            {
+                WriteAll(new List<(long, AlignedBlock)> { (0, batch.Header) }, h => h);
+            }
+            WriteAll(batch.L2Tables, b => (b.Offset, b.Copy));
+            WriteAll(batch.L1Runs, r => r);
+            Barrier();
+        }
+
+        lock (_metadataLock)
+        {
+            foreach (var (_, copy, entry) in batch.RefBlocks.Concat(batch.L2Tables))
+            {
+                entry.Pins--;
+                if (status != IoStatus.Ok)
+                {
+                    entry.Dirty = true;
+                }
+                Recycle(copy);
+            }
+            foreach (var (_, copy) in batch.RefTableRuns.Concat(batch.L1Runs))
+            {
+                copy.Dispose();
+            }
+            batch.Header?.Dispose();
+            if (status != IoStatus.Ok)
+            {
+                return Fail(status, "writing back metadata");
+            }
+            // The entries that referenced these clusters are gone on disk: they may be reused now.
+            foreach (long freed in batch.Frees)
+            {
+                DecrementRefcount(freed >> _clusterBits);
+            }
+            foreach ((long offset, int clusters) in batch.RetiredTables)
+            {
+                for (int i = 0; i < clusters; i++)
+                {
+                    DecrementRefcount((offset >> _clusterBits) + i);
+                }
+            }
+            _l2Cache.Trim();
+            _refcountCache.Trim();
+        }
+        return status;
+    }
+
+    private void Capture(MetadataCache cache, List<(long, AlignedBlock, MetadataCache.Entry)> into)
+    {
+        foreach (MetadataCache.Entry entry in cache.DirtyEntries())
+        {
+            AlignedBlock copy = _writeBackSpares.TryPop(out AlignedBlock? spare) ? spare : new AlignedBlock(_clusterSize);
+            entry.Block.Span.CopyTo(copy.Span);
+            entry.Dirty = false;
+            entry.Pins++;
+            into.Add((entry.Offset, copy, entry));
+        }
+        into.Sort((a, b) => a.Item1.CompareTo(b.Item1));
+    }
+
+    private void Recycle(AlignedBlock copy)
+    {
+        if (_writeBackSpares.Count < 64)
+        {
+            _writeBackSpares.Push(copy);
+        }
+        else
+        {
+            copy.Dispose();
+        }
+    }
+
+    private static AlignedBlock CopyOf(AlignedBlock source, int start, int length)
+    {
+        AlignedBlock copy = new(length);
+        source.Span.Slice(start, length).CopyTo(copy.Span);
+        return copy;
+    }
+
+    /// <summary>Writes blocks sorted by offset, merging neighbours into one vectored write.</summary>
+    private IoStatus WriteBlocks(List<(long Offset, AlignedBlock Block)> blocks)
+    {
+        const int MaximumRun = 64;
+        IoBuffer[] run = new IoBuffer[MaximumRun];
+        int i = 0;
+        while (i < blocks.Count)
+        {
+            long start = blocks[i].Offset;
+            long next = start;
+            int count = 0;
+            while (i < blocks.Count && count < MaximumRun && blocks[i].Offset == next)
+            {
+                run[count++] = blocks[i].Block.AsIoBuffer();
+                next += blocks[i].Block.Length;
+                i++;
+            }
+            IoStatus status = _overlay.Write(start, run.AsSpan(0, count));
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+        }
+        return IoStatus.Ok;
+    }
+}
