@@ -1,0 +1,99 @@
+using XenDisk.Cow.Policies;
+using XenDisk.Storage;
+
+namespace XenDisk.Cow.Bitmap;
+
+public sealed partial class BitmapOverlay
+{
+    /// <summary>
+    /// Makes everything acknowledged before this call durable: the data area, then the map blocks
+    /// changed since the last write-back (Lazy: those a flush must write). Transient: nothing is
+    /// ever durable, so this returns at once.
+    /// </summary>
+    public IoStatus Flush()
+    {
+        if (IsDisposed)
+        {
+            return IoStatus.IoError;
+        }
+        if (_policy == MetadataPolicy.Transient)
+        {
+            return IoStatus.Ok;
+        }
+        if (_readOnly)
+        {
+            return IoStatus.Ok;
+        }
+        return WriteBack(requiredOnly: _policy == MetadataPolicy.Lazy);
+    }
+
+    /// <summary>
+    /// The map write-back, in this order:
+    /// 1. snapshot the dirty map blocks (and mark them clean) under the map's gate;
+    /// 2. flush the CoW device: the data of every grain in the snapshot is durable, because a grain
+    ///    is marked mapped only after its data write completed, which was before the snapshot;
+    /// 3. write the snapshot, adjacent blocks in one I/O, each block once however many writes changed it;
+    /// 4. flush again, so the map is durable when the caller's flush completes.
+    /// A failure puts the blocks back into the dirty set; what reached the disk is consistent either
+    /// way (every block on disk is an older or newer snapshot, each valid for its moment).
+    /// </summary>
+    private IoStatus WriteBack(bool requiredOnly)
+    {
+        if (_policy == MetadataPolicy.Transient)
+        {
+            return IoStatus.Ok;
+        }
+        lock (_writeBackLock)
+        {
+            int blocks;
+            lock (_map.Gate)
+            {
+                _map.TakeDirtyLocked(requiredOnly, _takenBlocks);
+                blocks = _takenBlocks.Count;
+                if (blocks > 0)
+                {
+                    long needed = (long)blocks * BitmapFormat.MapBlockSize;
+                    if (_staging is null || _staging.Length < needed)
+                    {
+                        _staging?.Dispose();
+                        _staging = new NativeBlock(needed);
+                    }
+                    for (int i = 0; i < blocks; i++)
+                    {
+                        _map.BlockLocked(_takenBlocks[i]).CopyTo(_staging.Slice((long)i * BitmapFormat.MapBlockSize, BitmapFormat.MapBlockSize));
+                    }
+                }
+            }
+            IoStatus status = _cow.Flush();
+            if (blocks == 0 || status != IoStatus.Ok)
+            {
+                if (blocks > 0)
+                {
+                    _map.RestoreDirty(_takenBlocks);
+                }
+                return status;
+            }
+            int runStart = 0;
+            for (int i = 1; i <= blocks && status == IoStatus.Ok; i++)
+            {
+                if (i < blocks && _takenBlocks[i] == _takenBlocks[i - 1] + 1)
+                {
+                    continue;
+                }
+                long deviceOffset = _header.BitmapOffset + (long)_takenBlocks[runStart] * BitmapFormat.MapBlockSize;
+                IoBuffer buffer = _staging!.AsIoBuffer((long)runStart * BitmapFormat.MapBlockSize, (i - runStart) * BitmapFormat.MapBlockSize);
+                status = _cow.Write(deviceOffset, new ReadOnlySpan<IoBuffer>(in buffer));
+                runStart = i;
+            }
+            if (status == IoStatus.Ok)
+            {
+                status = _cow.Flush();
+            }
+            if (status != IoStatus.Ok)
+            {
+                _map.RestoreDirty(_takenBlocks);
+            }
+            return status;
+        }
+    }
+}

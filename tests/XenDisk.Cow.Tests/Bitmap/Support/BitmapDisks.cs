@@ -1,0 +1,172 @@
+using System.Diagnostics;
+using XenDisk.Cow.Bitmap;
+using XenDisk.Storage;
+
+namespace XenDisk.Cow.Tests.Bitmap.Support;
+
+/// <summary>Where a test's CoW and base devices live.</summary>
+public enum BitmapDeviceKind
+{
+    /// <summary>MemoryBlockDevice for both.</summary>
+    Memory,
+
+    /// <summary>Raw image files in /var/tmp (O_DIRECT where the file system allows it).</summary>
+    Files,
+
+    /// <summary>The CoW device is a loop device (512-byte sectors) over an image file; the base a raw file.</summary>
+    Loop,
+
+    /// <summary>The CoW device is a loop device with 4096-byte logical sectors.</summary>
+    Loop4K,
+}
+
+/// <summary>
+/// A base device with known random contents and a CoW device big enough for an overlay of it, of a
+/// given kind, with everything behind them (files, loop devices) removed on <see cref="Dispose"/>.
+/// The devices are handed to overlays with OwnsDevices = false and stay open here.
+/// </summary>
+public sealed class BitmapDisks : IDisposable
+{
+    // losetup -f picks the first free device and then attaches; two at once in this process could pick the same one.
+    private static readonly Lock LosetupGate = new();
+
+    private readonly string? _directory;
+    private readonly string? _loop;
+
+    private BitmapDisks(BitmapDeviceKind kind, IBlockDevice cow, IBlockDevice baseDevice, byte[] baseContents, string? directory, string? loop)
+    {
+        Kind = kind;
+        Cow = cow;
+        Base = baseDevice;
+        BaseContents = baseContents;
+        _directory = directory;
+        _loop = loop;
+    }
+
+    public BitmapDeviceKind Kind { get; }
+
+    public IBlockDevice Cow { get; private set; }
+
+    public IBlockDevice Base { get; }
+
+    /// <summary>What the base holds (it must never change).</summary>
+    public byte[] BaseContents { get; }
+
+    public static BitmapDisks Create(BitmapDeviceKind kind, long baseSize, long cowSize, int seed, bool writableBase = false)
+    {
+        byte[] contents = new byte[baseSize];
+        new Random(seed).NextBytes(contents);
+        if (kind == BitmapDeviceKind.Memory)
+        {
+            var baseDevice = new MemoryBlockDevice(baseSize);
+            contents.CopyTo(baseDevice.Contents);
+            return new BitmapDisks(kind, new MemoryBlockDevice(cowSize), writableBase ? baseDevice : new ReadOnlyView(baseDevice), contents, null, null);
+        }
+        string directory = Path.Combine("/var/tmp", "xendisk-bitmap-tests-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(directory);
+        try
+        {
+            string basePath = Path.Combine(directory, "base.img");
+            File.WriteAllBytes(basePath, contents);
+            string cowPath = Path.Combine(directory, "cow.img");
+            using (var stream = new FileStream(cowPath, FileMode.CreateNew, FileAccess.Write))
+            {
+                stream.SetLength(cowSize);
+            }
+            IBlockDevice baseDevice = RawBlockDevice.Open(basePath, readOnly: !writableBase);
+            string? loop = null;
+            if (kind is BitmapDeviceKind.Loop or BitmapDeviceKind.Loop4K)
+            {
+                lock (LosetupGate)
+                {
+                    loop = kind == BitmapDeviceKind.Loop4K
+                        ? Run("losetup", "-f", "--show", "--sector-size", "4096", cowPath)
+                        : Run("losetup", "-f", "--show", cowPath);
+                }
+            }
+            IBlockDevice cow = RawBlockDevice.Open(loop ?? cowPath, readOnly: false);
+            return new BitmapDisks(kind, cow, baseDevice, contents, directory, loop);
+        }
+        catch
+        {
+            Directory.Delete(directory, recursive: true);
+            throw;
+        }
+    }
+
+    /// <summary>Closes and reopens the CoW device (files and loop devices: the same storage; memory: kept).</summary>
+    public void ReopenCow()
+    {
+        if (Kind == BitmapDeviceKind.Memory)
+        {
+            return;
+        }
+        string path = _loop ?? Path.Combine(_directory!, "cow.img");
+        Cow.Dispose();
+        Cow = RawBlockDevice.Open(path, readOnly: false);
+    }
+
+    public byte[] ReadBase()
+    {
+        byte[] contents = new byte[Base.Info.SizeBytes];
+        Assert.Equal(IoStatus.Ok, Base.ReadAt(0, contents));
+        return contents;
+    }
+
+    public void Dispose()
+    {
+        Cow.Dispose();
+        Base.Dispose();
+        if (_loop is not null)
+        {
+            lock (LosetupGate)
+            {
+                Run("losetup", "-d", _loop);
+            }
+        }
+        if (_directory is not null)
+        {
+            Directory.Delete(_directory, recursive: true);
+        }
+    }
+
+    private static string Run(string fileName, params string[] arguments)
+    {
+        var start = new ProcessStartInfo(fileName) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (string argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+        using Process process = Process.Start(start) ?? throw new InvalidOperationException($"{fileName} did not start.");
+        string output = process.StandardOutput.ReadToEnd();
+        string error = process.StandardError.ReadToEnd();
+        process.WaitForExit();
+        if (process.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"{fileName} {string.Join(' ', arguments)} failed ({process.ExitCode}): {error.Trim()}. These tests need root and loop devices.");
+        }
+        return output.Trim();
+    }
+}
+
+/// <summary>A read-only view of a device: the base as an overlay sees it (writes refused).</summary>
+public sealed class ReadOnlyView(IBlockDevice inner) : IBlockDevice
+{
+    public IBlockDevice Inner => inner;
+
+    public BlockDeviceInfo Info { get; } = inner.Info with { ReadOnly = true };
+
+    public bool CompletesInline => inner.CompletesInline;
+
+    public IoStatus Read(long offset, ReadOnlySpan<IoBuffer> buffers) => inner.Read(offset, buffers);
+
+    public IoStatus Write(long offset, ReadOnlySpan<IoBuffer> buffers) => IoStatus.ReadOnly;
+
+    public IoStatus Flush() => IoStatus.Ok;
+
+    public IoStatus Discard(long offset, long length, bool secure) => IoStatus.ReadOnly;
+
+    public BlockDeviceInfo Refresh() => Info;
+
+    public void Dispose() => inner.Dispose();
+}
