@@ -90,5 +90,67 @@ public sealed record DataPlaneOptions
     /// Ignored for devices that complete inline.</summary>
     public int IoThreadsPerRing { get; init; } = 8;
 
+    /// <summary>
+    /// Bounce pages per ring for <see cref="DataPath.GrantCopy"/>; 0 sizes them automatically: one full
+    /// direct request per ring slot, at most <see cref="DefaultBounceBufferPages"/>. Never fewer than the
+    /// largest negotiated request needs, so that a lone request can always run. When they run out the
+    /// ring stops taking requests until some complete (back-pressure, counted), never allocates more.
+    /// </summary>
+    public int BounceBufferPages { get; init; }
+
+    /// <summary>Cap of the automatic bounce-buffer sizing: 512 pages, 2 MiB per ring.</summary>
+    public const int DefaultBounceBufferPages = 512;
+
+    /// <summary>Longest <see cref="PersistentGrantIdleExpiry"/> accepted: a day is already "never" for a cache.</summary>
+    public static readonly TimeSpan MaxPersistentGrantIdleExpiry = TimeSpan.FromDays(1);
+
+    /// <summary>Most I/O threads per ring: beyond this a ring's queue depth is better raised by more rings.</summary>
+    public const int MaxIoThreadsPerRing = 256;
+
     public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
+
+    /// <summary>Throws <see cref="ArgumentException"/> for options the data plane cannot run with.</summary>
+    public void Validate()
+    {
+        if (MaxBatch < 1)
+        {
+            throw new ArgumentException($"MaxBatch must be at least 1 (got {MaxBatch}).");
+        }
+
+        if (PersistentGrantCacheSize < 0)
+        {
+            throw new ArgumentException($"PersistentGrantCacheSize must not be negative (got {PersistentGrantCacheSize}).");
+        }
+
+        if (PersistentGrantIdleExpiry <= TimeSpan.Zero || PersistentGrantIdleExpiry > MaxPersistentGrantIdleExpiry)
+        {
+            throw new ArgumentException($"PersistentGrantIdleExpiry must be positive and at most {MaxPersistentGrantIdleExpiry} (got {PersistentGrantIdleExpiry}).");
+        }
+
+        if (IoThreadsPerRing is < 1 or > MaxIoThreadsPerRing)
+        {
+            throw new ArgumentException($"IoThreadsPerRing must be between 1 and {MaxIoThreadsPerRing} (got {IoThreadsPerRing}).");
+        }
+
+        if (BounceBufferPages < 0)
+        {
+            throw new ArgumentException($"BounceBufferPages must not be negative (got {BounceBufferPages}).");
+        }
+
+        if (!Enum.IsDefined(DataPath))
+        {
+            throw new ArgumentException($"Unknown DataPath {DataPath}.");
+        }
+
+        ArgumentNullException.ThrowIfNull(TimeProvider);
+    }
+
+    /// <summary>Bounce pages for a ring of <paramref name="entries"/> slots whose largest request has <paramref name="maxSegments"/> segments.</summary>
+    public int BounceBufferPagesFor(int entries, int maxSegments)
+    {
+        int pages = BounceBufferPages > 0
+            ? BounceBufferPages
+            : Math.Min(entries * BlkifLimits.MaxSegmentsPerRequest, DefaultBounceBufferPages);
+        return Math.Max(pages, maxSegments);
+    }
 }

@@ -1,0 +1,35 @@
+using Microsoft.Extensions.Logging;
+using XenDisk.Storage;
+using XenDisk.Xen;
+
+namespace XenDisk.Backend.ControlPlane;
+
+/// <summary>What every device of one <see cref="BlockBackend"/> shares. The backend owns all of it.</summary>
+internal sealed class BackendContext(
+    IXenPlatform platform,
+    IXenStore store,
+    IDiskProvider disks,
+    BackendOptions options,
+    ILogger logger,
+    ILogger ringLogger,
+    Action<BackendDevice> forget)
+{
+    /// <summary>Watch tokens of frontend "state" keys start with this, followed by the device's backend path.</summary>
+    public const string FrontendWatchTokenPrefix = "frontend:";
+
+    public IXenPlatform Platform { get; } = platform;
+
+    /// <summary>The backend's one xenstore connection; thread-safe, shared by the watch loop and every device.</summary>
+    public IXenStore Store { get; } = store;
+
+    public IDiskProvider Disks { get; } = disks;
+
+    public BackendOptions Options { get; } = options;
+
+    public ILogger Logger { get; } = logger;
+
+    public ILogger RingLogger { get; } = ringLogger;
+
+    /// <summary>Called by a device once its backend node is gone and it has released everything.</summary>
+    public Action<BackendDevice> Forget { get; } = forget;
+}

@@ -1,0 +1,265 @@
+using System.Runtime.InteropServices;
+using XenDisk.Abi;
+using XenDisk.Storage;
+using XenDisk.Xen;
+
+namespace XenDisk.Backend.DataPlane;
+
+// Getting at the guest's data: grant mapping (with the persistent-grant cache) or grant copy
+// through bounce buffers, and fetching the segment lists of indirect requests.
+public sealed partial class BlkifRing
+{
+    private enum DataAccess
+    {
+        Ready,
+        /// <summary>A grant could not be mapped or copied: the guest's fault, BLKIF_RSP_ERROR.</summary>
+        BadGrant,
+        /// <summary>Not enough bounce buffers free right now.</summary>
+        NoBuffers,
+    }
+
+    /// <summary>
+    /// Copies an indirect request's segment list out of its granted pages into the context's private
+    /// array, once; validation then looks only at that copy. Only the bytes of nr_segments segments are
+    /// read, whatever the pages hold beyond them.
+    /// </summary>
+    private unsafe RequestCheck FetchIndirectSegments(RequestContext context)
+    {
+        ref BlkifRequestInfo request = ref context.Request;
+        int pages = request.IndirectPageCount;
+        int bytes = request.SegmentCount * BlkifRequestSegment.Size;
+        ReadOnlySpan<uint> refs = ((ReadOnlySpan<uint>)request.IndirectGrantRefs)[..pages];
+
+        if (_bounce is not null)
+        {
+            // Grant-copy path: no guest page is mapped, not even these.
+            Span<GrantCopySegment> copies = context.CopySegments.AsSpan(0, pages);
+            for (int i = 0; i < pages; i++)
+            {
+                int length = Math.Min(XenPage.Size, bytes - (i * XenPage.Size));
+                copies[i] = GrantCopySegment.FromGuest(Setup.FrontendDomainId, refs[i], 0, context.SegmentsAddress + (i * XenPage.Size), (ushort)length);
+            }
+
+            Statistics.GrantCopied(pages);
+            return CopySucceeded(copies) ? RequestCheck.Ok : RequestCheck.BadGrant;
+        }
+
+        if (Setup.Grants.MapGrantRefs(Setup.FrontendDomainId, refs, writable: false, out nint address) != 0)
+        {
+            return RequestCheck.BadGrant;
+        }
+
+        Statistics.GrantMapped();
+        new ReadOnlySpan<byte>((void*)address, bytes).CopyTo(MemoryMarshal.AsBytes(context.Segments.AsSpan()));
+        Statistics.GrantUnmapped(Setup.Grants.Unmap(address, pages) == 0);
+        return RequestCheck.Ok;
+    }
+
+    /// <summary>Makes the request's data addressable: <see cref="RequestContext.Buffers"/> gets one buffer per segment.</summary>
+    private DataAccess AcquireData(RequestContext context) =>
+        _bounce is not null ? AcquireBounceBuffers(context) : MapData(context);
+
+    /// <summary>Returns what <see cref="AcquireData"/> took; for a grant-copy read, first copies the data
+    /// to the guest. False when that copy failed.</summary>
+    private bool ReleaseData(RequestContext context)
+    {
+        if (_bounce is not null)
+        {
+            bool delivered = true;
+            if (context.Request.Kind == RingOperation.Read && context.Result == IoStatus.Ok)
+            {
+                delivered = CopyToGuest(context);
+            }
+
+            _bounce.Return(context.BouncePages.AsSpan(0, context.BouncePageCount));
+            context.BouncePageCount = 0;
+            return delivered;
+        }
+
+        UnmapData(context);
+        return true;
+    }
+
+    /// <summary>
+    /// Grant-map path. Segments whose grant is in (or can enter) the persistent cache use that page;
+    /// the rest are mapped together in one call, writable only when the guest reads (we write into its
+    /// pages), read-only when it writes. Each buffer starts first_sect sectors into its page.
+    /// </summary>
+    private DataAccess MapData(RequestContext context)
+    {
+        ReadOnlySpan<BlkifRequestSegment> segments = context.RequestSegments;
+        int temporary = 0;
+        context.PersistentCount = 0;
+        if (_persistent is not null)
+        {
+            for (int i = 0; i < segments.Length; i++)
+            {
+                int entry = _persistent.Acquire(segments[i].GrantRef);
+                if (entry == PersistentGrantCache.MapFailed)
+                {
+                    ReleasePersistent(context, i);
+                    return DataAccess.BadGrant;
+                }
+
+                context.PersistentEntries[i] = entry;
+                if (entry == PersistentGrantCache.Full)
+                {
+                    context.MapRefs[temporary++] = segments[i].GrantRef;
+                }
+                else
+                {
+                    context.PersistentCount++;
+                }
+            }
+        }
+        else
+        {
+            for (int i = 0; i < segments.Length; i++)
+            {
+                context.MapRefs[temporary++] = segments[i].GrantRef;
+            }
+        }
+
+        nint mapping = 0;
+        if (temporary > 0)
+        {
+            bool guestReads = !context.Request.WritesData;
+            if (Setup.Grants.MapGrantRefs(Setup.FrontendDomainId, context.MapRefs.AsSpan(0, temporary), guestReads, out mapping) != 0)
+            {
+                ReleasePersistent(context, segments.Length);
+                return DataAccess.BadGrant;
+            }
+
+            Statistics.GrantMapped();
+            context.Mapping = mapping;
+            context.MappingPages = temporary;
+        }
+
+        int nextTemporary = 0;
+        for (int i = 0; i < segments.Length; i++)
+        {
+            nint page = _persistent is not null && context.PersistentEntries[i] >= 0
+                ? _persistent.AddressOf(context.PersistentEntries[i])
+                : mapping + (nextTemporary++ * XenPage.Size);
+            context.Buffers[i] = BufferFor(page, segments[i]);
+        }
+
+        return DataAccess.Ready;
+    }
+
+    private void UnmapData(RequestContext context)
+    {
+        if (context.Mapping != 0)
+        {
+            Statistics.GrantUnmapped(Setup.Grants.Unmap(context.Mapping, context.MappingPages) == 0);
+            context.Mapping = 0;
+            context.MappingPages = 0;
+        }
+
+        ReleasePersistent(context, context.Request.SegmentCount);
+    }
+
+    /// <summary>Releases the persistent entries taken by the first <paramref name="segmentCount"/> segments.</summary>
+    private void ReleasePersistent(RequestContext context, int segmentCount)
+    {
+        if (_persistent is null || context.PersistentCount == 0)
+        {
+            return;
+        }
+
+        long now = Setup.Options.TimeProvider.GetTimestamp();
+        for (int i = 0; i < segmentCount; i++)
+        {
+            if (context.PersistentEntries[i] >= 0)
+            {
+                _persistent.Release(context.PersistentEntries[i], now);
+                context.PersistentEntries[i] = PersistentGrantCache.Full;
+            }
+        }
+
+        context.PersistentCount = 0;
+    }
+
+    /// <summary>
+    /// Grant-copy path: one bounce page per segment, rented all at once. For a guest write the data
+    /// is copied in now, each segment's status checked.
+    /// </summary>
+    private DataAccess AcquireBounceBuffers(RequestContext context)
+    {
+        BounceBufferPool pool = _bounce!;
+        ReadOnlySpan<BlkifRequestSegment> segments = context.RequestSegments;
+        if (!pool.TryRent(context.BouncePages.AsSpan(0, segments.Length)))
+        {
+            return DataAccess.NoBuffers;
+        }
+
+        context.BouncePageCount = segments.Length;
+        for (int i = 0; i < segments.Length; i++)
+        {
+            context.Buffers[i] = new IoBuffer(pool.AddressOf(context.BouncePages[i]), SegmentBytes(segments[i]));
+        }
+
+        if (!context.Request.WritesData)
+        {
+            return DataAccess.Ready;
+        }
+
+        Span<GrantCopySegment> copies = context.CopySegments.AsSpan(0, segments.Length);
+        for (int i = 0; i < segments.Length; i++)
+        {
+            copies[i] = GrantCopySegment.FromGuest(Setup.FrontendDomainId, segments[i].GrantRef, SegmentOffset(segments[i]),
+                context.Buffers[i].Address, (ushort)context.Buffers[i].Length);
+        }
+
+        Statistics.GrantCopied(segments.Length);
+        if (!CopySucceeded(copies))
+        {
+            pool.Return(context.BouncePages.AsSpan(0, context.BouncePageCount));
+            context.BouncePageCount = 0;
+            return DataAccess.BadGrant;
+        }
+
+        return DataAccess.Ready;
+    }
+
+    private bool CopyToGuest(RequestContext context)
+    {
+        ReadOnlySpan<BlkifRequestSegment> segments = context.RequestSegments;
+        Span<GrantCopySegment> copies = context.CopySegments.AsSpan(0, segments.Length);
+        for (int i = 0; i < segments.Length; i++)
+        {
+            copies[i] = GrantCopySegment.ToGuest(context.Buffers[i].Address, Setup.FrontendDomainId, segments[i].GrantRef,
+                SegmentOffset(segments[i]), (ushort)context.Buffers[i].Length);
+        }
+
+        Statistics.GrantCopied(segments.Length);
+        return CopySucceeded(copies);
+    }
+
+    /// <summary>The copy ran and every segment reports GNTST_okay.</summary>
+    private bool CopySucceeded(Span<GrantCopySegment> copies)
+    {
+        if (Setup.Grants.Copy(copies) != 0)
+        {
+            return false;
+        }
+
+        foreach (ref readonly GrantCopySegment copy in copies)
+        {
+            if (copy.Status != GrantStatus.Okay)
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    private static IoBuffer BufferFor(nint page, BlkifRequestSegment segment) =>
+        new(page + SegmentOffset(segment), SegmentBytes(segment));
+
+    /// <summary>first_sect in bytes; validated to be at most 7 sectors, so within the page.</summary>
+    private static ushort SegmentOffset(BlkifRequestSegment segment) => (ushort)(segment.FirstSector << BlkifLimits.SectorShift);
+
+    private static int SegmentBytes(BlkifRequestSegment segment) => (segment.LastSector - segment.FirstSector + 1) << BlkifLimits.SectorShift;
+}

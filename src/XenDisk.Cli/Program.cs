@@ -1,0 +1,26 @@
+using System.CommandLine;
+using XenDisk.Cli.Commands;
+
+namespace XenDisk.Cli;
+
+internal static class Program
+{
+    /// <summary>
+    /// How long a SIGTERM/SIGINT may take to finish: the service drains in-flight guest I/O and
+    /// flushes disks before it exits (each ring may take up to its drain time-out), and the default
+    /// of System.CommandLine (2 s) would cut that short.
+    /// </summary>
+    private static readonly TimeSpan ShutdownAllowance = TimeSpan.FromSeconds(60);
+
+    public static int Main(string[] args)
+    {
+        var root = new RootCommand("xendisk: a userspace Xen block backend with copy-on-write disks")
+        {
+            ServeCommand.Create(),
+            StatusCommand.Create(),
+            DemoCommand.Create(),
+            BenchCommand.Create(),
+        };
+        return root.Parse(args).Invoke(new InvocationConfiguration { ProcessTerminationTimeout = ShutdownAllowance });
+    }
+}

@@ -1,0 +1,158 @@
+using System.Text.RegularExpressions;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+
+namespace XenDisk.Service.Configuration;
+
+/// <summary>
+/// Binds the configuration sections to the settings classes with their validators, and validates
+/// every section at once so that an operator sees all problems in one go, each on its own line,
+/// each naming its key.
+/// </summary>
+public static partial class ServiceConfiguration
+{
+    /// <summary>The configuration file `xendisk serve` reads unless --config names another.</summary>
+    public const string DefaultConfigPath = "/etc/xendisk/xendisk.json";
+
+    /// <summary>Environment variables XENDISK_Backend__MaxQueues=4 and so on override the file.</summary>
+    public const string EnvironmentPrefix = "XENDISK_";
+
+    /// <summary>Top-level sections; "Logging" is Microsoft.Extensions.Logging's own.</summary>
+    public static readonly IReadOnlyList<string> Sections =
+    [
+        BackendSettings.SectionName, StorageSettings.SectionName, TelemetrySettings.SectionName,
+        ControlSettings.SectionName, SimulationSettings.SectionName, "Logging",
+    ];
+
+    private static readonly Dictionary<string, string> SectionOfType = new(StringComparer.Ordinal)
+    {
+        [nameof(BackendSettings)] = BackendSettings.SectionName,
+        [nameof(StorageSettings)] = StorageSettings.SectionName,
+        [nameof(TelemetrySettings)] = TelemetrySettings.SectionName,
+        [nameof(PrometheusSettings)] = TelemetrySettings.SectionName + ":Prometheus",
+        [nameof(OtlpSettings)] = TelemetrySettings.SectionName + ":Otlp",
+        [nameof(ControlSettings)] = ControlSettings.SectionName,
+        [nameof(SimulationSettings)] = SimulationSettings.SectionName,
+    };
+
+    /// <summary>Registers every settings class, bound to its section, with its validators; validated on start.</summary>
+    public static IServiceCollection AddXenDiskSettings(this IServiceCollection services, IConfiguration configuration)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentNullException.ThrowIfNull(configuration);
+        var rules = new SettingsRules();
+        Add<BackendSettings, BackendSettingsValidator>(services, configuration, BackendSettings.SectionName, rules);
+        Add<StorageSettings, StorageSettingsValidator>(services, configuration, StorageSettings.SectionName, rules);
+        Add<TelemetrySettings, TelemetrySettingsValidator>(services, configuration, TelemetrySettings.SectionName, rules);
+        Add<ControlSettings, ControlSettingsValidator>(services, configuration, ControlSettings.SectionName, rules);
+        Add<SimulationSettings, SimulationSettingsValidator>(services, configuration, SimulationSettings.SectionName, null);
+        return services;
+    }
+
+    /// <summary>Every problem with the configuration, one sentence each; empty when it is valid. A section
+    /// with an unknown key or a value of the wrong type reports that first (it cannot be bound to check the rest).</summary>
+    public static IReadOnlyList<string> Validate(IConfiguration configuration)
+    {
+        var services = new ServiceCollection();
+        services.AddXenDiskSettings(configuration);
+        using ServiceProvider provider = services.BuildServiceProvider();
+        return Validate(provider, configuration);
+    }
+
+    /// <summary>Resolves every settings class from <paramref name="services"/> (binding and validating it).</summary>
+    public static IReadOnlyList<string> Validate(IServiceProvider services, IConfiguration configuration)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentNullException.ThrowIfNull(configuration);
+        var problems = new List<string>();
+        foreach (IConfigurationSection section in configuration.GetChildren())
+        {
+            if (!Sections.Contains(section.Key, StringComparer.OrdinalIgnoreCase))
+            {
+                problems.Add($"{section.Key}: unknown configuration section (known: {string.Join(", ", Sections)}).");
+            }
+        }
+
+        Check<BackendSettings>(services, problems);
+        Check<StorageSettings>(services, problems);
+        Check<TelemetrySettings>(services, problems);
+        Check<ControlSettings>(services, problems);
+        Check<SimulationSettings>(services, problems);
+        return problems;
+    }
+
+    private static void Add<TSettings, TValidator>(IServiceCollection services, IConfiguration configuration, string section, SettingsRules? rules)
+        where TSettings : class
+        where TValidator : class, IValidateOptions<TSettings>
+    {
+        // Unknown keys are errors: a misspelt key silently ignored is a setting silently not applied.
+        services.AddOptions<TSettings>()
+            .Bind(configuration.GetSection(section), binder => binder.ErrorOnUnknownConfiguration = true)
+            .ValidateOnStart();
+        services.AddSingleton<IValidateOptions<TSettings>, TValidator>();
+        if (rules is IValidateOptions<TSettings> crossField)
+        {
+            services.AddSingleton(crossField);
+        }
+    }
+
+    private static void Check<TSettings>(IServiceProvider services, List<string> problems)
+        where TSettings : class
+    {
+        try
+        {
+            _ = services.GetRequiredService<IOptions<TSettings>>().Value;
+        }
+        catch (OptionsValidationException e)
+        {
+            problems.AddRange(e.Failures.Select(Readable));
+        }
+        catch (InvalidOperationException e)
+        {
+            // The binder's own failures: a value of the wrong type (its message names the key), or unknown keys.
+            problems.Add(Readable(e.Message));
+        }
+    }
+
+    /// <summary>
+    /// Rewrites a validator's message so that it starts with the configuration key: the generated
+    /// validators say "MaxQueues: The field BackendSettings.MaxQueues must be between 1 and 256.",
+    /// which becomes "Backend:MaxQueues must be between 1 and 256."; the binder's unknown-key message
+    /// names the type, which becomes its section.
+    /// </summary>
+    internal static string Readable(string failure)
+    {
+        Match annotation = GeneratedFailure().Match(failure);
+        if (annotation.Success && SectionOfType.TryGetValue(annotation.Groups["type"].Value, out string? owner))
+        {
+            string key = owner + ":" + annotation.Groups["path"].Value.Replace('.', ':');
+            return $"{key} {annotation.Groups["rest"].Value}";
+        }
+
+        Match wrapped = DataAnnotationFailure().Match(failure);
+        if (wrapped.Success)
+        {
+            return wrapped.Groups["message"].Value;
+        }
+
+        Match unknown = UnknownKeys().Match(failure);
+        if (unknown.Success)
+        {
+            string type = unknown.Groups["type"].Value;
+            string section = SectionOfType.TryGetValue(type[(type.LastIndexOf('.') + 1)..], out string? name) ? name : type;
+            return $"{section}: unknown key(s) {unknown.Groups["keys"].Value}; check the spelling against docs/OPERATIONS.md.";
+        }
+
+        return failure;
+    }
+
+    [GeneratedRegex(@"^[\w.]+: The (?:field )?(?<type>\w+)\.(?<path>[\w.]+) (?:field )?(?<rest>.+)$", RegexOptions.Singleline)]
+    private static partial Regex GeneratedFailure();
+
+    [GeneratedRegex(@"^DataAnnotation validation failed for '[^']*' members: '[^']*' with the error: '(?<message>.*)'\.$", RegexOptions.Singleline)]
+    private static partial Regex DataAnnotationFailure();
+
+    [GeneratedRegex(@"properties were not found on the instance of (?<type>[\w.+]+): (?<keys>.*)$", RegexOptions.Singleline)]
+    private static partial Regex UnknownKeys();
+}

@@ -1,0 +1,64 @@
+using XenDisk.Backend.ControlPlane;
+using XenDisk.Backend.DataPlane;
+using XenDisk.Service.Hosting;
+using XenDisk.Telemetry;
+using XenDisk.Telemetry.Collection;
+
+namespace XenDisk.Service.Control;
+
+/// <summary>Builds the status report from the backend's devices and the same counters telemetry exports.</summary>
+internal sealed class StatusReporter(BackendStatisticsCollector collector, ServiceIdentity identity, TimeProvider time)
+{
+    public ServiceStatusReport Report()
+    {
+        BackendSnapshot snapshot = collector.Collect();
+        return new ServiceStatusReport(
+            identity.Version,
+            identity.Platform,
+            identity.Simulated,
+            identity.StartedAt,
+            time.GetUtcNow(),
+            [.. snapshot.Devices.Select(Device)]);
+    }
+
+    private static DeviceReport Device(DeviceCounters device)
+    {
+        DeviceStatus status = device.Status;
+        var queues = device.Queues.Select(q =>
+        {
+            QueueStatus? live = status.Queues.FirstOrDefault(s => s.QueueIndex == q.QueueIndex);
+            return new QueueReport(q.QueueIndex, q.Connected, live?.RingPageCount ?? 0, live?.Ring.Entries ?? 0,
+                q.Counters.InFlight, q.Counters.Halted, q.Counters.TotalRequests);
+        }).ToList();
+
+        RingCounters total = device.Total;
+        var operations = new List<OperationReport>(RingStatistics.OperationCount);
+        for (int op = 0; op < RingStatistics.OperationCount; op++)
+        {
+            operations.Add(new OperationReport(
+                XenDiskMetricNames.Values.Operations[op],
+                total.Requests[op],
+                total.Bytes[op],
+                LatencyQuantiles.Estimate(total.LatencyBuckets[op], 0.50),
+                LatencyQuantiles.Estimate(total.LatencyBuckets[op], 0.99)));
+        }
+
+        return new DeviceReport(
+            status.BackendPath,
+            status.Kind,
+            status.FrontendDomainId,
+            status.DeviceId,
+            status.State.ToString(),
+            status.FrontendPath,
+            status.Disk is { } disk
+                ? new DiskReport(disk.Description, disk.SizeBytes, disk.LogicalSectorSize, disk.ReadOnly, disk.SupportsDiscard, disk.HasVolatileCache)
+                : null,
+            status.ReadOnly,
+            status.Protocol is { } protocol ? XenDisk.Abi.BlkifProtocolNames.ToWire(protocol) : null,
+            status.Features is { } f ? new FeaturesReport(f.PersistentGrants, f.MaxIndirectSegments, f.Discard, f.SecureDiscard, f.ReadOnly) : null,
+            queues,
+            new CountersReport(operations, total.GuestErrors, total.StorageErrors, total.Unsupported, total.InFlight,
+                total.NotificationsSent, total.NotificationsSuppressed, total.PersistentGrantHits, total.PersistentGrantMisses),
+            status.Error);
+    }
+}

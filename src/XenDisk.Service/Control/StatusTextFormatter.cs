@@ -1,0 +1,92 @@
+using System.Globalization;
+using System.Text;
+
+namespace XenDisk.Service.Control;
+
+/// <summary>`xendisk status` for people: a header line, then per device its identity, disk, features,
+/// queues and a table of counters with p50/p99 latency per operation.</summary>
+public static class StatusTextFormatter
+{
+    public static string Format(ServiceStatusReport report)
+    {
+        ArgumentNullException.ThrowIfNull(report);
+        var text = new StringBuilder();
+        TimeSpan up = report.TakenAt - report.StartedAt;
+        text.Append(CultureInfo.InvariantCulture, $"xendisk {report.Version} on {report.Platform}, up {(int)up.TotalHours}:{up:mm\\:ss}, {report.Devices.Count} device(s)\n");
+        foreach (DeviceReport device in report.Devices)
+        {
+            text.Append('\n');
+            text.Append(CultureInfo.InvariantCulture, $"{device.BackendPath}\n");
+            text.Append(CultureInfo.InvariantCulture, $"  frontend  domain {device.FrontendDomainId}, device {device.DeviceId}, {device.State}{(device.FrontendPath is null ? "" : " (" + device.FrontendPath + ")")}\n");
+            if (device.Disk is { } disk)
+            {
+                text.Append(CultureInfo.InvariantCulture,
+                    $"  disk      {disk.Description} ({Bytes(disk.SizeBytes)}, {disk.LogicalSectorSize} B sectors, {(device.ReadOnly ? "read-only" : "read-write")}{(disk.SupportsDiscard ? ", discard" : "")})\n");
+            }
+
+            if (device.Features is { } f)
+            {
+                var features = new List<string> { device.Protocol ?? "x86_64-abi" };
+                features.Add(f.PersistentGrants ? "persistent grants" : "no persistent grants");
+                features.Add(f.MaxIndirectSegments > 0 ? $"indirect {f.MaxIndirectSegments}" : "no indirect");
+                if (f.Discard)
+                {
+                    features.Add(f.SecureDiscard ? "discard (secure)" : "discard");
+                }
+
+                text.Append(CultureInfo.InvariantCulture, $"  features  {string.Join(", ", features)}\n");
+            }
+
+            if (device.Queues.Count > 0)
+            {
+                text.Append("  queues    ");
+                text.AppendJoin("; ", device.Queues.Select(q => q.Connected
+                    ? string.Create(CultureInfo.InvariantCulture, $"{q.Index}: {q.RingPages} page(s), {q.Entries} slots, {q.InFlight} in flight{(q.Halted ? ", HALTED" : "")}")
+                    : string.Create(CultureInfo.InvariantCulture, $"{q.Index}: gone")));
+                text.Append('\n');
+            }
+
+            if (device.Error is not null)
+            {
+                text.Append(CultureInfo.InvariantCulture, $"  error     {device.Error}\n");
+            }
+
+            text.Append(CultureInfo.InvariantCulture, $"  {"operation",-10}{"requests",12}{"bytes",12}{"p50",11}{"p99",11}\n");
+            foreach (OperationReport op in device.Counters.Operations)
+            {
+                text.Append(CultureInfo.InvariantCulture,
+                    $"  {op.Operation,-10}{op.Requests,12}{Bytes(op.Bytes),12}{Duration(op.P50Seconds),11}{Duration(op.P99Seconds),11}\n");
+            }
+
+            CountersReport c = device.Counters;
+            text.Append(CultureInfo.InvariantCulture,
+                $"  errors    guest {c.GuestErrors}, storage {c.StorageErrors}, unsupported {c.Unsupported}; in flight {c.InFlight}\n");
+        }
+
+        return text.ToString();
+    }
+
+    internal static string Bytes(long bytes)
+    {
+        string[] units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+        double value = bytes;
+        int unit = 0;
+        while (value >= 1024 && unit < units.Length - 1)
+        {
+            value /= 1024;
+            unit++;
+        }
+
+        return unit == 0
+            ? string.Create(CultureInfo.InvariantCulture, $"{bytes} B")
+            : string.Create(CultureInfo.InvariantCulture, $"{value:0.0} {units[unit]}");
+    }
+
+    internal static string Duration(double? seconds) => seconds switch
+    {
+        null => "-",
+        < 1e-3 => string.Create(CultureInfo.InvariantCulture, $"{seconds * 1e6:0.0} us"),
+        < 1 => string.Create(CultureInfo.InvariantCulture, $"{seconds * 1e3:0.00} ms"),
+        _ => string.Create(CultureInfo.InvariantCulture, $"{seconds:0.00} s"),
+    };
+}

@@ -1,0 +1,349 @@
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using XenDisk.Backend.ControlPlane;
+using XenDisk.Service.Configuration;
+using XenDisk.Service.Control;
+using XenDisk.Service.Simulation;
+using XenDisk.Service.Storage;
+using XenDisk.Service.Systemd;
+using XenDisk.Service.Telemetry;
+using XenDisk.Storage;
+using XenDisk.Telemetry;
+using XenDisk.Telemetry.Collection;
+using XenDisk.Xen;
+using XenDisk.Xen.Native;
+
+namespace XenDisk.Service.Hosting;
+
+/// <summary>What `xendisk serve` was asked on its command line.</summary>
+public sealed record ServeOptions
+{
+    /// <summary>The JSON configuration file; a missing file is an error only when it was named explicitly.</summary>
+    public string ConfigPath { get; init; } = ServiceConfiguration.DefaultConfigPath;
+
+    public bool ConfigPathExplicit { get; init; }
+
+    /// <summary>Run on the simulated hypervisor with demo guests instead of native Xen.</summary>
+    public bool Simulate { get; init; }
+
+    /// <summary>--hotplug-script: overrides Backend:HotplugScript.</summary>
+    public string? HotplugScript { get; init; }
+
+    /// <summary>--kind: added to Backend:Kinds.</summary>
+    public IReadOnlyList<string> ExtraKinds { get; init; } = [];
+
+    /// <summary>Log Information and above (otherwise the configuration's Logging section decides, Information by default).</summary>
+    public LogLevel? MinimumLogLevel { get; init; }
+
+    /// <summary>Configuration applied after the file and the environment (tests, embedding).</summary>
+    public IReadOnlyDictionary<string, string?>? ConfigurationOverrides { get; init; }
+
+    /// <summary>Last word on the services (tests; the copy-on-write provider's registration).</summary>
+    public Action<IServiceCollection>? ConfigureServices { get; init; }
+
+    /// <summary>Read environment variables (XENDISK_*, NOTIFY_SOCKET, WATCHDOG_USEC). Tests turn it off.</summary>
+    public bool UseEnvironment { get; init; } = true;
+}
+
+/// <summary>Process exit codes of `xendisk serve` (sysexits.h values where one fits).</summary>
+public static class ServeExitCodes
+{
+    public const int Success = 0;
+
+    /// <summary>Start-up failed (the message says why).</summary>
+    public const int Failure = 1;
+
+    /// <summary>EX_UNAVAILABLE: this machine cannot run the native backend (not a Xen dom0 or driver domain, or not root).</summary>
+    public const int XenUnavailable = 69;
+
+    /// <summary>EX_CONFIG: the configuration is invalid; restarting will not help (the unit's RestartPreventExitStatus).</summary>
+    public const int InvalidConfiguration = 78;
+}
+
+/// <summary>
+/// The service host: configuration, validation, the platform (native Xen or simulated), and the hosted
+/// services in start order: telemetry, backend, simulated guests (with --simulate), control socket,
+/// systemd notification. They stop in reverse order: systemd hears STOPPING first, the control socket
+/// closes, the guests detach, the backend drains, and telemetry exports its last counts.
+/// </summary>
+public static class XenDiskServiceHost
+{
+    /// <summary>The configuration `serve` reads: the JSON file, XENDISK_* environment variables, then overrides.</summary>
+    public static IConfigurationRoot BuildConfiguration(ServeOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var builder = new ConfigurationBuilder();
+        builder.AddJsonFile(Path.GetFullPath(options.ConfigPath), optional: !options.ConfigPathExplicit, reloadOnChange: false);
+        if (options.UseEnvironment)
+        {
+            builder.AddEnvironmentVariables(ServiceConfiguration.EnvironmentPrefix);
+        }
+
+        if (options.ConfigurationOverrides is not null)
+        {
+            builder.AddInMemoryCollection(options.ConfigurationOverrides);
+        }
+
+        return builder.Build();
+    }
+
+    /// <summary>
+    /// Builds the host. <paramref name="platform"/> is the native platform (already probed and opened)
+    /// or null with <see cref="ServeOptions.Simulate"/>.
+    /// </summary>
+    public static IHost Build(ServeOptions options, IConfigurationRoot configuration, IXenPlatform? platform)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(configuration);
+        if (platform is null && !options.Simulate)
+        {
+            throw new ArgumentException("A native platform is required unless simulating.", nameof(platform));
+        }
+
+        HostApplicationBuilder builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings
+        {
+            // No appsettings.json from the working directory, no DOTNET_ variables, no command-line
+            // configuration: the configuration is exactly what BuildConfiguration read.
+            DisableDefaults = true,
+            ApplicationName = "xendisk",
+            ContentRootPath = AppContext.BaseDirectory,
+        });
+        builder.Configuration.AddConfiguration(configuration);
+        IServiceCollection services = builder.Services;
+
+        builder.Logging.AddConfiguration(configuration.GetSection("Logging"));
+        builder.Logging.AddSimpleConsole(console =>
+        {
+            console.SingleLine = true;
+            // journald adds its own timestamps; a terminal gets them from us.
+            console.TimestampFormat = Environment.GetEnvironmentVariable("JOURNAL_STREAM") is null ? "HH:mm:ss.fff " : null;
+        });
+        builder.Logging.SetMinimumLevel(options.MinimumLogLevel ?? LogLevel.Information);
+        services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
+        services.Configure<HostOptions>(o =>
+        {
+            // Long enough for every ring to drain (Backend:RingDrainTimeoutSeconds) and telemetry to export once more.
+            int drain = configuration.GetValue<int?>("Backend:RingDrainTimeoutSeconds") ?? (int)BackendOptions.DefaultRingDrainTimeout.TotalSeconds;
+            o.ShutdownTimeout = TimeSpan.FromSeconds(Math.Clamp(drain, 1, 3600) + 15);
+        });
+
+        services.AddXenDiskSettings(configuration);
+        AddCommandLineOverrides(services, options);
+
+        services.AddMetrics();
+        services.TryAddSingleton(TimeProvider.System);
+        services.AddSingleton(options.UseEnvironment ? SystemdSettings.FromEnvironment() : new SystemdSettings(null, null));
+
+        if (options.Simulate)
+        {
+            string? imageDirectory = configuration.GetValue<string?>("Simulation:ImageDirectory");
+            services.AddSingleton(_ => new SimulationEnvironment(imageDirectory));
+            services.AddSingleton<IXenPlatform>(sp =>
+            {
+                var environment = sp.GetRequiredService<SimulationEnvironment>();
+                return environment.Hypervisor.Platform(environment.Hypervisor.Dom0);
+            });
+            services.AddSingleton(sp =>
+            {
+                // The demo images are allowed in addition to the configured directories.
+                var environment = sp.GetRequiredService<SimulationEnvironment>();
+                StorageSettings storage = sp.GetRequiredService<IOptions<StorageSettings>>().Value;
+                return new ImageDirectoryPolicy([.. storage.EffectiveAllowedImageDirectories, environment.ImageDirectory], storage.AllowBlockDevices);
+            });
+        }
+        else
+        {
+            services.AddSingleton(platform!);
+            services.AddSingleton(sp => ImageDirectoryPolicy.From(sp.GetRequiredService<IOptions<StorageSettings>>().Value));
+        }
+
+        // The one registration that decides how disk targets are opened; the copy-on-write provider
+        // replaces it (and handles "qcow2:" and "cow:" targets).
+        services.AddSingleton<IDiskProvider>(sp => new SchemeDiskProvider(new RawDiskProvider(), sp.GetRequiredService<ImageDirectoryPolicy>()));
+
+        services.AddSingleton(sp =>
+        {
+            BackendOptions backendOptions = sp.GetRequiredService<IOptions<BackendSettings>>().Value.ToBackendOptions(sp.GetRequiredService<TimeProvider>());
+            ILoggerFactory loggers = sp.GetRequiredService<ILoggerFactory>();
+            var disks = new FlushOnCloseDiskProvider(sp.GetRequiredService<IDiskProvider>(), loggers.CreateLogger<FlushOnCloseDiskProvider>());
+            return new BlockBackend(sp.GetRequiredService<IXenPlatform>(), disks, backendOptions, loggers);
+        });
+        services.AddSingleton(sp => new ServiceIdentity(
+            ServiceIdentity.AssemblyVersion,
+            sp.GetRequiredService<IXenPlatform>().Description,
+            options.Simulate,
+            sp.GetRequiredService<TimeProvider>().GetUtcNow()));
+        services.AddSingleton<IDeviceStatusSource>(sp => new BlockBackendStatusSource(sp.GetRequiredService<BlockBackend>()));
+        services.AddSingleton(sp => new BackendStatisticsCollector(sp.GetRequiredService<IDeviceStatusSource>(), sp.GetRequiredService<TimeProvider>()));
+        services.AddSingleton<XenDiskMetrics>();
+        services.AddSingleton<StatusReporter>();
+        services.AddSingleton<ServiceStatusText>();
+
+        // Start order (stop order is the reverse).
+        services.AddSingleton<TelemetryService>();
+        services.AddHostedService(sp => sp.GetRequiredService<TelemetryService>());
+        services.AddHostedService<BackendService>();
+        if (options.Simulate)
+        {
+            services.AddHostedService<SimulatedGuestsService>();
+        }
+
+        services.AddSingleton<ControlServer>();
+        services.AddHostedService(sp => sp.GetRequiredService<ControlServer>());
+        services.AddHostedService<SystemdNotifyService>();
+
+        options.ConfigureServices?.Invoke(services);
+        return builder.Build();
+    }
+
+    /// <summary>
+    /// `xendisk serve`: validates the configuration, checks the platform, runs until
+    /// <paramref name="cancellationToken"/> is cancelled or the host is stopped (SIGTERM), and returns
+    /// the exit code. Problems are written to <paramref name="errors"/>, one per line; nothing throws.
+    /// </summary>
+    public static async Task<int> RunAsync(ServeOptions options, TextWriter errors, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(errors);
+        IConfigurationRoot configuration;
+        try
+        {
+            configuration = BuildConfiguration(options);
+        }
+        catch (Exception e) when (e is FileNotFoundException or InvalidDataException or FormatException or IOException or UnauthorizedAccessException)
+        {
+            await errors.WriteLineAsync($"xendisk: cannot read the configuration {options.ConfigPath}: {e.Message}").ConfigureAwait(false);
+            return ServeExitCodes.InvalidConfiguration;
+        }
+
+        IReadOnlyList<string> problems = ValidateWithCommandLine(options, configuration);
+        if (problems.Count > 0)
+        {
+            await errors.WriteLineAsync($"xendisk: the configuration is invalid ({options.ConfigPath}, XENDISK_* variables):").ConfigureAwait(false);
+            foreach (string problem in problems)
+            {
+                await errors.WriteLineAsync("  " + problem).ConfigureAwait(false);
+            }
+
+            return ServeExitCodes.InvalidConfiguration;
+        }
+
+        IXenPlatform? platform = null;
+        if (!options.Simulate)
+        {
+            XenProbeResult probe = XenEnvironment.Probe();
+            if (!probe.IsUsable)
+            {
+                await errors.WriteLineAsync("xendisk: this machine cannot run the Xen backend (use --simulate to run on the simulated hypervisor):").ConfigureAwait(false);
+                foreach (string problem in probe.Problems)
+                {
+                    await errors.WriteLineAsync("  " + problem).ConfigureAwait(false);
+                }
+
+                return ServeExitCodes.XenUnavailable;
+            }
+
+            try
+            {
+                platform = NativeXenPlatform.Open();
+            }
+            catch (XenException e)
+            {
+                await errors.WriteLineAsync($"xendisk: cannot open Xen: {e.Message}").ConfigureAwait(false);
+                return ServeExitCodes.XenUnavailable;
+            }
+        }
+
+        IHost host;
+        try
+        {
+            host = Build(options, configuration, platform);
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException)
+        {
+            await errors.WriteLineAsync($"xendisk: {e.Message}").ConfigureAwait(false);
+            return ServeExitCodes.Failure;
+        }
+
+        using (host)
+        {
+            ILogger logger = host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("XenDisk.Service");
+            ServiceLog.Starting(logger, ServiceIdentity.AssemblyVersion, host.Services.GetRequiredService<IXenPlatform>().Description, options.ConfigPath);
+            try
+            {
+                await host.StartAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+            {
+                await StopQuietlyAsync(host).ConfigureAwait(false);
+                return ServeExitCodes.Success;
+            }
+            catch (Exception e)
+            {
+                await errors.WriteLineAsync($"xendisk: start-up failed: {Describe(e)}").ConfigureAwait(false);
+                await StopQuietlyAsync(host).ConfigureAwait(false);
+                return ServeExitCodes.Failure;
+            }
+
+            try
+            {
+                await host.WaitForShutdownAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                // WaitForShutdownAsync stops the host when the token fires; nothing else to do.
+            }
+
+            return ServeExitCodes.Success;
+        }
+    }
+
+    /// <summary>Configuration problems including the command line's contributions (--hotplug-script, --kind).</summary>
+    public static IReadOnlyList<string> ValidateWithCommandLine(ServeOptions options, IConfiguration configuration)
+    {
+        var services = new ServiceCollection();
+        services.AddXenDiskSettings(configuration);
+        AddCommandLineOverrides(services, options);
+        using ServiceProvider provider = services.BuildServiceProvider();
+        return ServiceConfiguration.Validate(provider, configuration);
+    }
+
+    /// <summary>--hotplug-script replaces Backend:HotplugScript; --kind adds to Backend:Kinds. Validated with the rest.</summary>
+    private static void AddCommandLineOverrides(IServiceCollection services, ServeOptions options) =>
+        services.PostConfigure<BackendSettings>(settings =>
+        {
+            if (options.HotplugScript is not null)
+            {
+                settings.HotplugScript = options.HotplugScript;
+            }
+
+            if (options.ExtraKinds.Count > 0)
+            {
+                settings.Kinds = [.. settings.EffectiveKinds.Concat(options.ExtraKinds).Distinct(StringComparer.Ordinal)];
+            }
+        });
+
+    private static async Task StopQuietlyAsync(IHost host)
+    {
+        try
+        {
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            await host.StopAsync(timeout.Token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is OperationCanceledException or AggregateException or InvalidOperationException)
+        {
+            // Start-up already failed and was reported; a failing stop adds nothing an operator can act on.
+        }
+    }
+
+    private static string Describe(Exception e) => e switch
+    {
+        AggregateException { InnerExceptions.Count: > 0 } aggregate => string.Join("; ", aggregate.InnerExceptions.Select(Describe)),
+        OptionsValidationException validation => string.Join("; ", validation.Failures.Select(ServiceConfiguration.Readable)),
+        _ => e.Message,
+    };
+}

@@ -1,0 +1,217 @@
+using Xunit.Abstractions;
+using XenDisk.Abi;
+using XenDisk.Backend.ControlPlane;
+using XenDisk.Xen;
+using XenDisk.Xen.Simulated;
+
+namespace XenDisk.Backend.Tests.Harness;
+
+/// <summary>
+/// A simulated host: hypervisor, toolstack, named memory disks and a running <see cref="BlockBackend"/>
+/// in dom0. Every wait is bounded by <see cref="Timeout"/>, so a broken backend fails a test, never hangs it.
+/// </summary>
+public sealed class BackendTestBed : IAsyncDisposable
+{
+    /// <summary>Generous: the suite runs on two busy cores; a healthy step takes milliseconds.</summary>
+    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(20);
+
+    private readonly IXenStore _dom0Store;
+    private readonly List<IXenStore> _guestStores = [];
+
+    private BackendTestBed(ITestOutputHelper? output, BackendOptions options)
+    {
+        Logs = new TestLoggerFactory(output);
+        Hypervisor = new SimulatedHypervisor();
+        Toolstack = new SimulatedToolstack(Hypervisor);
+        Disks = new TestDiskProvider();
+        Options = options;
+        Backend = new BlockBackend(Hypervisor.Platform(Hypervisor.Dom0), Disks, options, Logs);
+        _dom0Store = Hypervisor.Platform(Hypervisor.Dom0).OpenXenStore();
+    }
+
+    public SimulatedHypervisor Hypervisor { get; }
+
+    public SimulatedToolstack Toolstack { get; }
+
+    public TestDiskProvider Disks { get; }
+
+    public TestLoggerFactory Logs { get; }
+
+    public BackendOptions Options { get; }
+
+    public BlockBackend Backend { get; private set; }
+
+    /// <summary>
+    /// Small defaults keep each test light on two cores: two queues at most, and a persistent-grant
+    /// cache and I/O pool sized for the few requests a test issues.
+    /// </summary>
+    public static BackendOptions DefaultOptions => new()
+    {
+        MaxQueues = 4,
+        RingDrainTimeout = Timeout,
+        DataPlane = new XenDisk.Backend.DataPlane.DataPlaneOptions { IoThreadsPerRing = 2 },
+    };
+
+    public static async Task<BackendTestBed> StartAsync(ITestOutputHelper? output, BackendOptions? options = null)
+    {
+        BackendTestBed bed = Create(output, options);
+        await bed.StartBackendAsync();
+        return bed;
+    }
+
+    /// <summary>A test bed whose backend is not running yet (to prepare xenstore before it looks).</summary>
+    public static BackendTestBed Create(ITestOutputHelper? output, BackendOptions? options = null) => new(output, options ?? DefaultOptions);
+
+    public Task StartBackendAsync() => Backend.StartAsync(CancellationToken.None).WaitAsync(Timeout);
+
+    public SimulatedDomain CreateGuest(string name = "guest") => Hypervisor.CreateDomain(name);
+
+    public DiskAttachment Attach(SimulatedDomain guest, int deviceId, string target, bool readOnly = false, string kind = "vbd", string? script = null) =>
+        Toolstack.AttachDisk(guest, deviceId, target, readOnly, kind: kind, script: script);
+
+    /// <summary>
+    /// What <see cref="SimulatedToolstack.AttachDisk"/> writes, in one transaction, except that
+    /// <paramref name="backendKeys"/> may change or (with null) drop backend keys: a toolstack gone wrong.
+    /// </summary>
+    public DiskAttachment AttachWithKeys(SimulatedDomain guest, int deviceId, string target, IReadOnlyDictionary<string, string?> backendKeys)
+    {
+        string id = guest.Id.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        string device = deviceId.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        string backendPath = SimulatedToolstack.BackendPathFor(Hypervisor.Dom0, "vbd", guest, deviceId);
+        string frontendPath = SimulatedToolstack.FrontendPathFor(guest, deviceId);
+        var keys = new Dictionary<string, string?>(StringComparer.Ordinal)
+        {
+            [BlkifKeys.Frontend] = frontendPath,
+            [BlkifKeys.FrontendId] = id,
+            [BlkifKeys.Params] = target,
+            [BlkifKeys.Mode] = "w",
+            [BlkifKeys.Type] = "phy",
+            [BlkifKeys.Online] = "1",
+            [BlkifKeys.State] = "1",
+        };
+        foreach ((string key, string? value) in backendKeys)
+        {
+            keys[key] = value;
+        }
+
+        while (true)
+        {
+            XenStoreTransaction t = _dom0Store.BeginTransaction();
+            _dom0Store.Mkdir(t, backendPath);
+            _dom0Store.SetPermissions(t, backendPath, [new(0, XenStoreAccess.None), new(guest.Id, XenStoreAccess.Read)]);
+            foreach ((string key, string? value) in keys)
+            {
+                if (value is not null)
+                {
+                    _dom0Store.Write(t, backendPath + "/" + key, value);
+                }
+            }
+
+            _dom0Store.Mkdir(t, frontendPath);
+            _dom0Store.SetPermissions(t, frontendPath, [new(guest.Id, XenStoreAccess.None), new(0, XenStoreAccess.Read)]);
+            _dom0Store.Write(t, frontendPath + "/backend", backendPath);
+            _dom0Store.Write(t, frontendPath + "/backend-id", "0");
+            _dom0Store.Write(t, frontendPath + "/" + BlkifKeys.VirtualDevice, device);
+            _dom0Store.Write(t, frontendPath + "/" + BlkifKeys.State, "1");
+            if (_dom0Store.EndTransaction(t))
+            {
+                return new DiskAttachment(guest, Hypervisor.Dom0, deviceId, "vbd", target, false, backendPath, frontendPath);
+            }
+        }
+    }
+
+    public Task WaitForBackendStateAsync(DiskAttachment attachment, XenbusState state) =>
+        Toolstack.WaitForBackendStateAsync(attachment, state, Timeout);
+
+    public string? ReadBackend(DiskAttachment attachment, string key) =>
+        _dom0Store.Read(XenStoreTransaction.None, attachment.BackendPath + "/" + key);
+
+    public void WriteBackend(DiskAttachment attachment, string key, string value) =>
+        _dom0Store.Write(XenStoreTransaction.None, attachment.BackendPath + "/" + key, value);
+
+    public void RemoveBackendKey(DiskAttachment attachment, string key) =>
+        _dom0Store.Remove(XenStoreTransaction.None, attachment.BackendPath + "/" + key);
+
+    public string? Read(string path) => _dom0Store.Read(XenStoreTransaction.None, path);
+
+    /// <summary>Writes a key into the frontend directory as the guest itself would (through its own connection).</summary>
+    public void WriteFrontend(DiskAttachment attachment, string key, string value) =>
+        GuestStore(attachment.Guest).Write(XenStoreTransaction.None, attachment.FrontendPath + "/" + key, value);
+
+    public void RemoveFrontendKey(DiskAttachment attachment, string key) =>
+        GuestStore(attachment.Guest).Remove(XenStoreTransaction.None, attachment.FrontendPath + "/" + key);
+
+    public void SetFrontendState(DiskAttachment attachment, XenbusState state) =>
+        WriteFrontend(attachment, BlkifKeys.State, XenbusStateText.ToWire(state));
+
+    /// <summary>Attaches a disk and waits for the backend to offer it (InitWait).</summary>
+    public async Task<DiskAttachment> AttachReadyAsync(SimulatedDomain guest, int deviceId, string target, long sizeBytes = 4 << 20,
+        int logicalSectorSize = 512, bool readOnly = false, string kind = "vbd")
+    {
+        Disks.Add(target, sizeBytes, logicalSectorSize);
+        DiskAttachment attachment = Attach(guest, deviceId, target, readOnly, kind);
+        await WaitForBackendStateAsync(attachment, XenbusState.InitWait);
+        return attachment;
+    }
+
+    /// <summary>Polls <paramref name="condition"/> until it holds; for outcomes no watch announces.</summary>
+    public static async Task WaitUntilAsync(Func<bool> condition, string what)
+    {
+        DateTime deadline = DateTime.UtcNow + Timeout;
+        while (!condition())
+        {
+            if (DateTime.UtcNow > deadline)
+            {
+                throw new TimeoutException($"Timed out waiting until {what}.");
+            }
+
+            await Task.Delay(10);
+        }
+    }
+
+    /// <summary>Stops the running backend and starts a fresh instance over the same hypervisor and disks.</summary>
+    public async Task RestartBackendAsync()
+    {
+        await Backend.StopAsync(CancellationToken.None).WaitAsync(Timeout);
+        Backend = new BlockBackend(Hypervisor.Platform(Hypervisor.Dom0), Disks, Options, Logs);
+        await Backend.StartAsync(CancellationToken.None).WaitAsync(Timeout);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        try
+        {
+            await Backend.DisposeAsync().AsTask().WaitAsync(Timeout);
+        }
+        finally
+        {
+            foreach (IXenStore store in _guestStores)
+            {
+                store.Dispose();
+            }
+
+            _dom0Store.Dispose();
+            Toolstack.Dispose();
+            Hypervisor.Dispose();
+            Disks.Dispose();
+        }
+    }
+
+    private IXenStore GuestStore(SimulatedDomain guest)
+    {
+        lock (_guestStores)
+        {
+            foreach (IXenStore existing in _guestStores)
+            {
+                if (existing is SimulatedXenStore simulated && simulated.DomainId == guest.Id)
+                {
+                    return existing;
+                }
+            }
+
+            IXenStore store = guest.Platform.OpenXenStore();
+            _guestStores.Add(store);
+            return store;
+        }
+    }
+}

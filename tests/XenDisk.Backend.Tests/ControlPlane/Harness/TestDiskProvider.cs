@@ -1,0 +1,89 @@
+using System.Collections.Concurrent;
+using XenDisk.Storage;
+using XenDisk.Xen;
+
+namespace XenDisk.Backend.Tests.Harness;
+
+/// <summary>
+/// Serves named memory disks. Each <see cref="Open"/> hands out a borrowing wrapper, so the data
+/// outlives the backend's device (a reconnect or a second backend instance sees the same bytes)
+/// and the test can count what the backend still holds open.
+/// </summary>
+public sealed class TestDiskProvider : IDiskProvider, IDisposable
+{
+    private readonly ConcurrentDictionary<string, MemoryBlockDevice> _disks = new(StringComparer.Ordinal);
+    private int _openHandles;
+    private int _opens;
+
+    /// <summary>Disk handles the backend opened and has not closed yet.</summary>
+    public int OpenHandles => Volatile.Read(ref _openHandles);
+
+    /// <summary>Successful opens so far.</summary>
+    public int Opens => Volatile.Read(ref _opens);
+
+    public MemoryBlockDevice Add(string target, long sizeBytes, int logicalSectorSize = 512, bool readOnly = false)
+    {
+        var disk = new MemoryBlockDevice(sizeBytes, logicalSectorSize, readOnly: readOnly);
+        if (!_disks.TryAdd(target, disk))
+        {
+            disk.Dispose();
+            throw new InvalidOperationException($"Disk {target} exists already.");
+        }
+
+        return disk;
+    }
+
+    public MemoryBlockDevice this[string target] => _disks[target];
+
+    public IBlockDevice Open(DiskSpecification specification)
+    {
+        if (!_disks.TryGetValue(specification.Target, out MemoryBlockDevice? disk))
+        {
+            throw new StorageException($"{specification.Target}: no such file or directory", Errnos.ENOENT);
+        }
+
+        Interlocked.Increment(ref _opens);
+        Interlocked.Increment(ref _openHandles);
+        return new BorrowedDisk(this, disk, specification.ReadOnly);
+    }
+
+    public void Dispose()
+    {
+        foreach (MemoryBlockDevice disk in _disks.Values)
+        {
+            disk.Dispose();
+        }
+    }
+
+    /// <summary>What a provider returns for mode=r: the same device, refusing writes like a file opened O_RDONLY.</summary>
+    private sealed class BorrowedDisk(TestDiskProvider owner, MemoryBlockDevice disk, bool readOnly) : IBlockDevice
+    {
+        private int _disposed;
+
+        public BlockDeviceInfo Info => readOnly ? disk.Info with { ReadOnly = true } : disk.Info;
+
+        public bool CompletesInline => disk.CompletesInline;
+
+        public IoStatus Read(long offset, ReadOnlySpan<IoBuffer> buffers) => disk.Read(offset, buffers);
+
+        public IoStatus Write(long offset, ReadOnlySpan<IoBuffer> buffers) => readOnly ? IoStatus.ReadOnly : disk.Write(offset, buffers);
+
+        public IoStatus Flush() => disk.Flush();
+
+        public IoStatus Discard(long offset, long length, bool secure) => readOnly ? IoStatus.ReadOnly : disk.Discard(offset, length, secure);
+
+        public BlockDeviceInfo Refresh()
+        {
+            BlockDeviceInfo info = disk.Refresh();
+            return readOnly ? info with { ReadOnly = true } : info;
+        }
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _disposed, 1) == 0)
+            {
+                Interlocked.Decrement(ref owner._openHandles);
+            }
+        }
+    }
+}
