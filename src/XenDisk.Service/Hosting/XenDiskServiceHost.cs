@@ -161,9 +161,8 @@ public static class XenDiskServiceHost
             services.AddSingleton(sp => ImageDirectoryPolicy.From(sp.GetRequiredService<IOptions<StorageSettings>>().Value));
         }
 
-        // The one registration that decides how disk targets are opened; the copy-on-write provider
-        // replaces it (and handles "qcow2:" and "cow:" targets).
-        services.AddSingleton<IDiskProvider>(sp => new SchemeDiskProvider(new RawDiskProvider(), sp.GetRequiredService<ImageDirectoryPolicy>()));
+        // The one registration that decides how disk targets are opened: raw, qcow2 and cow targets.
+        services.AddSingleton<IDiskProvider>(sp => new ImageDiskProvider(sp.GetRequiredService<ImageDirectoryPolicy>()));
 
         services.AddSingleton(sp =>
         {
