@@ -40,7 +40,8 @@ internal static class DemoOutput
             output.WriteLine();
         }
 
+        output.WriteLine(Invariant($"golden base {report.GoldenBase}: {(report.GoldenBaseUnchanged ? "unchanged" : "CHANGED")}; qcow2 overlay check: {report.Qcow2OverlayCheck}"));
         output.WriteLine(Invariant($"grant mappings left after detach: {report.GrantMappingsLeftAfterDetach}"));
-        output.WriteLine(report.Passed ? "PASS: every byte read back as written, no errors, nothing left mapped" : "FAIL: see above");
+        output.WriteLine(report.Passed ? "PASS: every byte read back as written or as the shared base, no errors, base untouched, nothing left mapped" : "FAIL: see above");
     }
 }

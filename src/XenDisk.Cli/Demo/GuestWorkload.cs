@@ -13,21 +13,28 @@ namespace XenDisk.Cli.Demo;
 internal sealed class GuestWorkload
 {
     /// <summary>The unit the model tracks: one generation number per 4 KiB block.</summary>
-    private const int BlockSize = 4096;
+    public const int BlockSize = 4096;
     private const int SectorsPerBlock = BlockSize / BlkifLimits.SectorSize;
 
     /// <summary>Largest request, in blocks: 256 KiB, large enough to need indirect segments when negotiated.</summary>
     private const int MaxBlocksPerRequest = 64;
 
+    /// <summary>The generation of every block of the shared golden base image.</summary>
+    public const int BaseGeneration = int.MaxValue;
+
     private readonly BlockFrontend _frontend;
     private readonly int _workers;
     private readonly bool _discard;
+    private readonly int _initialGeneration;
 
-    public GuestWorkload(BlockFrontend frontend, int workers)
+    /// <param name="overGoldenBase">The disk is an overlay over a base filled by <see cref="FillBlock"/>
+    /// with <see cref="BaseGeneration"/>: blocks never written must read as the base, discarded ones as zeros.</param>
+    public GuestWorkload(BlockFrontend frontend, int workers, bool overGoldenBase)
     {
         _frontend = frontend;
         _workers = workers;
         _discard = frontend.NegotiatedFrontendFeatures.Discard;
+        _initialGeneration = overGoldenBase ? BaseGeneration : 0;
     }
 
     public async Task<GuestWorkloadResult> RunAsync(TimeSpan duration, int seed, CancellationToken cancellationToken)
@@ -58,7 +65,8 @@ internal sealed class GuestWorkload
     private async Task RunWorkerAsync(long firstBlock, long blockCount, long deadline, int seed, WorkerResult result, CancellationToken cancellationToken)
     {
         var random = new Random(seed);
-        var generations = new int[blockCount]; // 0: zeros (never written, or discarded)
+        var generations = new int[blockCount]; // 0: zeros (discarded, or never written on a blank disk)
+        Array.Fill(generations, _initialGeneration);
         var buffer = new byte[MaxBlocksPerRequest * BlockSize];
         int nextGeneration = 1;
 
@@ -121,7 +129,7 @@ internal sealed class GuestWorkload
 
     /// <summary>The content of block <paramref name="block"/> at <paramref name="generation"/>: zeros for 0,
     /// otherwise words derived from both, so a block from the wrong place or the wrong time never matches.</summary>
-    private static void FillBlock(Span<byte> block, long blockNumber, int generation)
+    public static void FillBlock(Span<byte> block, long blockNumber, int generation)
     {
         var words = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(block);
         ulong seed = ((ulong)blockNumber * 0x9E3779B97F4A7C15UL) ^ ((ulong)generation << 32) ^ 0xD1B54A32D192ED03UL;
