@@ -1,3 +1,4 @@
+using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 
 namespace XenDisk.Cow.Bitmap;
@@ -132,7 +133,7 @@ public static class BitmapChecker
             }
         }
 
-        using NativeBlock block = new(BitmapFormat.MapBlockSize);
+        using AlignedBlock block = new(BitmapFormat.MapBlockSize);
         for (int b = 0; b < changedBlocks.Length; b++)
         {
             if (!changedBlocks[b])
@@ -155,7 +156,7 @@ public static class BitmapChecker
         }
         ulong compatible = header.CompatibleFeatures & ~(standaloneWrong ? BitmapFormat.CompatibleStandalone : 0);
         BitmapHeader repaired = header with { IncompatibleFeatures = header.IncompatibleFeatures & ~BitmapFormat.IncompatibleCorrupt, CompatibleFeatures = compatible };
-        using NativeBlock headerBlock = new(BitmapFormat.HeaderRegionSize);
+        using AlignedBlock headerBlock = new(BitmapFormat.HeaderRegionSize);
         repaired.WriteTo(headerBlock.Span);
         int sector = Math.Max(BitmapFormat.HeaderSize, cowDevice.Info.LogicalSectorSize);
         IoBuffer headerBuffer = headerBlock.AsIoBuffer(0, sector);

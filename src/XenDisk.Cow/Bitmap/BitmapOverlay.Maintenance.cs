@@ -1,3 +1,4 @@
+using XenDisk.Cow.Storage;
 using System.Diagnostics;
 using XenDisk.Cow.Policies;
 using XenDisk.Storage;
@@ -37,7 +38,7 @@ public sealed partial class BitmapOverlay
         long copied = 0;
         long sinceCheckpoint = 0;
         Stopwatch clock = Stopwatch.StartNew();
-        using NativeBlock buffer = new(MaintenanceBufferSize);
+        using AlignedBlock buffer = new(MaintenanceBufferSize);
         long grain = 0;
         while (grain < grainCount)
         {
@@ -88,7 +89,7 @@ public sealed partial class BitmapOverlay
         return final == IoStatus.Ok ? _cow.Flush() : final;
     }
 
-    private IoStatus HydrateLocked(long first, long end, NativeBlock buffer, ref long copied)
+    private IoStatus HydrateLocked(long first, long end, AlignedBlock buffer, ref long copied)
     {
         long grain = first;
         while (grain < end)
@@ -174,7 +175,7 @@ public sealed partial class BitmapOverlay
         }
         long grainCount = _map.GrainCount;
         long copied = 0;
-        using NativeBlock buffer = new(MaintenanceBufferSize);
+        using AlignedBlock buffer = new(MaintenanceBufferSize);
         for (long grain = 0; grain < grainCount;)
         {
             long stepEnd = Math.Min(grainCount, grain + MaxGrainsPerStep);
@@ -218,7 +219,7 @@ public sealed partial class BitmapOverlay
         return final == IoStatus.Ok ? _cow.Flush() : final;
     }
 
-    private IoStatus CommitLocked(long first, long end, NativeBlock buffer, ref long copied)
+    private IoStatus CommitLocked(long first, long end, AlignedBlock buffer, ref long copied)
     {
         long grain = first;
         while (grain < end)
@@ -256,7 +257,7 @@ public sealed partial class BitmapOverlay
         }
         return IoStatus.Ok;
 
-        static IoBuffer ZeroBuffer(NativeBlock block, int length)
+        static IoBuffer ZeroBuffer(AlignedBlock block, int length)
         {
             block.Slice(0, length).Clear();
             return block.AsIoBuffer(0, length);

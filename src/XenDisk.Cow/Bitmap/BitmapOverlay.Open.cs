@@ -1,3 +1,4 @@
+using XenDisk.Cow.Storage;
 using XenDisk.Cow.Policies;
 using XenDisk.Storage;
 
@@ -71,7 +72,7 @@ public sealed partial class BitmapOverlay
         CheckSectorSizes(cowInfo, baseInfo, header);
 
         GrainMap map = new(grains, header.BitmapLength);
-        using (NativeBlock block = new(BitmapFormat.HeaderRegionSize))
+        using (AlignedBlock block = new(BitmapFormat.HeaderRegionSize))
         {
             if (!transient)
             {
@@ -205,7 +206,7 @@ public sealed partial class BitmapOverlay
         {
             return $"the device is {size} bytes, too small to hold a bitmap overlay header";
         }
-        using NativeBlock block = new(BitmapFormat.HeaderRegionSize);
+        using AlignedBlock block = new(BitmapFormat.HeaderRegionSize);
         IoBuffer buffer = block.AsIoBuffer(0, BitmapFormat.HeaderRegionSize);
         IoStatus status = cowDevice.Read(0, new ReadOnlySpan<IoBuffer>(in buffer));
         if (status != IoStatus.Ok)
@@ -217,7 +218,7 @@ public sealed partial class BitmapOverlay
 
     internal static void LoadMap(IBlockDevice cowDevice, BitmapHeader header, Span<byte> map)
     {
-        using NativeBlock chunk = new(Math.Min(MapReadChunk, header.BitmapLength));
+        using AlignedBlock chunk = new(checked((int)Math.Min(MapReadChunk, header.BitmapLength)));
         for (long done = 0; done < header.BitmapLength; done += MapReadChunk)
         {
             int length = (int)Math.Min(MapReadChunk, header.BitmapLength - done);
@@ -229,7 +230,7 @@ public sealed partial class BitmapOverlay
 
     private static void ZeroMapOnDevice(IBlockDevice cowDevice, BitmapHeader header)
     {
-        using NativeBlock zeros = new(Math.Min(MapReadChunk, header.BitmapLength));
+        using AlignedBlock zeros = new(checked((int)Math.Min(MapReadChunk, header.BitmapLength)));
         for (long done = 0; done < header.BitmapLength; done += MapReadChunk)
         {
             int length = (int)Math.Min(MapReadChunk, header.BitmapLength - done);

@@ -1,3 +1,4 @@
+using XenDisk.Cow.Storage;
 using XenDisk.Cow.Policies;
 using XenDisk.Storage;
 
@@ -56,11 +57,11 @@ public sealed partial class BitmapOverlay
                     if (_staging is null || _staging.Length < needed)
                     {
                         _staging?.Dispose();
-                        _staging = new NativeBlock(needed);
+                        _staging = new AlignedBlock(checked((int)needed));
                     }
                     for (int i = 0; i < blocks; i++)
                     {
-                        _map.BlockLocked(_takenBlocks[i]).CopyTo(_staging.Slice((long)i * BitmapFormat.MapBlockSize, BitmapFormat.MapBlockSize));
+                        _map.BlockLocked(_takenBlocks[i]).CopyTo(_staging.Slice(checked(i * BitmapFormat.MapBlockSize), BitmapFormat.MapBlockSize));
                     }
                 }
             }
@@ -81,7 +82,7 @@ public sealed partial class BitmapOverlay
                     continue;
                 }
                 long deviceOffset = _header.BitmapOffset + (long)_takenBlocks[runStart] * BitmapFormat.MapBlockSize;
-                IoBuffer buffer = _staging!.AsIoBuffer((long)runStart * BitmapFormat.MapBlockSize, (i - runStart) * BitmapFormat.MapBlockSize);
+                IoBuffer buffer = _staging!.AsIoBuffer(checked(runStart * BitmapFormat.MapBlockSize), (i - runStart) * BitmapFormat.MapBlockSize);
                 status = _cow.Write(deviceOffset, new ReadOnlySpan<IoBuffer>(in buffer));
                 runStart = i;
             }

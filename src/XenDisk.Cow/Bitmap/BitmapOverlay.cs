@@ -1,3 +1,4 @@
+using XenDisk.Cow.Storage;
 using XenDisk.Cow.Policies;
 using XenDisk.Storage;
 
@@ -64,13 +65,13 @@ public sealed partial class BitmapOverlay : IBlockDevice
     private readonly GrainMap _map;
     private readonly Lock[] _stripes;
     private readonly Lock _writeBackLock = new();
-    private readonly NativeBlock _zeros;
-    private readonly NativeBlock _headerBlock;
+    private readonly AlignedBlock _zeros;
+    private readonly AlignedBlock _headerBlock;
     private readonly AlignedBufferPool _copyUpBuffers;
     private readonly List<int> _takenBlocks = [];
     private readonly bool _readOnly;
     private readonly bool _passDiscardsDown;
-    private NativeBlock? _staging;
+    private AlignedBlock? _staging;
     private ulong _compatibleFeatures;
     private int _disposed;
 
@@ -96,8 +97,8 @@ public sealed partial class BitmapOverlay : IBlockDevice
             _stripes[i] = new Lock();
         }
         int grainBufferSize = Math.Max(_grainSize, AlignedBufferPool.PageSize);
-        _zeros = new NativeBlock(grainBufferSize);
-        _headerBlock = new NativeBlock(BitmapFormat.HeaderRegionSize);
+        _zeros = new AlignedBlock(grainBufferSize);
+        _headerBlock = new AlignedBlock(BitmapFormat.HeaderRegionSize);
         _copyUpBuffers = new AlignedBufferPool(grainBufferSize, Math.Max(1, options.CopyUpBufferCount));
         BlockDeviceInfo cowInfo = cow.Info;
         _passDiscardsDown = options.PassDiscardsDown && cowInfo.SupportsDiscard && cowInfo.DiscardZeroes && !cowInfo.ReadOnly;

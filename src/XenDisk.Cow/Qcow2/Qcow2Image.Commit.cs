@@ -156,12 +156,7 @@ public sealed partial class Qcow2Image
     /// <summary>Writes one cluster's data and zero units into the backing image; the caller holds its stripe.</summary>
     private IoStatus CommitCluster(long guestCluster, ref long copied)
     {
-        L2Entry entry;
-        IoStatus status;
-        lock (_metadataLock)
-        {
-            status = LookupEntry(guestCluster, out entry);
-        }
+        IoStatus status = LookupEntryLocked(guestCluster, out L2Entry entry);
         if (status != IoStatus.Ok)
         {
             return status;

@@ -157,12 +157,7 @@ public sealed partial class Qcow2Image
     /// <summary>One cluster of <see cref="CopyDifferences"/>; the caller holds the cluster's stripe exclusively.</summary>
     private IoStatus CopyDifferencesInCluster(long guestCluster, IBlockDevice? newBacking, AlignedBlock current, AlignedBlock replacement, ref bool metadataChanged, ref CopyCounters counters)
     {
-        L2Entry entry;
-        IoStatus status;
-        lock (_metadataLock)
-        {
-            status = LookupEntry(guestCluster, out entry);
-        }
+        IoStatus status = LookupEntryLocked(guestCluster, out L2Entry entry);
         if (status != IoStatus.Ok)
         {
             return status;

@@ -46,12 +46,7 @@ public sealed partial class Qcow2Image
         stripe.EnterReadLock();
         try
         {
-            L2Entry entry;
-            IoStatus status;
-            lock (_metadataLock)
-            {
-                status = LookupEntry(guestCluster, out entry);
-            }
+            IoStatus status = LookupEntryLocked(guestCluster, out L2Entry entry);
             if (status != IoStatus.Ok)
             {
                 return status;
@@ -196,12 +191,7 @@ public sealed partial class Qcow2Image
     /// </summary>
     private IoStatus WriteInCluster(long guestCluster, int start, int length, ReadOnlySpan<IoBuffer> data, ref bool metadataChanged)
     {
-        L2Entry entry;
-        IoStatus status;
-        lock (_metadataLock)
-        {
-            status = LookupEntry(guestCluster, out entry);
-        }
+        IoStatus status = LookupEntryLocked(guestCluster, out L2Entry entry);
         if (status != IoStatus.Ok)
         {
             return status;
@@ -472,12 +462,7 @@ public sealed partial class Qcow2Image
 
     private IoStatus ZeroPart(long guestCluster, int start, int length, ref bool metadataChanged)
     {
-        L2Entry entry;
-        IoStatus status;
-        lock (_metadataLock)
-        {
-            status = LookupEntry(guestCluster, out entry);
-        }
+        IoStatus status = LookupEntryLocked(guestCluster, out L2Entry entry);
         if (status != IoStatus.Ok)
         {
             return status;

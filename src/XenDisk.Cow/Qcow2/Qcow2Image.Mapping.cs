@@ -135,6 +135,15 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>Looks up the entry of <paramref name="guestCluster"/> (under the metadata lock); an absent L2 table reads as an empty entry.</summary>
+    /// <summary><see cref="LookupEntry"/> under the metadata lock, for paths that hold only a cluster stripe.</summary>
+    private IoStatus LookupEntryLocked(long guestCluster, out L2Entry entry)
+    {
+        lock (_metadataLock)
+        {
+            return LookupEntry(guestCluster, out entry);
+        }
+    }
+
     private IoStatus LookupEntry(long guestCluster, out L2Entry entry)
     {
         IoStatus status = GetL2Table(guestCluster, allocate: false, out MetadataCache.Entry? table, out int index);

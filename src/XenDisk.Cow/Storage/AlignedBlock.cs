@@ -4,9 +4,9 @@ using XenDisk.Storage;
 namespace XenDisk.Cow.Storage;
 
 /// <summary>
-/// A page-aligned, zeroed block of native memory: the unit in which the engine holds metadata
-/// (L1/L2 tables, refcount blocks, the header cluster) so that it can be handed to devices opened
-/// with O_DIRECT. Owned by whoever created it; <see cref="Dispose"/> frees it once.
+/// A page-aligned, zeroed block of native memory: the unit in which both overlay formats hold
+/// metadata (qcow2 L1/L2 tables, refcount blocks and header cluster; the bitmap header, map
+/// write-back staging and zero grain) so that it can be handed to devices opened with O_DIRECT. Owned by whoever created it; <see cref="Dispose"/> frees it once.
 /// </summary>
 internal sealed unsafe class AlignedBlock : IDisposable
 {
@@ -32,6 +32,8 @@ internal sealed unsafe class AlignedBlock : IDisposable
     public IoBuffer AsIoBuffer() => new((nint)_memory, Length);
 
     public IoBuffer AsIoBuffer(int start, int length) => new((nint)(_memory + start), length);
+
+    public Span<byte> Slice(int start, int length) => Span.Slice(start, length);
 
     public void Dispose()
     {
