@@ -283,6 +283,10 @@ public sealed partial class BitmapOverlay
         {
             status = CopyUpPart(coveredEnd, grainEnd - coveredEnd, fromBase);
         }
+        if (status == IoStatus.Ok && fromBase && grainStart < _baseSize)
+        {
+            _statistics.CountCopyUps(1, 0); // the bytes are counted by CopyUpPart
+        }
         return status;
     }
 
@@ -298,7 +302,12 @@ public sealed partial class BitmapOverlay
         {
             IoBuffer buffer = new(scratch.Address, (int)length);
             IoStatus status = ReadBase(start, length, new ReadOnlySpan<IoBuffer>(in buffer));
-            return status == IoStatus.Ok ? _cow.Write(_dataOffset + start, new ReadOnlySpan<IoBuffer>(in buffer)) : status;
+            status = status == IoStatus.Ok ? _cow.Write(_dataOffset + start, new ReadOnlySpan<IoBuffer>(in buffer)) : status;
+            if (status == IoStatus.Ok)
+            {
+                _statistics.CountCopiedBytes(length);
+            }
+            return status;
         }
         finally
         {

@@ -37,6 +37,7 @@ public sealed partial class BitmapOverlay
         long grainCount = _map.GrainCount;
         long copied = 0;
         long sinceCheckpoint = 0;
+        _statistics.ReportHydration(0, _virtualSize);
         Stopwatch clock = Stopwatch.StartNew();
         using AlignedBlock buffer = new(MaintenanceBufferSize);
         long grain = 0;
@@ -67,6 +68,8 @@ public sealed partial class BitmapOverlay
             copied += stepCopied;
             sinceCheckpoint += stepCopied;
             grain = stepEnd;
+            _statistics.CountCopiedBytes(stepCopied);
+            _statistics.ReportHydration(Math.Min(GrainStart(grain), _virtualSize), _virtualSize);
             if (sinceCheckpoint >= options.CheckpointBytes)
             {
                 status = WriteBack(requiredOnly: false);
@@ -86,7 +89,12 @@ public sealed partial class BitmapOverlay
             return final;
         }
         final = WriteHeader(Volatile.Read(ref _compatibleFeatures) | BitmapFormat.CompatibleStandalone);
-        return final == IoStatus.Ok ? _cow.Flush() : final;
+        if (final != IoStatus.Ok)
+        {
+            return final;
+        }
+        _statistics.CountMetadataFlush();
+        return _cow.Flush();
     }
 
     private IoStatus HydrateLocked(long first, long end, AlignedBlock buffer, ref long copied)
@@ -216,7 +224,12 @@ public sealed partial class BitmapOverlay
             return final;
         }
         final = WriteHeader(Volatile.Read(ref _compatibleFeatures) & ~BitmapFormat.CompatibleStandalone);
-        return final == IoStatus.Ok ? _cow.Flush() : final;
+        if (final != IoStatus.Ok)
+        {
+            return final;
+        }
+        _statistics.CountMetadataFlush();
+        return _cow.Flush();
     }
 
     private IoStatus CommitLocked(long first, long end, AlignedBlock buffer, ref long copied)

@@ -66,6 +66,7 @@ public sealed partial class BitmapOverlay
                 }
             }
             IoStatus status = _cow.Flush();
+            _statistics.CountMetadataFlush();
             if (blocks == 0 || status != IoStatus.Ok)
             {
                 if (blocks > 0)
@@ -84,11 +85,13 @@ public sealed partial class BitmapOverlay
                 long deviceOffset = _header.BitmapOffset + (long)_takenBlocks[runStart] * BitmapFormat.MapBlockSize;
                 IoBuffer buffer = _staging!.AsIoBuffer(checked(runStart * BitmapFormat.MapBlockSize), (i - runStart) * BitmapFormat.MapBlockSize);
                 status = _cow.Write(deviceOffset, new ReadOnlySpan<IoBuffer>(in buffer));
+                _statistics.CountMetadataWrites(i - runStart);
                 runStart = i;
             }
             if (status == IoStatus.Ok)
             {
                 status = _cow.Flush();
+                _statistics.CountMetadataFlush();
             }
             if (status != IoStatus.Ok)
             {

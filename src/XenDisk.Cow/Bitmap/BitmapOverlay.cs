@@ -38,7 +38,7 @@ namespace XenDisk.Cow.Bitmap;
 /// must have stopped I/O first. Buffers passed to I/O are borrowed for the call.
 /// </para>
 /// </summary>
-public sealed partial class BitmapOverlay : IBlockDevice
+public sealed partial class BitmapOverlay : IBlockDevice, ICopyOnWriteImage
 {
     /// <summary>Enough stripes that unrelated grains rarely share a lock.</summary>
     private const int StripeCount = 1024;
@@ -71,6 +71,7 @@ public sealed partial class BitmapOverlay : IBlockDevice
     private readonly List<int> _takenBlocks = [];
     private readonly bool _readOnly;
     private readonly bool _passDiscardsDown;
+    private readonly OverlayStatistics _statistics;
     private AlignedBlock? _staging;
     private ulong _compatibleFeatures;
     private int _disposed;
@@ -102,6 +103,7 @@ public sealed partial class BitmapOverlay : IBlockDevice
         _copyUpBuffers = new AlignedBufferPool(grainBufferSize, Math.Max(1, options.CopyUpBufferCount));
         BlockDeviceInfo cowInfo = cow.Info;
         _passDiscardsDown = options.PassDiscardsDown && cowInfo.SupportsDiscard && cowInfo.DiscardZeroes && !cowInfo.ReadOnly;
+        _statistics = new OverlayStatistics(() => MappedBytes, () => IsStandalone);
         int logical = Math.Max(cowInfo.LogicalSectorSize, baseDevice?.Info.LogicalSectorSize ?? 512);
         Info = new BlockDeviceInfo
         {
@@ -136,6 +138,18 @@ public sealed partial class BitmapOverlay : IBlockDevice
 
     /// <summary>Every grain is in the overlay (after <see cref="Hydrate"/>): the base is no longer read.</summary>
     public bool IsStandalone => (Volatile.Read(ref _compatibleFeatures) & BitmapFormat.CompatibleStandalone) != 0;
+
+    /// <summary>The CoW storage's path (or its device's description).</summary>
+    public string ImageName => OverlayStatistics.NameOf(_cow);
+
+    /// <summary>Copy-ups, map block writes and flushes; the allocated bytes are the data of the grains in the overlay (no cache: the map is all in memory).</summary>
+    public OverlayStatistics Statistics => _statistics;
+
+    /// <summary>
+    /// Bytes of data the overlay holds (mapped grains), for telemetry. Scanned without the map's gate
+    /// so that a scrape never holds up writes: a grain changing meanwhile is counted old or new.
+    /// </summary>
+    private long MappedBytes => Math.Min(GrainCounts.Scan(_map.Bytes, _map.GrainCount).Mapped << _grainShift, _virtualSize);
 
     /// <summary>Bytes of memory the grain map takes for this disk (see <see cref="BitmapFormat.MapBytesPerGiB"/>: 64 KiB per GiB at 4 KiB grains).</summary>
     public long MapMemoryBytes => _map.MemoryBytes;
@@ -178,6 +192,7 @@ public sealed partial class BitmapOverlay : IBlockDevice
                     if (WriteHeader(clean) == IoStatus.Ok)
                     {
                         _cow.Flush();
+                        _statistics.CountMetadataFlush();
                     }
                 }
             }
@@ -193,6 +208,7 @@ public sealed partial class BitmapOverlay : IBlockDevice
                 _cow.Dispose();
                 _base?.Dispose();
             }
+            _statistics.MarkClosed();
         }
     }
 
@@ -209,6 +225,7 @@ public sealed partial class BitmapOverlay : IBlockDevice
         (_header with { CompatibleFeatures = compatibleFeatures }).WriteTo(_headerBlock.Span);
         int sector = Math.Max(BitmapFormat.HeaderSize, _cow.Info.LogicalSectorSize);
         IoBuffer buffer = _headerBlock.AsIoBuffer(0, sector);
+        _statistics.CountMetadataWrites(1);
         return _cow.Write(0, new ReadOnlySpan<IoBuffer>(in buffer));
     }
 

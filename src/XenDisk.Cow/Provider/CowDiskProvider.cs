@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Qcow2;
@@ -23,7 +24,13 @@ namespace XenDisk.Cow.Provider;
 /// </list>
 /// A read-only specification (<c>mode=r</c>) opens everything read-only and creates nothing. Every
 /// refusal is a <see cref="StorageException"/> whose message is meant for the operator (it ends up in
-/// the backend's xenstore "error" node). Thread-safe: the provider holds no state but its options.
+/// the backend's xenstore "error" node).
+/// <para>
+/// Thread-safe. Besides its options the provider holds one piece of state: the copy-on-write images it
+/// handed out that are still open (<see cref="GetOpenOverlays"/>), for telemetry. An image is added when
+/// it is returned and forgets itself when it is disposed; the devices returned are the images themselves,
+/// unwrapped, so nothing is added to their I/O path.
+/// </para>
 /// </summary>
 public sealed class CowDiskProvider : IDiskProvider
 {
@@ -32,6 +39,7 @@ public sealed class CowDiskProvider : IDiskProvider
 
     private readonly CowProviderOptions _options;
     private readonly string[] _allowedDirectories;
+    private readonly ConcurrentDictionary<ICopyOnWriteImage, byte> _openOverlays = new(ReferenceEqualityComparer.Instance);
 
     public CowDiskProvider(CowProviderOptions? options = null)
     {
@@ -39,6 +47,9 @@ public sealed class CowDiskProvider : IDiskProvider
         _options.Validate();
         _allowedDirectories = _options.AllowedBaseDirectories.Select(d => WithSeparator(SymbolicLinks.Resolve(Path.GetFullPath(d)))).ToArray();
     }
+
+    /// <summary>The qcow2 images and bitmap overlays opened through this provider and not yet disposed (a snapshot).</summary>
+    public IReadOnlyList<ICopyOnWriteImage> GetOpenOverlays() => [.. _openOverlays.Keys];
 
     public IBlockDevice Open(DiskSpecification specification)
     {
@@ -73,7 +84,7 @@ public sealed class CowDiskProvider : IDiskProvider
                 ReadOnly = readOnly,
                 BackingPolicy = BackingPolicyFor(refusal),
             });
-            return RequireWritable(image, readOnly, path);
+            return Track(RequireWritable(image, readOnly, path), image);
         }
         catch (StorageException e) when (refusal.Path != null)
         {
@@ -251,7 +262,7 @@ public sealed class CowDiskProvider : IDiskProvider
                 baseDevice.Dispose();
             }
             overlay.DeleteOnDispose = policy == MetadataPolicy.Transient;
-            return RequireWritable(image, readOnly, overlayPath);
+            return Track(RequireWritable(image, readOnly, overlayPath), image);
         }
         catch
         {
@@ -304,7 +315,7 @@ public sealed class CowDiskProvider : IDiskProvider
                 }
                 overlay = BitmapOverlay.Open(cow, baseDevice, options);
             }
-            IBlockDevice device = RequireWritable(overlay, readOnly, overlayPath);
+            IBlockDevice device = Track(RequireWritable(overlay, readOnly, overlayPath), overlay);
             return policy == MetadataPolicy.Transient && regularFile ? new FileRemovingDevice(device, overlayPath) : device;
         }
         catch (StorageException e) when (!e.Message.Contains(overlayPath, StringComparison.Ordinal))
@@ -326,6 +337,14 @@ public sealed class CowDiskProvider : IDiskProvider
                 TryDelete(overlayPath);
             }
         }
+    }
+
+    /// <summary>Remembers <paramref name="image"/> until it is disposed; returns <paramref name="device"/> (the image, or what wraps it).</summary>
+    private IBlockDevice Track(IBlockDevice device, ICopyOnWriteImage image)
+    {
+        _openOverlays.TryAdd(image, 0);
+        image.Statistics.WhenClosed(() => _openOverlays.TryRemove(image, out _));
+        return device;
     }
 
     /// <summary>A disk the toolstack attached writable must not quietly become read-only (corrupt bit, version 2, snapshots).</summary>

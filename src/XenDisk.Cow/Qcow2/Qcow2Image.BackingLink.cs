@@ -123,10 +123,12 @@ public sealed partial class Qcow2Image
             using (staged)
             {
                 status = DeviceIo.Write(_overlay, 0, staged, 0, writeLength);
+                _statistics.CountMetadataWrites(1);
             }
             if (status == IoStatus.Ok && _policy != Policies.MetadataPolicy.Transient)
             {
                 status = _overlay.Flush();
+                _statistics.CountMetadataFlush();
             }
             if (status != IoStatus.Ok)
             {

@@ -62,6 +62,7 @@ public sealed partial class Qcow2Image
             {
                 return new Qcow2OperationResult { Status = IoStatus.Ok, BytesExamined = _virtualSize };
             }
+            _statistics.ReportHydration(0, _virtualSize);
             if (_backing == null)
             {
                 return Failed(IoStatus.NotSupported, $"the backing file '{BackingFile}' is not open, so there is nothing to copy from");
@@ -117,6 +118,10 @@ public sealed partial class Qcow2Image
             }
             status = AfterMetadataChange(status, metadataChanged);
             long examined = Math.Min(_virtualSize, (cluster + 1) << _clusterBits);
+            if (newBacking == null && status == IoStatus.Ok)
+            {
+                _statistics.ReportHydration(examined, _virtualSize);
+            }
             if (status != IoStatus.Ok)
             {
                 return Failed(status, Explain(status, $"copying guest cluster {cluster}")) with { BytesExamined = cluster << _clusterBits, BytesCopied = counters.Copied };
@@ -227,6 +232,7 @@ public sealed partial class Qcow2Image
                     return status;
                 }
                 counters.Copied += differingEnd - at;
+                _statistics.CountCopiedBytes(differingEnd - at);
                 at = differingEnd;
             }
             unit = runEnd;

@@ -286,6 +286,13 @@ public sealed partial class Qcow2Image
             {
                 status = _overlay.Write(host + writeStart, list[..count]);
             }
+            if (status == IoStatus.Ok && (haveHead || haveTail))
+            {
+                // A rented fill buffer means backing data was read. One copy-up per unit completed
+                // from it: a head and a tail inside the same unit are one.
+                int units = (haveHead ? 1 : 0) + (haveTail && !(haveHead && firstUnit == lastUnit) ? 1 : 0);
+                _statistics.CountCopyUps(units, (haveHead ? start - headStart : 0) + (haveTail ? tailEnd - end : 0));
+            }
         }
         finally
         {

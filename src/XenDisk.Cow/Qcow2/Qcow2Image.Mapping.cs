@@ -97,6 +97,7 @@ public sealed partial class Qcow2Image
         }
         if (_l2Cache.TryGet(offset, out MetadataCache.Entry? cached))
         {
+            _statistics.CountCacheHit();
             table = cached;
             return IoStatus.Ok;
         }
@@ -104,6 +105,7 @@ public sealed partial class Qcow2Image
         {
             return Corrupt($"L1 entry {l1Index} points into the header, L1 table or refcount table (0x{offset:x})");
         }
+        _statistics.CountCacheMiss();
         AlignedBlock block = _l2Cache.RentBlock();
         IoStatus read = DeviceIo.ReadClamped(_overlay, offset, block);
         if (read != IoStatus.Ok)

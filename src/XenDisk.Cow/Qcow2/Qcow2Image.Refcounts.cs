@@ -36,6 +36,7 @@ public sealed partial class Qcow2Image
         }
         if (_refcountCache.TryGet(offset, out MetadataCache.Entry? cached))
         {
+            _statistics.CountCacheHit();
             block = cached;
             return IoStatus.Ok;
         }
@@ -43,6 +44,7 @@ public sealed partial class Qcow2Image
         {
             return Corrupt($"refcount table entry {tableIndex} points to 0x{offset:x}, which is not a free cluster within the file");
         }
+        _statistics.CountCacheMiss();
         AlignedBlock data = _refcountCache.RentBlock();
         IoStatus status = DeviceIo.ReadClamped(_overlay, offset, data);
         if (status != IoStatus.Ok)

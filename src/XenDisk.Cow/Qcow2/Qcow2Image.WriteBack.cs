@@ -92,6 +92,7 @@ public sealed partial class Qcow2Image
                 if (status == IoStatus.Ok && barriers && unflushed)
                 {
                     status = _overlay.Flush();
+                    _statistics.CountMetadataFlush();
                     unflushed = false;
                 }
             }
@@ -103,6 +104,7 @@ public sealed partial class Qcow2Image
                 }
                 Barrier();
                 status = status == IoStatus.Ok ? WriteBlocks(items.Select(select).ToList()) : status;
+                _statistics.CountMetadataWrites(items.Count);
                 unflushed = true;
             }
 

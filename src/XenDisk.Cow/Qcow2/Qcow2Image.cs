@@ -27,7 +27,7 @@ namespace XenDisk.Cow.Qcow2;
 /// A freed cluster returns to the allocator only after the L2 entry that referenced it is gone on disk.
 /// </para>
 /// </summary>
-public sealed partial class Qcow2Image : IBlockDevice
+public sealed partial class Qcow2Image : IBlockDevice, ICopyOnWriteImage
 {
     /// <summary>Enough stripes that unrelated clusters rarely share a lock, few enough to be cheap to hold.</summary>
     private const int StripeCount = 256;
@@ -58,6 +58,7 @@ public sealed partial class Qcow2Image : IBlockDevice
     private readonly AlignedBufferPool _scratch;
     private readonly MetadataCache _l2Cache;
     private readonly MetadataCache _refcountCache;
+    private readonly OverlayStatistics _statistics;
 
     private AlignedBlock _l1;
     private int _l1Size;
@@ -131,6 +132,7 @@ public sealed partial class Qcow2Image : IBlockDevice
         _refTableDirty = new DirtySectors(_refTable.Length, _metadataSector);
         _endCluster = (overlay.Info.SizeBytes + _clusterSize - 1) >> _clusterBits;
         _info = MakeInfo();
+        _statistics = new OverlayStatistics(() => Volatile.Read(ref _endCluster) << _clusterBits, () => BackingFile == null);
     }
 
     /// <summary>Size and capabilities as the guest sees them: the virtual disk.</summary>
@@ -160,6 +162,12 @@ public sealed partial class Qcow2Image : IBlockDevice
 
     /// <summary>Why the image stopped accepting writes (a metadata write failed), or null.</summary>
     public string? Failure => _failure;
+
+    /// <summary>The overlay file's path (or its device's description).</summary>
+    public string ImageName => OverlayStatistics.NameOf(_overlay);
+
+    /// <summary>Copy-ups, metadata writes and flushes, cache lookups; the allocated bytes are the clusters up to the end of the file.</summary>
+    public OverlayStatistics Statistics => _statistics;
 
     /// <summary>Bytes of memory held for mapping metadata: the L1 table, cached L2 tables and refcount blocks, and the refcount table.</summary>
     public long MetadataMemoryBytes
@@ -300,7 +308,13 @@ public sealed partial class Qcow2Image : IBlockDevice
             UpdateHeaderFields();
         }
         IoStatus status = DeviceIo.Write(_overlay, 0, _header, 0, HeaderWriteLength);
-        return status == IoStatus.Ok ? _overlay.Flush() : status;
+        _statistics.CountMetadataWrites(1);
+        if (status != IoStatus.Ok)
+        {
+            return status;
+        }
+        _statistics.CountMetadataFlush();
+        return _overlay.Flush();
     }
 
     /// <summary>Every header field XenDisk changes lies within the first 104 bytes, inside the first sector.</summary>
@@ -389,10 +403,12 @@ public sealed partial class Qcow2Image : IBlockDevice
                 if (status == IoStatus.Ok)
                 {
                     status = DeviceIo.Write(_overlay, newOffset, newL1, 0, newL1.Length);
+                    _statistics.CountMetadataWrites(1);
                 }
                 if (status == IoStatus.Ok)
                 {
                     status = _overlay.Flush();
+                    _statistics.CountMetadataFlush();
                 }
                 if (status != IoStatus.Ok)
                 {
@@ -515,6 +531,7 @@ public sealed partial class Qcow2Image : IBlockDevice
             _overlay.Dispose();
             _backing?.Dispose();
         }
+        _statistics.MarkClosed();
     }
 
     /// <summary>Records a metadata failure: from now on writes fail, because memory and disk may disagree.</summary>

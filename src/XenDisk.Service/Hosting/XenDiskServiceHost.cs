@@ -1,3 +1,4 @@
+using System.Diagnostics.Metrics;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
@@ -178,7 +179,18 @@ public static class XenDiskServiceHost
             sp.GetRequiredService<TimeProvider>().GetUtcNow()));
         services.AddSingleton<IDeviceStatusSource>(sp => new BlockBackendStatusSource(sp.GetRequiredService<BlockBackend>()));
         services.AddSingleton(sp => new BackendStatisticsCollector(sp.GetRequiredService<IDeviceStatusSource>(), sp.GetRequiredService<TimeProvider>()));
-        services.AddSingleton<XenDiskMetrics>();
+        services.AddSingleton(sp =>
+        {
+            var metrics = new XenDiskMetrics(sp.GetRequiredService<IMeterFactory>(), sp.GetRequiredService<BackendStatisticsCollector>());
+            // The overlays of disks opened through the image provider; a provider put in its place by
+            // ConfigureServices opens no copy-on-write images the service could see.
+            if (sp.GetRequiredService<IDiskProvider>() is ImageDiskProvider images)
+            {
+                metrics.RegisterCopyOnWrite(new CopyOnWriteMetricsSource(images.GetOpenOverlays));
+            }
+
+            return metrics;
+        });
         services.AddSingleton<StatusReporter>();
         services.AddSingleton<ServiceStatusText>();
 

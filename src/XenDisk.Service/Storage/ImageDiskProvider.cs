@@ -1,3 +1,4 @@
+using XenDisk.Cow;
 using XenDisk.Cow.Provider;
 using XenDisk.Storage;
 
@@ -22,6 +23,9 @@ public sealed class ImageDiskProvider : IDiskProvider
         _policy = policy;
         _disks = new CowDiskProvider((options ?? new CowProviderOptions()) with { AllowedBaseDirectories = policy.AllowedDirectories });
     }
+
+    /// <summary>The qcow2 images and bitmap overlays opened through this provider and still open (for telemetry).</summary>
+    public IReadOnlyList<ICopyOnWriteImage> GetOpenOverlays() => _disks.GetOpenOverlays();
 
     public IBlockDevice Open(DiskSpecification specification)
     {
