@@ -18,6 +18,8 @@ internal static class Program
         {
             ServeCommand.Create(),
             StatusCommand.Create(),
+            ImageCommand.Create(),
+            IoCommand.Create(),
             DemoCommand.Create(),
             BenchCommand.Create(),
         };

@@ -8,9 +8,7 @@ namespace XenDisk.Cli.Commands;
 /// <summary>`xendisk bench ...`: benchmarks that print figures for docs/BENCHMARKS.md.</summary>
 internal static class BenchCommand
 {
-    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
-
-    public static Command Create() => new("bench", "Measure XenDisk") { CreateRing() };
+    public static Command Create() => new("bench", "Measure XenDisk") { CreateRing(), BenchCowCommand.CreateCow() };
 
     private static Command CreateRing()
     {
@@ -49,7 +47,7 @@ internal static class BenchCommand
             var r = await RingBenchmark.RunAsync(settings, loggerFactory, cancellationToken).ConfigureAwait(false);
             if (parse.GetValue(json))
             {
-                Console.WriteLine(JsonSerializer.Serialize(r, Json));
+                Console.WriteLine(JsonSerializer.Serialize(r, CliJsonContext.Default.RingBenchResult));
             }
             else
             {

@@ -1,21 +1,13 @@
 using static System.FormattableString;
 using System.Text.Json;
-using System.Text.Json.Serialization;
 
 namespace XenDisk.Cli.Demo;
 
 /// <summary>Prints a <see cref="DemoReport"/> for people (a table per guest) or for scripts (JSON).</summary>
 internal static class DemoOutput
 {
-    private static readonly JsonSerializerOptions Json = new()
-    {
-        WriteIndented = true,
-        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
-        Converters = { new JsonStringEnumConverter() },
-    };
-
     public static void WriteJson(TextWriter output, DemoReport report) =>
-        output.WriteLine(JsonSerializer.Serialize(report, Json));
+        output.WriteLine(JsonSerializer.Serialize(report, CliJsonContext.Default.DemoReport));
 
     public static void WriteText(TextWriter output, DemoReport report)
     {

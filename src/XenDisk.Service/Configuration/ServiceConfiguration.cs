@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Text.RegularExpressions;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
@@ -42,11 +43,13 @@ public static partial class ServiceConfiguration
         ArgumentNullException.ThrowIfNull(services);
         ArgumentNullException.ThrowIfNull(configuration);
         var rules = new SettingsRules();
-        Add<BackendSettings, BackendSettingsValidator>(services, configuration, BackendSettings.SectionName, rules);
-        Add<StorageSettings, StorageSettingsValidator>(services, configuration, StorageSettings.SectionName, rules);
-        Add<TelemetrySettings, TelemetrySettingsValidator>(services, configuration, TelemetrySettings.SectionName, rules);
-        Add<ControlSettings, ControlSettingsValidator>(services, configuration, ControlSettings.SectionName, rules);
-        Add<SimulationSettings, SimulationSettingsValidator>(services, configuration, SimulationSettings.SectionName, null);
+        // Each Bind call names its settings type, so that the configuration-binding source generator
+        // produces the binding code (no reflection, safe to trim).
+        Add<BackendSettings, BackendSettingsValidator>(services, rules, o => configuration.GetSection(BackendSettings.SectionName).Bind(o, UnknownKeysAreErrors));
+        Add<StorageSettings>(services, rules, o => configuration.GetSection(StorageSettings.SectionName).Bind(o, UnknownKeysAreErrors));
+        Add<TelemetrySettings, TelemetrySettingsValidator>(services, rules, o => configuration.GetSection(TelemetrySettings.SectionName).Bind(o, UnknownKeysAreErrors));
+        Add<ControlSettings, ControlSettingsValidator>(services, rules, o => configuration.GetSection(ControlSettings.SectionName).Bind(o, UnknownKeysAreErrors));
+        Add<SimulationSettings, SimulationSettingsValidator>(services, null, o => configuration.GetSection(SimulationSettings.SectionName).Bind(o, UnknownKeysAreErrors));
         return services;
     }
 
@@ -82,22 +85,33 @@ public static partial class ServiceConfiguration
         return problems;
     }
 
-    private static void Add<TSettings, TValidator>(IServiceCollection services, IConfiguration configuration, string section, SettingsRules? rules)
+    /// <summary>Unknown keys are errors: a misspelt key silently ignored is a setting silently not applied.</summary>
+    private static void UnknownKeysAreErrors(BinderOptions binder) => binder.ErrorOnUnknownConfiguration = true;
+
+    private static void Add<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicParameterlessConstructor)] TSettings,
+        [DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicConstructors)] TValidator>(
+        IServiceCollection services, SettingsRules? rules, Action<TSettings> bind)
         where TSettings : class
         where TValidator : class, IValidateOptions<TSettings>
     {
-        // Unknown keys are errors: a misspelt key silently ignored is a setting silently not applied.
-        services.AddOptions<TSettings>()
-            .Bind(configuration.GetSection(section), binder => binder.ErrorOnUnknownConfiguration = true)
-            .ValidateOnStart();
+        Add(services, rules, bind);
         services.AddSingleton<IValidateOptions<TSettings>, TValidator>();
+    }
+
+    private static void Add<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicParameterlessConstructor)] TSettings>(
+        IServiceCollection services, SettingsRules? rules, Action<TSettings> bind)
+        where TSettings : class
+    {
+        services.AddOptions<TSettings>()
+            .Configure(bind)
+            .ValidateOnStart();
         if (rules is IValidateOptions<TSettings> crossField)
         {
             services.AddSingleton(crossField);
         }
     }
 
-    private static void Check<TSettings>(IServiceProvider services, List<string> problems)
+    private static void Check<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicParameterlessConstructor)] TSettings>(IServiceProvider services, List<string> problems)
         where TSettings : class
     {
         try

@@ -24,7 +24,6 @@ public sealed class BackendSettings
     public static readonly IReadOnlyList<string> DefaultKinds = [BackendOptions.DefaultKind];
 
     /// <summary>Backend kinds to watch (vbd, vbd3); default ["vbd"].</summary>
-    [MinLength(1)]
     public List<string>? Kinds { get; set; }
 
     /// <summary>Serve only devices whose "script" key names this file (e.g. "xendisk"); null serves every device.</summary>
@@ -89,7 +88,6 @@ public sealed class StorageSettings
 
     /// <summary>Image files (raw images, overlays and their bases) must lie inside one of these directories,
     /// after symbolic links are resolved. Default ["/var/lib/xendisk/images"].</summary>
-    [MinLength(1)]
     public List<string>? AllowedImageDirectories { get; set; }
 
     /// <summary>Allow targets under /dev (block devices, LVM volumes).</summary>

@@ -22,6 +22,11 @@ internal sealed class SettingsRules :
     public ValidateOptionsResult Validate(string? name, BackendSettings options)
     {
         var errors = new List<string>();
+        if (options.Kinds is { Count: 0 })
+        {
+            errors.Add("Backend:Kinds must list at least one backend kind (for example [\"vbd\"]).");
+        }
+
         if (options.Kinds is { } kinds)
         {
             var seen = new HashSet<string>(StringComparer.Ordinal);
@@ -61,6 +66,11 @@ internal sealed class SettingsRules :
     public ValidateOptionsResult Validate(string? name, StorageSettings options)
     {
         var errors = new List<string>();
+        if (options.AllowedImageDirectories is { Count: 0 })
+        {
+            errors.Add("Storage:AllowedImageDirectories must list at least one directory (for example [\"/var/lib/xendisk/images\"]).");
+        }
+
         var seen = new HashSet<string>(StringComparer.Ordinal);
         foreach (string? directory in options.AllowedImageDirectories ?? [])
         {

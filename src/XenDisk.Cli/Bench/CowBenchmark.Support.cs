@@ -1,0 +1,212 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.RegularExpressions;
+using Microsoft.Win32.SafeHandles;
+using XenDisk.Cow.Storage;
+using XenDisk.Storage;
+
+namespace XenDisk.Cli.Bench;
+
+// What the benchmark needs around the engine: qemu-img, the file system type, a growable O_DIRECT file.
+internal static partial class CowBenchmark
+{
+    /// <summary>qemu-img, as the peer under test.</summary>
+    private static partial class QemuImg
+    {
+        public static string Find()
+        {
+            foreach (string directory in (Environment.GetEnvironmentVariable("PATH") ?? "/usr/bin:/bin").Split(':', StringSplitOptions.RemoveEmptyEntries))
+            {
+                string candidate = Path.Combine(directory, "qemu-img");
+                if (File.Exists(candidate))
+                {
+                    return candidate;
+                }
+            }
+            throw new CowBenchException("qemu-img is not installed; the benchmark compares XenDisk with QEMU's qcow2 driver (apt-get install qemu-utils).");
+        }
+
+        public static string Version(string qemuImg)
+        {
+            (int exit, string output, _) = Run(qemuImg, "--version");
+            return exit == 0 ? output.Split('\n')[0].Trim() : "qemu-img (version unknown)";
+        }
+
+        /// <summary>io_uring when this QEMU build and kernel offer it, else Linux native AIO (both need -t none).</summary>
+        public static string ChooseAio(string qemuImg, string basePath)
+        {
+            (int exit, _, _) = Run(qemuImg, "bench", "-f", "raw", "-t", "none", "-i", "io_uring", "-d", "1", "-c", "1", "-s", "4096", basePath);
+            return exit == 0 ? "io_uring" : "native";
+        }
+
+        public static void CreateOverlay(string qemuImg, string overlayPath, string basePath, string options)
+        {
+            (int exit, _, string error) = Run(qemuImg, "create", "-q", "-f", "qcow2", "-b", basePath, "-F", "raw", "-o", options, overlayPath);
+            if (exit != 0)
+            {
+                throw new CowBenchException($"qemu-img create {overlayPath} failed: {error.Trim()}");
+            }
+        }
+
+        /// <summary>One qemu-img bench run of the phase's shape: the same offsets, sizes and depth as XenDisk's run.</summary>
+        public static Measurement Bench(string qemuImg, string format, string path, string aio, int depth, long requests, Phase phase)
+        {
+            (int bufferSize, bool write) = Shape(phase);
+            List<string> args =
+            [
+                "bench", "-f", format, "-t", "none", "-i", aio,
+                "-d", depth.ToString(CultureInfo.InvariantCulture),
+                "-c", requests.ToString(CultureInfo.InvariantCulture),
+                "-s", bufferSize.ToString(CultureInfo.InvariantCulture),
+                "-S", ClusterSize.ToString(CultureInfo.InvariantCulture),
+                "--pattern=" + WritePattern.ToString(CultureInfo.InvariantCulture),
+            ];
+            if (write)
+            {
+                args.Add("-w");
+            }
+            args.Add(path);
+            (int exit, string output, string error) = Run(qemuImg, [.. args]);
+            Match match = CompletedIn().Match(output);
+            if (exit != 0 || !match.Success)
+            {
+                return new Measurement(phase, requests, 0, 0, $"qemu-img bench exited with {exit}: {(error + output).Trim()}");
+            }
+            return new Measurement(phase, requests, double.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture), 0, null);
+        }
+
+        private static (int Exit, string Output, string Error) Run(string qemuImg, params string[] args)
+        {
+            ProcessStartInfo start = new(qemuImg)
+            {
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                UseShellExecute = false,
+            };
+            foreach (string arg in args)
+            {
+                start.ArgumentList.Add(arg);
+            }
+            using Process process = Process.Start(start) ?? throw new CowBenchException($"cannot start {qemuImg}");
+            Task<string> output = process.StandardOutput.ReadToEndAsync();
+            Task<string> error = process.StandardError.ReadToEndAsync();
+            process.WaitForExit();
+            return (process.ExitCode, output.Result, error.Result);
+        }
+
+        [GeneratedRegex(@"Run completed in ([0-9]+(?:\.[0-9]+)?) seconds")]
+        private static partial Regex CompletedIn();
+    }
+
+    /// <summary>The file system type of a directory, from /proc/self/mountinfo (the longest mount point containing it).</summary>
+    private static class FileSystems
+    {
+        public static string TypeOf(string directory)
+        {
+            string path = Path.GetFullPath(directory);
+            string best = "";
+            string type = "unknown";
+            try
+            {
+                foreach (string line in File.ReadLines("/proc/self/mountinfo"))
+                {
+                    // "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue" (proc(5))
+                    string[] fields = line.Split(' ');
+                    int separator = Array.IndexOf(fields, "-");
+                    if (fields.Length < 5 || separator < 0 || separator + 1 >= fields.Length)
+                    {
+                        continue;
+                    }
+                    string mountPoint = Unescape(fields[4]);
+                    bool contains = mountPoint == "/" || path == mountPoint || path.StartsWith(mountPoint + "/", StringComparison.Ordinal);
+                    if (contains && mountPoint.Length >= best.Length)
+                    {
+                        best = mountPoint;
+                        type = fields[separator + 1];
+                    }
+                }
+            }
+            catch (IOException)
+            {
+                return "unknown";
+            }
+            return type;
+        }
+
+        /// <summary>mountinfo escapes space, tab, newline and backslash as \ooo octal.</summary>
+        private static string Unescape(string field) => Regex.Replace(field, @"\\([0-7]{3})", m => ((char)Convert.ToInt32(m.Groups[1].Value, 8)).ToString());
+    }
+
+    /// <summary>
+    /// A qcow2 overlay file opened with O_DIRECT (as qemu-img bench -t none opens its images) that the
+    /// engine can grow: growing sets the file's length exactly, as <see cref="FileImageDevice"/> does,
+    /// then re-reads it into the raw device. Ownership: owns both descriptors.
+    /// </summary>
+    private sealed class GrowableDirectFile : IGrowableBlockDevice
+    {
+        private readonly RawBlockDevice _device;
+        private readonly SafeFileHandle _sizing;
+        private readonly Lock _gate = new();
+
+        private GrowableDirectFile(RawBlockDevice device, SafeFileHandle sizing)
+        {
+            _device = device;
+            _sizing = sizing;
+        }
+
+        public static GrowableDirectFile Open(string path)
+        {
+            RawBlockDevice device = RawBlockDevice.Open(path, readOnly: false);
+            try
+            {
+                return new GrowableDirectFile(device, File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite));
+            }
+            catch
+            {
+                device.Dispose();
+                throw;
+            }
+        }
+
+        public BlockDeviceInfo Info => _device.Info;
+
+        public bool CompletesInline => false;
+
+        public IoStatus Read(long offset, ReadOnlySpan<IoBuffer> buffers) => _device.Read(offset, buffers);
+
+        public IoStatus Write(long offset, ReadOnlySpan<IoBuffer> buffers) => _device.Write(offset, buffers);
+
+        public IoStatus Flush() => _device.Flush();
+
+        public IoStatus Discard(long offset, long length, bool secure) => _device.Discard(offset, length, secure);
+
+        public BlockDeviceInfo Refresh() => _device.Refresh();
+
+        public IoStatus EnsureSize(long minimumBytes)
+        {
+            lock (_gate)
+            {
+                if (minimumBytes <= _device.Info.SizeBytes)
+                {
+                    return IoStatus.Ok;
+                }
+                try
+                {
+                    RandomAccess.SetLength(_sizing, minimumBytes);
+                }
+                catch (IOException e)
+                {
+                    // ENOSPC (28) and EDQUOT (122) arrive as IOException with the errno in HResult on Unix.
+                    return (e.HResult & 0xFFFF) is 28 or 122 ? IoStatus.NoSpace : IoStatus.IoError;
+                }
+                return _device.Refresh().SizeBytes >= minimumBytes ? IoStatus.Ok : IoStatus.IoError;
+            }
+        }
+
+        public void Dispose()
+        {
+            _device.Dispose();
+            _sizing.Dispose();
+        }
+    }
+}

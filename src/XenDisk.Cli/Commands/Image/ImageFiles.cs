@@ -1,0 +1,245 @@
+using System.CommandLine;
+using XenDisk.Cow.Bitmap;
+using XenDisk.Cow.Policies;
+using XenDisk.Cow.Provider;
+using XenDisk.Cow.Qcow2;
+using XenDisk.Cow.Storage;
+using XenDisk.Storage;
+
+namespace XenDisk.Cli.Commands.Image;
+
+/// <summary>
+/// Finding and opening the image a command names. Backing files named inside images are followed
+/// only under the image's own directory and the directories given with --allow-base: images are
+/// untrusted, and one naming /etc/shadow as its base must not get it read.
+/// </summary>
+internal static class ImageFiles
+{
+    /// <summary>The option every command that may follow a backing file takes.</summary>
+    public static Option<string[]> AllowBaseOption() => new("--allow-base")
+    {
+        Description = "Also follow backing files under this directory (repeatable); the image's own directory is always allowed",
+        Arity = ArgumentArity.ZeroOrMore,
+    };
+
+    /// <summary>-f: the image's format, read from its magic when not given.</summary>
+    public static Option<string?> FormatOption() => new("-f", "--format")
+    {
+        Description = $"Image format ({ImageFormats.Names}); read from the file's magic when not given",
+    };
+
+    /// <summary>
+    /// The format of an existing image: the given one, or the file's magic. Writes the refusal and sets
+    /// <paramref name="exitCode"/> (2 for a bad format name, 1 for a file that cannot be read) when it fails.
+    /// </summary>
+    public static bool TryResolveFormat(ParseResult parse, string path, string? formatName, out ImageFormat format, out int exitCode)
+    {
+        format = ImageFormat.Raw;
+        exitCode = 0;
+        if (formatName != null && !ImageFormats.TryParse(formatName, out format))
+        {
+            exitCode = CommandErrors.Invalid(parse, $"unknown image format '{formatName}' (use {ImageFormats.Names})");
+            return false;
+        }
+        if (Directory.Exists(path))
+        {
+            exitCode = CommandErrors.Failed(parse, $"'{path}' is a directory, not an image");
+            return false;
+        }
+        if (!File.Exists(path))
+        {
+            exitCode = CommandErrors.Failed(parse, $"cannot open '{path}': no such file");
+            return false;
+        }
+        if (formatName == null)
+        {
+            try
+            {
+                format = ImageFormats.Probe(path);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                exitCode = CommandErrors.Failed(parse, $"cannot read '{path}': {e.Message}");
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /// <summary>The image's directory and the --allow-base directories, as absolute paths.</summary>
+    public static string[] AllowedDirectories(string imagePath, IEnumerable<string>? allowBase)
+    {
+        string imageDirectory = Path.GetDirectoryName(Path.GetFullPath(imagePath)) ?? "/";
+        return [imageDirectory, .. (allowBase ?? []).Select(Path.GetFullPath)];
+    }
+
+    /// <summary>
+    /// The policy for image operations: a backing file is followed when, with every symbolic link in
+    /// its path resolved, it lies under the image's directory or an --allow-base directory (the rule the
+    /// backend's disk provider applies), so a link placed beside an image cannot lead elsewhere.
+    /// </summary>
+    public static BackingFilePolicy BackingPolicy(string imagePath, IEnumerable<string>? allowBase)
+    {
+        string[] roots = AllowedDirectories(imagePath, allowBase)
+            .Select(d => Path.TrimEndingDirectorySeparator(RealPath(d)) + Path.DirectorySeparatorChar).ToArray();
+        return new BackingFilePolicy
+        {
+            Allow = (fullPath, _) =>
+            {
+                string real = RealPath(fullPath);
+                return roots.Any(root => real.StartsWith(root, StringComparison.Ordinal));
+            },
+        };
+    }
+
+    /// <summary>Linux's limit on links followed in one lookup (MAXSYMLINKS); more means a loop.</summary>
+    private const int MaximumLinks = 40;
+
+    /// <summary>realpath(3) without the syscall: each component's link followed; components that do not exist are kept.</summary>
+    internal static string RealPath(string path)
+    {
+        int links = 0;
+        string pending = Path.GetFullPath(path);
+        while (true)
+        {
+            string[] parts = pending.Split('/', StringSplitOptions.RemoveEmptyEntries);
+            string current = "/";
+            string? restart = null;
+            for (int i = 0; i < parts.Length && restart == null; i++)
+            {
+                if (parts[i] == ".")
+                {
+                    continue;
+                }
+                if (parts[i] == "..")
+                {
+                    // current has no links left in it, so its parent is the real parent.
+                    current = Path.GetDirectoryName(current) ?? "/";
+                    continue;
+                }
+                string next = Path.Join(current, parts[i]);
+                string? target;
+                try
+                {
+                    target = new FileInfo(next).LinkTarget;
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    target = null;
+                }
+                if (target == null)
+                {
+                    current = next;
+                    continue;
+                }
+                if (++links > MaximumLinks)
+                {
+                    throw new StorageException($"Too many levels of symbolic links resolving {path}.", errno: 40);
+                }
+                string followed = Path.IsPathRooted(target) ? target : Path.Join(current, target);
+                string rest = string.Join('/', parts[(i + 1)..]);
+                restart = rest.Length == 0 ? followed : followed + "/" + rest;
+            }
+            if (restart == null)
+            {
+                return current;
+            }
+            pending = restart;
+        }
+    }
+
+    /// <summary>
+    /// Opens an image for guest-style I/O through the backend's own disk provider (the same devices,
+    /// caches and checks a guest's disk gets): raw:PATH, qcow2:PATH, or a bitmap overlay as
+    /// cow:BASE,OVERLAY,format=bitmap with the base its header records. Throws <see cref="StorageException"/>.
+    /// </summary>
+    public static IBlockDevice OpenForIo(string path, ImageFormat format, IEnumerable<string>? allowBase, bool readOnly)
+    {
+        try
+        {
+            return OpenThroughProvider(path, format, allowBase, readOnly);
+        }
+        catch (StorageException e) when (e.Message.Contains("allowed base directory", StringComparison.Ordinal))
+        {
+            // The provider speaks to the service's configuration; on the command line the setting is --allow-base.
+            throw new StorageException(e.Message + " On the command line: --allow-base DIR.", e.Errno, e);
+        }
+    }
+
+    private static IBlockDevice OpenThroughProvider(string path, ImageFormat format, IEnumerable<string>? allowBase, bool readOnly)
+    {
+        string fullPath = Path.GetFullPath(path);
+        CowDiskProvider provider = new(new CowProviderOptions { AllowedBaseDirectories = AllowedDirectories(fullPath, allowBase) });
+        switch (format)
+        {
+            case ImageFormat.Qcow2:
+                return provider.Open(new DiskSpecification("qcow2:" + fullPath, readOnly));
+            case ImageFormat.Bitmap:
+                BitmapHeader header;
+                using (FileImageDevice probe = FileImageDevice.Open(fullPath, readOnly: true))
+                {
+                    header = BitmapOverlay.ReadHeader(probe);
+                }
+                if (header.IsStandalone)
+                {
+                    // Hydrated: every grain is in the overlay, so no base is opened at all.
+                    IBlockDevice cow = RawBlockDevice.Open(fullPath, readOnly);
+                    try
+                    {
+                        return BitmapOverlay.Open(cow, null, new BitmapOverlayOptions { ReadOnly = readOnly });
+                    }
+                    catch
+                    {
+                        cow.Dispose();
+                        throw;
+                    }
+                }
+                if (header.BaseName.Length == 0 || !Path.IsPathFullyQualified(header.BaseName))
+                {
+                    throw new StorageException($"The bitmap overlay '{path}' records no absolute base path (\"{header.BaseName}\"), so its base cannot be found.");
+                }
+                return provider.Open(new DiskSpecification($"cow:{header.BaseName},{fullPath},format=bitmap", readOnly));
+            default:
+                return provider.Open(new DiskSpecification("raw:" + fullPath, readOnly));
+        }
+    }
+
+    /// <summary>
+    /// Refuses, with the option that would allow it, a qcow2 image whose backing file lies outside the
+    /// allowed directories (deeper layers are checked by the engine as it opens them).
+    /// </summary>
+    public static void CheckQcow2Backing(string imagePath, IEnumerable<string>? allowBase)
+    {
+        string? name;
+        using (FileImageDevice device = FileImageDevice.Open(Path.GetFullPath(imagePath), readOnly: true))
+        {
+            name = Qcow2Disk.ReadHeader(device).BackingFile;
+        }
+        if (name == null)
+        {
+            return;
+        }
+        string resolved = Qcow2Disk.ResolveBackingPath(imagePath, name);
+        if (!BackingPolicy(imagePath, allowBase).Allows(resolved, name))
+        {
+            string real = RealPath(resolved);
+            throw new StorageException($"'{imagePath}' names the backing file '{name}' ({(real == resolved ? resolved : $"{resolved} -> {real}")}), which is outside the image's directory and the backing file policy does not allow; allow it with --allow-base {Path.GetDirectoryName(real)}");
+        }
+    }
+
+    /// <summary>The base a bitmap overlay records, checked against the backing file policy.</summary>
+    public static string AuthorisedBitmapBase(string overlayPath, BitmapHeader header, IEnumerable<string>? allowBase)
+    {
+        string name = header.BaseName;
+        if (name.Length == 0 || !Path.IsPathFullyQualified(name))
+        {
+            throw new StorageException($"The bitmap overlay '{overlayPath}' records no absolute base path (\"{name}\").");
+        }
+        string fullPath = Path.GetFullPath(name);
+        if (!BackingPolicy(overlayPath, allowBase).Allows(fullPath, name))
+        {
+            throw new StorageException($"The bitmap overlay '{overlayPath}' names the base '{fullPath}', which is outside the image's directory; allow it with --allow-base {Path.GetDirectoryName(fullPath)}");
+        }
+        return fullPath;
+    }
+}

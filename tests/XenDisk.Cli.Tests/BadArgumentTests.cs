@@ -1,0 +1,91 @@
+using XenDisk.Cli.Tests.Support;
+
+namespace XenDisk.Cli.Tests;
+
+/// <summary>Every refusal is a clear line on stderr with exit code 2 (bad arguments) or 1 (the work failed), never a stack trace.</summary>
+public sealed class BadArgumentTests : IDisposable
+{
+    private readonly TempDirectory _dir = new();
+
+    public void Dispose() => _dir.Dispose();
+
+    [Theory]
+    [InlineData(2, "unknown image format 'vmdk'", "image", "create", "-f", "vmdk", "{dir}/x.img", "1G")]
+    [InlineData(2, "invalid image size", "image", "create", "-f", "qcow2", "{dir}/x.qcow2", "12Q")]
+    [InlineData(2, "invalid image size", "image", "create", "-f", "qcow2", "{dir}/x.qcow2", "ten")]
+    [InlineData(2, "multiple of 512", "image", "create", "-f", "qcow2", "{dir}/x.qcow2", "1000")]
+    [InlineData(2, "SIZE is required", "image", "create", "-f", "qcow2", "{dir}/x.qcow2")]
+    [InlineData(2, "-F raw or -F qcow2", "image", "create", "-f", "qcow2", "-b", "base.raw", "{dir}/x.qcow2")]
+    [InlineData(2, "needs its base", "image", "create", "-f", "bitmap", "{dir}/x.bitmap", "1M")]
+    [InlineData(2, "unknown qcow2 option 'color'", "image", "create", "-f", "qcow2", "-o", "color=red", "{dir}/x.qcow2", "1M")]
+    [InlineData(2, "cluster_size=3k", "image", "create", "-f", "qcow2", "-o", "cluster_size=3k", "{dir}/x.qcow2", "1M")]
+    [InlineData(2, "Extended L2 entries need clusters", "image", "create", "-f", "qcow2", "-o", "cluster_size=4k,extended_l2=on", "{dir}/x.qcow2", "1M")]
+    [InlineData(1, "does not exist", "image", "create", "-f", "qcow2", "-b", "missing.raw", "-F", "raw", "{dir}/x.qcow2")]
+    [InlineData(2, "unknown image format 'qcow3'", "image", "info", "-f", "qcow3", "{dir}/missing.img")]
+    [InlineData(1, "no such file", "image", "info", "{dir}/missing.img")]
+    [InlineData(1, "no such file", "image", "check", "{dir}/missing.img")]
+    [InlineData(1, "no such file", "image", "map", "{dir}/missing.img")]
+    [InlineData(1, "is a directory", "image", "info", "{dir}")]
+    [InlineData(1, "no such file", "io", "{dir}/missing.img", "-c", "read 0 4k")]
+    [InlineData(2, "unknown command 'frobnicate'", "io", "{dir}/missing.img", "-c", "frobnicate 0 4k")]
+    [InlineData(2, "needs an OFFSET and a LENGTH", "io", "{dir}/missing.img", "-c", "read 0")]
+    [InlineData(2, "invalid length", "io", "{dir}/missing.img", "-c", "write 0 4q")]
+    [InlineData(2, "-P needs a byte pattern", "io", "{dir}/missing.img", "-c", "write -P 300 0 4k")]
+    [InlineData(2, "no command given", "io", "{dir}/missing.img")]
+    [InlineData(2, "--rate", "image", "hydrate", "--rate", "fast", "{dir}/missing.img")]
+    [InlineData(2, "--size", "bench", "cow", "--size", "lots")]
+    [InlineData(2, "at least 4M", "bench", "cow", "--size", "1M")]
+    public void IsRefusedWithAMessage(int exitCode, string message, params string[] args)
+    {
+        string[] resolved = args.Select(a => a.Replace("{dir}", _dir.Path, StringComparison.Ordinal)).ToArray();
+
+        CliResult result = Xendisk.Run(resolved);
+
+        Assert.True(result.ExitCode == exitCode, result.ToString());
+        Assert.Contains(message, result.Error);
+        Assert.StartsWith("xendisk: ", result.Error);
+        Xendisk.AssertNoStackTrace(result);
+    }
+
+    [Fact]
+    public void UnalignedIo_IsRefusedNotCrashed()
+    {
+        string image = _dir.File("disk.raw");
+        Assert.Equal(0, Xendisk.Run("image", "create", "-f", "raw", image, "1M").ExitCode);
+
+        CliResult result = Xendisk.Run("io", image, "-c", "write 100 200");
+
+        Assert.Equal(1, result.ExitCode);
+        Assert.Contains("multiples of the disk's 512-byte sectors", result.Error);
+        Xendisk.AssertNoStackTrace(result);
+    }
+
+    [Fact]
+    public void GarbageQcow2_InfoIsRefusedWithTheReason()
+    {
+        string image = _dir.File("garbage.qcow2");
+        byte[] bytes = new byte[4096];
+        "QFI"u8.CopyTo(bytes);
+        bytes[3] = 0xfb;
+        bytes[7] = 3;
+        // cluster_bits 40: out of the spec's range.
+        bytes[23] = 40;
+        File.WriteAllBytes(image, bytes);
+
+        CliResult result = Xendisk.Run("image", "info", image);
+
+        Assert.Equal(1, result.ExitCode);
+        Assert.StartsWith("xendisk: ", result.Error);
+        Xendisk.AssertNoStackTrace(result);
+    }
+
+    [Fact]
+    public void UnknownOption_IsAParseErrorWithoutStackTrace()
+    {
+        CliResult result = Xendisk.Run("image", "info", "--frobnicate", _dir.File("x"));
+
+        Assert.NotEqual(0, result.ExitCode);
+        Assert.Contains("Unrecognized command or argument", result.Error);
+        Xendisk.AssertNoStackTrace(result);
+    }
+}
