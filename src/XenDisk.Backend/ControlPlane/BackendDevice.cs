@@ -43,6 +43,14 @@ internal sealed partial class BackendDevice
     private XenbusState? _lastUnexpectedFrontendState;
     private string? _error;
 
+    // libxl-managed hotplug (a "script" key in the backend directory): see docs/E2E.md "Hotplug contract".
+    private bool _hotplugManaged;
+    private bool _settingUp;
+    private bool _setUpFailed;
+    private bool _refusedFrontendLogged;
+    private bool _hotplugWaitLogged;
+    private bool _hotplugErrorLogged;
+
     private volatile DeviceStatus _status;
 
     public BackendDevice(BackendContext context, string kind, string backendPath, uint frontendDomainId, int deviceId)
@@ -236,6 +244,14 @@ internal sealed partial class BackendDevice
             return;
         }
 
+        if (_setUpFailed)
+        {
+            // Failed under libxl's hotplug contract: it sits in InitWait with its "error" node, for
+            // the hotplug script to report, until the toolstack removes it (handled above).
+            LogRefusedFrontendOnce();
+            return;
+        }
+
         if (_disk is null)
         {
             // A fresh device (state absent or Initialising), or one we find on our first look
@@ -248,7 +264,12 @@ internal sealed partial class BackendDevice
                 return;
             }
 
+            _hotplugManaged = !string.IsNullOrEmpty(ReadBackend(BlkifKeys.Script));
+            // Left set when SetUp throws, for FailAsync to tell a failed setup from a later failure.
+            _settingUp = true;
             SetUp();
+            _settingUp = false;
+
             if (_disk is null)
             {
                 return;
@@ -293,7 +314,7 @@ internal sealed partial class BackendDevice
             case XenbusState.Connected:
                 // Connected too: two quick frontend writes may have coalesced into one event, and a
                 // frontend still connected to an earlier backend instance re-attaches this way.
-                if (_state == XenbusState.InitWait)
+                if (_state == XenbusState.InitWait && HotplugScriptDone())
                 {
                     await ConnectAsync().ConfigureAwait(false);
                 }
@@ -374,6 +395,8 @@ internal sealed partial class BackendDevice
             : $"internal error: {exception.GetType().Name}: {exception.Message}";
         ControlPlaneLog.DeviceFailed(_context.Logger, Name, reason, exception is DeviceSetupException ? null : exception);
         _error = reason;
+        bool duringSetUp = _settingUp;
+        _settingUp = false;
 
         try
         {
@@ -386,6 +409,11 @@ internal sealed partial class BackendDevice
 
         try
         {
+            if (duringSetUp && _hotplugManaged && FailIntoInitWait(reason))
+            {
+                return;
+            }
+
             CommitState(XenbusState.Closed, t =>
             {
                 if (_context.Store.Directory(t, BackendPath) is null)
@@ -402,6 +430,86 @@ internal sealed partial class BackendDevice
         {
             ControlPlaneLog.ErrorNodeWriteFailed(_context.Logger, Name, e);
         }
+    }
+
+    /// <summary>
+    /// A script-managed device whose setup failed: the "error" node and then InitWait, in one
+    /// transaction. libxl runs the hotplug script only once it sees exactly InitWait; the script
+    /// finds the reason there and hands it to xl, and libxl then removes the device. Closed instead
+    /// would leave libxl waiting out its 10 s with no reason given. Returns false (and the caller
+    /// closes the device as usual) when the toolstack is removing it already.
+    /// </summary>
+    private bool FailIntoInitWait(string reason)
+    {
+        bool written = CommitState(XenbusState.InitWait, t =>
+        {
+            if (IsBeingRemoved(t) || _context.Store.Directory(t, BackendPath) is null)
+            {
+                return false;
+            }
+
+            Write(t, BlkifKeys.Error, reason);
+            Write(t, BlkifKeys.State, XenbusStateText.ToWire(XenbusState.InitWait));
+            return true;
+        });
+        if (written)
+        {
+            _setUpFailed = true;
+            ControlPlaneLog.FailedDeviceAwaitsHotplugScript(_context.Logger, Name);
+        }
+
+        return written;
+    }
+
+    private void LogRefusedFrontendOnce()
+    {
+        if (_refusedFrontendLogged || _configuration is null)
+        {
+            return;
+        }
+
+        XenbusState? frontendState = ReadState(_configuration.FrontendPath + "/" + BlkifKeys.State);
+        if (frontendState is XenbusState.Initialised or XenbusState.Connected)
+        {
+            _refusedFrontendLogged = true;
+            ControlPlaneLog.FrontendRefusedAfterFailure(_context.Logger, Name, frontendState.Value);
+        }
+    }
+
+    /// <summary>
+    /// The connect gate of a script-managed device: libxl accepts only InitWait until its hotplug
+    /// script has run, and the script reports success as hotplug-status=connected (the gate
+    /// xen-blkback keeps with the "physical-device" node that the block script writes). A device
+    /// without a script key has no gate.
+    /// </summary>
+    private bool HotplugScriptDone()
+    {
+        if (!_hotplugManaged)
+        {
+            return true;
+        }
+
+        string? status = ReadBackend(BlkifKeys.HotplugStatus);
+        if (status == "connected")
+        {
+            return true;
+        }
+
+        if (status == "error")
+        {
+            if (!_hotplugErrorLogged)
+            {
+                _hotplugErrorLogged = true;
+                ControlPlaneLog.HotplugScriptFailed(_context.Logger, Name, DeviceConfiguration.Printable(ReadBackend(HotplugErrorKey) ?? ""));
+            }
+        }
+        else if (!_hotplugWaitLogged)
+        {
+            _hotplugWaitLogged = true;
+            ControlPlaneLog.AwaitingHotplugScript(_context.Logger, Name);
+        }
+
+        return false;
     }
 
     /// <summary>The backend node is gone: release everything and leave the registry.</summary>
@@ -538,6 +646,9 @@ internal sealed partial class BackendDevice
         return !(BackendPaths.TryParseDecimal(online, out uint value) && value != 0)
             && XenbusStateText.TryParse(state, out XenbusState parsed) && parsed == XenbusState.Closing;
     }
+
+    /// <summary>Where the hotplug script leaves its reason for failing (libxl prints it as "script: ...").</summary>
+    private const string HotplugErrorKey = "hotplug-error";
 
     private string FrontendWatchToken => BackendContext.FrontendWatchTokenPrefix + BackendPath;
 

@@ -69,4 +69,16 @@ internal static partial class ControlPlaneLog
 
     [LoggerMessage(EventId = 1019, Level = LogLevel.Warning, Message = "Handling the xenstore event on {Path} failed; the next event there looks again")]
     public static partial void WatchEventFailed(ILogger logger, string path, Exception exception);
+
+    [LoggerMessage(EventId = 1020, Level = LogLevel.Information, Message = "{Device}: setup failed; InitWait with the \"error\" node so that the hotplug script reports it, until the toolstack removes the device")]
+    public static partial void FailedDeviceAwaitsHotplugScript(ILogger logger, string device);
+
+    [LoggerMessage(EventId = 1021, Level = LogLevel.Warning, Message = "{Device}: ignoring frontend state {State}: the device failed its setup and never connects")]
+    public static partial void FrontendRefusedAfterFailure(ILogger logger, string device, XenbusState state);
+
+    [LoggerMessage(EventId = 1022, Level = LogLevel.Information, Message = "{Device}: frontend ready; connecting once the hotplug script has written hotplug-status=connected")]
+    public static partial void AwaitingHotplugScript(ILogger logger, string device);
+
+    [LoggerMessage(EventId = 1023, Level = LogLevel.Warning, Message = "{Device}: the hotplug script failed (hotplug-status=error: {HotplugError}); not connecting")]
+    public static partial void HotplugScriptFailed(ILogger logger, string device, string hotplugError);
 }

@@ -5,7 +5,7 @@ namespace XenDisk.Cow.Provider;
 /// the path (realpath(3) without the syscall): a link named inside an allowed directory must not
 /// lead outside it. Components that do not exist are kept as they are.
 /// </summary>
-internal static class SymbolicLinks
+public static class SymbolicLinks
 {
     /// <summary>Linux's limit on links followed in one lookup (MAXSYMLINKS); more means a loop.</summary>
     private const int MaximumLinks = 40;

@@ -6,6 +6,7 @@ using XenDisk.Abi;
 using XenDisk.Backend.ControlPlane;
 using XenDisk.Service.Configuration;
 using XenDisk.TestFrontend;
+using XenDisk.Xen;
 using XenDisk.Xen.Simulated;
 
 namespace XenDisk.Service.Simulation;
@@ -57,6 +58,9 @@ public sealed class SimulationEnvironment : IDisposable
 /// </summary>
 internal sealed class SimulatedGuestsService : IHostedService
 {
+    /// <summary>How long the simulated toolstack waits for InitWait before playing the hotplug script (libxl waits 10 s).</summary>
+    private static readonly TimeSpan HotplugScriptTimeout = TimeSpan.FromSeconds(10);
+
     /// <summary>xvda, the virtual-device number libxl gives a guest's first disk.</summary>
     private const int GuestDeviceId = 51712;
 
@@ -91,6 +95,7 @@ internal sealed class SimulatedGuestsService : IHostedService
         SimulatedHypervisor hypervisor = _environment.Hypervisor;
         _toolstack = new SimulatedToolstack(hypervisor);
         string kind = _backendOptions.Kinds[0];
+        // libxl gives a hotplug script 40 s (LIBXL_HOTPLUG_TIMEOUT); the simulated one answers at once.
         string? script = _backendOptions.HotplugScriptFilter is { } filter ? "/etc/xen/scripts/" + filter : null;
         for (int i = 0; i < _settings.Guests; i++)
         {
@@ -108,7 +113,17 @@ internal sealed class SimulatedGuestsService : IHostedService
             string target = i % 2 == 0 ? "raw:" + image : image;
             DiskAttachment attachment = _toolstack.AttachDisk(domain, GuestDeviceId, target, readOnly: false, kind: kind, script: script);
             var frontend = new BlockFrontend(hypervisor, domain, attachment, options);
-            await frontend.ConnectAsync(cancellationToken).ConfigureAwait(false);
+            Task connected = frontend.ConnectAsync(cancellationToken);
+            if (script is not null)
+            {
+                // libxl runs the hotplug script once the backend reaches InitWait, and the backend
+                // connects a script-managed device only after the script reports hotplug-status=connected.
+                await _toolstack.WaitForBackendStateAsync(attachment, XenbusState.InitWait, HotplugScriptTimeout).ConfigureAwait(false);
+                using var store = hypervisor.OpenXenStore(hypervisor.Dom0);
+                store.Write(XenStoreTransaction.None, attachment.BackendPath + "/" + BlkifKeys.HotplugStatus, "connected");
+            }
+
+            await connected.ConfigureAwait(false);
             NegotiatedFrontendFeatures negotiated = frontend.NegotiatedFrontendFeatures;
             ServiceLog.GuestAttached(_logger, name, domain.Id, target, GuestDeviceId, frontend.QueueCount,
                 negotiated.PersistentGrants, negotiated.IndirectSegments);

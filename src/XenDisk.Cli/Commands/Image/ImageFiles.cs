@@ -81,71 +81,15 @@ internal static class ImageFiles
     public static BackingFilePolicy BackingPolicy(string imagePath, IEnumerable<string>? allowBase)
     {
         string[] roots = AllowedDirectories(imagePath, allowBase)
-            .Select(d => Path.TrimEndingDirectorySeparator(RealPath(d)) + Path.DirectorySeparatorChar).ToArray();
+            .Select(d => Path.TrimEndingDirectorySeparator(SymbolicLinks.Resolve(d)) + Path.DirectorySeparatorChar).ToArray();
         return new BackingFilePolicy
         {
             Allow = (fullPath, _) =>
             {
-                string real = RealPath(fullPath);
+                string real = SymbolicLinks.Resolve(fullPath);
                 return roots.Any(root => real.StartsWith(root, StringComparison.Ordinal));
             },
         };
-    }
-
-    /// <summary>Linux's limit on links followed in one lookup (MAXSYMLINKS); more means a loop.</summary>
-    private const int MaximumLinks = 40;
-
-    /// <summary>realpath(3) without the syscall: each component's link followed; components that do not exist are kept.</summary>
-    internal static string RealPath(string path)
-    {
-        int links = 0;
-        string pending = Path.GetFullPath(path);
-        while (true)
-        {
-            string[] parts = pending.Split('/', StringSplitOptions.RemoveEmptyEntries);
-            string current = "/";
-            string? restart = null;
-            for (int i = 0; i < parts.Length && restart == null; i++)
-            {
-                if (parts[i] == ".")
-                {
-                    continue;
-                }
-                if (parts[i] == "..")
-                {
-                    // current has no links left in it, so its parent is the real parent.
-                    current = Path.GetDirectoryName(current) ?? "/";
-                    continue;
-                }
-                string next = Path.Join(current, parts[i]);
-                string? target;
-                try
-                {
-                    target = new FileInfo(next).LinkTarget;
-                }
-                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-                {
-                    target = null;
-                }
-                if (target == null)
-                {
-                    current = next;
-                    continue;
-                }
-                if (++links > MaximumLinks)
-                {
-                    throw new StorageException($"Too many levels of symbolic links resolving {path}.", errno: 40);
-                }
-                string followed = Path.IsPathRooted(target) ? target : Path.Join(current, target);
-                string rest = string.Join('/', parts[(i + 1)..]);
-                restart = rest.Length == 0 ? followed : followed + "/" + rest;
-            }
-            if (restart == null)
-            {
-                return current;
-            }
-            pending = restart;
-        }
     }
 
     /// <summary>
@@ -222,7 +166,7 @@ internal static class ImageFiles
         string resolved = Qcow2Disk.ResolveBackingPath(imagePath, name);
         if (!BackingPolicy(imagePath, allowBase).Allows(resolved, name))
         {
-            string real = RealPath(resolved);
+            string real = SymbolicLinks.Resolve(resolved);
             throw new StorageException($"'{imagePath}' names the backing file '{name}' ({(real == resolved ? resolved : $"{resolved} -> {real}")}), which is outside the image's directory and the backing file policy does not allow; allow it with --allow-base {Path.GetDirectoryName(real)}");
         }
     }

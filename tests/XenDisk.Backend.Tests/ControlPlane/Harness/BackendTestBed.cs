@@ -17,6 +17,8 @@ public sealed class BackendTestBed : IAsyncDisposable
 
     private readonly IXenStore _dom0Store;
     private readonly List<IXenStore> _guestStores = [];
+    private readonly CancellationTokenSource _disposing = new();
+    private readonly List<Task> _hotplugScripts = [];
 
     private BackendTestBed(ITestOutputHelper? output, BackendOptions options)
     {
@@ -66,8 +68,53 @@ public sealed class BackendTestBed : IAsyncDisposable
 
     public SimulatedDomain CreateGuest(string name = "guest") => Hypervisor.CreateDomain(name);
 
-    public DiskAttachment Attach(SimulatedDomain guest, int deviceId, string target, bool readOnly = false, string kind = "vbd", string? script = null) =>
-        Toolstack.AttachDisk(guest, deviceId, target, readOnly, kind: kind, script: script);
+    /// <summary>
+    /// Attaches a disk as <see cref="SimulatedToolstack.AttachDisk"/> does. With a script named
+    /// "xendisk" libxl would then run config/xendisk-hotplug once the backend reached InitWait;
+    /// unless <paramref name="runHotplugScript"/> is false, the test bed plays that part too.
+    /// </summary>
+    public DiskAttachment Attach(SimulatedDomain guest, int deviceId, string target, bool readOnly = false, string kind = "vbd", string? script = null,
+        bool runHotplugScript = true)
+    {
+        DiskAttachment attachment = Toolstack.AttachDisk(guest, deviceId, target, readOnly, kind: kind, script: script);
+        if (runHotplugScript && script is not null && Path.GetFileName(script) == "xendisk")
+        {
+            lock (_hotplugScripts)
+            {
+                _hotplugScripts.Add(RunHotplugScriptAsync(attachment, _disposing.Token));
+            }
+        }
+
+        return attachment;
+    }
+
+    /// <summary>
+    /// What libxl and `xendisk add` do (docs/E2E.md "Hotplug contract"), polled: once the backend
+    /// shows InitWait or later, hotplug-status=error when it left an "error" node, else
+    /// hotplug-status=connected. Gives up quietly after <see cref="Timeout"/> or when the bed closes.
+    /// </summary>
+    private async Task RunHotplugScriptAsync(DiskAttachment attachment, CancellationToken cancellationToken)
+    {
+        DateTime deadline = DateTime.UtcNow + Timeout;
+        try
+        {
+            while (DateTime.UtcNow < deadline)
+            {
+                string? state = ReadBackend(attachment, BlkifKeys.State);
+                if (state is "2" or "3" or "4")
+                {
+                    bool failed = ReadBackend(attachment, BlkifKeys.Error) is not null;
+                    WriteBackend(attachment, BlkifKeys.HotplugStatus, failed ? "error" : "connected");
+                    return;
+                }
+
+                await Task.Delay(10, cancellationToken);
+            }
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
 
     /// <summary>
     /// What <see cref="SimulatedToolstack.AttachDisk"/> writes, in one transaction, except that
@@ -179,6 +226,15 @@ public sealed class BackendTestBed : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        await _disposing.CancelAsync();
+        Task[] scripts;
+        lock (_hotplugScripts)
+        {
+            scripts = [.. _hotplugScripts];
+        }
+
+        await Task.WhenAll(scripts).WaitAsync(Timeout);
+        _disposing.Dispose();
         try
         {
             await Backend.DisposeAsync().AsTask().WaitAsync(Timeout);
