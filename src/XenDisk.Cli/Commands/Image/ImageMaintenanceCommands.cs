@@ -272,21 +272,25 @@ internal static class ImageMaintenanceCommands
             cow.Dispose();
             throw;
         }
+        return RunWithProgress(overlay, progress, report => overlay.Commit(new CommitOptions { ClearOverlay = empty, Progress = report }),
+            status => $"committing '{path}' failed ({status})");
+    }
+
+    /// <summary>Runs a bitmap overlay's long operation with the progress bar, disposes the overlay,
+    /// and returns the bytes copied; a failed status becomes a <see cref="StorageException"/>.</summary>
+    private static long RunWithProgress(BitmapOverlay overlay, ProgressBar progress, Func<Action<OverlayProgress>, IoStatus> operation, Func<IoStatus, string> failure)
+    {
         using (overlay)
         {
             long copied = 0;
-            IoStatus status = overlay.Commit(new CommitOptions
+            IoStatus status = operation(p =>
             {
-                ClearOverlay = empty,
-                Progress = p =>
-                {
-                    copied = p.BytesCopied;
-                    progress.Report(p.GrainsDone, p.GrainCount);
-                },
+                copied = p.BytesCopied;
+                progress.Report(p.GrainsDone, p.GrainCount);
             });
             if (status != IoStatus.Ok)
             {
-                throw new StorageException($"committing '{path}' failed ({status})");
+                throw new StorageException(failure(status));
             }
             return copied;
         }
@@ -324,24 +328,9 @@ internal static class ImageMaintenanceCommands
             cow.Dispose();
             throw;
         }
-        using (overlay)
-        {
-            long copied = 0;
-            IoStatus status = overlay.Hydrate(new HydrateOptions
-            {
-                BytesPerSecond = bytesPerSecond,
-                Progress = p =>
-                {
-                    copied = p.BytesCopied;
-                    progress.Report(p.GrainsDone, p.GrainCount);
-                },
-            }, cancellationToken);
-            if (status != IoStatus.Ok)
-            {
-                throw new StorageException($"hydrating '{path}' failed ({status}); run it again to resume");
-            }
-            return copied;
-        }
+        return RunWithProgress(overlay, progress,
+            report => overlay.Hydrate(new HydrateOptions { BytesPerSecond = bytesPerSecond, Progress = report }, cancellationToken),
+            status => $"hydrating '{path}' failed ({status}); run it again to resume");
     }
 
     private static void Report(ParseResult parse, OperationReport report, string text)
