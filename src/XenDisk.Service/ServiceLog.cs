@@ -53,7 +53,4 @@ internal static partial class ServiceLog
 
     [LoggerMessage(EventId = 4044, Level = LogLevel.Warning, Message = "Simulated guest {Guest}: request failed with status {Status}; further failures are counted, not logged")]
     public static partial void GuestRequestFailed(ILogger logger, string guest, int status);
-
-    [LoggerMessage(EventId = 4050, Level = LogLevel.Error, Message = "The final flush of disk {Disk} before closing it failed ({Status}); writes the guest completed may not be durable")]
-    public static partial void FinalFlushFailed(ILogger logger, string disk, string status);
 }

@@ -544,6 +544,13 @@ internal sealed partial class BackendDevice
         {
             try
             {
+                // Writes the guest saw completed reach stable storage even if it never flushed (or the
+                // service is stopping under it): a clean stop or removal loses nothing acknowledged.
+                if (!_disk.Info.ReadOnly && _disk.Flush() is var status and not IoStatus.Ok)
+                {
+                    ControlPlaneLog.FinalFlushFailed(_context.Logger, Name, status.ToString());
+                }
+
                 _disk.Dispose();
             }
             catch (Exception e)

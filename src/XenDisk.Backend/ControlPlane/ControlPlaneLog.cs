@@ -81,4 +81,7 @@ internal static partial class ControlPlaneLog
 
     [LoggerMessage(EventId = 1023, Level = LogLevel.Warning, Message = "{Device}: the hotplug script failed (hotplug-status=error: {HotplugError}); not connecting")]
     public static partial void HotplugScriptFailed(ILogger logger, string device, string hotplugError);
+
+    [LoggerMessage(EventId = 1024, Level = LogLevel.Error, Message = "{Device}: the final flush before closing the disk failed ({Status}); writes the guest completed may not be durable")]
+    public static partial void FinalFlushFailed(ILogger logger, string device, string status);
 }

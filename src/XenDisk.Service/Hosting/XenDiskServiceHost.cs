@@ -169,8 +169,7 @@ public static class XenDiskServiceHost
         {
             BackendOptions backendOptions = sp.GetRequiredService<IOptions<BackendSettings>>().Value.ToBackendOptions(sp.GetRequiredService<TimeProvider>());
             ILoggerFactory loggers = sp.GetRequiredService<ILoggerFactory>();
-            var disks = new FlushOnCloseDiskProvider(sp.GetRequiredService<IDiskProvider>(), loggers.CreateLogger<FlushOnCloseDiskProvider>());
-            return new BlockBackend(sp.GetRequiredService<IXenPlatform>(), disks, backendOptions, loggers);
+            return new BlockBackend(sp.GetRequiredService<IXenPlatform>(), sp.GetRequiredService<IDiskProvider>(), backendOptions, loggers);
         });
         services.AddSingleton(sp => new ServiceIdentity(
             ServiceIdentity.AssemblyVersion,

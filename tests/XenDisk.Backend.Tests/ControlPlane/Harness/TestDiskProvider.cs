@@ -14,12 +14,16 @@ public sealed class TestDiskProvider : IDiskProvider, IDisposable
     private readonly ConcurrentDictionary<string, MemoryBlockDevice> _disks = new(StringComparer.Ordinal);
     private int _openHandles;
     private int _opens;
+    private int _flushes;
 
     /// <summary>Disk handles the backend opened and has not closed yet.</summary>
     public int OpenHandles => Volatile.Read(ref _openHandles);
 
     /// <summary>Successful opens so far.</summary>
     public int Opens => Volatile.Read(ref _opens);
+
+    /// <summary>Flushes the backend asked of any disk so far.</summary>
+    public int Flushes => Volatile.Read(ref _flushes);
 
     public MemoryBlockDevice Add(string target, long sizeBytes, int logicalSectorSize = 512, bool readOnly = false)
     {
@@ -68,7 +72,11 @@ public sealed class TestDiskProvider : IDiskProvider, IDisposable
 
         public IoStatus Write(long offset, ReadOnlySpan<IoBuffer> buffers) => readOnly ? IoStatus.ReadOnly : disk.Write(offset, buffers);
 
-        public IoStatus Flush() => disk.Flush();
+        public IoStatus Flush()
+        {
+            Interlocked.Increment(ref owner._flushes);
+            return disk.Flush();
+        }
 
         public IoStatus Discard(long offset, long length, bool secure) => readOnly ? IoStatus.ReadOnly : disk.Discard(offset, length, secure);
 
