@@ -28,6 +28,8 @@ public sealed class HotplugContractTests(ITestOutputHelper output)
         await bed.WaitForBackendStateAsync(attachment, XenbusState.InitWait);
         Assert.Contains("cannot open disk \"no-such-disk\"", bed.ReadBackend(attachment, BlkifKeys.Error), StringComparison.Ordinal);
         Assert.Null(bed.ReadBackend(attachment, BlkifKeys.FeatureFlushCache));
+        // The backend logs the failure just after it publishes InitWait, so wait for the line too.
+        await BackendTestBed.WaitUntilAsync(() => bed.Logs.WithEventId(1020).Any(), "the failed setup was logged");
         Assert.Single(bed.Logs.WithEventId(1020));
 
         bed.SetFrontendState(attachment, XenbusState.Initialised);
