@@ -2,6 +2,7 @@ using System.Runtime.InteropServices;
 using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Qcow2;
+using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 
 namespace XenDisk.Cli.Bench;
@@ -76,10 +77,9 @@ internal static partial class CowBenchmark
             });
             return Reopen(configuration, overlayPath, basePath);
         }
-        using (var handle = File.OpenHandle(overlayPath, FileMode.CreateNew, FileAccess.ReadWrite))
-        {
-            RandomAccess.SetLength(handle, BitmapOverlay.RequiredCowSize(size, SmallRequest));
-        }
+        // Full: zeros written, as on the pre-sized block device the flat format is made for; falloc: a
+        // file as the provider creates one, allocated but unwritten.
+        OverlayFiles.CreateBitmapFile(overlayPath, BitmapOverlay.RequiredCowSize(size, SmallRequest), configuration.BitmapFile);
         RawBlockDevice cow = RawBlockDevice.Open(overlayPath, readOnly: false);
         RawBlockDevice? baseDevice = null;
         try
@@ -105,7 +105,7 @@ internal static partial class CowBenchmark
         {
             if (configuration.Layout == Layout.Qcow2)
             {
-                overlay = GrowableDirectFile.Open(overlayPath);
+                overlay = OverlayFiles.OpenQcow2(overlayPath, readOnly: false);
                 return Qcow2Image.Open(overlay, baseDevice, new Qcow2OpenOptions { Policy = policy, OwnsDevices = true });
             }
             overlay = RawBlockDevice.Open(overlayPath, readOnly: false);

@@ -1,8 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.RegularExpressions;
-using Microsoft.Win32.SafeHandles;
-using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 
 namespace XenDisk.Cli.Bench;
@@ -135,78 +133,5 @@ internal static partial class CowBenchmark
 
         /// <summary>mountinfo escapes space, tab, newline and backslash as \ooo octal.</summary>
         private static string Unescape(string field) => Regex.Replace(field, @"\\([0-7]{3})", m => ((char)Convert.ToInt32(m.Groups[1].Value, 8)).ToString());
-    }
-
-    /// <summary>
-    /// A qcow2 overlay file opened with O_DIRECT (as qemu-img bench -t none opens its images) that the
-    /// engine can grow: growing sets the file's length exactly, as <see cref="FileImageDevice"/> does,
-    /// then re-reads it into the raw device. Ownership: owns both descriptors.
-    /// </summary>
-    private sealed class GrowableDirectFile : IGrowableBlockDevice
-    {
-        private readonly RawBlockDevice _device;
-        private readonly SafeFileHandle _sizing;
-        private readonly Lock _gate = new();
-
-        private GrowableDirectFile(RawBlockDevice device, SafeFileHandle sizing)
-        {
-            _device = device;
-            _sizing = sizing;
-        }
-
-        public static GrowableDirectFile Open(string path)
-        {
-            RawBlockDevice device = RawBlockDevice.Open(path, readOnly: false);
-            try
-            {
-                return new GrowableDirectFile(device, File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite));
-            }
-            catch
-            {
-                device.Dispose();
-                throw;
-            }
-        }
-
-        public BlockDeviceInfo Info => _device.Info;
-
-        public bool CompletesInline => false;
-
-        public IoStatus Read(long offset, ReadOnlySpan<IoBuffer> buffers) => _device.Read(offset, buffers);
-
-        public IoStatus Write(long offset, ReadOnlySpan<IoBuffer> buffers) => _device.Write(offset, buffers);
-
-        public IoStatus Flush() => _device.Flush();
-
-        public IoStatus Discard(long offset, long length, bool secure) => _device.Discard(offset, length, secure);
-
-        public BlockDeviceInfo Refresh() => _device.Refresh();
-
-        public IoStatus EnsureSize(long minimumBytes)
-        {
-            lock (_gate)
-            {
-                if (minimumBytes <= _device.Info.SizeBytes)
-                {
-                    return IoStatus.Ok;
-                }
-                try
-                {
-                    RandomAccess.SetLength(_sizing, minimumBytes);
-                }
-                catch (IOException e)
-                {
-                    // ENOSPC (28) and EDQUOT (122) arrive as IOException with the errno in HResult on Unix.
-                    return (e.HResult & 0xFFFF) is 28 or 122 ? IoStatus.NoSpace : IoStatus.IoError;
-                }
-                return _device.Refresh().SizeBytes >= minimumBytes ? IoStatus.Ok : IoStatus.IoError;
-            }
-        }
-
-        public void Dispose()
-        {
-            _device.Dispose();
-            _sizing.Dispose();
-        }
     }
 }

@@ -1,10 +1,17 @@
 using System.Diagnostics;
 using System.Globalization;
 using XenDisk.Cow.Policies;
+using XenDisk.Cow.Storage;
 
 namespace XenDisk.Cli.Bench;
 
-internal sealed record CowBenchSettings(long SizeBytes, TimeSpan TargetRunTime, string? Directory, int QueueDepth = CowBenchmark.DefaultQueueDepth);
+internal sealed record CowBenchSettings(long SizeBytes, TimeSpan TargetRunTime, string? Directory, int QueueDepth = CowBenchmark.DefaultQueueDepth,
+    IReadOnlyList<string>? Only = null)
+{
+    /// <summary>Whether a configuration runs: all of them, or those whose name contains one of <see cref="Only"/>.</summary>
+    public bool Includes(string configurationName) =>
+        Only is not { Count: > 0 } || Only.Any(part => configurationName.Contains(part, StringComparison.OrdinalIgnoreCase));
+}
 
 /// <summary>One measured run: a phase on one configuration.</summary>
 internal sealed record CowBenchRun(
@@ -115,12 +122,13 @@ internal static partial class CowBenchmark
     }
 
     /// <summary>One configuration under test.</summary>
-    private sealed record Configuration(string Name, Engine Engine, Layout Layout, MetadataPolicy? Policy, bool ExtendedL2, bool LazyRefcounts)
+    private sealed record Configuration(string Name, Engine Engine, Layout Layout, MetadataPolicy? Policy, bool ExtendedL2, bool LazyRefcounts,
+        FilePreallocation BitmapFile = FilePreallocation.Full)
     {
         public string Options => Layout switch
         {
             Layout.Qcow2 => $"cluster_size=64k,extended_l2={(ExtendedL2 ? "on" : "off")},lazy_refcounts={(LazyRefcounts ? "on" : "off")}",
-            Layout.Bitmap => "grain=4k",
+            Layout.Bitmap => $"grain=4k,preallocation={BitmapFile.ToString().ToLowerInvariant()}",
             _ => "",
         };
     }
@@ -138,6 +146,7 @@ internal static partial class CowBenchmark
         new("xendisk qcow2 transient", Engine.XenDisk, Layout.Qcow2, MetadataPolicy.Transient, ExtendedL2: true, LazyRefcounts: false),
         new("xendisk qcow2 flush no-extended_l2", Engine.XenDisk, Layout.Qcow2, MetadataPolicy.Flush, ExtendedL2: false, LazyRefcounts: false),
         new("xendisk bitmap flush", Engine.XenDisk, Layout.Bitmap, MetadataPolicy.Flush, ExtendedL2: false, LazyRefcounts: false),
+        new("xendisk bitmap flush falloc-file", Engine.XenDisk, Layout.Bitmap, MetadataPolicy.Flush, ExtendedL2: false, LazyRefcounts: false, FilePreallocation.Falloc),
         new("qemu raw", Engine.Qemu, Layout.Raw, null, ExtendedL2: false, LazyRefcounts: false),
         new("xendisk raw", Engine.XenDisk, Layout.Raw, null, ExtendedL2: false, LazyRefcounts: false),
     ];
@@ -188,7 +197,7 @@ internal static partial class CowBenchmark
         log(Invariant($"{requests} requests per run (raw 4 KiB reads: {calibratedIops:N0} IOPS; target {settings.TargetRunTime.TotalSeconds:0.#} s per raw run); qemu-img bench -i {aio}"));
 
         List<(Configuration Configuration, List<Measurement> Runs)> results = [];
-        foreach (Configuration configuration in Configurations)
+        foreach (Configuration configuration in Configurations.Where(c => settings.Includes(c.Name)))
         {
             cancellationToken.ThrowIfCancellationRequested();
             List<Measurement> runs = configuration.Engine == Engine.Qemu

@@ -17,9 +17,10 @@ internal static class BenchCowCommand
         var directory = new Option<string?>("--dir") { Description = "Put the working files in a temporary directory under this one (default /var/tmp); must not be tmpfs" };
         var depth = new Option<int>("--queue-depth") { Description = "Requests in flight (qemu-img bench -d; XenDisk: worker threads)", DefaultValueFactory = _ => CowBenchmark.DefaultQueueDepth };
         var json = new Option<bool>("--json") { Description = "Print the result as JSON" };
+        var only = new Option<string[]>("--only") { Description = "Run only the configurations whose name contains this text (repeatable), e.g. --only bitmap --only \"extended_l2 lazy\" --only raw; ratios need the QEMU and raw configurations they compare with" };
         var command = new Command("cow", "Copy-on-write cost: XenDisk's qcow2 (each metadata policy) and bitmap overlays vs qemu-img bench (QEMU qcow2) vs raw, on the same storage")
         {
-            size, seconds, directory, depth, json,
+            size, seconds, directory, depth, json, only,
         };
         command.SetAction((parse, cancellationToken) => CommandRunner.RunAsync(parse, cancellationToken, () =>
         {
@@ -49,7 +50,7 @@ internal static class BenchCowCommand
             try
             {
                 report = CowBenchmark.Run(
-                    new CowBenchSettings(bytes, TimeSpan.FromSeconds(parse.GetValue(seconds)), parent, parse.GetValue(depth)),
+                    new CowBenchSettings(bytes, TimeSpan.FromSeconds(parse.GetValue(seconds)), parent, parse.GetValue(depth), parse.GetValue(only)),
                     line =>
                     {
                         error.WriteLine("bench cow: " + line);

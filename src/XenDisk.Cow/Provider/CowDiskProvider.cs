@@ -206,7 +206,15 @@ public sealed class CowDiskProvider : IDiskProvider
             }
         }
 
-        FileImageDevice overlay = FileImageDevice.Open(overlayPath, readOnly);
+        RawBlockDevice overlay;
+        try
+        {
+            overlay = OverlayFiles.OpenQcow2(overlayPath, readOnly);
+        }
+        catch (StorageException e)
+        {
+            throw Refuse($"Cannot open overlay {overlayPath}: {e.Message}", e.Errno, e);
+        }
         try
         {
             Qcow2Header header;
@@ -261,8 +269,8 @@ public sealed class CowDiskProvider : IDiskProvider
             {
                 baseDevice.Dispose();
             }
-            overlay.DeleteOnDispose = policy == MetadataPolicy.Transient;
-            return Track(RequireWritable(image, readOnly, overlayPath), image);
+            IBlockDevice device = Track(RequireWritable(image, readOnly, overlayPath), image);
+            return policy == MetadataPolicy.Transient ? new FileRemovingDevice(device, overlayPath) : device;
         }
         catch
         {
@@ -283,7 +291,14 @@ public sealed class CowDiskProvider : IDiskProvider
             {
                 throw Refuse($"Overlay {overlayPath} does not exist, and a read-only disk creates nothing.", Errnos.ENOENT);
             }
-            CreateSparseFile(overlayPath, BitmapOverlay.RequiredCowSize(baseDevice.Info.SizeBytes, grainSize));
+            try
+            {
+                OverlayFiles.CreateBitmapFile(overlayPath, BitmapOverlay.RequiredCowSize(baseDevice.Info.SizeBytes, grainSize), FilePreallocation.Falloc);
+            }
+            catch (StorageException e)
+            {
+                throw Refuse($"Cannot create overlay {overlayPath}: {e.Message}", e.Errno, e);
+            }
             created = true;
         }
         IBlockDevice? cow = null;
@@ -424,19 +439,6 @@ public sealed class CowDiskProvider : IDiskProvider
     {
         using AlignedBlock block = new(BlankCheckBytes);
         return device.Read(0, [block.AsIoBuffer()]) == IoStatus.Ok && block.Span.StartsWith(BitmapFormat.Magic);
-    }
-
-    private static void CreateSparseFile(string path, long size)
-    {
-        try
-        {
-            using var handle = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None);
-            RandomAccess.SetLength(handle, size);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw Refuse($"Cannot create overlay {path}: {e.Message}", inner: e);
-        }
     }
 
     private static void TryDelete(string path)

@@ -173,15 +173,17 @@ public sealed partial class Qcow2Image
     private IoStatus GrowFile(long clusters)
     {
         long bytes = clusters << _clusterBits;
-        if (bytes <= _overlay.Info.SizeBytes)
-        {
-            return IoStatus.Ok;
-        }
-        if (clusters << _clusterBits >= Qcow2Format.MaximumHostOffset)
+        if (bytes >= Qcow2Format.MaximumHostOffset)
         {
             return IoStatus.NoSpace;
         }
-        return _overlay is IGrowableBlockDevice growable ? growable.EnsureSize(bytes) : IoStatus.NoSpace;
+        // Asked every time, even when the file is already long enough: a growable device may have
+        // preallocated past what was asked and gives back, on close, whatever was never asked for.
+        if (_overlay is IGrowableBlockDevice growable)
+        {
+            return growable.EnsureSize(bytes);
+        }
+        return bytes <= _overlay.Info.SizeBytes ? IoStatus.Ok : IoStatus.NoSpace;
     }
 
     /// <summary>Allocates one cluster (refcount 1): the lowest free cluster, or a new one at the end of the file.</summary>

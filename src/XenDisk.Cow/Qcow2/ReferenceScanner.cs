@@ -240,7 +240,7 @@ internal static class RefcountStructure
         tableOffset = (start + blocks) << clusterBits;
         tableClusters = (int)table;
         endCluster = start + blocks + table;
-        if (device is Storage.IGrowableBlockDevice growable)
+        if (device is IGrowableBlockDevice growable)
         {
             IoStatus grown = growable.EnsureSize(endCluster << clusterBits);
             if (grown != IoStatus.Ok)

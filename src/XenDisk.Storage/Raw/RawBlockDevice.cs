@@ -20,7 +20,7 @@ namespace XenDisk.Storage;
 /// I/O is in flight is safe (the descriptor closes when the last call returns), later calls answer IoError.
 /// </para>
 /// </summary>
-public sealed unsafe partial class RawBlockDevice : IBlockDevice
+public sealed unsafe partial class RawBlockDevice : IGrowableBlockDevice
 {
     private readonly SafeFileHandle _handle;
     private readonly RawDeviceOptions _options;
@@ -43,6 +43,7 @@ public sealed unsafe partial class RawBlockDevice : IBlockDevice
         _lengthAlignmentMask = alignment.Length - 1;
         _info = info;
         _options = options;
+        _largestSizeAsked = info.SizeBytes;
     }
 
     /// <summary>The path the device was opened with.</summary>
@@ -187,6 +188,7 @@ public sealed unsafe partial class RawBlockDevice : IBlockDevice
 
     public void Dispose()
     {
+        GiveBackPreallocation();
         _handle.Dispose();
         lock (_bouncePoolGate)
         {

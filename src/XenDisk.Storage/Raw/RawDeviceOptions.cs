@@ -31,4 +31,14 @@ public sealed record RawDeviceOptions
     /// Its buffer size must be a multiple of the device's logical sector size.
     /// </summary>
     public AlignedBufferPool? BouncePool { get; init; }
+
+    /// <summary>
+    /// How far beyond the size asked for <see cref="RawBlockDevice.EnsureSize"/> grows a regular file
+    /// (0: exactly as asked). Growth allocates blocks with fallocate rather than leaving a hole: on
+    /// ext4 and XFS a direct write into a hole must allocate, which takes the inode lock exclusively for
+    /// the whole write, so concurrent writers into a growing image queue behind one another (fio,
+    /// 32 psync writers of 4 KiB: about 6,000 IOPS into a sparse file, 40,000 into a fallocated one).
+    /// Space grown beyond the largest size asked for is given back when the device is disposed.
+    /// </summary>
+    public long PreallocationStep { get; init; }
 }

@@ -15,7 +15,7 @@ namespace XenDisk.Cli.Commands.Image;
 internal static class ImageCreateCommand
 {
     private const string Qcow2Keys = "cluster_size, extended_l2, lazy_refcounts, refcount_bits, policy";
-    private const string BitmapKeys = "grain";
+    private const string BitmapKeys = "grain, preallocation";
 
     public static Command Create()
     {
@@ -216,8 +216,21 @@ internal static class ImageCreateCommand
     private static int CreateBitmap(ParseResult parse, string path, long virtualSize, string basePath, Dictionary<string, string> settings)
     {
         int grainSize = BitmapFormat.DefaultGrainSize;
+        FilePreallocation preallocation = FilePreallocation.Falloc;
         foreach ((string key, string value) in settings)
         {
+            if (key == "preallocation")
+            {
+                switch (value)
+                {
+                    case "off": preallocation = FilePreallocation.Off; break;
+                    case "falloc": preallocation = FilePreallocation.Falloc; break;
+                    case "full": preallocation = FilePreallocation.Full; break;
+                    default:
+                        return CommandErrors.Invalid(parse, $"preallocation={value}: off (sparse), falloc (the default: blocks allocated, nothing written) or full (zeros written: every write is then an overwrite in place)");
+                }
+                continue;
+            }
             if (key != "grain")
             {
                 return CommandErrors.Invalid(parse, key == "policy"
@@ -231,15 +244,13 @@ internal static class ImageCreateCommand
             grainSize = (int)grain;
         }
         long cowSize = BitmapOverlay.RequiredCowSize(virtualSize, grainSize);
-        using (FileImageDevice file = FileImageDevice.Create(path))
+        try
         {
-            // Sparse: the data area takes space only as grains are written.
-            IoStatus grown = file.EnsureSize(cowSize);
-            if (grown != IoStatus.Ok)
-            {
-                file.DeleteOnDispose = true;
-                return CommandErrors.Failed(parse, $"cannot size '{path}' to {cowSize} bytes ({grown})");
-            }
+            OverlayFiles.CreateBitmapFile(path, cowSize, preallocation);
+        }
+        catch (StorageException e)
+        {
+            return CommandErrors.Failed(parse, e.Message);
         }
         try
         {
