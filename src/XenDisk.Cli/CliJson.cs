@@ -1,5 +1,6 @@
 using System.Text.Json.Serialization;
 using XenDisk.Cli.Bench;
+using XenDisk.Cli.Commands;
 using XenDisk.Cli.Demo;
 
 namespace XenDisk.Cli;
@@ -11,4 +12,5 @@ namespace XenDisk.Cli;
 [JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, UseStringEnumConverter = true)]
 [JsonSerializable(typeof(DemoReport))]
 [JsonSerializable(typeof(RingBenchResult))]
+[JsonSerializable(typeof(HydrateCommand.Report))]
 internal sealed partial class CliJsonContext : JsonSerializerContext;

@@ -18,6 +18,7 @@ internal static class Program
         {
             ServeCommand.Create(),
             StatusCommand.Create(),
+            HydrateCommand.Create(),
             ImageCommand.Create(),
             IoCommand.Create(),
             DemoCommand.Create(),

@@ -53,4 +53,19 @@ internal static partial class ServiceLog
 
     [LoggerMessage(EventId = 4044, Level = LogLevel.Warning, Message = "Simulated guest {Guest}: request failed with status {Status}; further failures are counted, not logged")]
     public static partial void GuestRequestFailed(ILogger logger, string guest, int status);
+
+    [LoggerMessage(EventId = 4050, Level = LogLevel.Information, Message = "{Device}: hydrating {Image} online ({Limit})")]
+    public static partial void HydrationStarted(ILogger logger, string device, string image, string limit);
+
+    [LoggerMessage(EventId = 4051, Level = LogLevel.Information, Message = "{Device}: hydration finished after {Seconds:F1} s ({BytesCopied} bytes copied); the overlay no longer needs its base")]
+    public static partial void HydrationFinished(ILogger logger, string device, double seconds, long bytesCopied);
+
+    [LoggerMessage(EventId = 4052, Level = LogLevel.Error, Message = "{Device}: hydration failed: {Error}")]
+    public static partial void HydrationFailed(ILogger logger, string device, string error);
+
+    [LoggerMessage(EventId = 4053, Level = LogLevel.Information, Message = "{Device}: hydration cancelled at {BytesDone} of {BytesTotal} bytes ({Reason}); starting it again resumes it")]
+    public static partial void HydrationCancelled(ILogger logger, string device, long bytesDone, long bytesTotal, string reason);
+
+    [LoggerMessage(EventId = 4054, Level = LogLevel.Error, Message = "{Device}: hydration failed with an internal error; the device serves on")]
+    public static partial void HydrationCrashed(ILogger logger, string device, Exception exception);
 }

@@ -531,6 +531,8 @@ internal sealed partial class BackendDevice
 
     private async Task ReleaseAllAsync(string reason)
     {
+        // Maintenance work (hydration) stops while the rings drain, and has stopped before the disk closes.
+        StopMaintenance();
         try
         {
             await DisconnectAsync(reason).ConfigureAwait(false);
@@ -544,6 +546,8 @@ internal sealed partial class BackendDevice
         {
             try
             {
+                await WaitForMaintenanceAsync().ConfigureAwait(false);
+
                 // Writes the guest saw completed reach stable storage even if it never flushed (or the
                 // service is stopping under it): a clean stop or removal loses nothing acknowledged.
                 if (!_disk.Info.ReadOnly && _disk.Flush() is var status and not IoStatus.Ok)

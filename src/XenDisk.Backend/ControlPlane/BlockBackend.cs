@@ -184,6 +184,29 @@ public sealed class BlockBackend : IAsyncDisposable
         return device.ResizeAsync(cancellationToken);
     }
 
+    /// <summary>
+    /// Starts maintenance work on the open disk of the device at <paramref name="backendPath"/>,
+    /// beside its guest I/O (hydrating a copy-on-write overlay). <paramref name="prepare"/> is called
+    /// with the disk under the device's control lock, so the disk stays open while it looks at it; it
+    /// returns the work, or null to start nothing. The work runs on a thread of its own and owns
+    /// nothing: the device keeps owning the disk, and before it closes it (removal, backend stop) it
+    /// cancels the work's token and waits for the work to return, so work never sees its disk closed.
+    /// Returns the running work, or null when nothing was started (the disk is not open, or
+    /// <paramref name="prepare"/> declined). Throws <see cref="KeyNotFoundException"/> when this
+    /// backend does not serve the device.
+    /// </summary>
+    public Task<Task?> StartDiskMaintenanceAsync(string backendPath, Func<IBlockDevice, Action<CancellationToken>?> prepare, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(backendPath);
+        ArgumentNullException.ThrowIfNull(prepare);
+        if (!_devices.TryGetValue(backendPath, out BackendDevice? device) || !device.IsClaimed)
+        {
+            throw new KeyNotFoundException($"No device {backendPath} is served by this backend.");
+        }
+
+        return device.StartMaintenanceAsync(prepare, cancellationToken);
+    }
+
     public async ValueTask DisposeAsync()
     {
         await StopAsync(CancellationToken.None).ConfigureAwait(false);

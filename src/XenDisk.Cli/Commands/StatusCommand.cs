@@ -8,17 +8,20 @@ namespace XenDisk.Cli.Commands;
 internal static class StatusCommand
 {
     /// <summary>No service answered (sysexits EX_UNAVAILABLE).</summary>
-    private const int ServiceUnavailable = 69;
+    public const int ServiceUnavailable = 69;
+
+    /// <summary>--socket, as every command that talks to the running service takes it.</summary>
+    public static Option<string> SocketOption() => new("--socket")
+    {
+        Description = "The service's control socket (Control:SocketPath)",
+        DefaultValueFactory = _ => ControlSettings.DefaultSocketPath,
+    };
 
     public static Command Create()
     {
-        var socket = new Option<string>("--socket")
-        {
-            Description = "The service's control socket (Control:SocketPath)",
-            DefaultValueFactory = _ => ControlSettings.DefaultSocketPath,
-        };
+        var socket = SocketOption();
         var json = new Option<bool>("--json") { Description = "Print the status as JSON, for scripts" };
-        var command = new Command("status", "Show the running service's devices, negotiated features and live counters")
+        var command = new Command("status", "Show the running service's devices, negotiated features, live counters and hydrations")
         {
             socket, json,
         };
@@ -31,11 +34,10 @@ internal static class StatusCommand
             }
             catch (ControlClientException e)
             {
-                await Console.Error.WriteLineAsync("xendisk: " + e.Message).ConfigureAwait(false);
-                return ServiceUnavailable;
+                return CommandErrors.Failed(parseResult, e.Message, ServiceUnavailable);
             }
 
-            await Console.Out.WriteAsync(parseResult.GetValue(json)
+            await parseResult.InvocationConfiguration.Output.WriteAsync(parseResult.GetValue(json)
                 ? ControlClient.ToJson(report) + Environment.NewLine
                 : StatusTextFormatter.Format(report)).ConfigureAwait(false);
             return 0;

@@ -6,11 +6,35 @@ namespace XenDisk.Service.Control;
 // The control socket's protocol: the client connects to the Unix stream socket, writes one JSON
 // request on one line, and reads one JSON response (the server closes the connection after it).
 //   {"command":"status"}  ->  {"ok":true,"status":{...}}  or  {"ok":false,"error":"..."}
-// Field names are camelCase; new fields may be added, so readers must ignore unknown ones.
+//   {"command":"hydrate","device":"3/51712","bytesPerSecond":52428800}
+//       ->  {"ok":true,"device":"/local/domain/0/backend/vbd/3/51712","hydration":{"state":"running",...}}
+//   {"command":"hydrate-cancel","device":"3/51712"}  ->  the same shape, the state as it is after the cancel
+// "device" is a backend path or DOMID/DEVICE (see DeviceSelector); "bytesPerSecond" is optional
+// (absent or 0: no limit). Field names are camelCase; new fields may be added, so readers must
+// ignore unknown ones.
 
-public sealed record ControlRequest(string Command);
+/// <param name="Command">status, hydrate or hydrate-cancel (see <see cref="ControlCommands"/>).</param>
+/// <param name="Device">The device a hydrate command is about.</param>
+/// <param name="BytesPerSecond">hydrate: the most bytes per second taken from the base; null or 0 for no limit.</param>
+public sealed record ControlRequest(string Command, string? Device = null, long? BytesPerSecond = null);
 
-public sealed record ControlResponse(bool Ok, string? Error = null, ServiceStatusReport? Status = null);
+/// <param name="Device">The backend path of the device a hydrate command acted on.</param>
+/// <param name="Hydration">That device's hydration after the command.</param>
+public sealed record ControlResponse(bool Ok, string? Error = null, ServiceStatusReport? Status = null, string? Device = null, HydrationReport? Hydration = null);
+
+/// <summary>The commands the control socket answers.</summary>
+public static class ControlCommands
+{
+    public const string Status = "status";
+
+    /// <summary>Starts hydrating the overlay of an attached device in the background.</summary>
+    public const string Hydrate = "hydrate";
+
+    /// <summary>Cancels a running hydration; what was copied is kept, and hydrate resumes it.</summary>
+    public const string HydrateCancel = "hydrate-cancel";
+
+    public const string Known = "status, hydrate, hydrate-cancel";
+}
 
 /// <summary>What `xendisk status` shows.</summary>
 public sealed record ServiceStatusReport(
@@ -34,7 +58,8 @@ public sealed record DeviceReport(
     FeaturesReport? Features,
     IReadOnlyList<QueueReport> Queues,
     CountersReport Counters,
-    string? Error);
+    string? Error,
+    HydrationReport? Hydration = null);
 
 public sealed record DiskReport(string Description, long SizeBytes, int LogicalSectorSize, bool ReadOnly, bool SupportsDiscard, bool HasVolatileCache);
 
@@ -60,6 +85,39 @@ public sealed record CountersReport(
 
     [JsonIgnore]
     public long TotalErrors => GuestErrors + StorageErrors + Unsupported;
+}
+
+/// <summary>
+/// The hydration of a device's overlay (copying what it still reads from its base into it, so it no
+/// longer needs the base), started through the control socket: the running one, or the last one on
+/// the disk as it is open now. Absent from a device where none was started.
+/// </summary>
+/// <param name="State">running, finished, failed or cancelled (see <see cref="HydrationStates"/>).</param>
+/// <param name="BytesDone">Bytes of the virtual disk examined so far (all of it once finished).</param>
+/// <param name="BytesTotal">The virtual disk's size.</param>
+/// <param name="BytesCopied">Bytes this run copied from the base, when known (bitmap overlays as they go, qcow2 at the end).</param>
+/// <param name="BytesPerSecond">The limit on what is taken from the base; 0 for none.</param>
+/// <param name="Error">Why it failed, or what stopped it when it was not cancelled on request.</param>
+public sealed record HydrationReport(
+    string State,
+    long BytesDone,
+    long BytesTotal,
+    long? BytesCopied,
+    long BytesPerSecond,
+    DateTimeOffset StartedAt,
+    DateTimeOffset? EndedAt,
+    string? Error)
+{
+    [JsonIgnore]
+    public bool IsRunning => State == HydrationStates.Running;
+}
+
+public static class HydrationStates
+{
+    public const string Running = "running";
+    public const string Finished = "finished";
+    public const string Failed = "failed";
+    public const string Cancelled = "cancelled";
 }
 
 /// <param name="P50Seconds">Median latency, estimated from the data plane's histogram; null before the first request.</param>

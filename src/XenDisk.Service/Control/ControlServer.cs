@@ -5,13 +5,15 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using XenDisk.Service.Configuration;
+using XenDisk.Service.Maintenance;
 
 namespace XenDisk.Service.Control;
 
 /// <summary>
 /// The control socket (Control:SocketPath): a Unix stream socket answering one JSON request per
-/// connection (see ControlProtocol.cs). Mode 0660, so only root and the socket's group may ask; the
-/// answers are read-only views of the service.
+/// connection (see ControlProtocol.cs). Mode 0660, so only root and the socket's group may ask: status
+/// is a read-only view of the service, hydrate and hydrate-cancel start and stop background work on
+/// a device's overlay (the work runs on threads of its own, never on this socket's).
 /// A socket file left by a crashed instance is removed at start; a live one (another instance answers)
 /// stops this one from starting, since two backends on one xenstore would fight over every device.
 /// </summary>
@@ -30,6 +32,7 @@ internal sealed class ControlServer : IHostedService, IAsyncDisposable
 
     private readonly string _path;
     private readonly StatusReporter _reporter;
+    private readonly HydrationManager _hydrations;
     private readonly ILogger _logger;
     private readonly SemaphoreSlim _connections = new(MaxConcurrentConnections, MaxConcurrentConnections);
     private readonly CancellationTokenSource _stopping = new();
@@ -38,10 +41,11 @@ internal sealed class ControlServer : IHostedService, IAsyncDisposable
     private int _stopped;
     private int _disposed;
 
-    public ControlServer(IOptions<ControlSettings> settings, StatusReporter reporter, ILogger<ControlServer> logger)
+    public ControlServer(IOptions<ControlSettings> settings, StatusReporter reporter, HydrationManager hydrations, ILogger<ControlServer> logger)
     {
         _path = settings.Value.SocketPath;
         _reporter = reporter;
+        _hydrations = hydrations;
         _logger = logger;
     }
 
@@ -191,7 +195,7 @@ internal sealed class ControlServer : IHostedService, IAsyncDisposable
             byte[]? line = await ReadLineAsync(connection, timeout.Token).ConfigureAwait(false);
             ControlResponse response = line is null
                 ? new ControlResponse(false, $"The request must be one line of JSON of at most {MaxRequestBytes} bytes.")
-                : Handle(line);
+                : await HandleAsync(line, timeout.Token).ConfigureAwait(false);
             byte[] payload = JsonSerializer.SerializeToUtf8Bytes(response, ControlJsonContext.Default.ControlResponse);
             await connection.SendAsync(payload, SocketFlags.None, timeout.Token).ConfigureAwait(false);
             await connection.SendAsync("\n"u8.ToArray(), SocketFlags.None, timeout.Token).ConfigureAwait(false);
@@ -203,7 +207,7 @@ internal sealed class ControlServer : IHostedService, IAsyncDisposable
         }
     }
 
-    private ControlResponse Handle(byte[] line)
+    private async Task<ControlResponse> HandleAsync(byte[] line, CancellationToken cancellationToken)
     {
         ControlRequest? request;
         try
@@ -217,11 +221,21 @@ internal sealed class ControlServer : IHostedService, IAsyncDisposable
 
         return request?.Command switch
         {
-            "status" => new ControlResponse(true, Status: _reporter.Report()),
-            null => new ControlResponse(false, "The request names no command; known: status."),
-            string other => new ControlResponse(false, $"Unknown command \"{other}\"; known: status."),
+            ControlCommands.Status => new ControlResponse(true, Status: _reporter.Report()),
+            ControlCommands.Hydrate => Answer(await _hydrations.StartAsync(request.Device, request.BytesPerSecond ?? 0, cancellationToken).ConfigureAwait(false)),
+            ControlCommands.HydrateCancel => Answer(await _hydrations.CancelAsync(request.Device, cancellationToken).ConfigureAwait(false)),
+            null => new ControlResponse(false, $"The request names no command; known: {ControlCommands.Known}."),
+            string other => new ControlResponse(false, $"Unknown command \"{Printable(other)}\"; known: {ControlCommands.Known}."),
         };
     }
+
+    private static ControlResponse Answer(HydrationOutcome outcome) => outcome.Refusal is { } refusal
+        ? new ControlResponse(false, refusal)
+        : new ControlResponse(true, Device: outcome.BackendPath, Hydration: outcome.Report);
+
+    /// <summary>A client's text echoed in an answer: short and without control characters.</summary>
+    private static string Printable(string text) =>
+        text.Length > 64 || text.Any(char.IsControl) ? "(unprintable)" : text;
 
     /// <summary>Reads up to the first line feed (or the end of the stream); null when too long or empty.</summary>
     private static async Task<byte[]?> ReadLineAsync(Socket connection, CancellationToken cancellationToken)
@@ -249,7 +263,7 @@ internal sealed class ControlServer : IHostedService, IAsyncDisposable
     }
 }
 
-/// <summary>The client side, used by `xendisk status`.</summary>
+/// <summary>The client side, used by `xendisk status` and `xendisk hydrate`.</summary>
 public static class ControlClient
 {
     private static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(10);
@@ -265,6 +279,30 @@ public static class ControlClient
         }
 
         return response.Status;
+    }
+
+    /// <summary>
+    /// Starts hydrating the overlay of <paramref name="device"/> (a backend path or DOMID/DEVICE) in
+    /// the service, at most <paramref name="bytesPerSecond"/> from the base (0: no limit). Returns the
+    /// device's backend path and its hydration. Throws <see cref="ControlRefusedException"/> with the
+    /// service's reason when it refuses, <see cref="ControlClientException"/> when no service answers.
+    /// </summary>
+    public static Task<(string Device, HydrationReport Hydration)> StartHydrationAsync(string socketPath, string device, long bytesPerSecond, CancellationToken cancellationToken = default) =>
+        HydrationCommandAsync(socketPath, new ControlRequest(ControlCommands.Hydrate, device, bytesPerSecond > 0 ? bytesPerSecond : null), cancellationToken);
+
+    /// <summary>Cancels the hydration running on <paramref name="device"/>; returns its state afterwards.</summary>
+    public static Task<(string Device, HydrationReport Hydration)> CancelHydrationAsync(string socketPath, string device, CancellationToken cancellationToken = default) =>
+        HydrationCommandAsync(socketPath, new ControlRequest(ControlCommands.HydrateCancel, device), cancellationToken);
+
+    private static async Task<(string Device, HydrationReport Hydration)> HydrationCommandAsync(string socketPath, ControlRequest request, CancellationToken cancellationToken)
+    {
+        ControlResponse response = await SendAsync(socketPath, request, cancellationToken).ConfigureAwait(false);
+        if (!response.Ok || response.Device is null || response.Hydration is null)
+        {
+            throw new ControlRefusedException(response.Error ?? "the answer names no device or hydration");
+        }
+
+        return (response.Device, response.Hydration);
     }
 
     /// <summary>Writes the report as indented JSON (the `--json` output).</summary>
@@ -342,4 +380,7 @@ public static class ControlClient
 }
 
 /// <summary>The control client could not get an answer; the message says why, for people.</summary>
-public sealed class ControlClientException(string message, Exception? inner = null) : Exception(message, inner);
+public class ControlClientException(string message, Exception? inner = null) : Exception(message, inner);
+
+/// <summary>The service answered, and refused the request; the message is its reason.</summary>
+public sealed class ControlRefusedException(string reason) : ControlClientException(reason);

@@ -1,13 +1,14 @@
 using XenDisk.Backend.ControlPlane;
 using XenDisk.Backend.DataPlane;
 using XenDisk.Service.Hosting;
+using XenDisk.Service.Maintenance;
 using XenDisk.Telemetry;
 using XenDisk.Telemetry.Collection;
 
 namespace XenDisk.Service.Control;
 
-/// <summary>Builds the status report from the backend's devices and the same counters telemetry exports.</summary>
-internal sealed class StatusReporter(BackendStatisticsCollector collector, ServiceIdentity identity, TimeProvider time)
+/// <summary>Builds the status report from the backend's devices, the same counters telemetry exports, and each device's hydration.</summary>
+internal sealed class StatusReporter(BackendStatisticsCollector collector, ServiceIdentity identity, HydrationManager hydrations, TimeProvider time)
 {
     public ServiceStatusReport Report()
     {
@@ -21,7 +22,7 @@ internal sealed class StatusReporter(BackendStatisticsCollector collector, Servi
             [.. snapshot.Devices.Select(Device)]);
     }
 
-    private static DeviceReport Device(DeviceCounters device)
+    private DeviceReport Device(DeviceCounters device)
     {
         DeviceStatus status = device.Status;
         var queues = device.Queues.Select(q =>
@@ -59,6 +60,7 @@ internal sealed class StatusReporter(BackendStatisticsCollector collector, Servi
             queues,
             new CountersReport(operations, total.GuestErrors, total.StorageErrors, total.Unsupported, total.InFlight,
                 total.NotificationsSent, total.NotificationsSuppressed, total.PersistentGrantHits, total.PersistentGrantMisses),
-            status.Error);
+            status.Error,
+            hydrations.Report(status.BackendPath));
     }
 }

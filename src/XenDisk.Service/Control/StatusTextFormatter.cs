@@ -51,6 +51,11 @@ public static class StatusTextFormatter
                 text.Append(CultureInfo.InvariantCulture, $"  error     {device.Error}\n");
             }
 
+            if (device.Hydration is { } hydration)
+            {
+                text.Append(CultureInfo.InvariantCulture, $"  hydration {Hydration(hydration)}\n");
+            }
+
             text.Append(CultureInfo.InvariantCulture, $"  {"operation",-10}{"requests",12}{"bytes",12}{"p50",11}{"p99",11}\n");
             foreach (OperationReport op in device.Counters.Operations)
             {
@@ -64,6 +69,35 @@ public static class StatusTextFormatter
         }
 
         return text.ToString();
+    }
+
+    /// <summary>One line: the state, how far, the limit, and why it stopped when it did not finish.</summary>
+    public static string Hydration(HydrationReport hydration)
+    {
+        ArgumentNullException.ThrowIfNull(hydration);
+        var line = new StringBuilder(hydration.State);
+        double percent = hydration.BytesTotal > 0 ? 100.0 * hydration.BytesDone / hydration.BytesTotal : 0;
+        line.Append(CultureInfo.InvariantCulture, $", {Bytes(hydration.BytesDone)} of {Bytes(hydration.BytesTotal)} ({percent:0.0}%)");
+        if (hydration.BytesCopied is { } copied)
+        {
+            line.Append(CultureInfo.InvariantCulture, $", {Bytes(copied)} copied");
+        }
+
+        if (hydration.IsRunning)
+        {
+            line.Append(hydration.BytesPerSecond > 0 ? $", at most {Bytes(hydration.BytesPerSecond)}/s" : ", no rate limit");
+        }
+        else if (hydration.State == HydrationStates.Finished)
+        {
+            line.Append("; the overlay no longer needs its base");
+        }
+
+        if (hydration.Error is not null)
+        {
+            line.Append(": ").Append(hydration.Error);
+        }
+
+        return line.ToString();
     }
 
     internal static string Bytes(long bytes)

@@ -8,6 +8,7 @@ using Microsoft.Extensions.Options;
 using XenDisk.Backend.ControlPlane;
 using XenDisk.Service.Configuration;
 using XenDisk.Service.Control;
+using XenDisk.Service.Maintenance;
 using XenDisk.Service.Simulation;
 using XenDisk.Service.Storage;
 using XenDisk.Service.Systemd;
@@ -190,6 +191,7 @@ public static class XenDiskServiceHost
 
             return metrics;
         });
+        services.AddSingleton<HydrationManager>();
         services.AddSingleton<StatusReporter>();
         services.AddSingleton<ServiceStatusText>();
 

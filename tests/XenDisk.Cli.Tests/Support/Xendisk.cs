@@ -21,6 +21,8 @@ public static class Xendisk
         {
             ImageCommand.Create(),
             IoCommand.Create(),
+            StatusCommand.Create(),
+            HydrateCommand.Create(),
             new Command("bench") { BenchCowCommand.CreateCow() },
         };
         StringWriter output = new();
