@@ -31,6 +31,7 @@ public sealed class OverlayStatistics
     private long _copiedBytes;
     private long _metadataWrites;
     private long _metadataFlushes;
+    private long _sharedWriteBacks;
     private long _cacheHits;
     private long _cacheMisses;
     private long _hydrationExaminedBytes;
@@ -57,6 +58,9 @@ public sealed class OverlayStatistics
 
     /// <summary>Flushes the engine issued to order and persist its metadata (write-back passes, header updates).</summary>
     public long MetadataFlushes => Volatile.Read(ref _metadataFlushes);
+
+    /// <summary>Requests to make metadata durable (sync writes, guest flushes) answered by a write-back pass another request ran (group commit).</summary>
+    public long SharedWriteBacks => Volatile.Read(ref _sharedWriteBacks);
 
     /// <summary>Metadata lookups (qcow2 L2 tables and refcount blocks) answered from memory. A bitmap overlay holds its whole map in memory and never looks anything up.</summary>
     public long CacheHits => Volatile.Read(ref _cacheHits);
@@ -124,6 +128,8 @@ public sealed class OverlayStatistics
     internal void CountMetadataWrites(int blocks) => Interlocked.Add(ref _metadataWrites, blocks);
 
     internal void CountMetadataFlush() => Interlocked.Increment(ref _metadataFlushes);
+
+    internal void CountSharedWriteBack() => Interlocked.Increment(ref _sharedWriteBacks);
 
     internal void CountCacheHit() => Interlocked.Increment(ref _cacheHits);
 

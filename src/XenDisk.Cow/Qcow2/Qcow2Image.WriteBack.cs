@@ -36,11 +36,33 @@ public sealed partial class Qcow2Image
         public bool IsEmpty => RefBlocks.Count == 0 && L2Tables.Count == 0 && RefTableRuns.Count == 0 && L1Runs.Count == 0 && Frees.Count == 0 && Header == null;
     }
 
+    /// <summary>Passes begun (numbered under the write-back lock, before they capture anything).</summary>
+    private long _passesBegun;
+
+    /// <summary>The number of the last pass that made everything before it durable (a guest-flush pass that succeeded).</summary>
+    private long _lastDurablePass;
+
     private IoStatus WriteBack(bool forGuestFlush)
     {
+        // Group commit: any pass that begins after this point captures this caller's metadata and
+        // flushes its data, so when such a pass has already completed while this caller waited for
+        // the lock, its work is done. Concurrent sync writes and flushes from several queues then
+        // share one pass (and its few device flushes) instead of each running its own.
+        long covering = Interlocked.Read(ref _passesBegun) + 1;
         lock (_writeBackLock)
         {
-            return WriteBackCore(forGuestFlush, forceRefcounts: false);
+            if (forGuestFlush && _lastDurablePass >= covering && _failure == null)
+            {
+                _statistics.CountSharedWriteBack();
+                return IoStatus.Ok;
+            }
+            long pass = Interlocked.Increment(ref _passesBegun);
+            IoStatus status = WriteBackCore(forGuestFlush, forceRefcounts: false);
+            if (status == IoStatus.Ok && forGuestFlush)
+            {
+                _lastDurablePass = pass;
+            }
+            return status;
         }
     }
 
