@@ -179,7 +179,7 @@ public sealed partial class BitmapOverlay
         {
             return IoStatus.Ok;
         }
-        return mapChanged ? WriteBack(requiredOnly: false) : _cow.Flush();
+        return mapChanged ? WriteBack(requiredOnly: false) : FlushCow();
     }
 
     /// <summary>

@@ -7,6 +7,15 @@ namespace XenDisk.Cow.Bitmap;
 public sealed partial class BitmapOverlay
 {
     /// <summary>
+    /// Set once a flush of the CoW device failed. Storage may drop the writes a failed flush was to
+    /// make durable and still report a later flush as successful (Linux marks the pages of a failed
+    /// writeback clean), so from then on no flush is reported as successful and the map is never
+    /// written again: a map block marking a grain mapped would expose a data area that may have lost
+    /// that grain's data. The dirty flag stays set, so the next open reports the unclean shutdown.
+    /// </summary>
+    private volatile bool _flushFailed;
+
+    /// <summary>
     /// Makes everything acknowledged before this call durable: the data area, then the map blocks
     /// changed since the last write-back (Lazy: those a flush must write). Transient: nothing is
     /// ever durable, so this returns at once.
@@ -46,6 +55,10 @@ public sealed partial class BitmapOverlay
         }
         lock (_writeBackLock)
         {
+            if (_flushFailed)
+            {
+                return IoStatus.IoError;
+            }
             int blocks;
             lock (_map.Gate)
             {
@@ -65,7 +78,7 @@ public sealed partial class BitmapOverlay
                     }
                 }
             }
-            IoStatus status = _cow.Flush();
+            IoStatus status = FlushCow();
             _statistics.CountMetadataFlush();
             if (blocks == 0 || status != IoStatus.Ok)
             {
@@ -90,7 +103,7 @@ public sealed partial class BitmapOverlay
             }
             if (status == IoStatus.Ok)
             {
-                status = _cow.Flush();
+                status = FlushCow();
                 _statistics.CountMetadataFlush();
             }
             if (status != IoStatus.Ok)
@@ -99,5 +112,20 @@ public sealed partial class BitmapOverlay
             }
             return status;
         }
+    }
+
+    /// <summary>Flushes the CoW device; a failure is remembered (see <see cref="_flushFailed"/>).</summary>
+    private IoStatus FlushCow()
+    {
+        if (_flushFailed)
+        {
+            return IoStatus.IoError;
+        }
+        IoStatus status = _cow.Flush();
+        if (status != IoStatus.Ok)
+        {
+            _flushFailed = true;
+        }
+        return status;
     }
 }

@@ -478,9 +478,11 @@ public sealed partial class Qcow2Image : IBlockDevice, ICopyOnWriteImage
             return IoStatus.Ok;
         }
         IoStatus status = IoStatus.Ok;
-        if (!ReadOnly && _policy != MetadataPolicy.Transient && _failure == null)
+        if (!ReadOnly && _policy != MetadataPolicy.Transient)
         {
-            status = CloseMetadata();
+            // A failed image writes nothing back (memory and disk may disagree), so its metadata did
+            // not reach the disk: that is the outcome to report, not success.
+            status = _failure == null ? CloseMetadata() : IoStatus.IoError;
         }
         DisposeCore(writeBack: false, disposeDevices: _options.OwnsDevices);
         return status;
