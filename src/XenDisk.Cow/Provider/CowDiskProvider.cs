@@ -124,7 +124,9 @@ public sealed class CowDiskProvider : IDiskProvider
         }
         if (!File.Exists(basePath))
         {
-            throw Refuse($"Base image {basePath} does not exist.", Errnos.ENOENT);
+            // A hydrated overlay holds the whole disk: the base may have been retired.
+            return OpenStandaloneOverlay(target, format, policy, readOnly, type)
+                ?? throw Refuse($"Base image {basePath} does not exist.", Errnos.ENOENT);
         }
 
         IBlockDevice baseDevice = OpenBase(basePath, target.BaseFormat, type);
@@ -143,6 +145,52 @@ public sealed class CowDiskProvider : IDiskProvider
         {
             baseDevice.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// Opens an existing overlay that no longer needs a base (hydrated: a qcow2 header without a
+    /// backing file, a bitmap header with the standalone flag); null when there is no such overlay,
+    /// so the caller reports the missing base. A transient overlay is recreated, which needs the base.
+    /// </summary>
+    private IBlockDevice? OpenStandaloneOverlay(CowTarget target, CowOverlayFormat format, MetadataPolicy policy, bool readOnly, string? type)
+    {
+        string overlayPath = target.OverlayPath!;
+        if (policy == MetadataPolicy.Transient || !File.Exists(overlayPath))
+        {
+            return null;
+        }
+        IBlockDevice? storage = null;
+        try
+        {
+            if (format == CowOverlayFormat.Qcow2)
+            {
+                if (!IsRegularFileOrRefuse(overlayPath) || new FileInfo(overlayPath).Length == 0)
+                {
+                    return null;
+                }
+                storage = OverlayFiles.OpenQcow2(overlayPath, readOnly);
+                if (Qcow2Disk.ReadHeader(storage).BackingFile != null)
+                {
+                    storage.Dispose();
+                    return null;
+                }
+                Qcow2Image image = Qcow2Image.Open(storage, null, new Qcow2OpenOptions { Policy = policy, ReadOnly = readOnly, OwnsDevices = true });
+                return Track(RequireWritable(image, readOnly, overlayPath), image);
+            }
+            storage = _options.RawProvider.Open(new DiskSpecification(overlayPath, readOnly, type));
+            if (!HasBitmapMagic(storage) || !BitmapOverlay.ReadHeader(storage).IsStandalone)
+            {
+                storage.Dispose();
+                return null;
+            }
+            BitmapOverlay overlay = BitmapOverlay.Open(storage, null, new BitmapOverlayOptions { Policy = policy, ReadOnly = readOnly, OwnsDevices = true });
+            return Track(RequireWritable(overlay, readOnly, overlayPath), overlay);
+        }
+        catch (StorageException e)
+        {
+            storage?.Dispose();
+            throw Refuse($"Overlay {overlayPath} (its base {target.BasePath} is gone): {e.Message}", e.Errno, e);
         }
     }
 
@@ -206,7 +254,7 @@ public sealed class CowDiskProvider : IDiskProvider
             }
         }
 
-        RawBlockDevice overlay;
+        IBlockDevice overlay;
         try
         {
             overlay = OverlayFiles.OpenQcow2(overlayPath, readOnly);

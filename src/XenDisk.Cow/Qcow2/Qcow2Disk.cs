@@ -36,14 +36,21 @@ public static class Qcow2Disk
     {
         options ??= new Qcow2OpenOptions();
         string fullPath = Path.GetFullPath(path);
-        FileImageDevice overlay = FileImageDevice.Open(fullPath, options.ReadOnly);
+        // Transient images are files deleted on close; every other image is opened as the backend
+        // serves overlays (O_DIRECT, preallocated growth).
+        IBlockDevice overlay = options.Policy == MetadataPolicy.Transient
+            ? FileImageDevice.Open(fullPath, options.ReadOnly)
+            : OverlayFiles.OpenQcow2(fullPath, options.ReadOnly);
         IBlockDevice? backing = null;
         try
         {
             Qcow2Header header = ReadHeader(overlay);
             backing = OpenBacking(fullPath, header, options, depth: 1);
             Qcow2Image image = Qcow2Image.Open(overlay, backing, options with { OwnsDevices = true });
-            overlay.DeleteOnDispose = options.Policy == MetadataPolicy.Transient;
+            if (options.Policy == MetadataPolicy.Transient && overlay is FileImageDevice file)
+            {
+                file.DeleteOnDispose = true;
+            }
             return image;
         }
         catch

@@ -14,9 +14,39 @@ public static class OverlayFiles
     /// <summary>How far a growing qcow2 file is preallocated ahead of its last allocated cluster (see <see cref="RawDeviceOptions.PreallocationStep"/>).</summary>
     public const long QcowPreallocationStep = 32L << 20;
 
-    /// <summary>Opens a qcow2 overlay file for the engine. Throws <see cref="StorageException"/> naming the path.</summary>
-    public static RawBlockDevice OpenQcow2(string path, bool readOnly) =>
-        RawBlockDevice.Open(path, readOnly, new RawDeviceOptions { PreallocationStep = readOnly ? 0 : QcowPreallocationStep });
+    /// <summary>
+    /// Opens a qcow2 overlay file for the engine. Throws <see cref="StorageException"/> naming the path.
+    /// <para>
+    /// A qcow2 file need not end on a sector boundary: qemu-img creates images whose last table
+    /// (an 8-byte L1 table, say) ends mid-sector, and reads past the end return zeros. A sector
+    /// device cannot address that tail, so a writable file is first padded with zeros to a whole
+    /// sector (what those reads returned anyway), and a read-only one is read through the page cache.
+    /// </para>
+    /// </summary>
+    public static IBlockDevice OpenQcow2(string path, bool readOnly)
+    {
+        const int Sector = 512;
+        long length;
+        try
+        {
+            length = new FileInfo(path).Length;
+            if (length % Sector != 0 && !readOnly)
+            {
+                using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+                RandomAccess.SetLength(handle, length + Sector - length % Sector);
+                length += Sector - length % Sector;
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new StorageException($"Cannot open qcow2 image file {path}: {e.Message}", inner: e);
+        }
+        if (length % Sector != 0)
+        {
+            return FileImageDevice.Open(path, readOnly: true);
+        }
+        return RawBlockDevice.Open(path, readOnly, new RawDeviceOptions { PreallocationStep = readOnly ? 0 : QcowPreallocationStep });
+    }
 
     /// <summary>
     /// Creates a file of <paramref name="size"/> bytes for a flat bitmap overlay, allocated as

@@ -246,29 +246,30 @@ internal sealed class HydrationManager(BlockBackend backend, TimeProvider time, 
             (long? copied, string? error) = hydrate(stop.Token);
             if (error is null)
             {
-                run.Finish(copied, time.GetUtcNow());
-                HydrationReport done = run.Report();
-                ServiceLog.HydrationFinished(logger, path, (time.GetUtcNow() - run.StartedAt).TotalSeconds, done.BytesCopied ?? 0);
+                // Logged before the state changes, so whoever sees the run finished also finds its log line.
+                DateTimeOffset now = time.GetUtcNow();
+                ServiceLog.HydrationFinished(logger, path, (now - run.StartedAt).TotalSeconds, copied ?? 0);
+                run.Finish(copied, now);
             }
             else
             {
                 string message = error + "; what was copied is kept: start it again to resume";
-                run.Fail(message, time.GetUtcNow());
                 ServiceLog.HydrationFailed(logger, path, message);
+                run.Fail(message, time.GetUtcNow());
             }
         }
         catch (OperationCanceledException) when (stop.IsCancellationRequested)
         {
             string? reason = run.CancelRequested ? null : "stopped because the disk closed (the device was removed, or the service is stopping)";
-            run.Cancelled(reason, time.GetUtcNow());
             HydrationReport stopped = run.Report();
             ServiceLog.HydrationCancelled(logger, path, stopped.BytesDone, stopped.BytesTotal, reason ?? "on request");
+            run.Cancelled(reason, time.GetUtcNow());
         }
         catch (Exception e)
         {
             // The guest's disk is not harmed by a failed copy; the run fails visibly, the device serves on.
-            run.Fail($"internal error: {e.GetType().Name}: {e.Message}", time.GetUtcNow());
             ServiceLog.HydrationCrashed(logger, path, e);
+            run.Fail($"internal error: {e.GetType().Name}: {e.Message}", time.GetUtcNow());
         }
     }
 

@@ -336,4 +336,37 @@ public sealed class CowDiskProviderTests : IDisposable
         Assert.Equal(16384, overlay.GrainSize);
         Assert.Equal(MetadataPolicy.Sync, overlay.Policy);
     }
+
+    [Theory]
+    [InlineData("qcow2")]
+    [InlineData("bitmap")]
+    public void AHydratedOverlayServesItsDiskAfterTheBaseIsRetiredButAnUnhydratedOneIsRefused(string format)
+    {
+        string target = $"cow:{_basePath},{Overlay("guest")},format={format}";
+        string unhydratedTarget = $"cow:{_basePath},{Overlay("other")},format={format}";
+        byte[] data = TestData.Random(8192, 9);
+        byte[] expected = (byte[])_baseContents.Clone();
+        data.CopyTo(expected, 4096);
+        using (IBlockDevice device = Open(target))
+        {
+            Assert.Equal(IoStatus.Ok, device.WriteAt(4096, data));
+            Assert.Equal(IoStatus.Ok, device switch
+            {
+                Qcow2Image image => image.Hydrate().Succeeded ? IoStatus.Ok : IoStatus.IoError,
+                BitmapOverlay overlay => overlay.Hydrate(),
+                _ => throw new InvalidOperationException($"unexpected device {device.GetType().Name}"),
+            });
+        }
+        Open(unhydratedTarget).Dispose();
+
+        File.Move(_basePath, _basePath + ".retired");
+        using (IBlockDevice device = Open(target))
+        {
+            ImageFiles.AssertContents(expected, TestData.ReadAll(device));
+            Assert.Equal(IoStatus.Ok, device.WriteAt(0, data));
+        }
+        Assert.Contains("does not exist", Refused(unhydratedTarget).Message);
+        Assert.Contains("does not exist", Refused($"cow:{_basePath},{Overlay("never-made")},format={format}").Message);
+        Assert.False(File.Exists(Overlay("never-made")));
+    }
 }

@@ -80,4 +80,31 @@ public sealed class OverlayFileGrowthTests : IDisposable
         long allocated = long.Parse(QemuTools.RunOk("stat", "-c", "%b", overlayPath).Trim()) * 512;
         Assert.True(allocated >= length, $"{allocated} of {length} bytes allocated");
     }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void An_overlay_made_by_qemu_img_whose_file_ends_mid_sector_is_served(bool readOnly)
+    {
+        byte[] baseContents = TestData.Random(1 << 20, 6);
+        File.WriteAllBytes(_basePath, baseContents);
+        string overlayPath = _directory.File("made-by-qemu.qcow2");
+        QemuTools.RunOk(QemuTools.QemuImg, "create", "-q", "-f", "qcow2", "-b", _basePath, "-F", "raw", overlayPath);
+        Assert.NotEqual(0, new FileInfo(overlayPath).Length % 512);
+
+        foreach (string target in new[] { $"cow:{_basePath},{overlayPath},format=qcow2", $"qcow2:{overlayPath}" })
+        {
+            using IBlockDevice disk = _provider.Open(new DiskSpecification(target, readOnly));
+            ImageFiles.AssertContents(baseContents, TestData.ReadAll(disk));
+            if (!readOnly)
+            {
+                byte[] data = TestData.Random(4096, 7);
+                Assert.Equal(IoStatus.Ok, disk.WriteAt(8192, data));
+                data.CopyTo(baseContents, 8192);
+                ImageFiles.AssertContents(baseContents, TestData.ReadAll(disk));
+            }
+        }
+        ImageFiles.AssertQemuCheckClean(overlayPath);
+        Assert.Equal(baseContents, ImageFiles.QemuConvert(_directory, overlayPath));
+    }
 }
