@@ -53,12 +53,45 @@ public sealed partial class BitmapOverlay
         {
             return IoStatus.Ok;
         }
+        // Group commit: a pass that begins after this point flushes this caller's data and writes
+        // its map blocks, so if one has already completed while this caller waited for the lock,
+        // the caller is done. Concurrent sync writes and flushes then share passes and their flushes.
+        long covering = Interlocked.Read(ref _passesBegun) + 1;
         lock (_writeBackLock)
         {
             if (_flushFailed)
             {
                 return IoStatus.IoError;
             }
+            if ((requiredOnly ? _lastPassCoveringRequired : _lastPassCoveringAll) >= covering)
+            {
+                _statistics.CountSharedWriteBack();
+                return IoStatus.Ok;
+            }
+            long pass = Interlocked.Increment(ref _passesBegun);
+            IoStatus status = WriteBackPass(requiredOnly);
+            if (status == IoStatus.Ok)
+            {
+                _lastPassCoveringRequired = pass;
+                if (!requiredOnly)
+                {
+                    _lastPassCoveringAll = pass;
+                }
+            }
+            return status;
+        }
+    }
+
+    /// <summary>Passes begun (numbered under the write-back lock, before they take any dirty block).</summary>
+    private long _passesBegun;
+
+    /// <summary>The last successful pass that wrote every dirty block; and the last that wrote at least those a flush requires (Lazy).</summary>
+    private long _lastPassCoveringAll, _lastPassCoveringRequired;
+
+    /// <summary>One pass; the caller holds the write-back lock.</summary>
+    private IoStatus WriteBackPass(bool requiredOnly)
+    {
+        {
             int blocks;
             lock (_map.Gate)
             {
