@@ -48,4 +48,22 @@ public sealed class BenchCowTests
         }
         Assert.Contains("bench cow:", result.Error);
     }
+
+    [Fact]
+    public void Only_and_rounds_choose_the_configurations_and_repeat_them()
+    {
+        QemuTools.Find("qemu-img");
+
+        CliResult result = Xendisk.Run("bench", "cow", "--size", "16M", "--seconds", "0.2", "--only", "xendisk bitmap", "--only", "xendisk raw", "--rounds", "2", "--json");
+
+        Assert.True(result.ExitCode == 0, result.ToString());
+        using JsonDocument json = JsonDocument.Parse(result.Output);
+        Assert.Equal(2, json.RootElement.GetProperty("rounds").GetInt32());
+        string[] names = json.RootElement.GetProperty("configurations").EnumerateArray().Select(c => c.GetProperty("name").GetString()!).ToArray();
+        Assert.Equal(["xendisk bitmap flush", "xendisk bitmap flush falloc-file", "xendisk raw"], names);
+        Assert.Contains("round 2 of 2", result.Error);
+        string[] lines = result.Error.Split('\n');
+        Assert.Equal(2, lines.Count(line => line.StartsWith("bench cow: xendisk raw, first-write-4k:", StringComparison.Ordinal)));
+        Assert.DoesNotContain(lines, line => line.StartsWith("bench cow: qemu", StringComparison.Ordinal));
+    }
 }

@@ -6,7 +6,7 @@ using XenDisk.Cow.Storage;
 namespace XenDisk.Cli.Bench;
 
 internal sealed record CowBenchSettings(long SizeBytes, TimeSpan TargetRunTime, string? Directory, int QueueDepth = CowBenchmark.DefaultQueueDepth,
-    IReadOnlyList<string>? Only = null)
+    IReadOnlyList<string>? Only = null, int Rounds = 1)
 {
     /// <summary>Whether a configuration runs: all of them, or those whose name contains one of <see cref="Only"/>.</summary>
     public bool Includes(string configurationName) =>
@@ -42,6 +42,7 @@ internal sealed record CowBenchReport(
     string FileSystem,
     string QemuVersion,
     string QemuCommand,
+    int Rounds,
     IReadOnlyList<string> Phases,
     IReadOnlyList<CowBenchConfiguration> Configurations)
 {
@@ -196,18 +197,36 @@ internal static partial class CowBenchmark
         long requests = Math.Clamp((long)(calibratedIops * settings.TargetRunTime.TotalSeconds), Math.Min(MinimumRequests, clusters), clusters);
         log(Invariant($"{requests} requests per run (raw 4 KiB reads: {calibratedIops:N0} IOPS; target {settings.TargetRunTime.TotalSeconds:0.#} s per raw run); qemu-img bench -i {aio}"));
 
-        List<(Configuration Configuration, List<Measurement> Runs)> results = [];
-        foreach (Configuration configuration in Configurations.Where(c => settings.Includes(c.Name)))
+        // Rounds interleave the configurations, so that a slow spell of the storage hits all of them
+        // alike; each cell of the report is the round with the median rate.
+        Configuration[] chosen = Configurations.Where(c => settings.Includes(c.Name)).ToArray();
+        List<List<Measurement>>[] rounds = chosen.Select(_ => new List<List<Measurement>>()).ToArray();
+        for (int round = 1; round <= settings.Rounds; round++)
         {
-            cancellationToken.ThrowIfCancellationRequested();
-            List<Measurement> runs = configuration.Engine == Engine.Qemu
-                ? RunQemu(configuration, qemuImg, aio, directory, basePath, settings, requests, log, cancellationToken)
-                : RunXenDisk(configuration, directory, basePath, settings, requests, log, cancellationToken);
-            results.Add((configuration, runs));
+            if (settings.Rounds > 1)
+            {
+                log(Invariant($"round {round} of {settings.Rounds}"));
+            }
+            for (int c = 0; c < chosen.Length; c++)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                rounds[c].Add(chosen[c].Engine == Engine.Qemu
+                    ? RunQemu(chosen[c], qemuImg, aio, directory, basePath, settings, requests, log, cancellationToken)
+                    : RunXenDisk(chosen[c], directory, basePath, settings, requests, log, cancellationToken));
+            }
         }
+        List<(Configuration Configuration, List<Measurement> Runs)> results = chosen.Select((c, i) => (c, Median(rounds[i]))).ToList();
         return BuildReport(settings, requests, directory, fileSystem, qemuVersion,
             $"qemu-img bench -t none -i {aio} -d {settings.QueueDepth} -c {requests} -S {ClusterSize}", results);
     }
+
+    /// <summary>Per phase, the round with the median rate; a failed round is reported rather than hidden.</summary>
+    private static List<Measurement> Median(List<List<Measurement>> rounds) =>
+        rounds[0].Select((first, phase) =>
+        {
+            List<Measurement> all = rounds.Select(r => r[phase]).ToList();
+            return all.FirstOrDefault(m => m.Failure != null || m.Errors > 0) ?? all.OrderBy(m => m.Iops).ElementAt(all.Count / 2);
+        }).ToList();
 
     /// <summary>One phase's outcome before ratios are known.</summary>
     private sealed record Measurement(Phase Phase, long Requests, double Seconds, long Errors, string? Failure)
@@ -240,14 +259,14 @@ internal static partial class CowBenchmark
                     configuration.Layout == Layout.Raw ? null : Ratio(m.Iops, Best(m.Phase)),
                     configuration.Layout == Layout.Raw ? null : Ratio(m.Iops, Raw(configuration.Engine, m.Phase)))).ToList()));
         }
-        return new CowBenchReport(settings.SizeBytes, requests, settings.QueueDepth, ClusterSize, directory, fileSystem, qemuVersion, qemuCommand,
+        return new CowBenchReport(settings.SizeBytes, requests, settings.QueueDepth, ClusterSize, directory, fileSystem, qemuVersion, qemuCommand, settings.Rounds,
             Phases.Select(PhaseName).ToList(), configurations);
     }
 
     /// <summary>The table for docs/BENCHMARKS.md: IOPS per configuration and phase, then XenDisk's ratios.</summary>
     public static void WriteText(TextWriter output, CowBenchReport report)
     {
-        output.WriteLine(Invariant($"copy-on-write bench: {FormatSize(report.SizeBytes)} base fully written; {report.Requests:N0} requests per run at queue depth {report.QueueDepth}; one request per {report.ClusterSize / 1024} KiB cluster; O_DIRECT"));
+        output.WriteLine(Invariant($"copy-on-write bench: {FormatSize(report.SizeBytes)} base fully written; {report.Requests:N0} requests per run at queue depth {report.QueueDepth}; one request per {report.ClusterSize / 1024} KiB cluster; O_DIRECT{(report.Rounds > 1 ? $"; median of {report.Rounds} rounds" : "")}"));
         output.WriteLine($"storage: {report.FileSystem} ({Path.GetDirectoryName(report.Directory)}); QEMU: {report.QemuVersion}, {report.QemuCommand}");
         output.WriteLine();
         const int nameWidth = 40;

@@ -17,10 +17,11 @@ internal static class BenchCowCommand
         var directory = new Option<string?>("--dir") { Description = "Put the working files in a temporary directory under this one (default /var/tmp); must not be tmpfs" };
         var depth = new Option<int>("--queue-depth") { Description = "Requests in flight (qemu-img bench -d; XenDisk: worker threads)", DefaultValueFactory = _ => CowBenchmark.DefaultQueueDepth };
         var json = new Option<bool>("--json") { Description = "Print the result as JSON" };
+        var rounds = new Option<int>("--rounds") { Description = "Run every configuration this many times, interleaved, and report the median of each cell (the storage's rate drifts)", DefaultValueFactory = _ => 1 };
         var only = new Option<string[]>("--only") { Description = "Run only the configurations whose name contains this text (repeatable), e.g. --only bitmap --only \"extended_l2 lazy\" --only raw; ratios need the QEMU and raw configurations they compare with" };
         var command = new Command("cow", "Copy-on-write cost: XenDisk's qcow2 (each metadata policy) and bitmap overlays vs qemu-img bench (QEMU qcow2) vs raw, on the same storage")
         {
-            size, seconds, directory, depth, json, only,
+            size, seconds, directory, depth, json, only, rounds,
         };
         command.SetAction((parse, cancellationToken) => CommandRunner.RunAsync(parse, cancellationToken, () =>
         {
@@ -36,6 +37,10 @@ internal static class BenchCowCommand
             {
                 return CommandErrors.Invalid(parse, "--seconds must be between 0 and 3600");
             }
+            if (parse.GetValue(rounds) is < 1 or > 25)
+            {
+                return CommandErrors.Invalid(parse, "--rounds must be 1 to 25");
+            }
             if (parse.GetValue(depth) is < 1 or > 1024)
             {
                 return CommandErrors.Invalid(parse, "--queue-depth must be 1 to 1024");
@@ -50,7 +55,7 @@ internal static class BenchCowCommand
             try
             {
                 report = CowBenchmark.Run(
-                    new CowBenchSettings(bytes, TimeSpan.FromSeconds(parse.GetValue(seconds)), parent, parse.GetValue(depth), parse.GetValue(only)),
+                    new CowBenchSettings(bytes, TimeSpan.FromSeconds(parse.GetValue(seconds)), parent, parse.GetValue(depth), parse.GetValue(only), parse.GetValue(rounds)),
                     line =>
                     {
                         error.WriteLine("bench cow: " + line);
