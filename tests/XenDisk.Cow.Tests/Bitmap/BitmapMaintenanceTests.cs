@@ -1,6 +1,7 @@
 using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Tests.Bitmap.Support;
+using XenDisk.Cow.Tests.Support;
 using XenDisk.Storage;
 
 namespace XenDisk.Cow.Tests.Bitmap;
@@ -183,17 +184,17 @@ public sealed class BitmapMaintenanceTests
     public void A_transient_overlay_never_flushes_or_writes_metadata_and_cannot_be_reopened()
     {
         using BitmapDisks disks = BitmapDisks.Create(BitmapDeviceKind.Memory, Size, BitmapOverlay.RequiredCowSize(Size), seed: 51);
-        var recording = new RecordingBlockDevice(disks.Cow);
+        var recording = new CrashRecorder(disks.Cow);
         var model = new DiskModel((byte[])disks.BaseContents.Clone(), 512, 4096, seed: 6);
         int afterCreate;
         using (BitmapOverlay overlay = BitmapOverlay.Create(recording, disks.Base, options: NotOwning with { Policy = MetadataPolicy.Transient }))
         {
-            afterCreate = recording.Count;
+            afterCreate = recording.Position;
             model.Run(overlay, 200);
             model.Verify(overlay);
         }
-        RecordedIo[] log = recording.Snapshot();
-        Assert.DoesNotContain(log, io => io.IsFlush);
+        DeviceOperation[] log = recording.Snapshot();
+        Assert.DoesNotContain(log, io => io.Kind == DeviceOperationKind.Flush);
         long dataOffset = BitmapOverlay.ReadHeader(disks.Cow).DataOffset;
         // After the header, only data-area writes: no map block, no header rewrite.
         Assert.All(log[afterCreate..], io => Assert.True(io.Offset >= dataOffset, $"a write at {io.Offset} is not in the data area"));
@@ -209,14 +210,14 @@ public sealed class BitmapMaintenanceTests
         // 32 MiB at 512-byte grains: 65536 grains, one 4 KiB map block (16384 grains) per 8 MiB.
         const long size = 32L * 1024 * 1024;
         using var baseDevice = new MemoryBlockDevice(size);
-        var recording = new RecordingBlockDevice(new MemoryBlockDevice(BitmapOverlay.RequiredCowSize(size, 512)));
+        var recording = new CrashRecorder(new MemoryBlockDevice(BitmapOverlay.RequiredCowSize(size, 512)));
         using BitmapOverlay overlay = BitmapOverlay.Create(recording, baseDevice, new BitmapCreateOptions { GrainSize = 512 }, NotOwning with { Policy = policy });
         BitmapHeader header = overlay.Header;
-        bool IsMapWrite(RecordedIo io) => !io.IsFlush && io.Offset >= header.BitmapOffset && io.Offset < header.BitmapOffset + header.BitmapLength;
+        bool IsMapWrite(DeviceOperation io) => io.Kind != DeviceOperationKind.Flush && io.Offset >= header.BitmapOffset && io.Offset < header.BitmapOffset + header.BitmapLength;
 
         var random = new Random(7);
         byte[] data = new byte[4096];
-        int before = recording.Count;
+        int before = recording.Position;
         for (int i = 0; i < 500; i++)
         {
             // Pages in the first and third 8 MiB: map blocks 0 and 2.
@@ -224,17 +225,17 @@ public sealed class BitmapMaintenanceTests
             Assert.Equal(IoStatus.Ok, overlay.WriteAt(page * 4096, data));
         }
         Assert.DoesNotContain(recording.Snapshot()[before..], IsMapWrite);
-        int beforeFlush = recording.Count;
+        int beforeFlush = recording.Position;
         Assert.Equal(IoStatus.Ok, overlay.Flush());
-        RecordedIo[] flush = recording.Snapshot()[beforeFlush..];
-        RecordedIo[] mapWrites = [.. flush.Where(IsMapWrite)];
+        DeviceOperation[] flush = recording.Snapshot()[beforeFlush..];
+        DeviceOperation[] mapWrites = [.. flush.Where(IsMapWrite)];
         Assert.Equal(2, mapWrites.Length);
         Assert.Equal([header.BitmapOffset, header.BitmapOffset + 2 * 4096], mapWrites.Select(io => io.Offset).Order().ToArray());
         // Data flushed before the map blocks, and the map flushed before the flush returns.
-        Assert.True(flush[0].IsFlush);
-        Assert.True(flush[^1].IsFlush);
+        Assert.True(flush[0].Kind == DeviceOperationKind.Flush);
+        Assert.True(flush[^1].Kind == DeviceOperationKind.Flush);
         // Nothing changed since: the next flush writes no map block.
-        int again = recording.Count;
+        int again = recording.Position;
         Assert.Equal(IoStatus.Ok, overlay.Flush());
         Assert.DoesNotContain(recording.Snapshot()[again..], IsMapWrite);
     }
@@ -243,17 +244,17 @@ public sealed class BitmapMaintenanceTests
     public void Lazy_defers_discards_to_close_but_flushes_writes()
     {
         using BitmapDisks disks = BitmapDisks.Create(BitmapDeviceKind.Memory, Size, BitmapOverlay.RequiredCowSize(Size), seed: 61);
-        var recording = new RecordingBlockDevice(disks.Cow);
+        var recording = new CrashRecorder(disks.Cow);
         using (BitmapOverlay overlay = BitmapOverlay.Create(recording, disks.Base, options: NotOwning with { Policy = MetadataPolicy.Lazy }))
         {
             Assert.Equal(IoStatus.Ok, overlay.Discard(0, 64 * 1024, secure: false));
-            int before = recording.Count;
+            int before = recording.Position;
             Assert.Equal(IoStatus.Ok, overlay.Flush());
-            Assert.DoesNotContain(recording.Snapshot()[before..], io => !io.IsFlush && io.Offset == overlay.Header.BitmapOffset);
+            Assert.DoesNotContain(recording.Snapshot()[before..], io => io.Kind != DeviceOperationKind.Flush && io.Offset == overlay.Header.BitmapOffset);
             Assert.Equal(IoStatus.Ok, overlay.WriteAt(128 * 1024, new byte[4096]));
-            before = recording.Count;
+            before = recording.Position;
             Assert.Equal(IoStatus.Ok, overlay.Flush());
-            Assert.Contains(recording.Snapshot()[before..], io => !io.IsFlush && io.Offset == overlay.Header.BitmapOffset);
+            Assert.Contains(recording.Snapshot()[before..], io => io.Kind != DeviceOperationKind.Flush && io.Offset == overlay.Header.BitmapOffset);
         }
         using BitmapOverlay reopened = BitmapOverlay.Open(disks.Cow, disks.Base, NotOwning);
         Assert.Equal(GrainState.Discarded, reopened.GetGrainState(0));

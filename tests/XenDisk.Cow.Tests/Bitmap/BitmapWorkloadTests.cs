@@ -1,6 +1,7 @@
 using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Tests.Bitmap.Support;
+using XenDisk.Cow.Tests.Support;
 using XenDisk.Storage;
 
 namespace XenDisk.Cow.Tests.Bitmap;
@@ -131,7 +132,7 @@ public sealed class BitmapWorkloadTests
         {
             Assert.Equal(IoStatus.Ok, overlay.WriteAt(8192, new byte[4096]));
         }
-        var recording = new RecordingBlockDevice(disks.Cow);
+        var recording = new CrashRecorder(disks.Cow);
         using (BitmapOverlay readOnly = BitmapOverlay.Open(recording, disks.Base, options with { ReadOnly = true }))
         {
             Assert.True(readOnly.Info.ReadOnly);
@@ -142,7 +143,7 @@ public sealed class BitmapWorkloadTests
             Assert.All(read, b => Assert.Equal(0, b));
             Assert.Equal(IoStatus.Ok, readOnly.Flush());
         }
-        Assert.Equal(0, recording.Count);
+        Assert.Equal(0, recording.Position);
     }
 
     [Fact]
