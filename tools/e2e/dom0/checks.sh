@@ -1,0 +1,307 @@
+# The checks of the baseline and xendisk scenarios (busybox sh, sourced by /init with lib.sh):
+# serves disks to PV guests with the backend the scenario names, follows the guests' verdicts on
+# their consoles, and checks the bytes on dom0's side. baseline: the kernel's xen-blkback on loop
+# devices; xendisk: XenDisk's userspace backend through the `xendisk` hotplug script. The two
+# scenarios run the same guest checks; the xendisk scenario adds a restart of the service, two guests
+# on qcow2 overlays of one base, and a disk XenDisk must refuse. docs/E2E.md lists every step.
+
+# Steps in order; the host reports any step without a verdict (dom0 stopped before it) as failed.
+raw_steps="raw-guest-create guest-blkfront-xvda guest-disk-size guest-read-whole-disk
+ guest-odirect-write-read guest-odirect-sector-io guest-fio-verify dom0-sees-guest-writes
+ block-attach guest-attach-xvdb guest-attach-read guest-attach-write dom0-sees-attach-write
+ block-detach guest-detach-xvdb detach-nodes-removed raw-guest-poweroff"
+ext4_steps="ext4-guest-create guest-ext4-mkfs guest-ext4-write guest-reboot guest-ext4-after-reboot
+ guest-ext4-file-count guest-multi-queue guest-persistent-grants guest-indirect-segments guest-discard
+ ext4-guest-poweroff"
+restart_steps="xendisk-stop xendisk-restart restart-guest-create guest-ext4-after-restart
+ guest-ext4-file-count-after-restart restart-guest-poweroff"
+destroy_steps="idle-guest-create destroy-running-guest"
+overlay_steps="overlay-images overlay-guests-create guest-a-blkfront-xvda guest-b-blkfront-xvda
+ guest-a-overlay-read-base guest-b-overlay-read-base guest-a-overlay-write guest-b-overlay-write
+ overlay-guests-ready guest-a-overlay-own-kept guest-b-overlay-own-kept guest-a-overlay-peer-isolated
+ guest-b-overlay-peer-isolated overlay-guests-poweroff overlay-base-unchanged overlay-check overlay-contents"
+case "$scenario" in
+    baseline) say "PLAN $(echo dom0-modules dom0-toolstack blkback-load disk-images $raw_steps $ext4_steps $destroy_steps no-stale-backend-nodes)" ;;
+    xendisk)  say "PLAN $(echo dom0-modules dom0-toolstack blkback-absent xendisk-start disk-images $raw_steps $ext4_steps $restart_steps $destroy_steps $overlay_steps missing-image-refused no-stale-backend-nodes xendisk-still-running)" ;;
+esac
+info "scenario $scenario, dom0 kernel $(uname -r)"
+
+start_toolstack
+
+# --- the backend ----------------------------------------------------------------------------------
+if [ "$scenario" = baseline ]; then
+    if modprobe xen-blkback; then pass blkback-load; else fail blkback-load "modprobe xen-blkback failed"; finish; fi
+else
+    # The kernel's blkback claims every vbd device as soon as it is loaded: it must stay out.
+    if grep -q '^xen_blkback ' /proc/modules || [ -d /sys/bus/xen-backend/drivers/vbd ]; then
+        fail blkback-absent "the kernel's xen-blkback is loaded; it would take the devices XenDisk serves"; finish
+    fi
+    pass blkback-absent
+    start_xendisk xendisk-start || finish
+fi
+
+# --- disk images ----------------------------------------------------------------------------------
+# In XenDisk's default allowed image directory (Storage:AllowedImageDirectories), for both scenarios.
+mkdir -p $images
+# Small on purpose: under TCG on a busy host a guest reads well under 1 MB/s through the whole stack.
+disk_size=$((16 * 1024 * 1024))
+dd if=/dev/urandom of=$images/disk.img bs=1M count=16 status=none
+dd if=/dev/urandom of=$images/disk2.img bs=1M count=4 status=none
+md5=$(md5sum <$images/disk.img | cut -d' ' -f1)
+md5b=$(md5sum <$images/disk2.img | cut -d' ' -f1)
+if [ "$scenario" = baseline ]; then
+    losetup /dev/loop0 $images/disk.img && losetup /dev/loop1 $images/disk2.img || { fail disk-images "losetup failed"; finish; }
+    # e2e-phy is a lean stand-in for Xen's `block` script (see /etc/xen/scripts/e2e-phy).
+    disk_xvda="vdev=xvda,access=rw,script=e2e-phy,target=/dev/loop0"
+    disk_xvdb="vdev=xvdb,access=rw,script=e2e-phy,target=/dev/loop1"
+else
+    # target= comes last: libxl hands everything after it, commas included, to XenDisk as `params`.
+    disk_xvda="vdev=xvda,access=rw,script=xendisk,target=raw:$images/disk.img"
+    disk_xvdb="vdev=xvdb,access=rw,script=xendisk,target=raw:$images/disk2.img"
+fi
+# The guest image with fio is the small image followed by a second archive (the kernel unpacks both).
+cat /guest/domU.cpio /guest/fio.cpio >/guest/domU-fio.cpio && rm /guest/fio.cpio
+pass disk-images
+
+# --- the guests -----------------------------------------------------------------------------------
+guest=e2e
+# main_config TASK RAMDISK VCPUS [ARGS]: the guest named e2e with xvda, and the numbers it checks against.
+main_config() {
+    write_config $guest "$1" "$2" 512 "$3" "'$disk_xvda'" "e2e_md5=$md5 e2e_size=$disk_size e2e_md5b=$md5b ${4:-}"
+}
+
+# 1. Block-level checks, fio, and the hot-plug of a second disk.
+main_config raw /guest/domU-fio.cpio 1
+if create_guest $guest raw-guest-create; then
+    if follow_guest $guest "GUEST: WAIT attach-xvdb" 900; then
+        final_md5=$(guest_data $guest final-md5)
+        pattern_md5=$(guest_data $guest pattern-md5)
+        file_md5=$(md5sum <$images/disk.img | cut -d' ' -f1)
+        region_md5=$(dd if=$images/disk.img bs=1M skip=2 count=4 status=none | md5sum | cut -d' ' -f1)
+        if [ -n "$final_md5" ] && [ "$file_md5" = "$final_md5" ] && [ "$region_md5" = "$pattern_md5" ]; then
+            pass dom0-sees-guest-writes
+        else
+            fail dom0-sees-guest-writes "image md5 $file_md5 (guest: $final_md5), 4 MiB at 2 MiB $region_md5 (guest wrote $pattern_md5)"
+        fi
+        if xl block-attach $guest "$disk_xvdb" >/tmp/xl-attach.log 2>&1; then
+            pass block-attach
+        else
+            show /tmp/xl-attach.log
+            fail block-attach "xl block-attach failed"
+        fi
+        if follow_guest $guest "GUEST: WAIT detach-xvdb" 600; then
+            pattern2_md5=$(guest_data $guest pattern2-md5)
+            got=$(dd if=$images/disk2.img bs=1M skip=1 count=2 status=none | md5sum | cut -d' ' -f1)
+            if [ "$got" = "$pattern2_md5" ]; then
+                pass dom0-sees-attach-write
+            else
+                fail dom0-sees-attach-write "disk2 at 1 MiB has md5 $got, guest wrote $pattern2_md5"
+            fi
+            if xl block-detach $guest xvdb >/tmp/xl-detach.log 2>&1; then
+                pass block-detach
+            else
+                show /tmp/xl-detach.log
+                fail block-detach "xl block-detach failed"
+            fi
+            # xvdb is device 51728 (202 << 8 | 16); its backend directory goes once the detach completes.
+            n=0
+            while backend_devices | grep -q '/51728$'; do n=$((n + 1)); [ $n -gt 30 ] && break; sleep 1; done
+            if backend_devices | grep -q '/51728$'; then
+                fail detach-nodes-removed "backend/vbd/*/51728 still present 30 s after block-detach"
+            else
+                pass detach-nodes-removed
+            fi
+        fi
+    fi
+    if follow_guest $guest "GUEST: DONE" 600; then
+        wait_guest_gone $guest raw-guest-poweroff
+    else
+        fail raw-guest-poweroff "no final line from the guest in 600 s"
+        xl destroy $guest 2>/dev/null
+    fi
+fi
+skip_rest "$raw_steps" "not reached: an earlier step of this guest failed"
+
+# 2. ext4 across a reboot: xl's daemon restarts the domain, so the backend sees the frontend close
+#    and a new frontend connect to a new device. After the reboot the guest also checks the features
+#    it negotiated (two vCPUs, so that blkfront asks for two queues) and trims the file system.
+main_config ext4 /guest/domU.cpio 2 e2e_after=reboot
+if create_guest $guest ext4-guest-create; then
+    if follow_guest $guest "GUEST: REBOOT" 600; then
+        pass guest-reboot
+    else
+        fail guest-reboot "the guest did not reach its reboot in 600 s"
+    fi
+    if follow_guest $guest "GUEST: DONE" 600; then
+        wait_guest_gone $guest ext4-guest-poweroff
+    else
+        fail ext4-guest-poweroff "no final line from the guest in 600 s"
+        xl destroy $guest 2>/dev/null
+    fi
+fi
+skip_rest "$ext4_steps" "not reached: an earlier step of this guest failed"
+
+# 3. (xendisk) The service restarts while no guest runs (SIGTERM, then a new process): the files
+#    written before it read back intact through the new one.
+if [ "$scenario" = xendisk ]; then
+    stop_xendisk xendisk-stop
+    if ! alive "$xendisk_pid" && start_xendisk xendisk-restart; then
+        main_config ext4 /guest/domU.cpio 1 e2e_after=restart
+        if create_guest $guest restart-guest-create; then
+            if follow_guest $guest "GUEST: DONE" 600; then
+                wait_guest_gone $guest restart-guest-poweroff
+            else
+                fail restart-guest-poweroff "no final line from the guest in 600 s"
+                xl destroy $guest 2>/dev/null
+            fi
+        fi
+    fi
+    skip_rest "$restart_steps" "not reached: the service did not restart, or the guest failed earlier"
+fi
+
+# 4. A guest destroyed while it runs: the frontend never closes, the backend must still let go.
+main_config idle /guest/domU.cpio 1
+if create_guest $guest idle-guest-create; then
+    if follow_guest $guest "GUEST: WAIT destroy" 600 && xl destroy $guest >/tmp/xl-destroy.log 2>&1 && ! guest_running $guest; then
+        pass destroy-running-guest
+    else
+        show /tmp/xl-destroy.log
+        fail destroy-running-guest "the guest did not come up, or xl destroy failed"
+        xl destroy $guest 2>/dev/null
+    fi
+fi
+skip_rest "$destroy_steps" "not reached: the guest was not created"
+
+# 5. (xendisk) Two guests at once, each on its own qcow2 overlay of one raw base: guest A's disk is
+#    `qcow2:` (the backing file comes from the overlay's header), guest B's is `cow:BASE,OVERLAY`.
+#    Each writes 2 MiB of its own at its own offset (A at 2 MiB, B at 8 MiB), waits until both have
+#    written, then must find its own bytes and, at the other's offset, the base's. The base never
+#    changes; QEMU's qemu-img checks both overlays and reads back what each guest saw.
+overlay_guests="e2e-a e2e-b"
+run_overlay_guests() {
+    golden=$images/golden.img
+    dd if=/dev/urandom of=$golden bs=1M count=16 status=none
+    golden_md5=$(md5sum <$golden | cut -d' ' -f1)
+    base_at_2m=$(dd if=$golden bs=1M skip=2 count=2 status=none | md5sum | cut -d' ' -f1)
+    base_at_8m=$(dd if=$golden bs=1M skip=8 count=2 status=none | md5sum | cut -d' ' -f1)
+    rm -f $images/overlay-a.qcow2 $images/overlay-b.qcow2
+    # Both at once: dom0 has two vCPUs, and each command spends most of its time starting .NET.
+    xendisk image create -f qcow2 -b $golden -F raw $images/overlay-a.qcow2 >/tmp/image-create-a.log 2>&1 &
+    create_a=$!
+    xendisk image create -f qcow2 -b $golden -F raw $images/overlay-b.qcow2 >/tmp/image-create-b.log 2>&1 &
+    create_b=$!
+    wait $create_a; rc_a=$?
+    wait $create_b; rc_b=$?
+    for g in a b; do info "$(head -n 1 /tmp/image-create-$g.log)"; done
+    if [ $rc_a -ne 0 ] || [ $rc_b -ne 0 ]; then
+        show /tmp/image-create-a.log
+        show /tmp/image-create-b.log
+        fail overlay-images "xendisk image create failed (overlay-a: status $rc_a, overlay-b: status $rc_b)"
+        return
+    fi
+    pass overlay-images
+
+    # e2e_own and e2e_peer are offsets in MiB; e2e_peer_md5 is the base's md5 at the peer's offset.
+    write_config e2e-a overlay /guest/domU.cpio 256 1 "'vdev=xvda,access=rw,script=xendisk,target=qcow2:$images/overlay-a.qcow2'" \
+        "e2e_md5=$golden_md5 e2e_own=2 e2e_peer=8 e2e_peer_md5=$base_at_8m"
+    write_config e2e-b overlay /guest/domU.cpio 256 1 "'vdev=xvda,access=rw,script=xendisk,target=cow:$golden,$images/overlay-b.qcow2'" \
+        "e2e_md5=$golden_md5 e2e_own=8 e2e_peer=2 e2e_peer_md5=$base_at_2m"
+    # Both at once: two xl processes create the domains and attach their disks concurrently.
+    for g in $overlay_guests; do forget_console $g; done
+    xl create /etc/xen/e2e-a.cfg >/tmp/xl-create-e2e-a.log 2>&1 &
+    create_a=$!
+    xl create /etc/xen/e2e-b.cfg >/tmp/xl-create-e2e-b.log 2>&1 &
+    create_b=$!
+    wait $create_a; rc_a=$?
+    wait $create_b; rc_b=$?
+    if [ $rc_a -eq 0 ] && [ $rc_b -eq 0 ]; then
+        pass overlay-guests-create
+    else
+        show /tmp/xl-create-e2e-a.log 20
+        show /tmp/xl-create-e2e-b.log 20
+        fail overlay-guests-create "xl create failed (e2e-a: status $rc_a, e2e-b: status $rc_b)"
+    fi
+
+    if [ $rc_a -eq 0 ] && [ $rc_b -eq 0 ] && follow_guests "$overlay_guests" "GUEST: WAIT peer" 600; then
+        pass overlay-guests-ready
+        # The go-ahead lands in each guest's own data/ directory, which the guest may read.
+        for g in $overlay_guests; do xenstore-write "/local/domain/$(xl domid $g)/data/e2e-go" 1; done
+        if follow_guests "$overlay_guests" "GUEST: DONE" 600; then
+            gone=yes
+            for g in $overlay_guests; do
+                n=0
+                while guest_running $g; do n=$((n + 1)); [ $n -gt 120 ] && break; sleep 1; done
+                guest_running $g && gone=no
+            done
+            if [ $gone = yes ]; then pass overlay-guests-poweroff; else fail overlay-guests-poweroff "a guest still exists 120 s after its last line"; fi
+        else
+            fail overlay-guests-poweroff "no final line from both guests in 600 s"
+        fi
+    else
+        [ $rc_a -eq 0 ] && [ $rc_b -eq 0 ] && fail overlay-guests-ready "both guests did not write their pattern within 600 s"
+    fi
+    for g in $overlay_guests; do guest_running $g && xl destroy $g 2>/dev/null; done
+
+    now_md5=$(md5sum <$golden | cut -d' ' -f1)
+    if [ "$now_md5" = "$golden_md5" ]; then pass overlay-base-unchanged; else fail overlay-base-unchanged "base md5 $now_md5, was $golden_md5"; fi
+
+    # QEMU is the reference reader of qcow2; without it, XenDisk's own checker.
+    if command -v qemu-img >/dev/null; then checker="qemu-img check -f qcow2"; else checker="xendisk image check -f qcow2"; fi
+    bad=
+    for g in a b; do
+        if $checker $images/overlay-$g.qcow2 >/tmp/check-$g.log 2>&1; then
+            info "overlay-$g.qcow2: $checker: $(tr '\n' ' ' </tmp/check-$g.log)"
+        else
+            show /tmp/check-$g.log 20
+            bad="$bad overlay-$g.qcow2"
+        fi
+    done
+    if [ -z "$bad" ]; then pass overlay-check; else fail overlay-check "$checker failed for$bad"; fi
+
+    if ! command -v qemu-img >/dev/null; then skip overlay-contents "qemu-img is not in dom0's image"; return; fi
+    bad=
+    for g in a b; do
+        # What QEMU reads through the overlay and its base must be what the guest read last.
+        qemu-img convert -f qcow2 -O raw $images/overlay-$g.qcow2 /tmp/overlay-$g.raw >/tmp/convert-$g.log 2>&1 || { show /tmp/convert-$g.log; bad="$bad $g: qemu-img convert failed;"; continue; }
+        whole=$(md5sum </tmp/overlay-$g.raw | cut -d' ' -f1)
+        own=$(guest_data e2e-$g own-offset)
+        region=$(dd if=/tmp/overlay-$g.raw bs=1M skip="${own:-0}" count=2 status=none | md5sum | cut -d' ' -f1)
+        rm -f /tmp/overlay-$g.raw
+        [ "$whole" = "$(guest_data e2e-$g final-md5)" ] || bad="$bad $g: disk md5 $whole, guest read $(guest_data e2e-$g final-md5);"
+        [ "$region" = "$(guest_data e2e-$g own-md5)" ] || bad="$bad $g: its 2 MiB at ${own} MiB have md5 $region, guest wrote $(guest_data e2e-$g own-md5);"
+    done
+    if [ -z "$bad" ]; then pass overlay-contents; else fail overlay-contents "$bad"; fi
+}
+if [ "$scenario" = xendisk ]; then
+    run_overlay_guests
+    skip_rest "$overlay_steps" "not reached: an earlier overlay step failed"
+fi
+
+# 6. (xendisk) A disk XenDisk cannot open: xl create must fail with XenDisk's reason, passed on by
+#    the hotplug script (docs/E2E.md, "Hotplug contract"), and leave no device behind.
+if [ "$scenario" = xendisk ]; then
+    disk_xvda="vdev=xvda,access=rw,script=xendisk,target=raw:$images/does-not-exist.img"
+    main_config idle /guest/domU.cpio 1
+    xl create /etc/xen/$guest.cfg >/tmp/xl-create.log 2>&1
+    if guest_running $guest; then
+        xl destroy $guest 2>/dev/null
+        fail missing-image-refused "xl create succeeded with a missing image"
+    elif grep -q 'script: xendisk:' /tmp/xl-create.log; then
+        pass missing-image-refused
+        info "xl said: $(grep 'script: xendisk:' /tmp/xl-create.log | head -n 1)"
+    else
+        show /tmp/xl-create.log 20
+        fail missing-image-refused "xl create failed without XenDisk's reason (no 'script: xendisk:' line)"
+    fi
+fi
+
+no_stale_backend_nodes no-stale-backend-nodes
+
+if [ "$scenario" = xendisk ]; then
+    if alive "$xendisk_pid"; then
+        pass xendisk-still-running
+    else
+        fail xendisk-still-running "xendisk serve exited during the run"
+    fi
+    kill "$xendisk_pid" 2>/dev/null
+fi
