@@ -84,6 +84,8 @@ run_bench() {
         sleep 10
         info "$1 round $2: dom0 CPU for 10 s after them, the guest idle: $(cpu_since /tmp/cpu-idle)"
         [ "$1" = xendisk ] && info "$1 round $2: xendisk threads by CPU seconds: $(thread_cpu "$xendisk_pid")"
+        # CPU seconds per domain since it started (Time(s)); a leftover domain would show here too.
+        xl list 2>&1 | sed 's/^/E2E-LOG xl-list| /'
         backend_counters "$1"
         xenstore-write "/local/domain/$(xl domid $name)/data/e2e-go" 1
     fi
