@@ -101,3 +101,10 @@ public sealed record BlockDeviceInfo
     /// <summary>What the device is, for logs and status ("raw file /var/lib/x.img", "qcow2 overlay ...").</summary>
     public string Description { get; init; } = "";
 }
+
+/// <summary>errno to <see cref="IoStatus"/>, for engines that see a raw errno (an io_uring completion's res).</summary>
+public static class IoStatuses
+{
+    /// <summary>ENOSPC/EDQUOT: NoSpace; EROFS: ReadOnly; EOPNOTSUPP: NotSupported; anything else: IoError.</summary>
+    public static IoStatus FromErrno(int errno) => Interop.Errno.ToIoStatus(errno);
+}

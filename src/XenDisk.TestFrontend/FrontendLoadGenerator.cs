@@ -110,7 +110,7 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
         for (int i = 0; i < depth; i++)
         {
             _slots[i].Page = frontend.Pool.Rent();
-            _slots[i].Random = _options.Seed + ((ulong)i * 0x9E3779B97F4A7C15UL) + 1;
+            _slots[i].Random = SlotStream(_options.Seed, i);
         }
     }
 
@@ -297,7 +297,16 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
         return value ^ (value >> 31);
     }
 
-    private static ulong NextRandom(ref ulong state)
+    /// <summary>
+    /// The start of slot <paramref name="slot"/>'s stream: a hashed point of SplitMix64's 2^64 cycle.
+    /// Starts spaced one step apart (as they once were) make slot i replay slot 0's sequence i steps
+    /// later, so at queue depth 32 the slots reused each other's offsets; hashed starts are
+    /// independent in practice (two of 32 streams of a million draws overlap with odds near 2^-34).
+    /// </summary>
+    internal static ulong SlotStream(ulong seed, int slot) =>
+        Mix(Mix(seed) ^ ((ulong)(slot + 1) * 0xD1B54A32D192ED03UL));
+
+    internal static ulong NextRandom(ref ulong state)
     {
         state += 0x9E3779B97F4A7C15UL;
         return Mix(state);

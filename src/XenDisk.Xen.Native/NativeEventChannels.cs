@@ -192,6 +192,14 @@ public sealed class NativeEventChannels : IEventChannels
         }
     }
 
+    public int FileDescriptor => _evtchnFd;
+
+    public int TakePending()
+    {
+        int port = Interop.XenEvtchn.xenevtchn_pending(_handle.DangerousGetHandle());
+        return port >= 0 ? port : -NativeErrno.Last();
+    }
+
     public void Interrupt() => _wake.Signal();
 
     public void Dispose()

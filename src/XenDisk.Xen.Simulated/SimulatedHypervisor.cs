@@ -1,3 +1,4 @@
+using XenDisk.Xen.Simulated.Grants;
 using XenDisk.Xen.Simulated.EventChannels;
 using XenDisk.Xen.Simulated.XenStore;
 
@@ -207,6 +208,25 @@ public sealed class SimulatedHypervisor : IDisposable
             domain.Memory.ParkView();
         }
     }
+
+    /// <summary>
+    /// Checking mode for teardown: an unmapped grant range is not given back to the address space
+    /// but replaced by a private page full of a canary pattern and kept, so that a late write into it
+    /// (I/O the backend let outlive the unmap, which on real Xen would land in a page the guest owns
+    /// again) is found by <see cref="PagesWrittenAfterUnmap"/>. Set before the backend maps anything.
+    /// </summary>
+    public bool QuarantineUnmappedPages { get; set; }
+
+    internal UnmapQuarantine Quarantine { get; } = new();
+
+    /// <summary>
+    /// Called (on the unmapping thread) right after a grant range was unmapped and quarantined: a
+    /// test uses it to let storage I/O finish exactly then, to show that none still targets the range.
+    /// </summary>
+    public Action? AfterQuarantinedUnmap { get; set; }
+
+    /// <summary>Quarantined pages (see <see cref="QuarantineUnmappedPages"/>) whose canary changed after their unmap.</summary>
+    public int PagesWrittenAfterUnmap => Quarantine.CountDamagedPages();
 
     internal void AddActiveGrantMappings(int delta) => Interlocked.Add(ref _activeGrantMappings, delta);
 

@@ -29,6 +29,20 @@ public interface IEventChannels : IDisposable
     /// </summary>
     int WaitPending(int timeoutMilliseconds);
 
+    /// <summary>
+    /// xenevtchn_fd: a descriptor that polls readable while a port is pending, for a thread that waits
+    /// on several sources in one call (the data plane waits on it and its storage completions through
+    /// one io_uring). Owned by the handle; valid until <see cref="IDisposable.Dispose"/>.
+    /// </summary>
+    int FileDescriptor { get; }
+
+    /// <summary>
+    /// xenevtchn_pending without the wait: the next pending port, or -1 when none (or a negative errno).
+    /// Call it only after <see cref="FileDescriptor"/> polled readable: on Linux's evtchn device the
+    /// read blocks when nothing is pending. The port stays masked until <see cref="Unmask"/>.
+    /// </summary>
+    int TakePending();
+
     /// <summary>Wakes a thread blocked in <see cref="WaitPending"/> so that it can see a stop request.</summary>
     void Interrupt();
 

@@ -42,6 +42,8 @@ public sealed class ConfigurationValidationTests
     [InlineData("Backend:DataPath", "GrantMapp", "Backend:DataPath")]
     [InlineData("Backend:DataPath", "1", "Backend:DataPath")]
     [InlineData("Backend:DataPath", "", "Backend:DataPath")]
+    [InlineData("Backend:IoEngine", "Turbo", "Backend:IoEngine")]
+    [InlineData("Backend:IoEngine", "2", "Backend:IoEngine")]
     [InlineData("Backend:HotplugScript", "/etc/xen/scripts/xendisk", "Backend:HotplugScript")]
     [InlineData("Backend:HotplugScript", "", "Backend:HotplugScript")]
     [InlineData("Backend:Kinds:0", "vbd/evil", "Backend:Kinds")]

@@ -44,6 +44,14 @@ public sealed partial class BlkifRing
             return CopySucceeded(copies) ? RequestCheck.Ok : RequestCheck.BadGrant;
         }
 
+        // With persistent grants a frontend reuses its indirect pages as it reuses data pages (Linux
+        // blkfront takes both from one pool), so they go through the same cache, as in Linux blkback's
+        // xen_blkbk_parse_indirect: no map and unmap per indirect request.
+        if (_persistent is not null && CopyIndirectThroughCache(refs, bytes, context))
+        {
+            return RequestCheck.Ok;
+        }
+
         if (Setup.Grants.MapGrantRefs(Setup.FrontendDomainId, refs, writable: false, out nint address) != 0)
         {
             return RequestCheck.BadGrant;
@@ -53,6 +61,33 @@ public sealed partial class BlkifRing
         new ReadOnlySpan<byte>((void*)address, bytes).CopyTo(MemoryMarshal.AsBytes(context.Segments.AsSpan()));
         Statistics.GrantUnmapped(Setup.Grants.Unmap(address, pages) == 0);
         return RequestCheck.Ok;
+    }
+
+    /// <summary>
+    /// Copies the segment list out of indirect pages held in the persistent cache. False when a page
+    /// cannot enter it (cache full of in-use entries, or a grant that cannot be mapped writable, as a
+    /// read-only indirect grant cannot): the caller then maps the pages for this request only.
+    /// </summary>
+    private unsafe bool CopyIndirectThroughCache(ReadOnlySpan<uint> refs, int bytes, RequestContext context)
+    {
+        PersistentGrantCache cache = _persistent!;
+        Span<byte> destination = MemoryMarshal.AsBytes(context.Segments.AsSpan());
+        long now = Setup.Options.TimeProvider.GetTimestamp();
+        for (int i = 0; i < refs.Length; i++)
+        {
+            int entry = cache.Acquire(refs[i]);
+            if (entry < 0)
+            {
+                return false;
+            }
+
+            int offset = i * XenPage.Size;
+            int length = Math.Min(XenPage.Size, bytes - offset);
+            new ReadOnlySpan<byte>((void*)cache.AddressOf(entry), length).CopyTo(destination[offset..]);
+            cache.Release(entry, now);
+        }
+
+        return true;
     }
 
     /// <summary>Makes the request's data addressable: <see cref="RequestContext.Buffers"/> gets one buffer per segment.</summary>

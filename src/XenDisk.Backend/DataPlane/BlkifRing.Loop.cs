@@ -67,6 +67,7 @@ public sealed partial class BlkifRing
         _completionQueue = new int[entries];
         _completionBatch = new int[entries];
 
+        InitializeEngine(entries);
         if (!Setup.Disk.CompletesInline)
         {
             _workers = new IoWorkerPool("blkif-io " + Setup.Name, options.IoThreadsPerRing, entries, RunOnIoThread);
@@ -82,9 +83,9 @@ public sealed partial class BlkifRing
 
     private void RunLoop()
     {
-        bool portMasked = false;
         while (true)
         {
+            ReapEngine();
             ProcessCompletions();
             ThrowIfWorkerFailed();
 
@@ -105,32 +106,33 @@ public sealed partial class BlkifRing
 
             if (!_stopRequested && !_halted && CanTakeRequests)
             {
-                // A full batch, or a frontend still producing: go round again.
+                // A full batch, or a frontend still producing: hand this batch to the kernel and go
+                // round again.
                 if (_ring.ReadRequestProducer() != _requestConsumer || FinalCheckForRequests())
                 {
+                    SubmitQueued();
                     continue;
                 }
 
                 // The ring is drained: only now allow the next event (late EOI), so that a frontend
                 // kicking us while we work costs no wake-ups. An event raised while the port was
                 // masked stays pending and is delivered by the next wait.
-                if (portMasked)
+                if (_portMasked)
                 {
                     Setup.EventChannels.Unmask(Setup.LocalPort);
-                    portMasked = false;
+                    _portMasked = false;
                 }
             }
 
-            if (HasCompletions)
+            if (HasCompletions || EngineHasCompletions)
             {
+                SubmitQueued();
                 continue;
             }
 
-            int port = Setup.EventChannels.WaitPending(NextWaitMilliseconds());
-            if (port >= 0 && (uint)port == Setup.LocalPort)
-            {
-                portMasked = true;
-            }
+            // One system call: submits what this iteration queued and sleeps until a guest kick, a
+            // storage completion or a wake-up (stop, slow-path completion).
+            WaitForWork(NextWaitMilliseconds());
         }
     }
 
@@ -257,7 +259,7 @@ public sealed partial class BlkifRing
         // burst needs to wake it.
         if (wasEmpty)
         {
-            Setup.EventChannels.Interrupt();
+            _waker!.Signal();
         }
     }
 
@@ -284,10 +286,10 @@ public sealed partial class BlkifRing
 
     /// <summary>
     /// How long to sleep: until the oldest idle persistent grant expires, or until an event. Expires what
-    /// is due first. Waking for I/O completions and stop requests relies on <see cref="XenDisk.Xen.IEventChannels.Interrupt"/>
-    /// being sticky (an interrupt raised while the thread is not waiting ends its next wait at once), as
-    /// both the native (eventfd) and the simulated implementation are: so no wake-up is ever lost and no
-    /// periodic wake-up is needed to paper over one.
+    /// is due first. Waking for slow-path completions and stop requests relies on the ring's
+    /// <see cref="RingWaker"/> being sticky (an eventfd signalled while the thread is not waiting stays
+    /// readable and ends its next wait at once): so no wake-up is ever lost and no periodic wake-up is
+    /// needed to paper over one.
     /// </summary>
     private int NextWaitMilliseconds()
     {

@@ -81,7 +81,7 @@ public sealed partial class BlkifRing
             Execute(context);
             Complete(context);
         }
-        else
+        else if (!TrySubmitFast(context))
         {
             _workers.Enqueue(context.Index);
         }

@@ -8,12 +8,14 @@ namespace XenDisk.Backend.DataPlane;
 
 /// <summary>
 /// The data plane of one blkif queue: a dedicated thread that takes requests off the shared ring,
-/// validates private copies of them, runs their I/O (inline for devices that never block, otherwise
-/// on this ring's I/O threads) and writes the responses. The ring thread alone touches the ring,
-/// the persistent-grant cache, the bounce buffers and the request contexts; I/O threads only run
-/// storage calls and hand completed contexts back.
+/// validates private copies of them, runs their I/O and writes the responses. The I/O runs inline
+/// for devices that never block; through the thread's own io_uring for ranges the device can remap
+/// to files (the fast path, no thread hand-off); otherwise on this ring's I/O threads (the slow path).
+/// The ring thread alone touches the ring, the io_uring, the persistent-grant cache, the bounce
+/// buffers and the request contexts; I/O threads only run storage calls and hand completed contexts back.
 /// Split by concern: this file is the lifecycle, BlkifRing.Loop.cs the ring protocol,
-/// BlkifRing.Requests.cs request handling and BlkifRing.Grants.cs getting at guest data.
+/// BlkifRing.Requests.cs request handling, BlkifRing.Grants.cs getting at guest data and
+/// BlkifRing.Engine.cs the io_uring engine and the thread's sleep.
 /// </summary>
 public sealed partial class BlkifRing : IAsyncDisposable
 {
@@ -88,7 +90,7 @@ public sealed partial class BlkifRing : IAsyncDisposable
             else if (!_stopRequested && !_threadExited)
             {
                 _stopRequested = true;
-                Setup.EventChannels.Interrupt();
+                _waker?.Signal();
             }
             else
             {
@@ -121,7 +123,7 @@ public sealed partial class BlkifRing : IAsyncDisposable
         bool unexpected = false;
         try
         {
-            DataPlaneLog.RingStarted(_logger, Setup.Name, _ring.Entries, Setup.Protocol, Setup.Options.DataPath,
+            DataPlaneLog.RingStarted(_logger, Setup.Name, _ring.Entries, Setup.Protocol, Setup.Options.DataPath, EngineName,
                 _workers is null ? 0 : Setup.Options.IoThreadsPerRing, _persistent is not null, _maxIndirectSegments);
             RunLoop();
             ShutDownCleanly();
@@ -142,10 +144,14 @@ public sealed partial class BlkifRing : IAsyncDisposable
         }
         finally
         {
+            ReleaseEngine();
             _bounce?.Dispose();
             lock (_lifecycleLock)
             {
                 _threadExited = true;
+
+                // Under the lock: StopAsync signals only while the thread has not exited.
+                _waker?.Dispose();
             }
 
             _stopped.TrySetResult();
@@ -170,6 +176,7 @@ public sealed partial class BlkifRing : IAsyncDisposable
     /// still held, so that a failed ring leaves no guest page mapped.</summary>
     private void ReleaseAfterFault()
     {
+        DrainEngineForTeardown();
         _workers?.Stop();
         if (_contexts is not null)
         {

@@ -8,8 +8,12 @@ namespace XenDisk.Backend.DataPlane;
 internal static partial class DataPlaneLog
 {
     [LoggerMessage(EventId = 2000, Level = LogLevel.Information,
-        Message = "Ring {Ring} started: {Entries} entries, {Protocol}, {DataPath}, {IoThreads} I/O threads, persistent grants {PersistentGrants}, max indirect segments {MaxIndirectSegments}")]
-    public static partial void RingStarted(ILogger logger, string ring, int entries, BlkifProtocol protocol, DataPath dataPath, int ioThreads, bool persistentGrants, int maxIndirectSegments);
+        Message = "Ring {Ring} started: {Entries} entries, {Protocol}, {DataPath}, {Engine} engine, {IoThreads} I/O threads, persistent grants {PersistentGrants}, max indirect segments {MaxIndirectSegments}")]
+    public static partial void RingStarted(ILogger logger, string ring, int entries, BlkifProtocol protocol, DataPath dataPath, string engine, int ioThreads, bool persistentGrants, int maxIndirectSegments);
+
+    [LoggerMessage(EventId = 2007, Level = LogLevel.Warning,
+        Message = "io_uring is not available ({Reason}); rings use the thread engine instead (set IoEngine to Threads to choose it explicitly)")]
+    public static partial void IoUringUnavailable(ILogger logger, string reason);
 
     [LoggerMessage(EventId = 2001, Level = LogLevel.Information,
         Message = "Ring {Ring} stopped after {Requests} requests ({GuestErrors} guest errors, {StorageErrors} storage errors, {Unsupported} unsupported)")]

@@ -1,20 +1,21 @@
 namespace XenDisk.Backend.DataPlane;
 
 /// <summary>
-/// The threads that run one ring's blocking storage calls, fed through a preallocated queue of
-/// context indices (its capacity is the ring's size, so enqueueing never fails or allocates). The
-/// number of threads is the ring's storage queue depth.
+/// The threads that run one ring's blocking storage calls (the slow path, or everything with the
+/// thread engine), fed through a preallocated queue of context indices (its capacity is the ring's
+/// size, so enqueueing never fails or allocates). Idle threads sleep in Monitor.Wait and are woken
+/// one per queued request: nothing polls or spins while the ring is idle (a SemaphoreSlim here once
+/// spun with sched_yield between requests, which cost a system call per spin).
 /// </summary>
 internal sealed class IoWorkerPool
 {
-    private readonly Lock _lock = new();
+    private readonly object _lock = new();
     private readonly int[] _queue;
-    private readonly SemaphoreSlim _work = new(0);
     private readonly Thread[] _threads;
     private readonly Action<int> _execute;
     private int _head;
     private int _count;
-    private volatile bool _stopping;
+    private bool _stopping;
 
     public IoWorkerPool(string name, int threads, int capacity, Action<int> execute)
     {
@@ -41,22 +42,25 @@ internal sealed class IoWorkerPool
         {
             _queue[(_head + _count) % _queue.Length] = context;
             _count++;
+            Monitor.Pulse(_lock);
         }
-
-        _work.Release();
     }
 
     /// <summary>Lets each thread finish the call it is in, then ends them; queued work not yet started is dropped
     /// (a clean stop waits for the queue to empty first). Idempotent; ring thread only.</summary>
     public void Stop()
     {
-        if (_stopping)
+        lock (_lock)
         {
-            return;
+            if (_stopping)
+            {
+                return;
+            }
+
+            _stopping = true;
+            Monitor.PulseAll(_lock);
         }
 
-        _stopping = true;
-        _work.Release(_threads.Length);
         foreach (Thread thread in _threads)
         {
             if (thread.ThreadState != ThreadState.Unstarted)
@@ -64,26 +68,23 @@ internal sealed class IoWorkerPool
                 thread.Join();
             }
         }
-
-        _work.Dispose();
     }
 
     private void Run()
     {
         while (true)
         {
-            _work.Wait();
-            if (_stopping)
-            {
-                return;
-            }
-
             int context;
             lock (_lock)
             {
-                if (_count == 0)
+                while (_count == 0 && !_stopping)
                 {
-                    continue;
+                    Monitor.Wait(_lock);
+                }
+
+                if (_stopping)
+                {
+                    return;
                 }
 
                 context = _queue[_head];

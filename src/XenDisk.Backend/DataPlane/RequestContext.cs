@@ -66,5 +66,15 @@ internal sealed unsafe class RequestContext
 
     public long StartTimestamp;
 
+    /// <summary>io_uring operations of this request still in flight (the fast path); 0 otherwise.</summary>
+    public int PendingOperations;
+
+    /// <summary>The device's remap lease, released when the last operation completes.</summary>
+    public RemapLease Lease;
+
+    /// <summary>struct iovec[] in native memory for the fast path (stable while the kernel holds it);
+    /// owned by the ring, which frees it after its io_uring is closed. 0 with the thread engine.</summary>
+    public nint Iovecs;
+
     public ReadOnlySpan<BlkifRequestSegment> RequestSegments => Segments.AsSpan(0, Request.SegmentCount);
 }

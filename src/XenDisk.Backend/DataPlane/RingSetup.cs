@@ -68,6 +68,17 @@ public enum DataPath
     GrantCopy,
 }
 
+/// <summary>How a ring thread runs storage I/O and waits for work.</summary>
+public enum IoEngine
+{
+    /// <summary>io_uring where the host allows it, otherwise <see cref="Threads"/> (said once in the log).</summary>
+    Auto,
+    /// <summary>io_uring only: a ring whose io_uring cannot be created fails to start.</summary>
+    IoUring,
+    /// <summary>Blocking calls on the ring's I/O threads; the ring thread waits in poll(2).</summary>
+    Threads,
+}
+
 /// <summary>Data-plane tuning. Limits are named with the reason for their value.</summary>
 public sealed record DataPlaneOptions
 {
@@ -86,7 +97,14 @@ public sealed record DataPlaneOptions
 
     public DataPath DataPath { get; init; } = DataPath.GrantMap;
 
-    /// <summary>Threads per ring that run blocking storage calls; this is the ring's storage queue depth.
+    /// <summary>
+    /// io_uring (the default where available) lets the ring thread submit a whole batch and sleep until
+    /// a guest kick or a completion in one system call; the thread engine is the fallback.
+    /// </summary>
+    public IoEngine IoEngine { get; init; } = IoEngine.Auto;
+
+    /// <summary>Threads per ring that run blocking storage calls: all I/O with the thread engine (this is
+    /// then the ring's storage queue depth), and the slow path (discard, overlay allocation) with io_uring.
     /// Ignored for devices that complete inline.</summary>
     public int IoThreadsPerRing { get; init; } = 8;
 
@@ -135,6 +153,11 @@ public sealed record DataPlaneOptions
         if (BounceBufferPages < 0)
         {
             throw new ArgumentException($"BounceBufferPages must not be negative (got {BounceBufferPages}).");
+        }
+
+        if (!Enum.IsDefined(IoEngine))
+        {
+            throw new ArgumentException($"Unknown IoEngine {IoEngine}.");
         }
 
         if (!Enum.IsDefined(DataPath))

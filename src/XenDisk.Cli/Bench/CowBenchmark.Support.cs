@@ -73,24 +73,8 @@ internal static partial class CowBenchmark
             return new Measurement(phase, requests, double.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture), 0, null);
         }
 
-        private static (int Exit, string Output, string Error) Run(string qemuImg, params string[] args)
-        {
-            ProcessStartInfo start = new(qemuImg)
-            {
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-                UseShellExecute = false,
-            };
-            foreach (string arg in args)
-            {
-                start.ArgumentList.Add(arg);
-            }
-            using Process process = Process.Start(start) ?? throw new CowBenchException($"cannot start {qemuImg}");
-            Task<string> output = process.StandardOutput.ReadToEndAsync();
-            Task<string> error = process.StandardError.ReadToEndAsync();
-            process.WaitForExit();
-            return (process.ExitCode, output.Result, error.Result);
-        }
+        private static (int Exit, string Output, string Error) Run(string qemuImg, params string[] args) =>
+            ProcessRunner.Run(qemuImg, args);
 
         [GeneratedRegex(@"Run completed in ([0-9]+(?:\.[0-9]+)?) seconds")]
         private static partial Regex CompletedIn();

@@ -8,7 +8,51 @@ namespace XenDisk.Cli.Commands;
 /// <summary>`xendisk bench ...`: benchmarks that print figures for docs/BENCHMARKS.md.</summary>
 internal static class BenchCommand
 {
-    public static Command Create() => new("bench", "Measure XenDisk") { CreateRing(), BenchCowCommand.CreateCow() };
+    public static Command Create() => new("bench", "Measure XenDisk") { CreateRing(), BenchCowCommand.CreateCow(), CreateStorage() };
+
+    private static Command CreateStorage()
+    {
+        var size = new Option<string>("--size") { Description = "Size of the file both sides use (fully written first), e.g. 1G", DefaultValueFactory = _ => "1G" };
+        var seconds = new Option<double>("--seconds") { Description = "Measured length of each run", DefaultValueFactory = _ => 5 };
+        var rounds = new Option<int>("--rounds") { Description = "Interleaved rounds (XenDisk, fio, XenDisk, fio, ...); the median round is reported", DefaultValueFactory = _ => 3 };
+        var engine = new Option<XenDisk.Backend.DataPlane.IoEngine>("--engine") { Description = "XenDisk's I/O engine: Auto, IoUring or Threads", DefaultValueFactory = _ => XenDisk.Backend.DataPlane.IoEngine.Auto };
+        var directory = new Option<string?>("--dir") { Description = "Put the file in a temporary directory under this one (default /var/tmp); must not be tmpfs" };
+        var only = new Option<string[]>("--only") { Description = "Run only the configurations whose name contains this text (repeatable)" };
+        var json = new Option<bool>("--json") { Description = "Print the result as JSON" };
+        var command = new Command("storage", "The whole data path over a real file against fio (io_uring) on the same file: IOPS, CPU, system calls and context switches per request")
+        {
+            size, seconds, rounds, engine, directory, only, json,
+        };
+        command.SetAction((parse, cancellationToken) =>
+        {
+            if (!Image.SizeText.TryParse(parse.GetValue(size), out long bytes, out string sizeError) || bytes < (64L << 20) || bytes % 4096 != 0)
+            {
+                return Task.FromResult(CommandErrors.Invalid($"--size must be at least 64M and a multiple of 4k ({sizeError})"));
+            }
+
+            if (parse.GetValue(seconds) is <= 0 or > 3600 || parse.GetValue(rounds) is < 1 or > 25)
+            {
+                return Task.FromResult(CommandErrors.Invalid("--seconds must be between 0 and 3600 and --rounds 1 to 25"));
+            }
+
+            using var loggerFactory = CommandLogging.Create(verbose: false);
+            TextWriter error = Console.Error;
+            var report = StorageBenchmark.Run(
+                new StorageBenchSettings(bytes, TimeSpan.FromSeconds(parse.GetValue(seconds)), parse.GetValue(directory), parse.GetValue(rounds), parse.GetValue(engine), parse.GetValue(only)),
+                loggerFactory, line => error.WriteLine("bench storage: " + line), cancellationToken);
+            if (parse.GetValue(json))
+            {
+                Console.WriteLine(JsonSerializer.Serialize(report, StorageBenchJsonContext.Default.StorageBenchReport));
+            }
+            else
+            {
+                StorageBenchmark.WriteText(Console.Out, report);
+            }
+
+            return Task.FromResult(0);
+        });
+        return command;
+    }
 
     private static Command CreateRing()
     {

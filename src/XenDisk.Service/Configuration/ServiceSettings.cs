@@ -50,6 +50,11 @@ public sealed class BackendSettings
     [Required]
     public string DataPath { get; set; } = nameof(Backend.DataPlane.DataPath.GrantMap);
 
+    /// <summary>"Auto" (default: io_uring where the host allows it, the thread engine otherwise, said
+    /// once in the log), "IoUring" (refuse to serve without it) or "Threads".</summary>
+    [Required]
+    public string IoEngine { get; set; } = nameof(Backend.DataPlane.IoEngine.Auto);
+
     [Range(1, DataPlaneOptions.MaxIoThreadsPerRing)]
     public int IoThreadsPerRing { get; set; } = new DataPlaneOptions().IoThreadsPerRing;
 
@@ -72,6 +77,7 @@ public sealed class BackendSettings
         DataPlane = new DataPlaneOptions
         {
             DataPath = Enum.Parse<DataPath>(DataPath, ignoreCase: true),
+            IoEngine = Enum.Parse<IoEngine>(IoEngine, ignoreCase: true),
             IoThreadsPerRing = IoThreadsPerRing,
             TimeProvider = timeProvider,
         },

@@ -55,6 +55,12 @@ internal sealed class SettingsRules :
             errors.Add($"Backend:DataPath must be GrantMap or GrantCopy; \"{options.DataPath}\" is neither.");
         }
 
+        if (options.IoEngine is not null && !(Enum.TryParse(options.IoEngine, ignoreCase: true, out IoEngine engine)
+            && Enum.IsDefined(engine) && !char.IsAsciiDigit(options.IoEngine.FirstOrDefault())))
+        {
+            errors.Add($"Backend:IoEngine must be Auto, IoUring or Threads; \"{options.IoEngine}\" is none of them.");
+        }
+
         if (dataPathKnown && dataPath == DataPath.GrantCopy && options.PersistentGrants)
         {
             errors.Add("Backend:PersistentGrants must be false when Backend:DataPath is GrantCopy: grant copy never maps a guest page, so there is nothing to keep mapped, and offering feature-persistent would make frontends keep pages granted for nothing.");

@@ -10,8 +10,14 @@ namespace XenDisk.Xen.Simulated;
 /// consumer is never lost: it is redelivered on unmask.
 /// Hot path (<see cref="Notify"/>, <see cref="WaitPending"/>, <see cref="Unmask"/>): no allocation,
 /// one short lock each; the waiter sleeps in Monitor.Wait.
+/// <para>
+/// Like the evtchn device, the handle has a descriptor (<see cref="FileDescriptor"/>, an eventfd)
+/// that polls readable exactly while a port is queued, so that the data plane waits on it through
+/// io_uring or poll(2) here as it does on real Xen. The eventfd's counter is set when the queue
+/// becomes non-empty and cleared when it empties, both under the handle's lock.
+/// </para>
 /// </summary>
-public sealed class SimulatedEventChannels : IEventChannels
+public sealed unsafe class SimulatedEventChannels : IEventChannels
 {
     /// <summary>Returned by Notify on a port whose remote end has closed (Linux ENOTCONN).</summary>
     private const int ENOTCONN = 107;
@@ -27,10 +33,27 @@ public sealed class SimulatedEventChannels : IEventChannels
     private bool _disposed;
     private long _deliveries;
 
+    private readonly int _readyFd;
+
     internal SimulatedEventChannels(SimulatedHypervisor hypervisor, SimulatedDomain domain)
     {
         _hypervisor = hypervisor;
         _domain = domain;
+        _readyFd = Tmds.Linux.LibC.eventfd(0, Tmds.Linux.LibC.EFD_NONBLOCK | Tmds.Linux.LibC.EFD_CLOEXEC);
+        if (_readyFd < 0)
+        {
+            throw new XenException("eventfd", Tmds.Linux.LibC.errno, "cannot create the simulated evtchn descriptor");
+        }
+    }
+
+    public int FileDescriptor => _readyFd;
+
+    public int TakePending()
+    {
+        lock (_sync)
+        {
+            return DequeueLocked();
+        }
     }
 
     /// <summary>Events delivered through this handle (a coalesced burst counts once).</summary>
@@ -92,16 +115,10 @@ public sealed class SimulatedEventChannels : IEventChannels
                     return -1;
                 }
 
-                while (_queueCount > 0)
+                int pending = DequeueLocked();
+                if (pending >= 0)
                 {
-                    EventPort port = _queue[_queueHead];
-                    _queue[_queueHead] = null!;
-                    _queueHead = (_queueHead + 1) % _queue.Length;
-                    _queueCount--;
-                    if (port.Owner == this)
-                    {
-                        return (int)port.Number;
-                    }
+                    return pending;
                 }
 
                 if (_disposed)
@@ -174,6 +191,7 @@ public sealed class SimulatedEventChannels : IEventChannels
         }
 
         _hypervisor.EventSwitch.UnbindAll(this, _domain);
+        Tmds.Linux.LibC.close(_readyFd);
     }
 
     /// <summary>An event arrives on <paramref name="port"/>, one of this handle's ports.</summary>
@@ -254,9 +272,59 @@ public sealed class SimulatedEventChannels : IEventChannels
 
         _queue[(_queueHead + _queueCount) % _queue.Length] = port;
         _queueCount++;
+        if (_queueCount == 1)
+        {
+            SetReady(true);
+        }
+
         _deliveries++;
         _domain.CountNotificationDelivered();
         Monitor.Pulse(_sync);
+    }
+
+    /// <summary>The next queued port still owned by this handle, or -1; clears the descriptor's readiness when the queue empties.</summary>
+    private int DequeueLocked()
+    {
+        int result = -1;
+        bool dequeued = _queueCount > 0;
+        while (_queueCount > 0)
+        {
+            EventPort port = _queue[_queueHead];
+            _queue[_queueHead] = null!;
+            _queueHead = (_queueHead + 1) % _queue.Length;
+            _queueCount--;
+            if (port.Owner == this)
+            {
+                result = (int)port.Number;
+                break;
+            }
+        }
+
+        if (dequeued && _queueCount == 0)
+        {
+            SetReady(false);
+        }
+
+        return result;
+    }
+
+    /// <summary>Readable while the queue holds a port: a write sets the counter, a read (non-blocking) clears it.</summary>
+    private void SetReady(bool ready)
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        ulong value = 1;
+        if (ready)
+        {
+            Tmds.Linux.LibC.write(_readyFd, &value, sizeof(ulong));
+        }
+        else
+        {
+            Tmds.Linux.LibC.read(_readyFd, &value, sizeof(ulong));
+        }
     }
 
     private void GrowQueue()

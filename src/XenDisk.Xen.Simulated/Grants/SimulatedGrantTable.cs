@@ -127,7 +127,17 @@ public sealed class SimulatedGrantTable : IGrantTable
             _mappedPages -= pageCount;
         }
 
-        Libc.munmap(address, (nuint)((long)pageCount * XenPage.Size));
+        long length = (long)pageCount * XenPage.Size;
+        if (_hypervisor.QuarantineUnmappedPages)
+        {
+            _hypervisor.Quarantine.Add(address, length);
+            _hypervisor.AfterQuarantinedUnmap?.Invoke();
+        }
+        else
+        {
+            Libc.munmap(address, (nuint)length);
+        }
+
         if (!mapping.Parked)
         {
             for (int i = 0; i < mapping.Refs.Length; i++)

@@ -1,0 +1,396 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Microsoft.Extensions.Logging;
+using XenDisk.Backend.ControlPlane;
+using XenDisk.Backend.DataPlane;
+using XenDisk.Storage;
+using XenDisk.TestFrontend;
+using XenDisk.Xen.Simulated;
+
+namespace XenDisk.Cli.Bench;
+
+internal sealed record StorageBenchSettings(long SizeBytes, TimeSpan Duration, string? Directory, int Rounds, IoEngine Engine, IReadOnlyList<string>? Only);
+
+/// <summary>One configuration: XenDisk's full backend and fio on the same file, medians over the rounds.</summary>
+internal sealed record StorageBenchConfiguration(
+    string Name,
+    string Workload,
+    int QueueDepth,
+    string Engine,
+    double XendiskIops,
+    double FioIops,
+    double IopsRatio,
+    double CpuUsPerRequest,
+    double FioCpuUsPerRequest,
+    double CpuRatio,
+    double? SyscallsPerRequest,
+    double? FioSyscallsPerRequest,
+    double ContextSwitchesPerRequest,
+    double FioContextSwitchesPerRequest);
+
+internal sealed record StorageBenchReport(
+    long SizeBytes,
+    string FileSystem,
+    int Rounds,
+    double SecondsPerRun,
+    string SyscallCounting,
+    string FioCommand,
+    IReadOnlyList<StorageBenchConfiguration> Configurations);
+
+[JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+[JsonSerializable(typeof(StorageBenchReport))]
+internal sealed partial class StorageBenchJsonContext : JsonSerializerContext;
+
+/// <summary>
+/// The whole data path against fio, in one process invocation: the backend (simulated hypervisor,
+/// test frontend, one queue) serving a fully written file through the configured I/O engine, and fio
+/// with io_uring at the same queue depth on the same file, interleaved (XenDisk, fio, XenDisk, fio,
+/// ...) with the median round reported, since the storage's rate drifts between runs. Per side:
+/// IOPS; CPU per request (the backend's own threads from /proc/self/task, fio's from its report);
+/// system calls per request (perf stat -e raw_syscalls:sys_enter, attached to the backend's threads
+/// or wrapping fio); context switches per request (voluntary plus involuntary, from /proc for the
+/// backend, from fio's report).
+/// </summary>
+internal static class StorageBenchmark
+{
+    private const int DeviceId = 51712;
+    private const string BackendThreadPrefix = "blkif";
+
+    private sealed record Workload(string Name, string Description, int QueueDepth, int ReadPercent);
+
+    // The test frontend's load generator issues single-page requests, so the 64 KiB sequential and the
+    // overlay configurations are not here yet.
+    private static readonly Workload[] Workloads =
+    [
+        new("raw-randrw-4k-qd32", "4 KiB random, 50% read / 50% write", 32, 50),
+        new("raw-randrw-4k-qd1", "4 KiB random, 50% read / 50% write", 1, 50),
+        new("raw-randread-4k-qd32", "4 KiB random reads", 32, 100),
+    ];
+
+    private sealed record Side(double Iops, double CpuUsPerRequest, double? SyscallsPerRequest, double ContextSwitchesPerRequest);
+
+    public static StorageBenchReport Run(StorageBenchSettings settings, ILoggerFactory loggerFactory, Action<string> progress, CancellationToken cancellationToken)
+    {
+        string fio = ProcessRunner.Find("fio") ?? throw new InvalidOperationException("fio is not installed (Debian package fio; tools/setup installs it)");
+        string? perf = ProcessRunner.Find("perf");
+        string syscallCounting = perf is not null && PerfWorks(perf)
+            ? "perf stat -e raw_syscalls:sys_enter"
+            : "unavailable (perf or the raw_syscalls tracepoint is missing; install linux-perf and run as root)";
+        if (!syscallCounting.StartsWith("perf", StringComparison.Ordinal))
+        {
+            perf = null;
+        }
+
+        string parent = settings.Directory ?? "/var/tmp";
+        DirectoryInfo work = Directory.CreateDirectory(Path.Combine(parent, "xendisk-bench-storage-" + Environment.ProcessId.ToString(CultureInfo.InvariantCulture)));
+        try
+        {
+            string file = Path.Combine(work.FullName, "disk.img");
+            progress($"writing a {settings.SizeBytes >> 20} MiB file in {work.FullName}");
+            FillFile(file, settings.SizeBytes);
+
+            var results = new List<StorageBenchConfiguration>();
+            foreach (Workload workload in Workloads)
+            {
+                if (settings.Only is { Count: > 0 } only && !only.Any(o => workload.Name.Contains(o, StringComparison.OrdinalIgnoreCase)))
+                {
+                    continue;
+                }
+
+                var xendisk = new List<Side>();
+                var peer = new List<Side>();
+                for (int round = 0; round < settings.Rounds; round++)
+                {
+                    cancellationToken.ThrowIfCancellationRequested();
+                    Side x = RunXenDisk(file, settings, workload, perf, loggerFactory, cancellationToken);
+                    progress(Invariant($"{workload.Name} round {round + 1}: xendisk {x.Iops:F0} IOPS, {x.CpuUsPerRequest:F1} us CPU, {x.SyscallsPerRequest:F2} syscalls, {x.ContextSwitchesPerRequest:F2} cs per request"));
+                    xendisk.Add(x);
+                    Side f = RunFio(fio, perf, file, settings, workload, work.FullName);
+                    progress(Invariant($"{workload.Name} round {round + 1}: fio {f.Iops:F0} IOPS, {f.CpuUsPerRequest:F1} us CPU, {f.SyscallsPerRequest:F2} syscalls, {f.ContextSwitchesPerRequest:F2} cs per request"));
+                    peer.Add(f);
+                }
+
+                Side xm = Median(xendisk);
+                Side fm = Median(peer);
+                results.Add(new StorageBenchConfiguration(workload.Name, workload.Description, workload.QueueDepth, settings.Engine.ToString(),
+                    Round(xm.Iops), Round(fm.Iops), Ratio(xm.Iops, fm.Iops), Round(xm.CpuUsPerRequest), Round(fm.CpuUsPerRequest),
+                    Ratio(xm.CpuUsPerRequest, fm.CpuUsPerRequest), Round(xm.SyscallsPerRequest), Round(fm.SyscallsPerRequest),
+                    Round(xm.ContextSwitchesPerRequest), Round(fm.ContextSwitchesPerRequest)));
+            }
+
+            return new StorageBenchReport(settings.SizeBytes, FileSystemOf(work.FullName), settings.Rounds, settings.Duration.TotalSeconds,
+                syscallCounting, "fio --ioengine=io_uring --direct=1 --time_based (rw, bs, iodepth per configuration)", results);
+        }
+        finally
+        {
+            work.Delete(recursive: true);
+        }
+    }
+
+    private static Side RunXenDisk(string file, StorageBenchSettings settings, Workload workload, string? perf, ILoggerFactory loggerFactory, CancellationToken cancellationToken) =>
+        RunXenDiskAsync(file, settings, workload, perf, loggerFactory, cancellationToken).GetAwaiter().GetResult();
+
+    private static async Task<Side> RunXenDiskAsync(string file, StorageBenchSettings settings, Workload workload, string? perf, ILoggerFactory loggerFactory, CancellationToken cancellationToken)
+    {
+        using var hypervisor = new SimulatedHypervisor();
+        using var toolstack = new SimulatedToolstack(hypervisor);
+        var options = new BackendOptions
+        {
+            MaxQueues = 1,
+            DataPlane = new DataPlaneOptions { IoEngine = settings.Engine },
+        };
+        await using var backend = new BlockBackend(hypervisor.Platform(hypervisor.Dom0), new FileProvider(file), options, loggerFactory);
+        await backend.StartAsync(cancellationToken).ConfigureAwait(false);
+        var guest = hypervisor.CreateDomain("bench", memoryPages: 16384);
+        var attachment = toolstack.AttachDisk(guest, DeviceId, file, readOnly: false);
+        await using var frontend = new BlockFrontend(hypervisor, guest, attachment, new FrontendOptions { Queues = 1 });
+        await frontend.ConnectAsync(cancellationToken).ConfigureAwait(false);
+
+        var load = new LoadGeneratorOptions
+        {
+            Depth = workload.QueueDepth,
+            ReadPercent = workload.ReadPercent,
+            WritePercent = 100 - workload.ReadPercent,
+        };
+        using (var warmup = new FrontendLoadGenerator(frontend, load))
+        {
+            await warmup.RunAsync(TimeSpan.FromSeconds(1), cancellationToken).ConfigureAwait(false);
+        }
+
+        int[] threads = BackendThreads();
+        using var generator = new FrontendLoadGenerator(frontend, load);
+        long switchesBefore = ContextSwitches(threads);
+        TimeSpan cpuBefore = ThreadCpuClock.ThreadsNamed(BackendThreadPrefix);
+        using PerfCounter? counter = perf is null ? null : PerfCounter.AttachToThreads(perf, threads);
+        LoadGeneratorResult result = await generator.RunAsync(settings.Duration, cancellationToken).ConfigureAwait(false);
+        long? syscalls = counter?.Stop();
+        TimeSpan cpu = ThreadCpuClock.ThreadsNamed(BackendThreadPrefix) - cpuBefore;
+        long switches = ContextSwitches(threads) - switchesBefore;
+
+        await frontend.DisconnectAsync().ConfigureAwait(false);
+        await toolstack.DetachDiskAsync(attachment, TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+        await backend.StopAsync(cancellationToken).ConfigureAwait(false);
+
+        double requests = Math.Max(1, result.Completions);
+        if (result.Errors > 0)
+        {
+            throw new InvalidOperationException($"{result.Errors} requests failed in {workload.Name}");
+        }
+
+        return new Side(result.CompletionsPerSecond, cpu.TotalMicroseconds / requests, syscalls / requests, switches / requests);
+    }
+
+    private static Side RunFio(string fio, string? perf, string file, StorageBenchSettings settings, Workload workload, string directory)
+    {
+        string output = Path.Combine(directory, "fio.json");
+        string perfOutput = Path.Combine(directory, "perf.txt");
+        List<string> fioArgs =
+        [
+            "--name=peer", "--filename=" + file, "--direct=1", "--ioengine=io_uring", "--time_based",
+            "--runtime=" + ((int)Math.Ceiling(settings.Duration.TotalSeconds)).ToString(CultureInfo.InvariantCulture),
+            "--ramp_time=1", "--iodepth=" + workload.QueueDepth.ToString(CultureInfo.InvariantCulture),
+            "--output-format=json", "--output=" + output, "--randrepeat=0",
+        ];
+        fioArgs.AddRange(["--rw=randrw", "--rwmixread=" + workload.ReadPercent.ToString(CultureInfo.InvariantCulture), "--bs=4k"]);
+
+        (int exit, _, string error) = perf is null
+            ? ProcessRunner.Run(fio, fioArgs)
+            : ProcessRunner.Run(perf, ["stat", "-e", "raw_syscalls:sys_enter", "-x", ",", "-o", perfOutput, "--", fio, .. fioArgs]);
+        if (exit != 0)
+        {
+            throw new InvalidOperationException($"fio exited with {exit}: {error.Trim()}");
+        }
+
+        using JsonDocument report = JsonDocument.Parse(File.ReadAllText(output));
+        JsonElement job = report.RootElement.GetProperty("jobs")[0];
+        double ios = job.GetProperty("read").GetProperty("total_ios").GetDouble() + job.GetProperty("write").GetProperty("total_ios").GetDouble();
+        double runtimeSeconds = Math.Max(job.GetProperty("read").GetProperty("runtime").GetDouble(), job.GetProperty("write").GetProperty("runtime").GetDouble()) / 1000;
+        double cpuSeconds = (job.GetProperty("usr_cpu").GetDouble() + job.GetProperty("sys_cpu").GetDouble()) / 100 * runtimeSeconds;
+        double requests = Math.Max(1, ios);
+
+        // perf counts fio's whole life (start-up and the ramp included) against its measured requests;
+        // the ramp's requests are not in total_ios, so the figure errs high for fio, never low.
+        double? syscalls = perf is null ? null : PerfCounter.ParseCount(File.ReadAllText(perfOutput)) / requests;
+        return new Side(ios / runtimeSeconds, cpuSeconds * 1e6 / requests, syscalls, job.GetProperty("ctx").GetDouble() / requests);
+    }
+
+    /// <summary>A file of non-zero data, so that neither side reads holes.</summary>
+    private static void FillFile(string path, long size)
+    {
+        using var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 0);
+        byte[] block = new byte[1 << 20];
+        new Random(1).NextBytes(block);
+        for (long written = 0; written < size; written += block.Length)
+        {
+            stream.Write(block, 0, (int)Math.Min(block.Length, size - written));
+        }
+
+        stream.Flush(flushToDisk: true);
+    }
+
+    private static int[] BackendThreads()
+    {
+        var ids = new List<int>();
+        foreach (string task in Directory.EnumerateDirectories("/proc/self/task"))
+        {
+            try
+            {
+                if (File.ReadAllText(Path.Combine(task, "comm")).StartsWith(BackendThreadPrefix, StringComparison.Ordinal))
+                {
+                    ids.Add(int.Parse(Path.GetFileName(task), CultureInfo.InvariantCulture));
+                }
+            }
+            catch (IOException)
+            {
+                // The thread ended while we looked.
+            }
+        }
+
+        return [.. ids];
+    }
+
+    /// <summary>voluntary_ctxt_switches + nonvoluntary_ctxt_switches of the given threads.</summary>
+    private static long ContextSwitches(int[] threads)
+    {
+        long total = 0;
+        foreach (int id in threads)
+        {
+            try
+            {
+                foreach (string line in File.ReadLines($"/proc/self/task/{id}/status"))
+                {
+                    if (line.StartsWith("voluntary_ctxt_switches:", StringComparison.Ordinal) || line.StartsWith("nonvoluntary_ctxt_switches:", StringComparison.Ordinal))
+                    {
+                        total += long.Parse(line[(line.IndexOf(':') + 1)..].Trim(), CultureInfo.InvariantCulture);
+                    }
+                }
+            }
+            catch (IOException)
+            {
+                // The thread ended while we looked.
+            }
+        }
+
+        return total;
+    }
+
+    private static bool PerfWorks(string perf)
+    {
+        try
+        {
+            (int exit, _, _) = ProcessRunner.Run(perf, ["stat", "-e", "raw_syscalls:sys_enter", "-x", ",", "true"]);
+            return exit == 0;
+        }
+        catch (Exception e) when (e is InvalidOperationException or System.ComponentModel.Win32Exception)
+        {
+            return false;
+        }
+    }
+
+    private static string FileSystemOf(string directory)
+    {
+        string best = "";
+        string type = "unknown";
+        foreach (string line in File.ReadLines("/proc/self/mountinfo"))
+        {
+            string[] fields = line.Split(' ');
+            int separator = Array.IndexOf(fields, "-");
+            if (fields.Length > 4 && separator > 0 && separator + 1 < fields.Length
+                && directory.StartsWith(fields[4], StringComparison.Ordinal) && fields[4].Length > best.Length)
+            {
+                best = fields[4];
+                type = fields[separator + 1];
+            }
+        }
+
+        return type;
+    }
+
+    private static Side Median(List<Side> sides)
+    {
+        Side[] byIops = [.. sides.OrderBy(s => s.Iops)];
+        return byIops[byIops.Length / 2];
+    }
+
+    private static double Ratio(double a, double b) => b == 0 ? 0 : Math.Round(a / b, 3);
+
+    private static double Round(double value) => Math.Round(value, 3);
+
+    private static double? Round(double? value) => value is null ? null : Math.Round(value.Value, 3);
+
+    private static string Invariant(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
+
+    public static void WriteText(TextWriter output, StorageBenchReport report)
+    {
+        output.WriteLine(Invariant($"storage bench: {report.SizeBytes >> 20} MiB file on {report.FileSystem}, {report.Rounds} round(s) of {report.SecondsPerRun:F0} s, median round; system calls: {report.SyscallCounting}"));
+        output.WriteLine(Invariant($"{"configuration",-24} {"engine",-8} {"xendisk IOPS",12} {"fio IOPS",10} {"ratio",6} {"CPU us/req",14} {"syscalls/req",14} {"cs/req",12}"));
+        foreach (StorageBenchConfiguration c in report.Configurations)
+        {
+            output.WriteLine(Invariant($"{c.Name,-24} {c.Engine,-8} {c.XendiskIops,12:F0} {c.FioIops,10:F0} {c.IopsRatio,6:F2} {c.CpuUsPerRequest,6:F1}/{c.FioCpuUsPerRequest,-7:F1} {c.SyscallsPerRequest,6:F2}/{c.FioSyscallsPerRequest,-7:F2} {c.ContextSwitchesPerRequest,5:F2}/{c.FioContextSwitchesPerRequest,-6:F2}"));
+        }
+    }
+
+    /// <summary>Every target opens the benchmark's file, with O_DIRECT like fio's --direct=1.</summary>
+    private sealed class FileProvider(string path) : IDiskProvider
+    {
+        public IBlockDevice Open(DiskSpecification specification) => RawBlockDevice.Open(path, specification.ReadOnly);
+    }
+
+    /// <summary>`perf stat -e raw_syscalls:sys_enter -t TIDS` attached for the measured window; stopped with SIGINT.</summary>
+    private sealed class PerfCounter : IDisposable
+    {
+        private readonly Process _process;
+        private readonly string _output;
+
+        private PerfCounter(Process process, string output)
+        {
+            _process = process;
+            _output = output;
+        }
+
+        public static PerfCounter AttachToThreads(string perf, int[] threads)
+        {
+            string output = Path.GetTempFileName();
+            Process process = ProcessRunner.Start(perf, ["stat", "-e", "raw_syscalls:sys_enter", "-x", ",", "-o", output, "-t", string.Join(',', threads)]);
+
+            // perf says nothing when it has attached (its output comes when it stops); a few milliseconds
+            // suffice, and requests made before it attaches are simply not counted (the figure errs low
+            // by at most that share of a run of seconds).
+            Thread.Sleep(200);
+            return new PerfCounter(process, output);
+        }
+
+        public long? Stop()
+        {
+            if (!_process.HasExited)
+            {
+                Tmds.Linux.LibC.kill(_process.Id, Tmds.Linux.LibC.SIGINT);
+            }
+
+            _process.WaitForExit();
+            return ParseCount(File.ReadAllText(_output));
+        }
+
+        public static long? ParseCount(string text)
+        {
+            foreach (string line in text.Split('\n'))
+            {
+                string[] fields = line.Split(',');
+                if (fields.Length > 2 && fields[2] == "raw_syscalls:sys_enter" && long.TryParse(fields[0], NumberStyles.None, CultureInfo.InvariantCulture, out long count))
+                {
+                    return count;
+                }
+            }
+
+            return null;
+        }
+
+        public void Dispose()
+        {
+            _process.Dispose();
+            File.Delete(_output);
+        }
+    }
+}

@@ -1,0 +1,306 @@
+using Microsoft.Win32.SafeHandles;
+using XenDisk.Abi;
+using XenDisk.Backend.DataPlane;
+using XenDisk.Backend.Tests.DataPlane.Harness;
+using XenDisk.Storage;
+using XenDisk.Xen.Simulated;
+
+namespace XenDisk.Backend.Tests.DataPlane;
+
+/// <summary>
+/// The ring over a real file through each I/O engine: io_uring (the fast path: remapped extents read
+/// and written from the guest's pages by the ring thread) and the thread engine (blocking calls on
+/// I/O threads). Every byte is checked against the file itself, and teardown with I/O in flight is
+/// checked in the simulator's quarantine mode, where a write into a page after its unmap is seen.
+/// </summary>
+public sealed class IoEngineTests : IDisposable
+{
+    private const long DiskBytes = 4 << 20;
+    private const byte R = BlkifOperation.Read;
+    private const byte W = BlkifOperation.Write;
+
+    private readonly DirectoryInfo _directory = Directory.CreateTempSubdirectory("xendisk-engine-");
+
+    public void Dispose() => _directory.Delete(recursive: true);
+
+    public static TheoryData<IoEngine, DataPath, bool> Engines()
+    {
+        var data = new TheoryData<IoEngine, DataPath, bool>();
+        foreach (IoEngine engine in (IoEngine[])[IoEngine.IoUring, IoEngine.Threads])
+        {
+            data.Add(engine, DataPath.GrantMap, true);
+            data.Add(engine, DataPath.GrantMap, false);
+            data.Add(engine, DataPath.GrantCopy, false);
+        }
+
+        return data;
+    }
+
+    private RawBlockDevice CreateDisk(byte fill = 0)
+    {
+        string path = Path.Combine(_directory.FullName, "disk.img");
+        byte[] contents = new byte[DiskBytes];
+        Array.Fill(contents, fill);
+        File.WriteAllBytes(path, contents);
+        return RawBlockDevice.Open(path, readOnly: false);
+    }
+
+    private static byte[] FileBytes(RawBlockDevice disk, long offset, int length)
+    {
+        using var stream = new FileStream(disk.Path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        byte[] data = new byte[length];
+        stream.Position = offset;
+        stream.ReadExactly(data);
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task Requests_in_flight_together_move_every_byte_through_the_engine(IoEngine engine, DataPath path, bool persistent)
+    {
+        using var hypervisor = new SimulatedHypervisor();
+        SimulatedDomain guest = hypervisor.CreateDomain("guest", memoryPages: 4096);
+        using RawBlockDevice disk = CreateDisk();
+        await using var connection = new RingConnection(hypervisor, guest, disk,
+            features: new NegotiatedFeatures { PersistentGrants = persistent, MaxIndirectSegments = 64, Discard = true },
+            options: new DataPlaneOptions { DataPath = path, IoEngine = engine, IoThreadsPerRing = 2 }).Start();
+        Assert.Equal(engine == IoEngine.IoUring ? "io_uring" : "threads", connection.Ring.EngineName);
+
+        // The whole ring at once: direct writes with partial segments, an indirect write, a flush with data.
+        const int direct = 29;
+        var buffers = new List<GuestBuffers>();
+        var slots = new List<byte[]>();
+        for (int i = 0; i < direct; i++)
+        {
+            // Persistent grants are mapped writable whatever the request, so the frontend grants them so.
+            var pages = new GuestBuffers(guest, 2, readOnly: !persistent);
+            pages.Page(0).Fill((byte)(i + 1));
+            pages.Page(1).Fill((byte)(i + 101));
+            buffers.Add(pages);
+            slots.Add(WireSlots.ReadWrite(BlkifProtocol.X86_64, W, (ulong)i, (ulong)i * 16, [new(pages.Ref(0), 2, 7), new(pages.Ref(1), 0, 5)]));
+        }
+
+        var indirectData = new GuestBuffers(guest, 40, readOnly: !persistent);
+        var indirectPage = new GuestBuffers(guest, 1, readOnly: !persistent);
+        for (int i = 0; i < 40; i++)
+        {
+            indirectData.Page(i).Fill((byte)(0x80 + i));
+        }
+
+        WireSlots.WriteIndirectSegments(indirectPage.Page(0), indirectData.FullSegments());
+        slots.Add(WireSlots.Indirect(BlkifProtocol.X86_64, W, 100, 2048, 40, [indirectPage.Ref(0)]));
+
+        var fua = new GuestBuffers(guest, 1, readOnly: !persistent);
+        fua.Page(0).Fill(0xF0);
+        slots.Add(WireSlots.ReadWrite(BlkifProtocol.X86_64, BlkifOperation.FlushDiskCache, 101, 4096, fua.FullSegments()));
+        slots.Add(WireSlots.Discard(BlkifProtocol.X86_64, 102, 6144, 16));
+
+        WireSlots.Response[] responses = connection.Submit([.. slots]);
+        Assert.Equal([], responses.Where(r => r.Status != BlkifStatus.Okay).Select(r => r.Id));
+        Assert.Equal(slots.Count, responses.Select(r => r.Id).Distinct().Count());
+
+        for (int i = 0; i < direct; i++)
+        {
+            byte[] written = FileBytes(disk, i * 16 * 512, 12 * 512);
+            Assert.True(written.AsSpan(0, 6 * 512).IndexOfAnyExcept((byte)(i + 1)) < 0, $"request {i}, first segment");
+            Assert.True(written.AsSpan(6 * 512).IndexOfAnyExcept((byte)(i + 101)) < 0, $"request {i}, second segment");
+        }
+
+        byte[] indirect = FileBytes(disk, 2048 * 512, 40 * 4096);
+        for (int i = 0; i < 40; i++)
+        {
+            Assert.True(indirect.AsSpan(i * 4096, 4096).IndexOfAnyExcept((byte)(0x80 + i)) < 0, $"indirect segment {i}");
+        }
+
+        Assert.True(FileBytes(disk, 4096 * 512, 4096).AsSpan().IndexOfAnyExcept((byte)0xF0) < 0);
+
+        // Read everything back through the ring into fresh pages.
+        using (var pages = new GuestBuffers(guest, 3, readOnly: false))
+        {
+            WireSlots.Response readBack = connection.SubmitOne(WireSlots.ReadWrite(BlkifProtocol.X86_64, R, 200, 16, [new(pages.Ref(0), 0, 7), new(pages.Ref(1), 0, 3), new(pages.Ref(2), 4, 7)]));
+            Assert.True(readBack.Status == BlkifStatus.Okay, $"read back: {readBack}, guest errors {connection.Statistics.GuestErrors}, storage errors {connection.Statistics.StorageErrors}");
+            Assert.Equal(FileBytes(disk, 16 * 512, 4096), pages.Page(0).ToArray());
+            Assert.Equal(FileBytes(disk, (16 * 512) + 4096, 2048), pages.Page(1)[..2048].ToArray());
+            Assert.Equal(FileBytes(disk, (16 * 512) + 6144, 2048), pages.Page(2)[2048..].ToArray());
+        }
+
+        Assert.Equal(0, connection.Statistics.StorageErrors);
+        buffers.ForEach(b => b.Dispose());
+        indirectData.Dispose();
+        indirectPage.Dispose();
+        fua.Dispose();
+        await connection.Ring.StopAsync();
+        Assert.Equal(0, connection.DataPagesMapped);
+    }
+
+    [Fact]
+    public async Task Indirect_pages_go_through_the_persistent_grant_cache()
+    {
+        using var hypervisor = new SimulatedHypervisor();
+        SimulatedDomain guest = hypervisor.CreateDomain("guest", memoryPages: 4096);
+        using RawBlockDevice disk = CreateDisk();
+        await using var connection = new RingConnection(hypervisor, guest, disk,
+            features: new NegotiatedFeatures { PersistentGrants = true, MaxIndirectSegments = 32 }).Start();
+        using var data = new GuestBuffers(guest, 20, readOnly: false);
+        using var indirectPage = new GuestBuffers(guest, 1, readOnly: false);
+        WireSlots.WriteIndirectSegments(indirectPage.Page(0), data.FullSegments());
+
+        for (int i = 0; i < 10; i++)
+        {
+            AssertOkay(connection.SubmitOne(WireSlots.Indirect(BlkifProtocol.X86_64, W, (ulong)i, 0, 20, [indirectPage.Ref(0)])));
+        }
+
+        // 21 distinct grants (20 data pages and the indirect page), each mapped once and then reused.
+        Assert.Equal(21, connection.Statistics.GrantMaps);
+        Assert.Equal(0, connection.Statistics.GrantUnmaps);
+    }
+
+    [Fact]
+    public async Task Stop_waits_for_engine_reads_in_flight_before_any_page_is_unmapped()
+    {
+        using var hypervisor = new SimulatedHypervisor { QuarantineUnmappedPages = true };
+        SimulatedDomain guest = hypervisor.CreateDomain("guest");
+        using var disk = new PipeDevice();
+        await using var connection = new RingConnection(hypervisor, guest, disk,
+            options: new DataPlaneOptions { IoEngine = IoEngine.IoUring }).Start();
+        using var pages = new GuestBuffers(guest, 1, readOnly: false);
+
+        connection.Queue(WireSlots.ReadWrite(BlkifProtocol.X86_64, R, 1, 0, pages.FullSegments()));
+        connection.Publish();
+        RingConnection.WaitUntil(() => disk.Remapped == 1, "the read to be remapped onto the pipe");
+        Task stopping = connection.Ring.StopAsync();
+        Assert.False(stopping.IsCompleted);
+
+        disk.Feed(0x3C);
+        await stopping.WaitAsync(RingConnection.HangGuard);
+        Assert.Equal(BlkifStatus.Okay, connection.WaitForResponses(1)[0].Status);
+        Assert.True(pages.Page(0).IndexOfAnyExcept((byte)0x3C) < 0);
+        Assert.Equal(0, connection.DataPagesMapped);
+        Assert.Equal(0, hypervisor.PagesWrittenAfterUnmap);
+    }
+
+    [Fact]
+    public async Task A_fault_cancels_engine_reads_in_flight_before_their_pages_are_unmapped()
+    {
+        using var hypervisor = new SimulatedHypervisor { QuarantineUnmappedPages = true };
+        SimulatedDomain guest = hypervisor.CreateDomain("guest");
+        using var disk = new PipeDevice { ThrowOnDiscard = true };
+        await using var connection = new RingConnection(hypervisor, guest, disk,
+            features: new NegotiatedFeatures { Discard = true },
+            options: new DataPlaneOptions { IoEngine = IoEngine.IoUring }).Start();
+        using var pages = new GuestBuffers(guest, 4, readOnly: false);
+
+        // Reads park on the empty pipe; then a discard takes the slow path and the device throws,
+        // which faults the ring with the reads still in the kernel's hands.
+        for (int i = 0; i < 4; i++)
+        {
+            connection.Queue(WireSlots.ReadWrite(BlkifProtocol.X86_64, R, (ulong)i, (ulong)i * 8, [new(pages.Ref(i), 0, 7)]));
+        }
+
+        connection.Publish();
+        RingConnection.WaitUntil(() => disk.Remapped == 4, "the reads to be remapped onto the pipe");
+        // The moment the first page is unmapped, the data arrives: a read still in flight would land
+        // in that page's quarantined range.
+        int fed = 0;
+        hypervisor.AfterQuarantinedUnmap = () =>
+        {
+            if (Interlocked.Exchange(ref fed, 1) == 0)
+            {
+                disk.Feed(0x77, pages: 4);
+            }
+        };
+        connection.Queue(WireSlots.Discard(BlkifProtocol.X86_64, 9, 0, 8));
+        connection.Publish();
+        connection.Notify();
+        RingConnection.WaitUntil(() => connection.StoppedUnexpectedlyCount == 1, "the ring to fault");
+        Assert.Equal(1, fed);
+        Assert.Equal(0, connection.DataPagesMapped);
+        Assert.Equal(0, hypervisor.PagesWrittenAfterUnmap);
+        await connection.Ring.StopAsync();
+    }
+
+    private static void AssertOkay(WireSlots.Response response) => Assert.Equal(BlkifStatus.Okay, response.Status);
+
+    /// <summary>
+    /// A remappable disk whose reads come from a pipe: a read stays in flight in the kernel until the
+    /// test feeds the pipe, which makes "I/O in flight at teardown" a state the test controls.
+    /// </summary>
+    private sealed unsafe class PipeDevice : IRemappableBlockDevice
+    {
+        private readonly SafeFileHandle _readEnd;
+        private readonly SafeFileHandle _writeEnd;
+        private int _remapped;
+
+        public PipeDevice()
+        {
+            int* fds = stackalloc int[2];
+            if (Tmds.Linux.LibC.pipe2(fds, Tmds.Linux.LibC.O_CLOEXEC) != 0)
+            {
+                throw new InvalidOperationException("pipe2 failed");
+            }
+
+            _readEnd = new SafeFileHandle(fds[0], ownsHandle: true);
+            _writeEnd = new SafeFileHandle(fds[1], ownsHandle: true);
+        }
+
+        public bool ThrowOnDiscard { get; init; }
+
+        public int Remapped => Volatile.Read(ref _remapped);
+
+        public BlockDeviceInfo Info { get; } = new() { SizeBytes = DiskBytes, SupportsDiscard = true };
+
+        public bool CompletesInline => false;
+
+        public IReadOnlyList<SafeFileHandle> Files => [_readEnd];
+
+        public bool FlushIsFileSync => false;
+
+        public int Remap(bool write, long offset, long length, ReadOnlySpan<IoBuffer> buffers, Span<FileExtent> extents, out RemapLease lease)
+        {
+            lease = RemapLease.None;
+            if (write)
+            {
+                return 0;
+            }
+
+            // A pipe has no offsets: every read takes the next bytes fed.
+            extents[0] = new FileExtent(FileExtentKind.File, 0, 0, length);
+            Interlocked.Increment(ref _remapped);
+            return 1;
+        }
+
+        public void ReleaseLease(RemapLease lease)
+        {
+        }
+
+        public void Feed(byte value, int pages = 1)
+        {
+            byte[] data = new byte[pages * 4096];
+            Array.Fill(data, value);
+            fixed (byte* p = data)
+            {
+                if (Tmds.Linux.LibC.write((int)_writeEnd.DangerousGetHandle(), p, data.Length) != data.Length)
+                {
+                    throw new InvalidOperationException("write to the pipe failed");
+                }
+            }
+        }
+
+        public IoStatus Read(long offset, ReadOnlySpan<IoBuffer> buffers) => IoStatus.IoError;
+
+        public IoStatus Write(long offset, ReadOnlySpan<IoBuffer> buffers) => IoStatus.IoError;
+
+        public IoStatus Flush() => IoStatus.Ok;
+
+        public IoStatus Discard(long offset, long length, bool secure) =>
+            ThrowOnDiscard ? throw new InvalidOperationException("storage bug") : IoStatus.Ok;
+
+        public BlockDeviceInfo Refresh() => Info;
+
+        public void Dispose()
+        {
+            _readEnd.Dispose();
+            _writeEnd.Dispose();
+        }
+    }
+}
