@@ -1,3 +1,4 @@
+using XenDisk.Cow.Leases;
 using XenDisk.Cow.Storage;
 using XenDisk.Cow.Policies;
 using XenDisk.Storage;
@@ -38,7 +39,7 @@ namespace XenDisk.Cow.Bitmap;
 /// must have stopped I/O first. Buffers passed to I/O are borrowed for the call.
 /// </para>
 /// </summary>
-public sealed partial class BitmapOverlay : IBlockDevice, ICopyOnWriteImage
+public sealed partial class BitmapOverlay : IRemappableBlockDevice, ICopyOnWriteImage
 {
     /// <summary>Enough stripes that unrelated grains rarely share a lock.</summary>
     private const int StripeCount = 1024;
@@ -64,6 +65,7 @@ public sealed partial class BitmapOverlay : IBlockDevice, ICopyOnWriteImage
     private readonly long _dataOffset;
     private readonly GrainMap _map;
     private readonly Lock[] _stripes;
+    private readonly RangeLeases _leases = new(StripeCount);
     private readonly Lock _writeBackLock = new();
     private readonly AlignedBlock _zeros;
     private readonly AlignedBlock _headerBlock;
@@ -229,7 +231,12 @@ public sealed partial class BitmapOverlay : IBlockDevice, ICopyOnWriteImage
         return _cow.Write(0, new ReadOnlySpan<IoBuffer>(in buffer));
     }
 
-    /// <summary>Takes the stripe locks of grains [first, last] in ascending stripe order (at most <see cref="MaxGrainsPerStep"/> grains).</summary>
+    /// <summary>
+    /// Takes the stripe locks of grains [first, last] in ascending stripe order (at most
+    /// <see cref="MaxGrainsPerStep"/> grains), then bars their stripes to the remap fast path and waits
+    /// until its I/O in flight there has completed (see <see cref="Remap"/>): whoever holds the locks
+    /// may change what the grains map to.
+    /// </summary>
     private void LockGrains(long first, long last)
     {
         int count = (int)(last - first + 1);
@@ -240,23 +247,27 @@ public sealed partial class BitmapOverlay : IBlockDevice, ICopyOnWriteImage
             {
                 _stripes[i].Enter();
             }
-            return;
         }
-        int wrapped = start + count - StripeCount;
-        for (int i = 0; i < wrapped; i++)
+        else
         {
-            _stripes[i].Enter();
+            int wrapped = start + count - StripeCount;
+            for (int i = 0; i < wrapped; i++)
+            {
+                _stripes[i].Enter();
+            }
+            for (int i = start; i < StripeCount; i++)
+            {
+                _stripes[i].Enter();
+            }
         }
-        for (int i = start; i < StripeCount; i++)
-        {
-            _stripes[i].Enter();
-        }
+        _leases.Bar(start, count);
     }
 
     private void UnlockGrains(long first, long last)
     {
         int count = (int)(last - first + 1);
         int start = (int)(first & (StripeCount - 1));
+        _leases.Unbar(start, count);
         for (int n = 0; n < count; n++)
         {
             _stripes[(start + n) & (StripeCount - 1)].Exit();

@@ -2,6 +2,8 @@ using Microsoft.Win32.SafeHandles;
 using XenDisk.Abi;
 using XenDisk.Backend.DataPlane;
 using XenDisk.Backend.Tests.DataPlane.Harness;
+using XenDisk.Cow.Bitmap;
+using XenDisk.Cow.Policies;
 using XenDisk.Storage;
 using XenDisk.Xen.Simulated;
 
@@ -217,6 +219,84 @@ public sealed class IoEngineTests : IDisposable
         Assert.Equal(0, connection.DataPagesMapped);
         Assert.Equal(0, hypervisor.PagesWrittenAfterUnmap);
         await connection.Ring.StopAsync();
+    }
+
+    [Theory]
+    [InlineData(IoEngine.IoUring, MetadataPolicy.Flush)]
+    [InlineData(IoEngine.IoUring, MetadataPolicy.Sync)]
+    [InlineData(IoEngine.Threads, MetadataPolicy.Flush)]
+    public async Task A_bitmap_overlay_serves_base_overlay_and_zeros_through_the_engine(IoEngine engine, MetadataPolicy policy)
+    {
+        const int Grain = 4096;
+        const long Size = 2 << 20;
+        using var hypervisor = new SimulatedHypervisor();
+        SimulatedDomain guest = hypervisor.CreateDomain("guest", memoryPages: 4096);
+        byte[] model = new byte[Size];
+        new Random(5).NextBytes(model);
+        string basePath = Path.Combine(_directory.FullName, "base.img");
+        string cowPath = Path.Combine(_directory.FullName, "overlay.bitmap");
+        File.WriteAllBytes(basePath, model);
+        File.WriteAllBytes(cowPath, new byte[BitmapOverlay.RequiredCowSize(Size, Grain)]);
+        var overlayOptions = new BitmapOverlayOptions { Policy = policy };
+        BitmapOverlay overlay = BitmapOverlay.Create(RawBlockDevice.Open(cowPath, readOnly: false), RawBlockDevice.Open(basePath, readOnly: true),
+            new BitmapCreateOptions { GrainSize = Grain }, overlayOptions);
+        await using (var connection = new RingConnection(hypervisor, guest, overlay,
+            features: new NegotiatedFeatures { Discard = true },
+            options: new DataPlaneOptions { IoEngine = engine, IoThreadsPerRing = 2 }).Start())
+        {
+            using var pages = new GuestBuffers(guest, 4, readOnly: false);
+
+            // Whole grains into the overlay (the map changes: slow path), then the same grains again
+            // (already in the overlay: fast path), a partial write into a base grain (copy-up: slow
+            // path), and a discard (slow path).
+            void Write(ulong id, long sector, int pageCount, byte value, byte firstSector = 0, byte lastSector = 7)
+            {
+                Seg[] segments = [.. Enumerable.Range(0, pageCount).Select(i => new Seg(pages.Ref(i), firstSector, lastSector))];
+                for (int i = 0; i < pageCount; i++)
+                {
+                    pages.Page(i).Fill(value);
+                }
+
+                AssertOkay(connection.SubmitOne(WireSlots.ReadWrite(BlkifProtocol.X86_64, W, id, (ulong)sector, segments)));
+                int bytes = (lastSector - firstSector + 1) * 512;
+                for (int i = 0; i < pageCount; i++)
+                {
+                    model.AsSpan((int)(sector * 512) + (i * bytes), bytes).Fill(value);
+                }
+            }
+
+            Write(1, 64, 4, 0x11);
+            Write(2, 64, 4, 0x22);
+            Write(3, 72, 2, 0x33);
+            Write(4, 1027, 1, 0x44, firstSector: 0, lastSector: 2);
+            AssertOkay(connection.SubmitOne(WireSlots.Discard(BlkifProtocol.X86_64, 5, 256, 64)));
+            model.AsSpan(256 * 512, 64 * 512).Clear();
+            AssertOkay(connection.SubmitOne(WireSlots.ReadWrite(BlkifProtocol.X86_64, BlkifOperation.FlushDiskCache, 6, 0, [])));
+
+            // Read the first MiB and a stretch past the discard back, 16 KiB at a time.
+            for (long sector = 0; sector < 2048; sector += 32)
+            {
+                AssertOkay(connection.SubmitOne(WireSlots.ReadWrite(BlkifProtocol.X86_64, R, 100, (ulong)sector, pages.FullSegments())));
+                for (int i = 0; i < 4; i++)
+                {
+                    Assert.True(model.AsSpan((int)(sector * 512) + (i * 4096), 4096).SequenceEqual(pages.Page(i)), $"sector {sector + (i * 8)}");
+                }
+            }
+
+            Assert.Equal(0, connection.Statistics.StorageErrors);
+            await connection.Ring.StopAsync();
+        }
+
+        bool fastPath = engine == IoEngine.IoUring;
+        Assert.Equal(fastPath, overlay.RemapsGranted > 0);
+        overlay.Dispose();
+
+        // Reopened from the files, the overlay reads back the model.
+        using BitmapOverlay reopened = BitmapOverlay.Open(RawBlockDevice.Open(cowPath, readOnly: true), RawBlockDevice.Open(basePath, readOnly: true),
+            overlayOptions with { ReadOnly = true });
+        byte[] actual = new byte[Size];
+        Assert.Equal(IoStatus.Ok, reopened.ReadAt(0, actual));
+        Assert.True(model.AsSpan().SequenceEqual(actual));
     }
 
     private static void AssertOkay(WireSlots.Response response) => Assert.Equal(BlkifStatus.Okay, response.Status);
