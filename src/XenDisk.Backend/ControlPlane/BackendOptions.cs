@@ -65,6 +65,13 @@ public sealed record BackendOptions
 
     public DataPlaneOptions DataPlane { get; init; } = new();
 
+    /// <summary>
+    /// Where each ring keeps its in-flight record, so that a backend that was killed is restarted
+    /// without losing or repeating a request (null: no records, a kill can break the guest's disk).
+    /// Must survive the process and not the host: /run/xendisk/inflight under systemd.
+    /// </summary>
+    public string? InflightDirectory { get; init; }
+
     /// <summary>Every problem with these options, one operator-readable sentence each; empty when valid.</summary>
     public IReadOnlyList<string> GetValidationErrors()
     {

@@ -119,6 +119,10 @@ internal sealed class DeviceConnection
                 Disk = disk,
                 Features = Features,
                 Options = options.DataPlane,
+                InflightRecordPath = options.InflightDirectory is { } directory
+                    ? Path.Combine(directory, $"{_name.Replace('/', '-')}-q{wanted.Index}")
+                    : null,
+                InflightIdentity = $"{frontendDomainId} {_name} q{wanted.Index} refs {string.Join(',', wanted.RingRefs)} port {wanted.EventChannel} {Rings.Protocol} pages {Rings.RingPageCount}",
             };
             queue.Ring = new BlkifRing(setup, ringLogger);
             queue.Ring.StoppedUnexpectedly += ring =>

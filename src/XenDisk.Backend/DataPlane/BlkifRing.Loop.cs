@@ -79,6 +79,7 @@ public sealed partial class BlkifRing
         _requestConsumer = responseProducer;
         _responseProducerPrivate = responseProducer;
         _responseProducerPublished = responseProducer;
+        OpenInflightRecord();
     }
 
     private void RunLoop()
@@ -96,7 +97,7 @@ public sealed partial class BlkifRing
                     return;
                 }
             }
-            else if (!_halted && CanTakeRequests)
+            else if (!_halted && CanTakeRequests && TakeRecoveredRequests())
             {
                 TakeRequests();
             }
@@ -163,6 +164,8 @@ public sealed partial class BlkifRing
 
             // The one read of this slot: everything after works on the private copy.
             _ring.Slot(_requestConsumer).CopyTo(slot);
+            _inflight?.Consumed(context.Index, slot, _requestConsumer);
+            _killPoint?.Invoke("consumed");
             _requestConsumer++;
             taken++;
             HandleRequest(context, slot);
@@ -204,8 +207,10 @@ public sealed partial class BlkifRing
             return;
         }
 
+        _killPoint?.Invoke("before publish");
         _ring.PublishResponseProducer(published);
         _responseProducerPublished = published;
+        _killPoint?.Invoke("published");
         Interlocked.MemoryBarrier();
         uint responseEvent = _ring.ReadResponseEvent();
         if (published - responseEvent < published - old)
@@ -224,13 +229,15 @@ public sealed partial class BlkifRing
     /// of struct blkif_response and the rest of the union with zeros), so nothing from an earlier request
     /// or from our memory can be read back by the guest.
     /// </summary>
-    private void WriteResponse(ulong id, byte operation, short status)
+    private void WriteResponse(RequestContext context, ulong id, byte operation, short status)
     {
         Span<byte> slot = _ring.Slot(_responseProducerPrivate);
         slot.Clear();
         MemoryMarshal.Write(slot, in id);
         slot[8] = operation;
         MemoryMarshal.Write(slot[10..], in status);
+        _killPoint?.Invoke("response written");
+        _inflight?.Answered(context.Index, _responseProducerPrivate);
         _responseProducerPrivate++;
     }
 

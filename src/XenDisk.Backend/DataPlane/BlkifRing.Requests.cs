@@ -176,7 +176,7 @@ public sealed partial class BlkifRing
 
         long nanoseconds = Setup.Options.TimeProvider.GetElapsedTime(context.StartTimestamp).Ticks * 100;
         Statistics.RecordCompleted(request.Kind, request.Length, status == BlkifStatus.Okay, nanoseconds);
-        WriteResponse(request.Id, request.ResponseOperation, status);
+        WriteResponse(context, request.Id, request.ResponseOperation, status);
 
         _inFlightIo--;
         if (request.Drains)
@@ -201,7 +201,7 @@ public sealed partial class BlkifRing
             Statistics.GuestError();
         }
 
-        WriteResponse(context.Request.Id, context.Request.ResponseOperation, status);
+        WriteResponse(context, context.Request.Id, context.Request.ResponseOperation, status);
         ReleaseContext(context);
     }
 

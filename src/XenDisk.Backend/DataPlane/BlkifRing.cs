@@ -51,6 +51,9 @@ public sealed partial class BlkifRing : IAsyncDisposable
     /// (an impossible producer index); logged once.</summary>
     public bool IsHalted => _halted;
 
+    /// <summary>Completes when the ring thread has ended, for whatever reason (without asking it to stop).</summary>
+    internal Task Exited => _stopped.Task;
+
     /// <summary>The unexpected exception that stopped the ring thread, if any; never swallowed.</summary>
     public Exception? Fault => _fault;
 
@@ -121,12 +124,18 @@ public sealed partial class BlkifRing : IAsyncDisposable
     private void Run()
     {
         bool unexpected = false;
+        bool killed = false;
         try
         {
             DataPlaneLog.RingStarted(_logger, Setup.Name, _ring.Entries, Setup.Protocol, Setup.Options.DataPath, EngineName,
                 _workers is null ? 0 : Setup.Options.IoThreadsPerRing, _persistent is not null, _maxIndirectSegments);
+            RedoRecoveredRequests();
             RunLoop();
             ShutDownCleanly();
+        }
+        catch (RingKilledForTest)
+        {
+            killed = true;
         }
         catch (Exception exception)
         {
@@ -144,8 +153,13 @@ public sealed partial class BlkifRing : IAsyncDisposable
         }
         finally
         {
-            ReleaseEngine();
-            _bounce?.Dispose();
+            _inflight?.Dispose();
+            if (!killed)
+            {
+                ReleaseEngine();
+                _bounce?.Dispose();
+            }
+
             lock (_lifecycleLock)
             {
                 _threadExited = true;
@@ -166,6 +180,14 @@ public sealed partial class BlkifRing : IAsyncDisposable
     private void ShutDownCleanly()
     {
         PushResponses();
+
+        // Everything is answered and published: the shared ring alone says where the next instance
+        // starts. Not when a stop came before every recovered request was redone: those stay recorded.
+        if (_recovery is null)
+        {
+            _inflight?.Delete();
+        }
+
         _workers?.Stop();
         _persistent?.UnmapAll();
         LogUnmapFailures();

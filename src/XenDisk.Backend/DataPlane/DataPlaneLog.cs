@@ -15,6 +15,14 @@ internal static partial class DataPlaneLog
         Message = "io_uring is not available ({Reason}); rings use the thread engine instead (set IoEngine to Threads to choose it explicitly)")]
     public static partial void IoUringUnavailable(ILogger logger, string reason);
 
+    [LoggerMessage(EventId = 2008, Level = LogLevel.Warning,
+        Message = "Ring {Ring} resumed after an unclean stop: {Redone} request(s) in flight are redone, {Unpublished} written response(s) published (req_cons {RequestConsumer}, rsp_prod {ResponseProducer})")]
+    public static partial void RingRecovered(ILogger logger, string ring, int redone, uint unpublished, uint requestConsumer, uint responseProducer);
+
+    [LoggerMessage(EventId = 2009, Level = LogLevel.Warning,
+        Message = "Ring {Ring}: the in-flight record {Path} was discarded: {Reason}; the ring attaches from the shared ring's indices")]
+    public static partial void InflightRecordDiscarded(ILogger logger, string ring, string path, string reason);
+
     [LoggerMessage(EventId = 2001, Level = LogLevel.Information,
         Message = "Ring {Ring} stopped after {Requests} requests ({GuestErrors} guest errors, {StorageErrors} storage errors, {Unsupported} unsupported)")]
     public static partial void RingStopped(ILogger logger, string ring, long requests, long guestErrors, long storageErrors, long unsupported);

@@ -39,6 +39,16 @@ public sealed record RingSetup
     public required NegotiatedFeatures Features { get; init; }
 
     public required DataPlaneOptions Options { get; init; }
+
+    /// <summary>
+    /// Where this ring keeps its in-flight record (see InflightRecord), or null for none. A file that
+    /// survives the process: a restarted backend redoes the requests its predecessor left in flight.
+    /// </summary>
+    public string? InflightRecordPath { get; init; }
+
+    /// <summary>What makes this connection this one (domain, device, queue, ring refs, event channel,
+    /// protocol): a record written for another connection is discarded, never replayed.</summary>
+    public string InflightIdentity { get; init; } = "";
 }
 
 /// <summary>What was agreed with the frontend for this device.</summary>

@@ -58,6 +58,9 @@ public sealed class BackendSettings
     [Range(1, DataPlaneOptions.MaxIoThreadsPerRing)]
     public int IoThreadsPerRing { get; set; } = new DataPlaneOptions().IoThreadsPerRing;
 
+    /// <summary>Where rings keep their in-flight records (absolute; kept across restarts, not reboots); empty to keep none.</summary>
+    public string InflightDirectory { get; set; } = "/run/xendisk/inflight";
+
     [Range(1, 3600)]
     public int RingDrainTimeoutSeconds { get; set; } = (int)BackendOptions.DefaultRingDrainTimeout.TotalSeconds;
 
@@ -74,6 +77,7 @@ public sealed class BackendSettings
         PersistentGrants = PersistentGrants,
         Discard = Discard,
         RingDrainTimeout = TimeSpan.FromSeconds(RingDrainTimeoutSeconds),
+        InflightDirectory = string.IsNullOrEmpty(InflightDirectory) ? null : InflightDirectory,
         DataPlane = new DataPlaneOptions
         {
             DataPath = Enum.Parse<DataPath>(DataPath, ignoreCase: true),

@@ -55,6 +55,11 @@ internal sealed class SettingsRules :
             errors.Add($"Backend:DataPath must be GrantMap or GrantCopy; \"{options.DataPath}\" is neither.");
         }
 
+        if (!string.IsNullOrEmpty(options.InflightDirectory) && (!Path.IsPathRooted(options.InflightDirectory) || options.InflightDirectory == "/"))
+        {
+            errors.Add($"Backend:InflightDirectory must be an absolute directory other than / (or empty to keep no in-flight records); \"{options.InflightDirectory}\" is not.");
+        }
+
         if (options.IoEngine is not null && !(Enum.TryParse(options.IoEngine, ignoreCase: true, out IoEngine engine)
             && Enum.IsDefined(engine) && !char.IsAsciiDigit(options.IoEngine.FirstOrDefault())))
         {

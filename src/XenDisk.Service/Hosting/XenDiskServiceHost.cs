@@ -169,6 +169,12 @@ public static class XenDiskServiceHost
         services.AddSingleton(sp =>
         {
             BackendOptions backendOptions = sp.GetRequiredService<IOptions<BackendSettings>>().Value.ToBackendOptions(sp.GetRequiredService<TimeProvider>());
+            if (options.Simulate)
+            {
+                // Simulated guests live and die with this process: there is no later instance to resume them.
+                backendOptions = backendOptions with { InflightDirectory = null };
+            }
+
             ILoggerFactory loggers = sp.GetRequiredService<ILoggerFactory>();
             return new BlockBackend(sp.GetRequiredService<IXenPlatform>(), sp.GetRequiredService<IDiskProvider>(), backendOptions, loggers);
         });

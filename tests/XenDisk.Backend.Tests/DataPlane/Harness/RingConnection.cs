@@ -32,7 +32,8 @@ public sealed class RingConnection : IAsyncDisposable
     private bool _disposed;
 
     public RingConnection(SimulatedHypervisor hypervisor, SimulatedDomain guest, IBlockDevice disk, BlkifProtocol protocol = BlkifProtocol.X86_64,
-        int ringPages = 1, NegotiatedFeatures? features = null, DataPlaneOptions? options = null, string name = "vbd/1/51712 queue 0")
+        int ringPages = 1, NegotiatedFeatures? features = null, DataPlaneOptions? options = null, string name = "vbd/1/51712 queue 0",
+        string? inflightRecordPath = null)
     {
         Hypervisor = hypervisor;
         Guest = guest;
@@ -82,6 +83,8 @@ public sealed class RingConnection : IAsyncDisposable
             Disk = disk,
             Features = features ?? new NegotiatedFeatures { MaxIndirectSegments = 256, Discard = true },
             Options = options ?? new DataPlaneOptions(),
+            InflightRecordPath = inflightRecordPath,
+            InflightIdentity = $"{guest.Id}/51712/0 refs {string.Join(',', _ringRefs)} port {GuestPort} {protocol}",
         };
         Ring = new BlkifRing(Setup, Logger);
         Ring.StoppedUnexpectedly += r => Interlocked.Increment(ref _stoppedUnexpectedly);
@@ -99,7 +102,19 @@ public sealed class RingConnection : IAsyncDisposable
 
     public RingSetup Setup { get; }
 
-    public BlkifRing Ring { get; }
+    public BlkifRing Ring { get; private set; }
+
+    /// <summary>
+    /// A new backend instance on the same ring, event channel and disk, as a restarted service attaches
+    /// after the previous ring thread ended (killed or stopped); started at once.
+    /// </summary>
+    public BlkifRing RestartRing()
+    {
+        Ring = new BlkifRing(Setup, Logger);
+        Ring.StoppedUnexpectedly += r => Interlocked.Increment(ref _stoppedUnexpectedly);
+        Ring.Start();
+        return Ring;
+    }
 
     public ListLogger Logger { get; }
 
