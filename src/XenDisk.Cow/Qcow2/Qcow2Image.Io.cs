@@ -11,7 +11,7 @@ public sealed partial class Qcow2Image
 
     private volatile string? _lastError;
 
-    /// <summary>The most recent request failure explained (compressed cluster, corruption), for logs; null if none.</summary>
+    /// <summary>The most recent request failure explained (compressed cluster, corruption, the failed state), for logs; null if none.</summary>
     public string? LastError => _lastError;
 
     public IoStatus Read(long offset, ReadOnlySpan<IoBuffer> buffers)
@@ -169,6 +169,7 @@ public sealed partial class Qcow2Image
     private IoStatus AfterMetadataChange(IoStatus status, bool metadataChanged)
     {
         _ = metadataChanged;
+        PersistCorruptBitIfPending();
         if (status == IoStatus.Ok && _policy == MetadataPolicy.Sync)
         {
             return WriteBack(forGuestFlush: true);
@@ -205,33 +206,23 @@ public sealed partial class Qcow2Image
             UnitState state = StateOf(entry, unit);
             if (state is UnitState.Compressed or UnitState.Invalid)
             {
-                _lastError = state == UnitState.Compressed
+                return RefuseRequest(state == UnitState.Compressed
                     ? $"guest cluster {guestCluster} is compressed; writing compressed clusters is not supported"
-                    : $"guest cluster {guestCluster} has an invalid L2 entry (0x{entry.Word:x16})";
-                return IoStatus.IoError;
+                    : $"guest cluster {guestCluster} has an invalid L2 entry (0x{entry.Word:x16})");
             }
             allData &= state == UnitState.Data;
         }
         long host = entry.HostOffset;
-        if (host != 0 && !entry.Copied)
+        if (host != 0)
         {
-            // Without COPIED the cluster may be shared (snapshots); in place only if its refcount is one.
             lock (_metadataLock)
             {
-                status = GetRefcount(host >> _clusterBits, out ulong refcount);
-                if (status == IoStatus.Ok && refcount != 1)
-                {
-                    status = Corrupt($"data cluster 0x{host:x} is shared (refcount {refcount}); writing shared clusters is not supported");
-                }
+                status = CheckDataCluster(guestCluster, entry);
             }
             if (status != IoStatus.Ok)
             {
                 return status;
             }
-        }
-        if (host != 0 && (IsMetadataArea(host) || host > _overlay.Info.SizeBytes - _clusterSize))
-        {
-            return Corrupt($"guest cluster {guestCluster} maps to 0x{host:x}, which is metadata or beyond the end of the file");
         }
         if (allData && entry.Copied)
         {
@@ -343,6 +334,36 @@ public sealed partial class Qcow2Image
             metadataChanged = true;
         }
         return IoStatus.Ok;
+    }
+
+    /// <summary>
+    /// Before data is written into the existing host cluster of <paramref name="entry"/> (under the
+    /// metadata lock): the cluster lies within the file, holds no metadata, and is not shared.
+    /// Without COPIED the cluster may be shared (snapshots); it is written in place only with a refcount of one.
+    /// </summary>
+    private IoStatus CheckDataCluster(long guestCluster, L2Entry entry)
+    {
+        long host = entry.HostOffset;
+        if ((host & (_clusterSize - 1)) != 0 || host > _overlay.Info.SizeBytes - _clusterSize)
+        {
+            return Corrupt($"guest cluster {guestCluster} maps to 0x{host:x}, which is not a cluster within the file");
+        }
+        IoStatus status = CheckOverlap(host, _clusterSize, MetadataKind.None, $"guest cluster {guestCluster}'s data");
+        if (status != IoStatus.Ok || entry.Copied)
+        {
+            return status;
+        }
+        status = GetRefcount(host >> _clusterBits, out ulong refcount);
+        if (status != IoStatus.Ok)
+        {
+            return status;
+        }
+        return refcount switch
+        {
+            1 => IoStatus.Ok,
+            0 => Corrupt($"guest cluster {guestCluster} maps to 0x{host:x}, whose refcount is 0"),
+            _ => RefuseRequest($"data cluster 0x{host:x} is shared (refcount {refcount}); writing shared clusters is not supported"),
+        };
     }
 
     private static uint UnitMask(int firstUnit, int lastUnit)
@@ -501,12 +522,20 @@ public sealed partial class Qcow2Image
         {
             if (StateOf(entry, unit) is UnitState.Compressed or UnitState.Invalid)
             {
-                return Corrupt($"discard of guest cluster {guestCluster}: invalid or compressed L2 entry");
+                return RefuseRequest($"discard of guest cluster {guestCluster}: invalid or compressed L2 entry");
             }
         }
         if (host(entry) != 0 && !entry.Copied)
         {
-            return Corrupt($"discard of guest cluster {guestCluster}: shared cluster");
+            status = GetRefcount(host(entry) >> _clusterBits, out ulong refcount);
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+            if (refcount != 1)
+            {
+                return RefuseRequest($"discard of guest cluster {guestCluster}: its data cluster is shared (refcount {refcount})");
+            }
         }
         L2Entry updated;
         long freed = 0;
