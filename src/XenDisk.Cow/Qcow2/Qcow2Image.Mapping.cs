@@ -190,12 +190,14 @@ public sealed partial class Qcow2Image
             {
                 return UnitState.Data;
             }
-            // Offset 0 with the COPIED bit means offset 0 of an external data file, which is not supported.
-            return entry.Copied ? UnitState.Invalid : UnitState.Unallocated;
+            // "If the offset is 0 [...] the cluster is unallocated" (== Cluster mapping ==): offset 0
+            // with COPIED names a host offset only with an external data file, which XenDisk refuses
+            // at open; without one QEMU reads it as unallocated too.
+            return UnitState.Unallocated;
         }
         uint allocated = entry.AllocatedBits;
         uint zero = entry.ZeroBits;
-        if ((entry.Word & Qcow2Format.OflagZero) != 0 || (allocated & zero) != 0 || (host == 0 && (allocated != 0 || entry.Copied)))
+        if ((entry.Word & Qcow2Format.OflagZero) != 0 || (allocated & zero) != 0 || (host == 0 && allocated != 0))
         {
             return UnitState.Invalid;
         }
