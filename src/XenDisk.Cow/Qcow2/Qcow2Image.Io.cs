@@ -51,6 +51,10 @@ public sealed partial class Qcow2Image
             {
                 return status;
             }
+            if (entry.Compressed)
+            {
+                return ReadFromCompressed(guestCluster, entry, start, length, data);
+            }
             Span<IoBuffer> part = data.Length <= StackSliceLimit ? stackalloc IoBuffer[data.Length] : new IoBuffer[data.Length];
             long clusterStart = guestCluster << _clusterBits;
             int position = start;
@@ -78,9 +82,6 @@ public sealed partial class Qcow2Image
                     case UnitState.Unallocated:
                         status = ReadBacking(clusterStart + position, runEnd - position, target);
                         break;
-                    case UnitState.Compressed:
-                        _lastError = $"guest offset {clusterStart + position} lies in a compressed cluster; compressed clusters are not supported (convert the image with 'qemu-img convert' first)";
-                        return IoStatus.IoError;
                     default:
                         _lastError = $"guest cluster {guestCluster} has an invalid L2 entry (0x{entry.Word:x16}, bitmap 0x{entry.Bitmap:x16})";
                         return IoStatus.IoError;
@@ -197,6 +198,10 @@ public sealed partial class Qcow2Image
         {
             return status;
         }
+        if (entry.Compressed)
+        {
+            return WriteIntoCompressed(guestCluster, entry, start, data, ref metadataChanged);
+        }
         int end = start + length;
         int firstUnit = start >> _unitBits;
         int lastUnit = (end - 1) >> _unitBits;
@@ -204,11 +209,9 @@ public sealed partial class Qcow2Image
         for (int unit = firstUnit; unit <= lastUnit; unit++)
         {
             UnitState state = StateOf(entry, unit);
-            if (state is UnitState.Compressed or UnitState.Invalid)
+            if (state == UnitState.Invalid)
             {
-                return RefuseRequest(state == UnitState.Compressed
-                    ? $"guest cluster {guestCluster} is compressed; writing compressed clusters is not supported"
-                    : $"guest cluster {guestCluster} has an invalid L2 entry (0x{entry.Word:x16})");
+                return RefuseRequest($"guest cluster {guestCluster} has an invalid L2 entry (0x{entry.Word:x16})");
             }
             allData &= state == UnitState.Data;
         }
@@ -455,6 +458,15 @@ public sealed partial class Qcow2Image
         int firstWhole = (start + _unitSize - 1) >> _unitBits;
         int lastWhole = (end >> _unitBits) - 1;
         IoStatus status;
+        if (_extendedL2 && length < _clusterSize)
+        {
+            // Part of a compressed cluster cannot be dropped: those subclusters are zeroed instead, which copies the cluster up.
+            status = LookupEntryLocked(guestCluster, out L2Entry entry);
+            if (status != IoStatus.Ok || entry.Compressed)
+            {
+                return status != IoStatus.Ok ? status : ZeroPart(guestCluster, start, length, ref metadataChanged);
+            }
+        }
         if (firstWhole <= lastWhole)
         {
             lock (_metadataLock)
@@ -518,11 +530,23 @@ public sealed partial class Qcow2Image
             return IoStatus.Ok; // unallocated without a backing file already reads as zeros
         }
         L2Entry entry = table != null ? ReadEntry(table, index) : default;
+        if (entry.Compressed)
+        {
+            // The whole cluster (a partial discard was turned into zeroing by DiscardInCluster):
+            // the entry goes, and with it one reference on each host cluster the compressed data spans.
+            L2Entry dropped = _extendedL2
+                ? new L2Entry(0, hasBacking ? (ulong)uint.MaxValue << 32 : 0)
+                : new L2Entry(hasBacking ? Qcow2Format.OflagZero : 0, 0);
+            WriteEntry(table!, index, dropped);
+            QueueCompressedFree(entry);
+            metadataChanged = true;
+            return IoStatus.Ok;
+        }
         for (int unit = first; unit <= last; unit++)
         {
-            if (StateOf(entry, unit) is UnitState.Compressed or UnitState.Invalid)
+            if (StateOf(entry, unit) == UnitState.Invalid)
             {
-                return RefuseRequest($"discard of guest cluster {guestCluster}: invalid or compressed L2 entry");
+                return RefuseRequest($"discard of guest cluster {guestCluster}: invalid L2 entry (0x{entry.Word:x16})");
             }
         }
         if (host(entry) != 0 && !entry.Copied)
