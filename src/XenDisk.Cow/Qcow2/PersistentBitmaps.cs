@@ -18,9 +18,6 @@ internal static class PersistentBitmaps
     /// <summary>QEMU's BME_MAX_TABLE_SIZE: bitmap table entries per bitmap.</summary>
     private const uint MaximumTableEntries = 0x800_0000;
 
-    /// <summary>Bitmap table entry bits 9-55: the data cluster's offset (== Bitmap table ==).</summary>
-    private const ulong TableOffsetMask = 0x00FF_FFFF_FFFF_FE00UL;
-
     /// <summary>
     /// Calls <paramref name="visit"/> with (offset, length, kind) for the directory, every table and
     /// every data cluster. Problems (areas outside the file, unreadable tables) are added to
@@ -95,7 +92,7 @@ internal static class PersistentBitmaps
             }
             for (int j = 0; j + 8 <= length; j += 8)
             {
-                long data = (long)(BinaryPrimitives.ReadUInt64BigEndian(part[j..]) & TableOffsetMask);
+                long data = (long)(BinaryPrimitives.ReadUInt64BigEndian(part[j..]) & Qcow2Format.OffsetMask); // bits 9-55, as in L2 entries (== Bitmap table ==)
                 if (data == 0)
                 {
                     continue; // all zeros or all ones (bit 0): no cluster

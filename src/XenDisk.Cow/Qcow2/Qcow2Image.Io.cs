@@ -193,7 +193,19 @@ public sealed partial class Qcow2Image
     /// </summary>
     private IoStatus WriteInCluster(long guestCluster, int start, int length, ReadOnlySpan<IoBuffer> data, ref bool metadataChanged)
     {
-        IoStatus status = LookupEntryLocked(guestCluster, out L2Entry entry);
+        IoStatus status;
+        L2Entry entry;
+        lock (_metadataLock)
+        {
+            // One metadata lock for the lookup and for the checks of the cluster it maps to: the
+            // in-place rewrite, the common case, takes it once. (Entries with reserved bits are
+            // refused below, whatever they point to.)
+            status = LookupEntry(guestCluster, out entry);
+            if (status == IoStatus.Ok && entry.HostOffset != 0 && !entry.Compressed && (entry.Word & Qcow2Format.L2ReservedMask) == 0)
+            {
+                status = CheckDataCluster(guestCluster, entry);
+            }
+        }
         if (status != IoStatus.Ok)
         {
             return status;
@@ -216,17 +228,6 @@ public sealed partial class Qcow2Image
             allData &= state == UnitState.Data;
         }
         long host = entry.HostOffset;
-        if (host != 0)
-        {
-            lock (_metadataLock)
-            {
-                status = CheckDataCluster(guestCluster, entry);
-            }
-            if (status != IoStatus.Ok)
-            {
-                return status;
-            }
-        }
         if (allData && entry.Copied)
         {
             // The common case: rewriting data in place needs no metadata at all.
