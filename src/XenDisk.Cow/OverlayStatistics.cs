@@ -14,6 +14,12 @@ public interface ICopyOnWriteImage
 
     /// <summary>The image's counters, live for as long as it is open.</summary>
     OverlayStatistics Statistics { get; }
+
+    /// <summary>
+    /// Why the most recent failed request failed, as far as the engine knows more than its
+    /// <c>IoStatus</c> says (a corruption, an unsupported cluster type), or null.
+    /// </summary>
+    string? LastError => null;
 }
 
 /// <summary>

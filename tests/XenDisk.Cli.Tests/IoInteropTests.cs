@@ -162,4 +162,29 @@ public sealed class IoInteropTests : IDisposable
         Assert.Contains("beyond the end of the disk", result.Error);
         Assert.Contains("wrote 4096/4096 bytes at offset 0", result.Output);
     }
+
+    [Fact]
+    public void AWriteOntoMetadataFailsWithItsReasonAndTheCorruptImageStillReads()
+    {
+        // The L1 table's refcount set to 0 (qemu-img's layout: refcount block at 0x20000, L1 table in cluster 3).
+        string image = _dir.File("img.qcow2");
+        Assert.Equal(0, QemuTools.Run("qemu-img", "create", "-q", "-f", "qcow2", image, "16M").ExitCode);
+        Assert.Equal(0, QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 128k", "-c", "write -P 0x22 1M 64k", image).ExitCode);
+        using (FileStream file = new(image, FileMode.Open, FileAccess.ReadWrite))
+        {
+            file.Position = 0x20000 + 6;
+            file.Write([0, 0]);
+        }
+
+        CliResult write = Xendisk.Run("io", image, "-c", "write -P 0x62 4M 64k", "-c", "flush");
+
+        Assert.Equal(1, write.ExitCode);
+        Assert.Contains("write failed at offset 4194304 (IoError: image corruption:", write.Error);
+        Assert.Contains("holds the L1 table", write.Error);
+        CliResult read = Xendisk.Run("io", image, "-c", "read -P 0x22 1M 64k", "-c", "read -P 0x11 0 128k");
+        Assert.True(read.ExitCode == 0, read.ToString());
+        CliResult again = Xendisk.Run("io", image, "-c", "write -P 0x62 4M 64k");
+        Assert.Equal(1, again.ExitCode);
+        Assert.Contains("corrupt bit", again.Error);
+    }
 }

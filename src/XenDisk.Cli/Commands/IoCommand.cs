@@ -1,7 +1,9 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
 using XenDisk.Cli.Commands.Image;
+using XenDisk.Cow;
 using XenDisk.Cow.Qcow2;
 using XenDisk.Storage;
 
@@ -71,7 +73,9 @@ internal static class IoCommand
                 return exitCode;
             }
             bool openReadOnly = parse.GetValue(readOnly) || requests.All(r => r.Operation == IoOperation.Read);
-            IBlockDevice device = ImageFiles.OpenForIo(path, kind, parse.GetValue(allowBase), openReadOnly);
+            // The engine logs what a status cannot say (an image found corrupt) on stderr.
+            using ILoggerFactory logs = CommandLogging.Create(verbose: false);
+            IBlockDevice device = ImageFiles.OpenForIo(path, kind, parse.GetValue(allowBase), openReadOnly, logs.CreateLogger("xendisk"));
             bool allSucceeded = true;
             try
             {
@@ -94,10 +98,11 @@ internal static class IoCommand
             {
                 // A qcow2 image says whether its metadata reached the disk; Dispose could not.
                 IoStatus closed = device is Qcow2Image qcow2 ? qcow2.Close() : IoStatus.Ok;
+                string why = Reason(device, closed);
                 device.Dispose();
                 if (closed != IoStatus.Ok)
                 {
-                    CommandErrors.Failed(parse, $"closing '{path}' failed ({closed}): its metadata may not be on disk");
+                    CommandErrors.Failed(parse, $"closing '{path}' failed ({why}): its metadata may not be on disk");
                     allSucceeded = false;
                 }
             }
@@ -213,7 +218,7 @@ internal static class IoCommand
         if (request.Operation == IoOperation.Flush)
         {
             IoStatus flushed = device.Flush();
-            outcome = flushed == IoStatus.Ok ? "flush completed" : $"flush failed ({flushed})";
+            outcome = flushed == IoStatus.Ok ? "flush completed" : $"flush failed ({Reason(device, flushed)})";
             return flushed == IoStatus.Ok;
         }
 
@@ -237,7 +242,7 @@ internal static class IoCommand
             {
                 IoStatus.Ok => Invariant($"discard {request.Length}/{request.Length} bytes at offset {request.Offset}"),
                 IoStatus.NotSupported => $"{request.Text}: the disk does not support discard ({info.Description})",
-                _ => Invariant($"{request.Text}: discard failed ({discarded})"),
+                _ => Invariant($"{request.Text}: discard failed ({Reason(device, discarded)})"),
             };
             return discarded == IoStatus.Ok;
         }
@@ -251,7 +256,7 @@ internal static class IoCommand
             {
                 outcome = zeroed == IoStatus.Ok
                     ? Invariant($"{verb} {request.Length}/{request.Length} bytes at offset {request.Offset}")
-                    : Invariant($"{request.Text}: write failed ({zeroed})");
+                    : Invariant($"{request.Text}: write failed ({Reason(device, zeroed)})");
                 return zeroed == IoStatus.Ok;
             }
         }
@@ -283,7 +288,7 @@ internal static class IoCommand
             }
             if (status != IoStatus.Ok)
             {
-                outcome = Invariant($"{request.Text}: {(request.Operation == IoOperation.Write ? "write" : "read")} failed at offset {at} ({status})");
+                outcome = Invariant($"{request.Text}: {(request.Operation == IoOperation.Write ? "write" : "read")} failed at offset {at} ({Reason(device, status)})");
                 return false;
             }
             done += length;
@@ -291,6 +296,10 @@ internal static class IoCommand
         outcome = Invariant($"{verb} {request.Length}/{request.Length} bytes at offset {request.Offset}");
         return true;
     }
+
+    /// <summary>The status, with the engine's explanation when it has one (an I/O error says nothing about why).</summary>
+    private static string Reason(IBlockDevice device, IoStatus status) =>
+        status == IoStatus.IoError && (device as ICopyOnWriteImage)?.LastError is { } reason ? $"{status}: {reason}" : status.ToString();
 
     private static string Invariant(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
 

@@ -83,6 +83,7 @@ public sealed class CowDiskProvider : IDiskProvider
                 Policy = policy,
                 ReadOnly = readOnly,
                 BackingPolicy = BackingPolicyFor(refusal),
+                Logger = _options.Logger,
             });
             return Track(RequireWritable(image, readOnly, path), image);
         }
@@ -175,7 +176,7 @@ public sealed class CowDiskProvider : IDiskProvider
                     storage.Dispose();
                     return null;
                 }
-                Qcow2Image image = Qcow2Image.Open(storage, null, new Qcow2OpenOptions { Policy = policy, ReadOnly = readOnly, OwnsDevices = true });
+                Qcow2Image image = Qcow2Image.Open(storage, null, new Qcow2OpenOptions { Policy = policy, ReadOnly = readOnly, OwnsDevices = true, Logger = _options.Logger });
                 return Track(RequireWritable(image, readOnly, overlayPath), image);
             }
             storage = _options.RawProvider.Open(new DiskSpecification(overlayPath, readOnly, type));
@@ -307,7 +308,7 @@ public sealed class CowDiskProvider : IDiskProvider
             Qcow2Image image;
             try
             {
-                image = Qcow2Image.Open(overlay, backing, new Qcow2OpenOptions { Policy = policy, ReadOnly = readOnly, OwnsDevices = true });
+                image = Qcow2Image.Open(overlay, backing, new Qcow2OpenOptions { Policy = policy, ReadOnly = readOnly, OwnsDevices = true, Logger = _options.Logger });
             }
             catch (StorageException e)
             {

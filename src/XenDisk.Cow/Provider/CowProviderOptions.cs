@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Logging;
 using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Policies;
 using XenDisk.Storage;
@@ -25,6 +26,9 @@ public sealed record CowProviderOptions
 
     /// <summary>Grain size of new bitmap overlays when the target gives no <c>grain=</c>.</summary>
     public int DefaultGrainSize { get; init; } = BitmapFormat.DefaultGrainSize;
+
+    /// <summary>Where opened images log what a request's status cannot say (a qcow2 image found corrupt); null: nowhere.</summary>
+    public ILogger? Logger { get; init; }
 
     /// <summary>Opens raw images, raw bases and the storage under bitmap overlays.</summary>
     public RawDiskProvider RawProvider { get; init; } = new();

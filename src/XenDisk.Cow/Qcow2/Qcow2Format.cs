@@ -81,6 +81,19 @@ internal static class Qcow2Format
     public const uint ExtensionFullDiskEncryption = 0x0537BE77;
     public const uint ExtensionExternalDataFile = 0x44415441;
 
+    /// <summary>The bitmaps extension's data: nb_bitmaps, reserved, bitmap_directory_size, bitmap_directory_offset (=== Bitmaps extension ===).</summary>
+    public const int BitmapsExtensionLength = 24;
+
+    /// <summary>QEMU's QCOW2_MAX_BITMAPS.</summary>
+    public const int MaximumBitmaps = 65535;
+
+    /// <summary>QEMU's QCOW2_MAX_BITMAP_DIRECTORY_SIZE: 1 KiB per bitmap.</summary>
+    public const long MaximumBitmapDirectorySize = 1024L * MaximumBitmaps;
+
+    /// <summary>compression_type values (byte 104 of the header).</summary>
+    public const int CompressionZlib = 0;
+    public const int CompressionZstd = 1;
+
     /// <summary>A feature name table entry: type, bit, 46 bytes of name (== Feature name table ==).</summary>
     public const int FeatureNameEntrySize = 48;
 

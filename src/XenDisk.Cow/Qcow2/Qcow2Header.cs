@@ -35,6 +35,12 @@ public sealed record Qcow2Header
 
     public IReadOnlyList<Qcow2Snapshot> Snapshots { get; init; } = [];
 
+    /// <summary>The bitmaps extension (=== Bitmaps extension ===), or null when the image has none.</summary>
+    public Qcow2BitmapsExtension? Bitmaps { get; init; }
+
+    /// <summary>compression_type (byte 104): 0 zlib (deflate), 1 zstd; 0 when the header is too short to hold it.</summary>
+    public int CompressionType { get; init; }
+
     /// <summary>Bytes the snapshot table occupies (0 without snapshots).</summary>
     public long SnapshotTableLength { get; init; }
 
@@ -64,3 +70,6 @@ public sealed record Qcow2Header
 
 /// <summary>One entry of the snapshot table (== Snapshots ==), as far as XenDisk needs it.</summary>
 public sealed record Qcow2Snapshot(string Id, string Name, long L1TableOffset, int L1Size, long VirtualSize);
+
+/// <summary>The bitmaps header extension: how many bitmaps, and where their directory lies (=== Bitmaps extension ===).</summary>
+public sealed record Qcow2BitmapsExtension(int Count, long DirectorySize, long DirectoryOffset);

@@ -179,6 +179,21 @@ internal static class Qcow2HeaderReader
             snapshotTableLength = ReadSnapshots(device, (long)snapshotsOffset, (int)snapshotCount, fileSize, clusterBits, version, snapshots);
         }
 
+        if (extensions.Bitmaps is { } bitmaps)
+        {
+            CheckArea("bitmap directory", (ulong)bitmaps.DirectoryOffset, bitmaps.DirectorySize, fileSize, clusterMask, allowEmpty: false);
+        }
+        int compressionType = Qcow2Format.CompressionZlib;
+        if (version >= 3 && headerLength > 104)
+        {
+            // compression_type, byte 104: meaningful only with incompatible bit 3; without it the type is zlib.
+            compressionType = (incompatible & Qcow2Format.IncompatibleCompressionType) != 0 ? h[104] : Qcow2Format.CompressionZlib;
+            if (compressionType is not (Qcow2Format.CompressionZlib or Qcow2Format.CompressionZstd))
+            {
+                throw Refuse($"unknown compression_type {compressionType} (0 zlib, 1 zstd)");
+            }
+        }
+
         // Metadata areas must not overlap one another (qcow2 keeps each cluster for one purpose).
         List<(string Name, long Start, long Length)> areas =
         [
@@ -193,6 +208,10 @@ internal static class Qcow2HeaderReader
             {
                 areas.Add(($"L1 table of snapshot '{snapshot.Id}'", snapshot.L1TableOffset, (long)snapshot.L1Size * 8));
             }
+        }
+        if (extensions.Bitmaps is { } directory)
+        {
+            areas.Add(("bitmap directory", directory.DirectoryOffset, directory.DirectorySize));
         }
         for (int i = 0; i < areas.Count; i++)
         {
@@ -235,6 +254,8 @@ internal static class Qcow2HeaderReader
             FeatureNames = extensions.FeatureNames,
             Snapshots = snapshots,
             SnapshotTableLength = snapshotTableLength,
+            Bitmaps = extensions.Bitmaps,
+            CompressionType = compressionType,
         };
     }
 
@@ -244,6 +265,7 @@ internal static class Qcow2HeaderReader
         public bool HasEncryptionHeader;
         public int End;
         public Dictionary<(int, int), string> FeatureNames = [];
+        public Qcow2BitmapsExtension? Bitmaps;
     }
 
     /// <summary>=== Header extensions ===: type, length, data padded to 8, until the end marker.</summary>
@@ -294,11 +316,13 @@ internal static class Qcow2HeaderReader
                 case Qcow2Format.ExtensionFullDiskEncryption:
                     result.HasEncryptionHeader = true;
                     break;
+                case Qcow2Format.ExtensionBitmaps:
+                    result.Bitmaps = ParseBitmapsExtension(data);
+                    break;
                 case Qcow2Format.ExtensionExternalDataFile:
                     throw Refuse("the image names an external data file; images with an external data file are not supported");
                 default:
-                    // Unknown extensions "can be safely ignored" (and the bitmaps extension is
-                    // ignored because XenDisk clears the bitmaps autoclear bit before writing).
+                    // Unknown extensions "can be safely ignored".
                     break;
             }
             long next = (long)dataStart + ((length + 7L) & ~7L);
@@ -309,6 +333,35 @@ internal static class Qcow2HeaderReader
             }
             position = (int)next;
         }
+    }
+
+    /// <summary>
+    /// The bitmaps extension's fixed fields (=== Bitmaps extension ===). Its directory and tables are
+    /// in use whether or not the autoclear bit says the bitmaps are consistent, so they are read
+    /// (and protected) either way; the directory's place is checked against the file with the other areas.
+    /// </summary>
+    private static Qcow2BitmapsExtension ParseBitmapsExtension(ReadOnlySpan<byte> data)
+    {
+        if (data.Length < Qcow2Format.BitmapsExtensionLength)
+        {
+            throw Refuse($"the bitmaps extension is {data.Length} bytes, shorter than its {Qcow2Format.BitmapsExtensionLength}-byte fields");
+        }
+        uint count = BinaryPrimitives.ReadUInt32BigEndian(data);
+        ulong size = BinaryPrimitives.ReadUInt64BigEndian(data[8..]);
+        ulong offset = BinaryPrimitives.ReadUInt64BigEndian(data[16..]);
+        if (count == 0 || count > Qcow2Format.MaximumBitmaps)
+        {
+            throw Refuse($"the bitmaps extension names {count} bitmaps (1 to {Qcow2Format.MaximumBitmaps})");
+        }
+        if (size == 0 || size > (ulong)Qcow2Format.MaximumBitmapDirectorySize)
+        {
+            throw Refuse($"the bitmap directory size {size} is out of range (1 to {Qcow2Format.MaximumBitmapDirectorySize})");
+        }
+        if (offset > (ulong)Qcow2Format.MaximumHostOffset)
+        {
+            throw Refuse($"the bitmap directory offset 0x{offset:x} is out of range");
+        }
+        return new Qcow2BitmapsExtension((int)count, (long)size, (long)offset);
     }
 
     /// <summary>Reads the snapshot table (== Snapshots ==); returns its length in bytes.</summary>

@@ -167,9 +167,16 @@ public sealed partial class Qcow2Image
             return IoStatus.IoError;
         }
         long host = entry.HostOffset;
-        if (host != 0 && (IsMetadataArea(host) || host > _overlay.Info.SizeBytes - _clusterSize))
+        if (host != 0)
         {
-            return Corrupt($"guest cluster {guestCluster} maps to 0x{host:x}, which is metadata or beyond the end of the file");
+            lock (_metadataLock)
+            {
+                status = CheckDataCluster(guestCluster, entry with { Word = entry.Word | Qcow2Format.OflagCopied });
+            }
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
         }
         long clusterStart = guestCluster << _clusterBits;
         int clusterLength = (int)Math.Min(_clusterSize, _virtualSize - clusterStart);
@@ -252,7 +259,7 @@ public sealed partial class Qcow2Image
         }
         if (entry.HostOffset != 0 && !entry.Copied)
         {
-            return Corrupt($"emptying guest cluster {guestCluster}: the data cluster is shared");
+            return RefuseRequest($"emptying guest cluster {guestCluster}: the data cluster may be shared (no COPIED flag)");
         }
         WriteEntry(table, index, default);
         metadataChanged = true;

@@ -11,7 +11,7 @@ public sealed partial class Qcow2Image
 
     private volatile string? _lastError;
 
-    /// <summary>The most recent request failure explained (compressed cluster, corruption), for logs; null if none.</summary>
+    /// <summary>The most recent request failure explained (compressed cluster, corruption, the failed state), for logs; null if none.</summary>
     public string? LastError => _lastError;
 
     public IoStatus Read(long offset, ReadOnlySpan<IoBuffer> buffers)
@@ -51,6 +51,10 @@ public sealed partial class Qcow2Image
             {
                 return status;
             }
+            if (entry.Compressed)
+            {
+                return ReadFromCompressed(guestCluster, entry, start, length, data);
+            }
             Span<IoBuffer> part = data.Length <= StackSliceLimit ? stackalloc IoBuffer[data.Length] : new IoBuffer[data.Length];
             long clusterStart = guestCluster << _clusterBits;
             int position = start;
@@ -78,9 +82,6 @@ public sealed partial class Qcow2Image
                     case UnitState.Unallocated:
                         status = ReadBacking(clusterStart + position, runEnd - position, target);
                         break;
-                    case UnitState.Compressed:
-                        _lastError = $"guest offset {clusterStart + position} lies in a compressed cluster; compressed clusters are not supported (convert the image with 'qemu-img convert' first)";
-                        return IoStatus.IoError;
                     default:
                         _lastError = $"guest cluster {guestCluster} has an invalid L2 entry (0x{entry.Word:x16}, bitmap 0x{entry.Bitmap:x16})";
                         return IoStatus.IoError;
@@ -169,6 +170,7 @@ public sealed partial class Qcow2Image
     private IoStatus AfterMetadataChange(IoStatus status, bool metadataChanged)
     {
         _ = metadataChanged;
+        PersistCorruptBitIfPending();
         if (status == IoStatus.Ok && _policy == MetadataPolicy.Sync)
         {
             return WriteBack(forGuestFlush: true);
@@ -191,10 +193,26 @@ public sealed partial class Qcow2Image
     /// </summary>
     private IoStatus WriteInCluster(long guestCluster, int start, int length, ReadOnlySpan<IoBuffer> data, ref bool metadataChanged)
     {
-        IoStatus status = LookupEntryLocked(guestCluster, out L2Entry entry);
+        IoStatus status;
+        L2Entry entry;
+        lock (_metadataLock)
+        {
+            // One metadata lock for the lookup and for the checks of the cluster it maps to: the
+            // in-place rewrite, the common case, takes it once. (Entries with reserved bits are
+            // refused below, whatever they point to.)
+            status = LookupEntry(guestCluster, out entry);
+            if (status == IoStatus.Ok && entry.HostOffset != 0 && !entry.Compressed && (entry.Word & Qcow2Format.L2ReservedMask) == 0)
+            {
+                status = CheckDataCluster(guestCluster, entry);
+            }
+        }
         if (status != IoStatus.Ok)
         {
             return status;
+        }
+        if (entry.Compressed)
+        {
+            return WriteIntoCompressed(guestCluster, entry, start, data, ref metadataChanged);
         }
         int end = start + length;
         int firstUnit = start >> _unitBits;
@@ -203,36 +221,13 @@ public sealed partial class Qcow2Image
         for (int unit = firstUnit; unit <= lastUnit; unit++)
         {
             UnitState state = StateOf(entry, unit);
-            if (state is UnitState.Compressed or UnitState.Invalid)
+            if (state == UnitState.Invalid)
             {
-                _lastError = state == UnitState.Compressed
-                    ? $"guest cluster {guestCluster} is compressed; writing compressed clusters is not supported"
-                    : $"guest cluster {guestCluster} has an invalid L2 entry (0x{entry.Word:x16})";
-                return IoStatus.IoError;
+                return RefuseRequest($"guest cluster {guestCluster} has an invalid L2 entry (0x{entry.Word:x16})");
             }
             allData &= state == UnitState.Data;
         }
         long host = entry.HostOffset;
-        if (host != 0 && !entry.Copied)
-        {
-            // Without COPIED the cluster may be shared (snapshots); in place only if its refcount is one.
-            lock (_metadataLock)
-            {
-                status = GetRefcount(host >> _clusterBits, out ulong refcount);
-                if (status == IoStatus.Ok && refcount != 1)
-                {
-                    status = Corrupt($"data cluster 0x{host:x} is shared (refcount {refcount}); writing shared clusters is not supported");
-                }
-            }
-            if (status != IoStatus.Ok)
-            {
-                return status;
-            }
-        }
-        if (host != 0 && (IsMetadataArea(host) || host > _overlay.Info.SizeBytes - _clusterSize))
-        {
-            return Corrupt($"guest cluster {guestCluster} maps to 0x{host:x}, which is metadata or beyond the end of the file");
-        }
         if (allData && entry.Copied)
         {
             // The common case: rewriting data in place needs no metadata at all.
@@ -345,6 +340,36 @@ public sealed partial class Qcow2Image
         return IoStatus.Ok;
     }
 
+    /// <summary>
+    /// Before data is written into the existing host cluster of <paramref name="entry"/> (under the
+    /// metadata lock): the cluster lies within the file, holds no metadata, and is not shared.
+    /// Without COPIED the cluster may be shared (snapshots); it is written in place only with a refcount of one.
+    /// </summary>
+    private IoStatus CheckDataCluster(long guestCluster, L2Entry entry)
+    {
+        long host = entry.HostOffset;
+        if ((host & (_clusterSize - 1)) != 0 || host > _overlay.Info.SizeBytes - _clusterSize)
+        {
+            return Corrupt($"guest cluster {guestCluster} maps to 0x{host:x}, which is not a cluster within the file");
+        }
+        IoStatus status = CheckOverlap(host, _clusterSize, MetadataKind.None, $"guest cluster {guestCluster}'s data");
+        if (status != IoStatus.Ok || entry.Copied)
+        {
+            return status;
+        }
+        status = GetRefcount(host >> _clusterBits, out ulong refcount);
+        if (status != IoStatus.Ok)
+        {
+            return status;
+        }
+        return refcount switch
+        {
+            1 => IoStatus.Ok,
+            0 => Corrupt($"guest cluster {guestCluster} maps to 0x{host:x}, whose refcount is 0"),
+            _ => RefuseRequest($"data cluster 0x{host:x} is shared (refcount {refcount}); writing shared clusters is not supported"),
+        };
+    }
+
     private static uint UnitMask(int firstUnit, int lastUnit)
     {
         ulong bits = ((1UL << (lastUnit - firstUnit + 1)) - 1) << firstUnit;
@@ -434,6 +459,15 @@ public sealed partial class Qcow2Image
         int firstWhole = (start + _unitSize - 1) >> _unitBits;
         int lastWhole = (end >> _unitBits) - 1;
         IoStatus status;
+        if (_extendedL2 && length < _clusterSize)
+        {
+            // Part of a compressed cluster cannot be dropped: those subclusters are zeroed instead, which copies the cluster up.
+            status = LookupEntryLocked(guestCluster, out L2Entry entry);
+            if (status != IoStatus.Ok || entry.Compressed)
+            {
+                return status != IoStatus.Ok ? status : ZeroPart(guestCluster, start, length, ref metadataChanged);
+            }
+        }
         if (firstWhole <= lastWhole)
         {
             lock (_metadataLock)
@@ -497,16 +531,36 @@ public sealed partial class Qcow2Image
             return IoStatus.Ok; // unallocated without a backing file already reads as zeros
         }
         L2Entry entry = table != null ? ReadEntry(table, index) : default;
+        if (entry.Compressed)
+        {
+            // The whole cluster (a partial discard was turned into zeroing by DiscardInCluster):
+            // the entry goes, and with it one reference on each host cluster the compressed data spans.
+            L2Entry dropped = _extendedL2
+                ? new L2Entry(0, hasBacking ? (ulong)uint.MaxValue << 32 : 0)
+                : new L2Entry(hasBacking ? Qcow2Format.OflagZero : 0, 0);
+            WriteEntry(table!, index, dropped);
+            QueueCompressedFree(entry);
+            metadataChanged = true;
+            return IoStatus.Ok;
+        }
         for (int unit = first; unit <= last; unit++)
         {
-            if (StateOf(entry, unit) is UnitState.Compressed or UnitState.Invalid)
+            if (StateOf(entry, unit) == UnitState.Invalid)
             {
-                return Corrupt($"discard of guest cluster {guestCluster}: invalid or compressed L2 entry");
+                return RefuseRequest($"discard of guest cluster {guestCluster}: invalid L2 entry (0x{entry.Word:x16})");
             }
         }
         if (host(entry) != 0 && !entry.Copied)
         {
-            return Corrupt($"discard of guest cluster {guestCluster}: shared cluster");
+            status = GetRefcount(host(entry) >> _clusterBits, out ulong refcount);
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+            if (refcount != 1)
+            {
+                return RefuseRequest($"discard of guest cluster {guestCluster}: its data cluster is shared (refcount {refcount})");
+            }
         }
         L2Entry updated;
         long freed = 0;

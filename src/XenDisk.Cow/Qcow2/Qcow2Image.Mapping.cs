@@ -73,6 +73,7 @@ public sealed partial class Qcow2Image
             {
                 return status;
             }
+            _metadata.Add(newTable >> _clusterBits, 1, MetadataKind.L2Table);
             table = _l2Cache.Add(newTable, _l2Cache.RentBlock(), dirty: true);
             WriteL1(l1Index, (ulong)newTable | Qcow2Format.OflagCopied);
             return IoStatus.Ok;
@@ -80,6 +81,17 @@ public sealed partial class Qcow2Image
         if ((offset & (_clusterSize - 1)) != 0 || offset >= _overlay.Info.SizeBytes)
         {
             return Corrupt($"L1 entry {l1Index} points to 0x{offset:x}, which is not a cluster within the file");
+        }
+        if (allocate)
+        {
+            // The table is about to change. A cluster that also holds another structure (an L1 entry
+            // pointing at a refcount block, say) fails now, before a write is acknowledged whose
+            // entry could never be written back. Reads may still use it, as QEMU's do.
+            MetadataKind kind = _metadata.KindOf(offset >> _clusterBits);
+            if (kind != MetadataKind.L2Table)
+            {
+                return Corrupt($"L1 entry {l1Index} points to an L2 table at 0x{offset:x} that also holds {MetadataClusters.Describe(kind & ~MetadataKind.L2Table)}");
+            }
         }
         if (allocate && (l1Entry & Qcow2Format.OflagCopied) == 0)
         {
@@ -89,9 +101,13 @@ public sealed partial class Qcow2Image
             {
                 return status;
             }
+            if (refcount == 0)
+            {
+                return Corrupt($"L1 entry {l1Index} points to an L2 table at 0x{offset:x} whose refcount is 0");
+            }
             if (refcount != 1)
             {
-                return Corrupt($"L2 table at 0x{offset:x} is shared (refcount {refcount}); writing shared tables is not supported");
+                return RefuseRequest($"L2 table at 0x{offset:x} is shared (refcount {refcount}); writing shared tables is not supported");
             }
             WriteL1(l1Index, l1Entry | Qcow2Format.OflagCopied);
         }
@@ -100,10 +116,6 @@ public sealed partial class Qcow2Image
             _statistics.CountCacheHit();
             table = cached;
             return IoStatus.Ok;
-        }
-        if (IsMetadataArea(offset))
-        {
-            return Corrupt($"L1 entry {l1Index} points into the header, L1 table or refcount table (0x{offset:x})");
         }
         _statistics.CountCacheMiss();
         AlignedBlock block = _l2Cache.RentBlock();
@@ -178,12 +190,14 @@ public sealed partial class Qcow2Image
             {
                 return UnitState.Data;
             }
-            // Offset 0 with the COPIED bit means offset 0 of an external data file, which is not supported.
-            return entry.Copied ? UnitState.Invalid : UnitState.Unallocated;
+            // "If the offset is 0 [...] the cluster is unallocated" (== Cluster mapping ==): offset 0
+            // with COPIED names a host offset only with an external data file, which XenDisk refuses
+            // at open; without one QEMU reads it as unallocated too.
+            return UnitState.Unallocated;
         }
         uint allocated = entry.AllocatedBits;
         uint zero = entry.ZeroBits;
-        if ((entry.Word & Qcow2Format.OflagZero) != 0 || (allocated & zero) != 0 || (host == 0 && (allocated != 0 || entry.Copied)))
+        if ((entry.Word & Qcow2Format.OflagZero) != 0 || (allocated & zero) != 0 || (host == 0 && allocated != 0))
         {
             return UnitState.Invalid;
         }
@@ -193,24 +207,5 @@ public sealed partial class Qcow2Image
             return UnitState.Data;
         }
         return (zero & bit) != 0 ? UnitState.Zero : UnitState.Unallocated;
-    }
-
-    /// <summary>True when the host cluster holds the header, the L1 table or the refcount table (the cheap part of QEMU's overlap check).</summary>
-    private bool IsMetadataArea(long hostOffset)
-    {
-        if (hostOffset < _clusterSize)
-        {
-            return true;
-        }
-        long l1End = _l1Offset + ((long)ClustersFor((long)_l1Size * 8) << _clusterBits);
-        long refTableEnd = _refTableOffset + ((long)_refTableClusters << _clusterBits);
-        return (hostOffset >= _l1Offset && hostOffset < l1End) || (hostOffset >= _refTableOffset && hostOffset < refTableEnd);
-    }
-
-    /// <summary>A metadata inconsistency found while serving I/O: the request fails, and further writes are refused.</summary>
-    private IoStatus Corrupt(string problem)
-    {
-        _failure ??= $"image corruption: {problem}";
-        return IoStatus.IoError;
     }
 }

@@ -40,9 +40,14 @@ public sealed partial class Qcow2Image
             block = cached;
             return IoStatus.Ok;
         }
-        if ((offset & (_clusterSize - 1)) != 0 || offset >= _overlay.Info.SizeBytes || IsMetadataArea(offset))
+        if ((offset & (_clusterSize - 1)) != 0 || offset >= _overlay.Info.SizeBytes)
         {
-            return Corrupt($"refcount table entry {tableIndex} points to 0x{offset:x}, which is not a free cluster within the file");
+            return Corrupt($"refcount table entry {tableIndex} points to 0x{offset:x}, which is not a cluster within the file");
+        }
+        MetadataKind kind = _metadata.KindOf(offset >> _clusterBits);
+        if (kind != MetadataKind.RefcountBlock)
+        {
+            return Corrupt($"refcount table entry {tableIndex} points to a refcount block at 0x{offset:x} that also holds {MetadataClusters.Describe(kind & ~MetadataKind.RefcountBlock)}");
         }
         _statistics.CountCacheMiss();
         AlignedBlock data = _refcountCache.RentBlock();
@@ -84,12 +89,18 @@ public sealed partial class Qcow2Image
             // A new refcount block, appended at the end of the file. It counts itself: either in its
             // own range (then directly) or in the next block's range (then recursively).
             long blockCluster = _endCluster;
+            status = CheckAllocation(blockCluster, 1);
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
             status = GrowFile(blockCluster + 1);
             if (status != IoStatus.Ok)
             {
                 return status;
             }
             _endCluster = blockCluster + 1;
+            _metadata.Add(blockCluster, 1, MetadataKind.RefcountBlock);
             block = _refcountCache.Add(blockCluster << _clusterBits, _refcountCache.RentBlock(), dirty: true);
             WriteRefTable(tableIndex, (ulong)(blockCluster << _clusterBits));
             if (blockCluster >> _refBlockBits == tableIndex)
@@ -109,7 +120,7 @@ public sealed partial class Qcow2Image
         }
         if (refcount > RefcountCodec.Maximum(_refcountOrder))
         {
-            return Corrupt($"refcount of cluster {cluster} would overflow {1 << _refcountOrder} bits");
+            return RefuseRequest($"the refcount of cluster {cluster} would overflow {1 << _refcountOrder} bits");
         }
         RefcountCodec.Set(block.Block.Span, _refcountOrder, (int)(cluster & ((1L << _refBlockBits) - 1)), refcount);
         block.Dirty = true;
@@ -143,12 +154,19 @@ public sealed partial class Qcow2Image
             return IoStatus.NoSpace;
         }
         long first = _endCluster;
-        IoStatus status = GrowFile(first + clusters);
+        IoStatus status = CheckAllocation(first, clusters);
+        if (status != IoStatus.Ok)
+        {
+            return status;
+        }
+        status = GrowFile(first + clusters);
         if (status != IoStatus.Ok)
         {
             return status;
         }
         _endCluster = first + clusters;
+        // Both tables are metadata until the old one is retired (after the header points to the new one).
+        _metadata.Add(first, clusters, MetadataKind.RefcountTable);
         AlignedBlock table = new((int)(clusters << _clusterBits));
         _refTable.Span.CopyTo(table.Span);
         _retiredTables.Add((_refTableOffset, _refTableClusters));
@@ -200,6 +218,11 @@ public sealed partial class Qcow2Image
             }
             if (refcount == 0)
             {
+                status = CheckAllocation(c, 1);
+                if (status != IoStatus.Ok)
+                {
+                    return status;
+                }
                 cluster = c;
                 break;
             }
@@ -207,6 +230,11 @@ public sealed partial class Qcow2Image
         if (cluster < 0)
         {
             cluster = _endCluster;
+            IoStatus claimed = CheckAllocation(cluster, 1);
+            if (claimed != IoStatus.Ok)
+            {
+                return claimed;
+            }
             IoStatus grown = GrowFile(cluster + 1);
             if (grown != IoStatus.Ok)
             {
@@ -229,7 +257,12 @@ public sealed partial class Qcow2Image
     private IoStatus AllocateContiguous(int count, out long firstCluster)
     {
         firstCluster = _endCluster;
-        IoStatus status = GrowFile(firstCluster + count);
+        IoStatus status = CheckAllocation(firstCluster, count);
+        if (status != IoStatus.Ok)
+        {
+            return status;
+        }
+        status = GrowFile(firstCluster + count);
         if (status != IoStatus.Ok)
         {
             return status;

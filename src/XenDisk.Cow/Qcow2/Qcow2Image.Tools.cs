@@ -34,8 +34,10 @@ public enum Qcow2ExtentKind
     Zero,
     /// <summary>Falls through to the backing image (zeros when there is none).</summary>
     Backing,
-    /// <summary>Compressed or invalid: not served by XenDisk.</summary>
+    /// <summary>An invalid entry: reads fail.</summary>
     Unsupported,
+    /// <summary>A compressed cluster; <see cref="Qcow2Extent.HostOffset"/> is where its compressed data begins (not cluster aligned).</summary>
+    Compressed,
 }
 
 /// <summary>One run of the virtual disk with the same source; Data runs are also contiguous in the file.</summary>
@@ -131,6 +133,13 @@ public sealed partial class Qcow2Image
                     break;
                 }
                 long length = Math.Min(_unitSize, _virtualSize - start);
+                if (entry.Compressed)
+                {
+                    // One extent per compressed cluster: each has its own place in the file.
+                    long end = Math.Min(_virtualSize, clusterStart + _clusterSize);
+                    extents.Add(new Qcow2Extent(clusterStart, end - clusterStart, Qcow2ExtentKind.Compressed, DecodeCompressed(entry).Offset));
+                    break;
+                }
                 Qcow2ExtentKind kind = StateOf(entry, unit) switch
                 {
                     UnitState.Data => Qcow2ExtentKind.Data,

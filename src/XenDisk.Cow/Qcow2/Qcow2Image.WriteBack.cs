@@ -71,9 +71,11 @@ public sealed partial class Qcow2Image
     {
         if (_failure != null)
         {
+            PersistCorruptBit();
             return IoStatus.IoError;
         }
         Batch batch = new();
+        IoStatus overlap = IoStatus.Ok;
         lock (_metadataLock)
         {
             // Lazy refcounts: the dirty bit covers refcount blocks, which are written only when the
@@ -102,10 +104,13 @@ public sealed partial class Qcow2Image
             }
             batch.Frees.AddRange(_pendingFrees);
             _pendingFrees.Clear();
+            // Every block goes only where the map says that structure lives; nothing of the pass is
+            // written when one would land on something else.
+            overlap = CheckBatch(batch);
         }
 
-        IoStatus status = IoStatus.Ok;
-        if (!batch.IsEmpty || forGuestFlush)
+        IoStatus status = overlap;
+        if (status == IoStatus.Ok && (!batch.IsEmpty || forGuestFlush))
         {
             bool barriers = _policy != MetadataPolicy.Transient;
             bool unflushed = true; // guest data written before this pass
@@ -157,24 +162,67 @@ public sealed partial class Qcow2Image
                 copy.Dispose();
             }
             batch.Header?.Dispose();
-            if (status != IoStatus.Ok)
+            if (overlap != IoStatus.Ok)
+            {
+                // Corrupt() has recorded the failure; nothing of this pass was written and nothing is freed.
+                _pendingFrees.AddRange(batch.Frees);
+                _retiredTables.AddRange(batch.RetiredTables);
+            }
+            else if (status != IoStatus.Ok)
             {
                 return Fail(status, "writing back metadata");
             }
-            // The entries that referenced these clusters are gone on disk: they may be reused now.
-            foreach (long freed in batch.Frees)
+            else
             {
-                DecrementRefcount(freed >> _clusterBits);
+                ApplyFrees(batch);
             }
-            foreach ((long offset, int clusters) in batch.RetiredTables)
+        }
+        if (overlap != IoStatus.Ok)
+        {
+            PersistCorruptBit();
+        }
+        return status;
+    }
+
+    /// <summary>After a successful pass (under the metadata lock).</summary>
+    private void ApplyFrees(Batch batch)
+    {
+        // The entries that referenced these clusters are gone on disk: they may be reused now.
+        foreach (long freed in batch.Frees)
+        {
+            DecrementRefcount(freed >> _clusterBits);
+        }
+        foreach ((long offset, int clusters) in batch.RetiredTables)
+        {
+            _metadata.Remove(offset >> _clusterBits, clusters, MetadataKind.RefcountTable);
+            for (int i = 0; i < clusters; i++)
             {
-                for (int i = 0; i < clusters; i++)
-                {
-                    DecrementRefcount((offset >> _clusterBits) + i);
-                }
+                DecrementRefcount((offset >> _clusterBits) + i);
             }
-            _l2Cache.Trim();
-            _refcountCache.Trim();
+        }
+        _l2Cache.Trim();
+        _refcountCache.Trim();
+    }
+
+    /// <summary>The overlap check of one pass's blocks (under the metadata lock).</summary>
+    private IoStatus CheckBatch(Batch batch)
+    {
+        IoStatus status = IoStatus.Ok;
+        foreach (var (offset, copy, _) in batch.RefBlocks)
+        {
+            status = status == IoStatus.Ok ? CheckOverlap(offset, copy.Length, MetadataKind.RefcountBlock, "a refcount block") : status;
+        }
+        foreach (var (offset, copy) in batch.RefTableRuns)
+        {
+            status = status == IoStatus.Ok ? CheckOverlap(offset, copy.Length, MetadataKind.RefcountTable, "the refcount table") : status;
+        }
+        foreach (var (offset, copy, _) in batch.L2Tables)
+        {
+            status = status == IoStatus.Ok ? CheckOverlap(offset, copy.Length, MetadataKind.L2Table, "an L2 table") : status;
+        }
+        foreach (var (offset, copy) in batch.L1Runs)
+        {
+            status = status == IoStatus.Ok ? CheckOverlap(offset, copy.Length, MetadataKind.L1Table, "the L1 table") : status;
         }
         return status;
     }

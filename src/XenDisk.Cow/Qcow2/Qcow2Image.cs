@@ -235,6 +235,7 @@ public sealed partial class Qcow2Image : IBlockDevice, ICopyOnWriteImage
             {
                 image.PrepareForWriting();
             }
+            image.BuildMetadataMap();
             return image;
         }
         catch
@@ -395,6 +396,7 @@ public sealed partial class Qcow2Image : IBlockDevice, ICopyOnWriteImage
                         return status;
                     }
                     newOffset = first << _clusterBits;
+                    _metadata.Add(first, newClusters, MetadataKind.L1Table);
                     newL1 = new AlignedBlock(newClusters << _clusterBits);
                     _l1.Span[..(_l1Size * 8)].CopyTo(newL1.Span);
                 }
@@ -402,6 +404,16 @@ public sealed partial class Qcow2Image : IBlockDevice, ICopyOnWriteImage
                 status = WriteBackCore(forGuestFlush: false, forceRefcounts: true);
                 if (status == IoStatus.Ok)
                 {
+                    lock (_metadataLock)
+                    {
+                        status = CheckOverlap(newOffset, newL1.Length, MetadataKind.L1Table, "the grown L1 table");
+                    }
+                    if (status != IoStatus.Ok)
+                    {
+                        newL1.Dispose();
+                        PersistCorruptBit();
+                        return status;
+                    }
                     status = DeviceIo.Write(_overlay, newOffset, newL1, 0, newL1.Length);
                     _statistics.CountMetadataWrites(1);
                 }
@@ -434,6 +446,8 @@ public sealed partial class Qcow2Image : IBlockDevice, ICopyOnWriteImage
                 {
                     if (oldClusters > 0 && oldOffset != 0)
                     {
+                        // The header no longer points to the old table: it is an ordinary cluster again once freed.
+                        _metadata.Remove(oldOffset >> _clusterBits, oldClusters, MetadataKind.L1Table);
                         for (int i = 0; i < oldClusters; i++)
                         {
                             _pendingFrees.Add(oldOffset + ((long)i << _clusterBits));
@@ -464,6 +478,10 @@ public sealed partial class Qcow2Image : IBlockDevice, ICopyOnWriteImage
         {
             return;
         }
+        if (!ReadOnly && _policy != MetadataPolicy.Transient)
+        {
+            PersistCorruptBitIfPending();
+        }
         DisposeCore(writeBack: !ReadOnly && _policy != MetadataPolicy.Transient && _failure == null, disposeDevices: _options.OwnsDevices);
     }
 
@@ -482,7 +500,18 @@ public sealed partial class Qcow2Image : IBlockDevice, ICopyOnWriteImage
         {
             // A failed image writes nothing back (memory and disk may disagree), so its metadata did
             // not reach the disk: that is the outcome to report, not success.
-            status = _failure == null ? CloseMetadata() : IoStatus.IoError;
+            if (_failure == null)
+            {
+                status = CloseMetadata();
+            }
+            else
+            {
+                lock (_writeBackLock)
+                {
+                    PersistCorruptBit();
+                }
+                status = IoStatus.IoError;
+            }
         }
         DisposeCore(writeBack: false, disposeDevices: _options.OwnsDevices);
         return status;
@@ -540,6 +569,7 @@ public sealed partial class Qcow2Image : IBlockDevice, ICopyOnWriteImage
     private IoStatus Fail(IoStatus status, string what)
     {
         _failure ??= $"{what} failed with {status}";
+        _lastError = _failure;
         return status == IoStatus.Ok ? IoStatus.IoError : status;
     }
 

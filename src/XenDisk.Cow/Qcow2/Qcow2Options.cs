@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Logging;
 using XenDisk.Cow.Policies;
 
 namespace XenDisk.Cow.Qcow2;
@@ -31,6 +32,9 @@ public sealed record Qcow2OpenOptions
 
     /// <summary>Which backing files <see cref="Qcow2Disk.Open"/> may follow.</summary>
     public BackingFilePolicy BackingPolicy { get; init; } = BackingFilePolicy.None;
+
+    /// <summary>Where the image reports what it cannot say in an <c>IoStatus</c>: a corruption found, the image marked corrupt. Null: nowhere.</summary>
+    public ILogger? Logger { get; init; }
 
     /// <summary>The longest backing chain <see cref="Qcow2Disk.Open"/> follows.</summary>
     public int MaximumChainDepth { get; init; } = DefaultMaximumChainDepth;

@@ -18,7 +18,8 @@ internal sealed class ReferenceCounts
 
 /// <summary>
 /// Walks the metadata from the header (== Header ==), the active L1 table and its L2 tables
-/// (== Cluster mapping ==), the snapshots (== Snapshots ==) and optionally the refcount structure,
+/// (== Cluster mapping ==), the snapshots (== Snapshots ==), the persistent bitmaps (== Bitmaps ==)
+/// and optionally the refcount structure,
 /// counting references per host cluster. Reads straight from the device; used to rebuild refcounts
 /// and by the checker. References outside the file are reported, not counted.
 /// </summary>
@@ -178,6 +179,9 @@ internal static class ReferenceScanner
                 WalkL1(snapshot.L1TableOffset, snapshot.L1Size, active: false, $"snapshot '{snapshot.Id}'");
             }
         }
+        // Persistent bitmaps' directory, tables and data are in use whatever the autoclear bit says:
+        // counted here, they are never reported as leaks nor freed by a rebuild or repair.
+        PersistentBitmaps.Walk(device, header, (offset, length, kind) => Reference(offset, length, MetadataClusters.Describe(kind)), result.Corruptions);
         if (includeRefcountStructure)
         {
             long tableBytes = (long)header.RefcountTableClusters << clusterBits;

@@ -87,6 +87,18 @@ internal static class DeviceIo
             return device.Read(offset, new ReadOnlySpan<IoBuffer>(in whole));
         }
         int readable = (int)(available & ~(long)(sector - 1));
+        if (readable < available)
+        {
+            // The device ends mid-sector (qemu-img leaves such file ends). A device that reads past
+            // its end as zeros (a file through the page cache) gives that last part sector too.
+            int upToSector = readable + sector;
+            block.Span[upToSector..].Clear();
+            IoBuffer tail = block.AsIoBuffer(0, upToSector);
+            if (device.Read(offset, new ReadOnlySpan<IoBuffer>(in tail)) == IoStatus.Ok)
+            {
+                return IoStatus.Ok;
+            }
+        }
         block.Span[readable..].Clear();
         if (readable == 0)
         {

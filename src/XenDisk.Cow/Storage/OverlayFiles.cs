@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using XenDisk.Cow.Qcow2;
 using XenDisk.Storage;
 
 namespace XenDisk.Cow.Storage;
@@ -20,7 +21,8 @@ public static class OverlayFiles
     /// A qcow2 file need not end on a sector boundary: qemu-img creates images whose last table
     /// (an 8-byte L1 table, say) ends mid-sector, and reads past the end return zeros. A sector
     /// device cannot address that tail, so a writable file is first padded with zeros to a whole
-    /// sector (what those reads returned anyway), and a read-only one is read through the page cache.
+    /// sector (what those reads returned anyway) once its header has validated, and a read-only one
+    /// is read through the page cache. Throws <see cref="StorageException"/> for a header that does not validate.
     /// </para>
     /// </summary>
     public static IBlockDevice OpenQcow2(string path, bool readOnly)
@@ -32,6 +34,11 @@ public static class OverlayFiles
             length = new FileInfo(path).Length;
             if (length % Sector != 0 && !readOnly)
             {
+                // Only a file whose header validates is padded: an image refused here must be left as it was.
+                using (FileImageDevice probe = FileImageDevice.Open(path, readOnly: true))
+                {
+                    Qcow2Disk.ReadHeader(probe);
+                }
                 using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
                 RandomAccess.SetLength(handle, length + Sector - length % Sector);
                 length += Sector - length % Sector;

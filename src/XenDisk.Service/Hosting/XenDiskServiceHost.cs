@@ -6,6 +6,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using XenDisk.Backend.ControlPlane;
+using XenDisk.Cow.Provider;
 using XenDisk.Service.Configuration;
 using XenDisk.Service.Control;
 using XenDisk.Service.Maintenance;
@@ -164,7 +165,8 @@ public static class XenDiskServiceHost
         }
 
         // The one registration that decides how disk targets are opened: raw, qcow2 and cow targets.
-        services.AddSingleton<IDiskProvider>(sp => new ImageDiskProvider(sp.GetRequiredService<ImageDirectoryPolicy>()));
+        services.AddSingleton<IDiskProvider>(sp => new ImageDiskProvider(sp.GetRequiredService<ImageDirectoryPolicy>(),
+            new CowProviderOptions { Logger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("XenDisk.Cow") }));
 
         services.AddSingleton(sp =>
         {

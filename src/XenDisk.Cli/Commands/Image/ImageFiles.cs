@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Microsoft.Extensions.Logging;
 using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Provider;
@@ -97,11 +98,11 @@ internal static class ImageFiles
     /// caches and checks a guest's disk gets): raw:PATH, qcow2:PATH, or a bitmap overlay as
     /// cow:BASE,OVERLAY,format=bitmap with the base its header records. Throws <see cref="StorageException"/>.
     /// </summary>
-    public static IBlockDevice OpenForIo(string path, ImageFormat format, IEnumerable<string>? allowBase, bool readOnly)
+    public static IBlockDevice OpenForIo(string path, ImageFormat format, IEnumerable<string>? allowBase, bool readOnly, ILogger? logger = null)
     {
         try
         {
-            return OpenThroughProvider(path, format, allowBase, readOnly);
+            return OpenThroughProvider(path, format, allowBase, readOnly, logger);
         }
         catch (StorageException e) when (e.Message.Contains("allowed base directory", StringComparison.Ordinal))
         {
@@ -110,10 +111,10 @@ internal static class ImageFiles
         }
     }
 
-    private static IBlockDevice OpenThroughProvider(string path, ImageFormat format, IEnumerable<string>? allowBase, bool readOnly)
+    private static IBlockDevice OpenThroughProvider(string path, ImageFormat format, IEnumerable<string>? allowBase, bool readOnly, ILogger? logger)
     {
         string fullPath = Path.GetFullPath(path);
-        CowDiskProvider provider = new(new CowProviderOptions { AllowedBaseDirectories = AllowedDirectories(fullPath, allowBase) });
+        CowDiskProvider provider = new(new CowProviderOptions { AllowedBaseDirectories = AllowedDirectories(fullPath, allowBase), Logger = logger });
         switch (format)
         {
             case ImageFormat.Qcow2:

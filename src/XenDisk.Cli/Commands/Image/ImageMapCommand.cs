@@ -23,11 +23,13 @@ internal static class ImageMapCommand
         Zero,
         /// <summary>Falls through to the base (backing file).</summary>
         Base,
-        /// <summary>Compressed or invalid entries, which XenDisk does not serve.</summary>
+        /// <summary>Invalid entries, which XenDisk does not serve.</summary>
         Unsupported,
+        /// <summary>A compressed qcow2 cluster; the host offset is where its compressed data begins.</summary>
+        Compressed,
     }
 
-    /// <summary>One run of the disk with one source; <see cref="Kind"/> is "data", "zero", "base" or "unsupported".</summary>
+    /// <summary>One run of the disk with one source; <see cref="Kind"/> is "data", "zero", "base", "compressed" or "unsupported".</summary>
     internal sealed record Extent(long Offset, long Length, string Kind, long? HostOffset);
 
     /// <summary>Bitmap maps are read in pieces of this size (the whole map of a 256 GiB disk at 4 KiB grains is 16 MiB).</summary>
@@ -67,11 +69,11 @@ internal static class ImageMapCommand
             else
             {
                 TextWriter output = parse.Out();
-                output.WriteLine($"{"Offset",-20}{"Length",-20}{"Source",-8}Host offset");
+                output.WriteLine($"{"Offset",-20}{"Length",-20}{"Source",-12}Host offset");
                 foreach (Extent e in extents)
                 {
                     string host = e.HostOffset is long h ? Hex(h) : "-";
-                    output.WriteLine($"{Hex(e.Offset),-20}{Hex(e.Length),-20}{e.Kind,-8}{host}");
+                    output.WriteLine($"{Hex(e.Offset),-20}{Hex(e.Length),-20}{e.Kind,-12}{host}");
                 }
             }
             return 0;
@@ -100,8 +102,9 @@ internal static class ImageMapCommand
                 Qcow2ExtentKind.Data => ExtentKind.Data,
                 Qcow2ExtentKind.Zero => ExtentKind.Zero,
                 Qcow2ExtentKind.Backing => ExtentKind.Base,
+                Qcow2ExtentKind.Compressed => ExtentKind.Compressed,
                 _ => ExtentKind.Unsupported,
-            }), e.Kind == Qcow2ExtentKind.Data ? e.HostOffset : null)).ToList();
+            }), e.Kind is Qcow2ExtentKind.Data or Qcow2ExtentKind.Compressed ? e.HostOffset : null)).ToList();
         }
     }
 
@@ -174,6 +177,7 @@ internal static class ImageMapCommand
         ExtentKind.Data => "data",
         ExtentKind.Zero => "zero",
         ExtentKind.Base => "base",
+        ExtentKind.Compressed => "compressed",
         _ => "unsupported",
     };
 
