@@ -15,6 +15,8 @@ ext4_steps="ext4-guest-create guest-ext4-mkfs guest-ext4-write guest-reboot gues
  ext4-guest-poweroff"
 restart_steps="xendisk-stop xendisk-restart restart-guest-create guest-ext4-after-restart
  guest-ext4-file-count-after-restart restart-guest-poweroff"
+crash_steps="crash-guest-create crash-kill-1 crash-kill-2 crash-kill-3 crash-kill-4 crash-kill-5
+ guest-crash-io-verified guest-crash-blkfront-clean crash-guest-poweroff"
 destroy_steps="idle-guest-create destroy-running-guest"
 overlay_steps="overlay-images overlay-guests-create guest-a-blkfront-xvda guest-b-blkfront-xvda
  guest-a-overlay-read-base guest-b-overlay-read-base guest-a-overlay-write guest-b-overlay-write
@@ -22,7 +24,7 @@ overlay_steps="overlay-images overlay-guests-create guest-a-blkfront-xvda guest-
  guest-b-overlay-peer-isolated overlay-guests-poweroff overlay-base-unchanged overlay-check overlay-contents"
 case "$scenario" in
     baseline) say "PLAN $(echo dom0-modules dom0-toolstack blkback-load disk-images $raw_steps $ext4_steps $destroy_steps no-stale-backend-nodes)" ;;
-    xendisk)  say "PLAN $(echo dom0-modules dom0-toolstack blkback-absent xendisk-start disk-images $raw_steps $ext4_steps $restart_steps $destroy_steps $overlay_steps missing-image-refused no-stale-backend-nodes xendisk-still-running)" ;;
+    xendisk)  say "PLAN $(echo dom0-modules dom0-toolstack blkback-absent xendisk-start disk-images $raw_steps $ext4_steps $restart_steps $crash_steps $destroy_steps $overlay_steps missing-image-refused no-stale-backend-nodes xendisk-still-running)" ;;
 esac
 info "scenario $scenario, dom0 kernel $(uname -r)"
 
@@ -157,6 +159,36 @@ if [ "$scenario" = xendisk ]; then
         fi
     fi
     skip_rest "$restart_steps" "not reached: the service did not restart, or the guest failed earlier"
+fi
+
+# 3b. (xendisk) The service is killed (SIGKILL, as an abort or the OOM killer would) five times
+#    while a two-queue guest runs verified I/O, and started again each time. Each ring's in-flight
+#    record lets the new instance redo exactly what its predecessor left unanswered: the guest must
+#    see pauses only, every verified pass intact and no blkfront error.
+if [ "$scenario" = xendisk ] && alive "$xendisk_pid"; then
+    main_config crash /guest/domU-fio.cpio 2
+    if create_guest $guest crash-guest-create; then
+        if follow_guest $guest "GUEST: WAIT kills" 600; then
+            for k in 1 2 3 4 5; do
+                sleep 5
+                kill -KILL "$xendisk_pid" 2>/dev/null
+                wait "$xendisk_pid" 2>/dev/null
+                echo "--- crash-kill-$k: SIGKILL (dom0 uptime $(cut -d. -f1 /proc/uptime)s)" >>/var/log/xendisk.log
+                # A killed process leaves its socket file; the readiness check must see the new one.
+                rm -f /run/xendisk/control.sock
+                start_xendisk "crash-kill-$k" || break
+            done
+            sleep 5
+            xenstore-write "/local/domain/$(xl domid $guest)/data/e2e-go" 1
+        fi
+        if follow_guest $guest "GUEST: DONE" 900; then
+            wait_guest_gone $guest crash-guest-poweroff
+        else
+            fail crash-guest-poweroff "no final line from the guest in 900 s"
+            xl destroy $guest 2>/dev/null
+        fi
+    fi
+    skip_rest "$crash_steps" "not reached: the service was not running, or the guest failed earlier"
 fi
 
 # 4. A guest destroyed while it runs: the frontend never closes, the backend must still let go.
