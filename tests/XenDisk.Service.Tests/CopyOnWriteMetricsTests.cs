@@ -99,7 +99,7 @@ public sealed class CopyOnWriteMetricsTests : IDisposable
         using IHost host = XenDiskServiceHost.Build(options, XenDiskServiceHost.BuildConfiguration(options), platform: null);
         IDiskProvider disks = host.Services.GetRequiredService<IDiskProvider>();
         XenDiskMetrics metrics = host.Services.GetRequiredService<XenDiskMetrics>();
-        using var exposition = new PrometheusExposition(metrics.GetBucketHistograms);
+        using var exposition = new PrometheusExposition(null);
         using MeterProvider meters = Sdk.CreateMeterProviderBuilder().AddMeter(XenDiskMetricNames.MeterName).AddReader(exposition.Reader).Build()!;
 
         string qcow2 = Path.Combine(Images, "a.qcow2");

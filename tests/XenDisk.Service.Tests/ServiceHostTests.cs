@@ -124,12 +124,21 @@ public sealed class ServiceHostTests : IDisposable
         // The watchdog is petted while the service runs.
         await systemd.ReceiveUntilAsync("WATCHDOG=1", Timeout);
 
-        // The same counters reach the Prometheus endpoint.
+        // The same requests reach the Prometheus endpoint: the histogram's count per device and operation.
+        // Telemetry finds new rings on a timer, so the first scrapes may precede the histogram's first point.
         using (var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) })
         {
+            string series = $"xendisk_request_duration_seconds_count{{xendisk_device=\"{a.BackendPath}\",xendisk_operation=\"write\"}}";
             string scrape = await http.GetStringAsync(metricsUrl);
-            Assert.Contains("# TYPE xendisk_request_count_total counter", scrape, StringComparison.Ordinal);
-            Assert.Contains($"xendisk_request_count_total{{xendisk_device=\"{a.BackendPath}\",xendisk_operation=\"write\"}}", scrape, StringComparison.Ordinal);
+            using var deadline = new CancellationTokenSource(Timeout);
+            while (!scrape.Contains(series, StringComparison.Ordinal) && !deadline.IsCancellationRequested)
+            {
+                await Task.Delay(100, CancellationToken.None);
+                scrape = await http.GetStringAsync(metricsUrl);
+            }
+
+            Assert.Contains(series, scrape, StringComparison.Ordinal);
+            Assert.Contains("# TYPE xendisk_request_duration_seconds histogram", scrape, StringComparison.Ordinal);
             Assert.Contains("xendisk_request_duration_seconds_bucket{", scrape, StringComparison.Ordinal);
         }
 

@@ -19,6 +19,7 @@ namespace XenDisk.Telemetry.Tests;
 /// scrapes the endpoint and answers queries; the values must be the backend's own counters. This is
 /// the test that the exposition is not just self-consistent but accepted by the consumer it is for.
 /// </summary>
+[Collection(XenDiskMeterCollection.Name)]
 public sealed class RealPrometheusScrapeTests(ITestOutputHelper output)
 {
     private static readonly TimeSpan StartupTimeout = TimeSpan.FromSeconds(60);
@@ -52,17 +53,19 @@ public sealed class RealPrometheusScrapeTests(ITestOutputHelper output)
 
         await using SimulatedBackend host = await SimulatedBackend.StartAsync();
         BlockFrontend frontend = await host.AttachGuestAsync("guest");
+        using var meters = new TestMeterFactory();
+        var collector = new BackendStatisticsCollector(new BlockBackendStatusSource(host.Backend));
+        using var metrics = new XenDiskMetrics(meters, collector);
+        // Synchronous instruments record only while a provider listens: it must exist before the I/O.
+        using var exposition = new PrometheusExposition(null);
+        using MeterProvider provider = Sdk.CreateMeterProviderBuilder().AddMeter(XenDiskMetricNames.MeterName).AddReader(exposition.Reader).Build()!;
+        metrics.AttachRings();
         await SimulatedBackend.WriteAndVerifyAsync(frontend, count: 20, seed: 7);
         Assert.Equal(0, await frontend.FlushAsync().WaitAsync(SimulatedBackend.Timeout));
         string device = Assert.Single(host.Backend.Devices).BackendPath;
         long writes = host.Backend.Devices.Single().Queues.Sum(q => q.Ring.Statistics.Requests(RingOperation.Write));
         Assert.Equal(20, writes);
 
-        using var meters = new TestMeterFactory();
-        var collector = new BackendStatisticsCollector(new BlockBackendStatusSource(host.Backend));
-        using var metrics = new XenDiskMetrics(meters, collector);
-        using var exposition = new PrometheusExposition(metrics.GetBucketHistograms);
-        using MeterProvider provider = Sdk.CreateMeterProviderBuilder().AddMeter(XenDiskMetricNames.MeterName).AddReader(exposition.Reader).Build()!;
         await using var server = new PrometheusHttpServer(new Uri("http://127.0.0.1:0/metrics"), exposition.ScrapeUtf8, NullLogger.Instance);
         server.Start();
 
@@ -104,12 +107,11 @@ public sealed class RealPrometheusScrapeTests(ITestOutputHelper output)
             await WaitUntilAsync(async () => await QueryAsync(http, "up{job=\"xendisk\"}") is 1, QueryTimeout, "a successful scrape (up == 1)", process, log);
             string selector = $"{{xendisk_device=\"{device}\",xendisk_operation=\"write\"}}";
             double? requestCount = null;
-            await WaitUntilAsync(async () => (requestCount = await QueryAsync(http, "xendisk_request_count_total" + selector)) is not null, QueryTimeout, "xendisk_request_count_total", process, log);
+            await WaitUntilAsync(async () => (requestCount = await QueryAsync(http, "xendisk_request_duration_seconds_count" + selector)) is not null, QueryTimeout, "xendisk_request_duration_seconds_count", process, log);
             Assert.Equal(writes, requestCount);
-            Assert.Equal(20, await QueryAsync(http, "xendisk_request_count_total{xendisk_operation=\"read\"}"));
-            Assert.Equal(1, await QueryAsync(http, "xendisk_request_count_total{xendisk_operation=\"flush\"}"));
+            Assert.Equal(20, await QueryAsync(http, "xendisk_request_duration_seconds_count{xendisk_operation=\"read\"}"));
+            Assert.Equal(1, await QueryAsync(http, "xendisk_request_duration_seconds_count{xendisk_operation=\"flush\"}"));
             Assert.Equal(20 * 4096, await QueryAsync(http, "xendisk_io_bytes_total" + selector));
-            Assert.Equal(writes, await QueryAsync(http, "xendisk_request_duration_seconds_count" + selector));
             Assert.Equal(writes, await QueryAsync(http, $"xendisk_request_duration_seconds_bucket{{xendisk_device=\"{device}\",xendisk_operation=\"write\",le=\"+Inf\"}}"));
 
             // histogram_quantile accepts the buckets as a histogram: a finite, positive p99.

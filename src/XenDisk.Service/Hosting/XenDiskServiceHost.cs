@@ -199,6 +199,11 @@ public static class XenDiskServiceHost
         services.AddSingleton<TelemetryService>();
         services.AddHostedService(sp => sp.GetRequiredService<TelemetryService>());
         services.AddHostedService<BackendService>();
+        if (configuration.GetValue("Telemetry:Prometheus:Enabled", true) || configuration.GetValue("Telemetry:Otlp:Enabled", false))
+        {
+            services.AddHostedService<RingInstrumentationService>();
+        }
+
         if (options.Simulate)
         {
             services.AddHostedService<SimulatedGuestsService>();

@@ -55,7 +55,7 @@ internal sealed class TelemetryService : IHostedService, IAsyncDisposable
         MeterProviderBuilder builder = Sdk.CreateMeterProviderBuilder().AddMeter(XenDiskMetricNames.MeterName);
         if (prometheus.Enabled)
         {
-            _exposition = new PrometheusExposition(_metrics.GetBucketHistograms);
+            _exposition = new PrometheusExposition(null);
             builder.AddReader(_exposition.Reader);
         }
 

@@ -7,7 +7,7 @@ namespace XenDisk.Telemetry.Prometheus;
 /// <summary>
 /// Produces one Prometheus scrape: collects the OpenTelemetry metrics through <see cref="Reader"/> (add it
 /// to the MeterProvider with AddReader) and appends the bucket histograms that OpenTelemetry cannot carry
-/// (<see cref="XenDiskMetrics.GetBucketHistograms"/>). The reader is a pull reader: nothing is collected
+/// (none now: both histograms are OpenTelemetry instruments). The reader is a pull reader: nothing is collected
 /// between scrapes, and its cumulative temporality is what Prometheus expects.
 /// Thread-safe: scrapes are serialized, since the reader hands its batch to one exporter call at a time.
 /// </summary>
@@ -20,7 +20,7 @@ public sealed class PrometheusExposition : IDisposable
     private readonly CapturingExporter _exporter = new();
     private readonly Lock _scrapeLock = new();
 
-    /// <param name="bucketHistograms">Usually <see cref="XenDiskMetrics.GetBucketHistograms"/>; null for none.</param>
+    /// <param name="bucketHistograms">Histograms counted outside OpenTelemetry; null for none.</param>
     public PrometheusExposition(Func<IReadOnlyList<BucketHistogramFamily>>? bucketHistograms)
     {
         _bucketHistograms = bucketHistograms;
