@@ -36,6 +36,9 @@ internal static partial class ServiceLog
     [LoggerMessage(EventId = 4021, Level = LogLevel.Warning, Message = "Cannot notify systemd through {Socket}; notifications are skipped until it works again")]
     public static partial void NotifyFailed(ILogger logger, string socket);
 
+    [LoggerMessage(EventId = 4031, Level = LogLevel.Information, Message = "Prometheus metrics served at {Url}")]
+    public static partial void PrometheusListening(ILogger logger, string url);
+
     [LoggerMessage(EventId = 4030, Level = LogLevel.Information, Message = "OTLP metrics export to {Endpoint} ({Protocol}) every {Seconds} s")]
     public static partial void OtlpExporting(ILogger logger, string endpoint, string protocol, int seconds);
 

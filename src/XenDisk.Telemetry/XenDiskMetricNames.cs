@@ -4,7 +4,7 @@ namespace XenDisk.Telemetry;
 /// Every instrument, unit and attribute XenDisk exports, in one place (OpenTelemetry semantic-convention
 /// style: dotted lower-case names, UCUM units, curly-brace annotations for counted things). The Prometheus
 /// exporter derives its names from these: dots become underscores, "s" adds "_seconds", "By" adds
-/// "_bytes", "1" adds "_ratio", curly-brace units add nothing, counters end in "_total" (so
+/// "_bytes", curly-brace units and "1" add nothing, counters end in "_total" (so
 /// xendisk.io.bytes is xendisk_io_bytes_total and xendisk.request.duration is
 /// xendisk_request_duration_seconds_bucket/_sum/_count).
 /// </summary>

@@ -9,9 +9,12 @@ using XenDisk.Service.Hosting;
 using XenDisk.Service.Systemd;
 using XenDisk.Service.Telemetry;
 
+using XenDisk.Service.Tests.Support;
+
 namespace XenDisk.Service.Tests;
 
 /// <summary>The whole service, in process, on the simulated hypervisor with its demo guests.</summary>
+[Collection(XenDiskMeterCollection.Name)]
 public sealed class ServiceHostTests : IDisposable
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
@@ -21,7 +24,7 @@ public sealed class ServiceHostTests : IDisposable
 
     public void Dispose() => _work.Delete(recursive: true);
 
-    private static int FreePort()
+    internal static int FreePort()
     {
         using var probe = new TcpListener(IPAddress.Loopback, 0);
         probe.Start();
@@ -189,7 +192,6 @@ public sealed class ServiceHostTests : IDisposable
         await host.StartAsync().WaitAsync(Timeout);
         try
         {
-            Assert.NotNull(host.Services.GetRequiredService<TelemetryService>());
             await WaitForStatusAsync(SocketPath, s => s.Devices.Count == 1, "the service to answer");
         }
         finally

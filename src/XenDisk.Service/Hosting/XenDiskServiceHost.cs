@@ -196,14 +196,8 @@ public static class XenDiskServiceHost
         services.AddSingleton<ServiceStatusText>();
 
         // Start order (stop order is the reverse).
-        services.AddSingleton<TelemetryService>();
-        services.AddHostedService(sp => sp.GetRequiredService<TelemetryService>());
+        services.AddXenDiskTelemetry(configuration);
         services.AddHostedService<BackendService>();
-        if (configuration.GetValue("Telemetry:Prometheus:Enabled", true) || configuration.GetValue("Telemetry:Otlp:Enabled", false))
-        {
-            services.AddHostedService<RingInstrumentationService>();
-        }
-
         if (options.Simulate)
         {
             services.AddHostedService<SimulatedGuestsService>();
