@@ -12,6 +12,9 @@ internal static partial class ServiceLog
     [LoggerMessage(EventId = 4000, Level = LogLevel.Information, Message = "xendisk {Version} starting on {Platform}; configuration {ConfigPath}")]
     public static partial void Starting(ILogger logger, string version, string platform, string configPath);
 
+    [LoggerMessage(EventId = 4004, Level = LogLevel.Information, Message = "xendisk {Version} starting on {Platform}; {ConfigPath} does not exist, so the built-in defaults apply (with any XENDISK_* variables)")]
+    public static partial void StartingWithDefaults(ILogger logger, string version, string platform, string configPath);
+
     [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "Backend serving kinds {Kinds}; data path {DataPath}, max {MaxQueues} queues, ring order {MaxRingPageOrder}, {MaxIndirectSegments} indirect segments, persistent grants {PersistentGrants}, discard {Discard}")]
     public static partial void BackendConfigured(ILogger logger, string kinds, string dataPath, int maxQueues, int maxRingPageOrder, int maxIndirectSegments, bool persistentGrants, bool discard);
 
@@ -33,8 +36,8 @@ internal static partial class ServiceLog
     [LoggerMessage(EventId = 4020, Level = LogLevel.Information, Message = "systemd watchdog: WATCHDOG=1 every {Seconds:F1} s")]
     public static partial void WatchdogEnabled(ILogger logger, double seconds);
 
-    [LoggerMessage(EventId = 4021, Level = LogLevel.Warning, Message = "Cannot notify systemd through {Socket}; notifications are skipped until it works again")]
-    public static partial void NotifyFailed(ILogger logger, string socket);
+    [LoggerMessage(EventId = 4021, Level = LogLevel.Warning, Message = "Cannot notify systemd ({Reason}); later failures are not logged")]
+    public static partial void NotifyFailed(ILogger logger, string reason);
 
     [LoggerMessage(EventId = 4031, Level = LogLevel.Information, Message = "Prometheus metrics served at {Url}")]
     public static partial void PrometheusListening(ILogger logger, string url);

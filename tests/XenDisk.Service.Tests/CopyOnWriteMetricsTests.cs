@@ -17,7 +17,7 @@ using XenDisk.Service.Tests.Support;
 namespace XenDisk.Service.Tests;
 
 /// <summary>The copy-on-write engine's counters reach telemetry: the source follows the open overlays, and the service's metrics export them.</summary>
-[Collection(XenDiskMeterCollection.Name)]
+[Collection(ProcessWideCollection.Name)]
 public sealed class CopyOnWriteMetricsTests : IDisposable
 {
     private const int BaseSize = 1 << 20;

@@ -13,7 +13,7 @@ namespace XenDisk.Service.Tests;
 /// The service exports its histograms over OTLP/HTTP to a receiver on loopback: every device's request
 /// durations per operation and batch sizes per queue arrive as histogram points with the configured buckets.
 /// </summary>
-[Collection(XenDiskMeterCollection.Name)]
+[Collection(ProcessWideCollection.Name)]
 public sealed class OtlpExportTests : IDisposable
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);

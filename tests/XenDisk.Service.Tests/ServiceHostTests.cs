@@ -14,7 +14,7 @@ using XenDisk.Service.Tests.Support;
 namespace XenDisk.Service.Tests;
 
 /// <summary>The whole service, in process, on the simulated hypervisor with its demo guests.</summary>
-[Collection(XenDiskMeterCollection.Name)]
+[Collection(ProcessWideCollection.Name)]
 public sealed class ServiceHostTests : IDisposable
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
@@ -81,16 +81,19 @@ public sealed class ServiceHostTests : IDisposable
     public async Task Serve_simulated_reports_devices_and_growing_counters_over_the_control_socket_and_talks_to_systemd()
     {
         using var systemd = new SystemdNotifyTests.FakeSystemd();
+        using var notifySocket = new SystemdNotifyTests.EnvironmentVariable("NOTIFY_SOCKET", systemd.NotifySocket);
         int port = FreePort();
         string metricsUrl = $"http://127.0.0.1:{port}/metrics";
-        ServeOptions options = SimulatedOptions(metricsUrl, services: s =>
-            s.AddSingleton(new SystemdSettings(systemd.NotifySocket, TimeSpan.FromMilliseconds(400))));
+        ServeOptions options = SimulatedOptions(metricsUrl) with { Systemd = new SystemdSettings(Notify: true, TimeSpan.FromMilliseconds(400)) };
         using var stop = new CancellationTokenSource();
         var errors = new StringWriter();
         Task<int> run = XenDiskServiceHost.RunAsync(options, errors, stop.Token);
 
+        // READY=1 from the hosting package's SystemdLifetime and STATUS= from us, both once the host
+        // started; ours first (started callbacks run last-registered first, and the lifetime registers
+        // before any hosted service starts).
         List<string> startup = await systemd.ReceiveUntilAsync("READY=1", Timeout);
-        Assert.Contains(startup[^1].Split('\n'), line => line.StartsWith("STATUS=Serving vbd on ", StringComparison.Ordinal));
+        Assert.Contains(startup, d => d.StartsWith("STATUS=Serving vbd on ", StringComparison.Ordinal));
 
         ServiceStatusReport first = await WaitForStatusAsync(SocketPath,
             s => s.Devices.Count == 2 && s.Devices.All(d => d.State == "Connected" && d.Counters.TotalRequests > 0), "two connected, busy devices");

@@ -3,6 +3,7 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Hosting.Systemd;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using XenDisk.Backend.ControlPlane;
@@ -49,6 +50,10 @@ public sealed record ServeOptions
 
     /// <summary>Read environment variables (XENDISK_*, NOTIFY_SOCKET, WATCHDOG_USEC). Tests turn it off.</summary>
     public bool UseEnvironment { get; init; } = true;
+
+    /// <summary>Whether systemd listens and its watchdog interval, instead of what the environment says
+    /// (tests). The notifications still go to $NOTIFY_SOCKET: that is where systemd's notifier sends them.</summary>
+    public SystemdSettings? Systemd { get; init; }
 }
 
 /// <summary>Process exit codes of `xendisk serve` (sysexits.h values where one fits).</summary>
@@ -117,13 +122,25 @@ public static class XenDiskServiceHost
         builder.Configuration.AddConfiguration(configuration);
         IServiceCollection services = builder.Services;
 
+        SystemdSettings systemd = options.Systemd ?? (options.UseEnvironment ? SystemdSettings.FromEnvironment() : SystemdSettings.None);
         builder.Logging.AddConfiguration(configuration.GetSection("Logging"));
-        builder.Logging.AddSimpleConsole(console =>
+        if (systemd.Notify || Environment.GetEnvironmentVariable("JOURNAL_STREAM") is not null)
         {
-            console.SingleLine = true;
-            // journald adds its own timestamps; a terminal gets them from us.
-            console.TimestampFormat = Environment.GetEnvironmentVariable("JOURNAL_STREAM") is null ? "HH:mm:ss.fff " : null;
-        });
+            // The journal reads each line's syslog priority from its "<N>" prefix (sd-daemon(3)) and
+            // adds its own timestamps.
+            builder.Logging.AddSystemdConsole(console => console.TimestampFormat = null);
+        }
+        else
+        {
+            builder.Logging.AddSimpleConsole(console =>
+            {
+                console.SingleLine = true;
+                console.TimestampFormat = "HH:mm:ss.fff ";
+            });
+        }
+
+        // The lifetimes' "Application started" lines repeat what our own start-up lines say.
+        builder.Logging.AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Warning);
         builder.Logging.SetMinimumLevel(options.MinimumLogLevel ?? LogLevel.Information);
         services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
         services.Configure<HostOptions>(o =>
@@ -138,7 +155,16 @@ public static class XenDiskServiceHost
 
         services.AddMetrics();
         services.TryAddSingleton(TimeProvider.System);
-        services.AddSingleton(options.UseEnvironment ? SystemdSettings.FromEnvironment() : new SystemdSettings(null, null));
+        services.AddSingleton(systemd);
+        // READY=1 and STOPPING=1 from the package's SystemdLifetime. AddSystemd (UseSystemd) installs it
+        // only when our parent process is systemd; $NOTIFY_SOCKET is what systemd actually hands a
+        // Type=notify service (systemd-run and the tests too), so that decides here.
+        services.AddSystemd();
+        if (systemd.Notify)
+        {
+            services.TryAddSingleton<ISystemdNotifier, SystemdNotifier>();
+            services.AddSingleton<IHostLifetime, SystemdLifetime>();
+        }
 
         if (options.Simulate)
         {
@@ -205,7 +231,10 @@ public static class XenDiskServiceHost
 
         services.AddSingleton<ControlServer>();
         services.AddHostedService(sp => sp.GetRequiredService<ControlServer>());
-        services.AddHostedService<SystemdNotifyService>();
+        if (systemd.Notify)
+        {
+            services.AddHostedService<SystemdNotifyService>();
+        }
 
         options.ConfigureServices?.Invoke(services);
         return builder.Build();
@@ -283,7 +312,17 @@ public static class XenDiskServiceHost
         using (host)
         {
             ILogger logger = host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("XenDisk.Service");
-            ServiceLog.Starting(logger, ServiceIdentity.AssemblyVersion, host.Services.GetRequiredService<IXenPlatform>().Description, options.ConfigPath);
+            string platformName = host.Services.GetRequiredService<IXenPlatform>().Description;
+            // A missing file is an error only when --config named it; otherwise say that defaults apply
+            // rather than name a file that was never read.
+            if (File.Exists(options.ConfigPath))
+            {
+                ServiceLog.Starting(logger, ServiceIdentity.AssemblyVersion, platformName, Path.GetFullPath(options.ConfigPath));
+            }
+            else
+            {
+                ServiceLog.StartingWithDefaults(logger, ServiceIdentity.AssemblyVersion, platformName, options.ConfigPath);
+            }
             try
             {
                 await host.StartAsync(cancellationToken).ConfigureAwait(false);
