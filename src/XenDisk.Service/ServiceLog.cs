@@ -21,8 +21,8 @@ internal static partial class ServiceLog
     [LoggerMessage(EventId = 4002, Level = LogLevel.Information, Message = "Stopping: no new requests are taken; in-flight I/O is finished and flushed, and frontends stay connected for the next instance")]
     public static partial void Draining(ILogger logger);
 
-    [LoggerMessage(EventId = 4003, Level = LogLevel.Information, Message = "Backend stopped after {Seconds:F1} s")]
-    public static partial void Stopped(ILogger logger, double seconds);
+    [LoggerMessage(EventId = 4003, Level = LogLevel.Information, Message = "Backend stopped after {Seconds:F1} s; {DeviceCount} device(s) released, xenstore left for the next instance")]
+    public static partial void Stopped(ILogger logger, double seconds, int deviceCount);
 
     [LoggerMessage(EventId = 4010, Level = LogLevel.Information, Message = "Control socket listening at {Path}")]
     public static partial void ControlListening(ILogger logger, string path);

@@ -69,6 +69,7 @@ public sealed class RingStatistics
     private long _persistentExpirations;
     private long _persistentMapped;
     private long _inFlight;
+    private long _largestRequestBytes;
     private int _halted;
 
     // Set by any thread (Observe); adopted by the ring thread at its next request or batch, which is
@@ -152,6 +153,13 @@ public sealed class RingStatistics
     /// <summary>The ring was halted because the frontend broke the ring protocol.</summary>
     public bool Halted => Volatile.Read(ref _halted) != 0;
 
+    /// <summary>
+    /// The most bytes one executed request carried. blkif has no frontend key saying whether it uses
+    /// indirect requests (blkfront takes min(our offer, its own limit) silently), so this is what shows
+    /// it: a request of more than BLKIF_MAX_SEGMENTS_PER_REQUEST pages can only have been indirect.
+    /// </summary>
+    public long LargestRequestBytes => Volatile.Read(ref _largestRequestBytes);
+
     /// <summary>An observer was offered (<see cref="Observe"/>), whether or not the ring adopted it yet.</summary>
     public bool IsObserved => Volatile.Read(ref _offeredObserver) is not null;
 
@@ -172,6 +180,11 @@ public sealed class RingStatistics
     {
         IRingStatisticsObserver? observer = _observer ?? AdoptObserver();
         Increment(ref _requests[(int)operation]);
+        if (bytes > _largestRequestBytes)
+        {
+            Volatile.Write(ref _largestRequestBytes, bytes);
+        }
+
         if (succeeded)
         {
             Add(ref _bytes[(int)operation], bytes);
