@@ -4,7 +4,7 @@ namespace XenDisk.Service;
 
 /// <summary>
 /// The service host's log lines (event ids 4000-4099). One line per lifecycle event of the service,
-/// its endpoints and its simulated guests; devices log their own lifecycle (ControlPlaneLog), and
+/// its endpoints and its hydrations (the simulated guests log through SimulationLog); devices log their own lifecycle (ControlPlaneLog), and
 /// nothing logs per request.
 /// </summary>
 internal static partial class ServiceLog
@@ -44,21 +44,6 @@ internal static partial class ServiceLog
 
     [LoggerMessage(EventId = 4030, Level = LogLevel.Information, Message = "OTLP metrics export to {Endpoint} ({Protocol}) every {Seconds} s")]
     public static partial void OtlpExporting(ILogger logger, string endpoint, string protocol, int seconds);
-
-    [LoggerMessage(EventId = 4040, Level = LogLevel.Information, Message = "Simulated guest {Guest} (domain {DomainId}) attached {Disk} as device {DeviceId}: {Queues} queue(s), persistent grants {Persistent}, indirect segments {Indirect}")]
-    public static partial void GuestAttached(ILogger logger, string guest, uint domainId, string disk, int deviceId, int queues, bool persistent, int indirect);
-
-    [LoggerMessage(EventId = 4041, Level = LogLevel.Information, Message = "Simulated guest {Guest} detached: {Operations} verified operations, {Bytes} bytes checked, {Mismatches} mismatches, {Errors} errors")]
-    public static partial void GuestDetached(ILogger logger, string guest, long operations, long bytes, long mismatches, long errors);
-
-    [LoggerMessage(EventId = 4042, Level = LogLevel.Error, Message = "Simulated guest {Guest}: data read back at sector {Sector} differs from what was written")]
-    public static partial void GuestMismatch(ILogger logger, string guest, long sector);
-
-    [LoggerMessage(EventId = 4043, Level = LogLevel.Error, Message = "Simulated guest {Guest}: workload failed")]
-    public static partial void GuestWorkloadFailed(ILogger logger, string guest, Exception exception);
-
-    [LoggerMessage(EventId = 4044, Level = LogLevel.Warning, Message = "Simulated guest {Guest}: request failed with status {Status}; further failures are counted, not logged")]
-    public static partial void GuestRequestFailed(ILogger logger, string guest, int status);
 
     [LoggerMessage(EventId = 4050, Level = LogLevel.Information, Message = "{Device}: hydrating {Image} online ({Limit})")]
     public static partial void HydrationStarted(ILogger logger, string device, string image, string limit);

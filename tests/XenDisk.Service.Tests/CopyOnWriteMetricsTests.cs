@@ -6,6 +6,7 @@ using OpenTelemetry.Metrics;
 using XenDisk.Cow;
 using XenDisk.Cow.Bitmap;
 using XenDisk.Service.Hosting;
+using XenDisk.Service.Simulation;
 using XenDisk.Service.Storage;
 using XenDisk.Service.Telemetry;
 using XenDisk.Storage;
@@ -87,7 +88,7 @@ public sealed class CopyOnWriteMetricsTests : IDisposable
         int port = ServiceHostTests.FreePort();
         var options = new ServeOptions
         {
-            Simulate = true,
+            Simulation = new SimulatedServicePlatform(),
             UseEnvironment = false,
             ConfigPath = Path.Combine(_work.FullName, "absent.json"),
             MinimumLogLevel = LogLevel.Warning,

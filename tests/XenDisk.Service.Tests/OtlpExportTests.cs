@@ -4,6 +4,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using XenDisk.Service.Control;
 using XenDisk.Service.Hosting;
+using XenDisk.Service.Simulation;
 using XenDisk.Service.Tests.Support;
 using XenDisk.Telemetry;
 
@@ -28,7 +29,7 @@ public sealed class OtlpExportTests : IDisposable
         string socket = Path.Combine(_work.FullName, "control.sock");
         var options = new ServeOptions
         {
-            Simulate = true,
+            Simulation = new SimulatedServicePlatform(),
             UseEnvironment = false,
             ConfigPath = Path.Combine(_work.FullName, "absent.json"),
             MinimumLogLevel = LogLevel.Warning,

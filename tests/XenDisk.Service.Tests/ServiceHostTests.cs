@@ -6,6 +6,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using XenDisk.Service.Control;
 using XenDisk.Service.Hosting;
+using XenDisk.Service.Simulation;
 using XenDisk.Service.Systemd;
 using XenDisk.Service.Telemetry;
 
@@ -33,7 +34,7 @@ public sealed class ServiceHostTests : IDisposable
 
     private ServeOptions SimulatedOptions(string? prometheus, int guests = 2, Action<IServiceCollection>? services = null) => new()
     {
-        Simulate = true,
+        Simulation = new SimulatedServicePlatform(),
         UseEnvironment = false,
         ConfigPath = Path.Combine(_work.FullName, "absent.json"),
         MinimumLogLevel = LogLevel.Warning,

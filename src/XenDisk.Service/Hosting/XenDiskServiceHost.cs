@@ -10,7 +10,6 @@ using XenDisk.Backend.ControlPlane;
 using XenDisk.Service.Configuration;
 using XenDisk.Service.Control;
 using XenDisk.Service.Maintenance;
-using XenDisk.Service.Simulation;
 using XenDisk.Service.Storage;
 using XenDisk.Service.Systemd;
 using XenDisk.Service.Telemetry;
@@ -30,8 +29,10 @@ public sealed record ServeOptions
 
     public bool ConfigPathExplicit { get; init; }
 
-    /// <summary>Run on the simulated hypervisor with demo guests instead of native Xen.</summary>
-    public bool Simulate { get; init; }
+    /// <summary>Run on this platform (the simulated hypervisor with demo guests) instead of native Xen.</summary>
+    public IServicePlatform? Simulation { get; init; }
+
+    public bool Simulate => Simulation is not null;
 
     /// <summary>--hotplug-script: overrides Backend:HotplugScript.</summary>
     public string? HotplugScript { get; init; }
@@ -158,7 +159,7 @@ public static class XenDiskServiceHost
         services.AddSingleton(systemd);
         // READY=1 and STOPPING=1 from the package's SystemdLifetime. AddSystemd (UseSystemd) installs it
         // only when our parent process is systemd; $NOTIFY_SOCKET is what systemd actually hands a
-        // Type=notify service (systemd-run and the tests too), so that decides here.
+        // Type=notify service (and what the tests provide), so that decides here.
         services.AddSystemd();
         if (systemd.Notify)
         {
@@ -166,22 +167,9 @@ public static class XenDiskServiceHost
             services.AddSingleton<IHostLifetime, SystemdLifetime>();
         }
 
-        if (options.Simulate)
+        if (options.Simulation is { } simulation)
         {
-            string? imageDirectory = configuration.GetValue<string?>("Simulation:ImageDirectory");
-            services.AddSingleton(_ => new SimulationEnvironment(imageDirectory));
-            services.AddSingleton<IXenPlatform>(sp =>
-            {
-                var environment = sp.GetRequiredService<SimulationEnvironment>();
-                return environment.Hypervisor.Platform(environment.Hypervisor.Dom0);
-            });
-            services.AddSingleton(sp =>
-            {
-                // The demo images are allowed in addition to the configured directories.
-                var environment = sp.GetRequiredService<SimulationEnvironment>();
-                StorageSettings storage = sp.GetRequiredService<IOptions<StorageSettings>>().Value;
-                return new ImageDirectoryPolicy([.. storage.EffectiveAllowedImageDirectories, environment.ImageDirectory], storage.AllowBlockDevices);
-            });
+            simulation.AddPlatform(services, configuration);
         }
         else
         {
@@ -224,10 +212,7 @@ public static class XenDiskServiceHost
         // Start order (stop order is the reverse).
         services.AddXenDiskTelemetry(configuration);
         services.AddHostedService<BackendService>();
-        if (options.Simulate)
-        {
-            services.AddHostedService<SimulatedGuestsService>();
-        }
+        options.Simulation?.AddWorkload(services);
 
         services.AddSingleton<ControlServer>();
         services.AddHostedService(sp => sp.GetRequiredService<ControlServer>());

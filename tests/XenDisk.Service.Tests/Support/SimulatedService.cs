@@ -51,7 +51,7 @@ internal sealed class SimulatedService : IAsyncDisposable
         var hydrationLog = new LogCapture("XenDisk.Service.");
         var options = new ServeOptions
         {
-            Simulate = true,
+            Simulation = new SimulatedServicePlatform(),
             UseEnvironment = false,
             ConfigPath = Path.Combine(work, "absent.json"),
             MinimumLogLevel = LogLevel.Warning,
