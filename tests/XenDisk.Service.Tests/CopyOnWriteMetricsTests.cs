@@ -9,11 +9,10 @@ using XenDisk.Service.Hosting;
 using XenDisk.Service.Simulation;
 using XenDisk.Service.Storage;
 using XenDisk.Service.Telemetry;
+using XenDisk.Service.Tests.Support;
 using XenDisk.Storage;
 using XenDisk.Telemetry;
 using XenDisk.Telemetry.CopyOnWrite;
-
-using XenDisk.Service.Tests.Support;
 
 namespace XenDisk.Service.Tests;
 

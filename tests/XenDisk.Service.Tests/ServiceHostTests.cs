@@ -8,8 +8,6 @@ using XenDisk.Service.Control;
 using XenDisk.Service.Hosting;
 using XenDisk.Service.Simulation;
 using XenDisk.Service.Systemd;
-using XenDisk.Service.Telemetry;
-
 using XenDisk.Service.Tests.Support;
 
 namespace XenDisk.Service.Tests;
