@@ -4,7 +4,7 @@ namespace XenDisk.Service;
 
 /// <summary>
 /// The service host's log lines (event ids 4000-4099). One line per lifecycle event of the service,
-/// its endpoints and its simulated guests; devices log their own lifecycle (ControlPlaneLog), and
+/// its endpoints and its hydrations (the simulated guests log through SimulationLog); devices log their own lifecycle (ControlPlaneLog), and
 /// nothing logs per request.
 /// </summary>
 internal static partial class ServiceLog
@@ -12,14 +12,17 @@ internal static partial class ServiceLog
     [LoggerMessage(EventId = 4000, Level = LogLevel.Information, Message = "xendisk {Version} starting on {Platform}; configuration {ConfigPath}")]
     public static partial void Starting(ILogger logger, string version, string platform, string configPath);
 
+    [LoggerMessage(EventId = 4004, Level = LogLevel.Information, Message = "xendisk {Version} starting on {Platform}; {ConfigPath} does not exist, so the built-in defaults apply (with any XENDISK_* variables)")]
+    public static partial void StartingWithDefaults(ILogger logger, string version, string platform, string configPath);
+
     [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "Backend serving kinds {Kinds}; data path {DataPath}, max {MaxQueues} queues, ring order {MaxRingPageOrder}, {MaxIndirectSegments} indirect segments, persistent grants {PersistentGrants}, discard {Discard}")]
     public static partial void BackendConfigured(ILogger logger, string kinds, string dataPath, int maxQueues, int maxRingPageOrder, int maxIndirectSegments, bool persistentGrants, bool discard);
 
     [LoggerMessage(EventId = 4002, Level = LogLevel.Information, Message = "Stopping: no new requests are taken; in-flight I/O is finished and flushed, and frontends stay connected for the next instance")]
     public static partial void Draining(ILogger logger);
 
-    [LoggerMessage(EventId = 4003, Level = LogLevel.Information, Message = "Backend stopped after {Seconds:F1} s")]
-    public static partial void Stopped(ILogger logger, double seconds);
+    [LoggerMessage(EventId = 4003, Level = LogLevel.Information, Message = "Backend stopped after {Seconds:F1} s; {DeviceCount} device(s) released, xenstore left for the next instance")]
+    public static partial void Stopped(ILogger logger, double seconds, int deviceCount);
 
     [LoggerMessage(EventId = 4010, Level = LogLevel.Information, Message = "Control socket listening at {Path}")]
     public static partial void ControlListening(ILogger logger, string path);
@@ -33,26 +36,14 @@ internal static partial class ServiceLog
     [LoggerMessage(EventId = 4020, Level = LogLevel.Information, Message = "systemd watchdog: WATCHDOG=1 every {Seconds:F1} s")]
     public static partial void WatchdogEnabled(ILogger logger, double seconds);
 
-    [LoggerMessage(EventId = 4021, Level = LogLevel.Warning, Message = "Cannot notify systemd through {Socket}; notifications are skipped until it works again")]
-    public static partial void NotifyFailed(ILogger logger, string socket);
+    [LoggerMessage(EventId = 4021, Level = LogLevel.Warning, Message = "Cannot notify systemd ({Reason}); later failures are not logged")]
+    public static partial void NotifyFailed(ILogger logger, string reason);
+
+    [LoggerMessage(EventId = 4031, Level = LogLevel.Information, Message = "Prometheus metrics served at {Url}")]
+    public static partial void PrometheusListening(ILogger logger, string url);
 
     [LoggerMessage(EventId = 4030, Level = LogLevel.Information, Message = "OTLP metrics export to {Endpoint} ({Protocol}) every {Seconds} s")]
     public static partial void OtlpExporting(ILogger logger, string endpoint, string protocol, int seconds);
-
-    [LoggerMessage(EventId = 4040, Level = LogLevel.Information, Message = "Simulated guest {Guest} (domain {DomainId}) attached {Disk} as device {DeviceId}: {Queues} queue(s), persistent grants {Persistent}, indirect segments {Indirect}")]
-    public static partial void GuestAttached(ILogger logger, string guest, uint domainId, string disk, int deviceId, int queues, bool persistent, int indirect);
-
-    [LoggerMessage(EventId = 4041, Level = LogLevel.Information, Message = "Simulated guest {Guest} detached: {Operations} verified operations, {Bytes} bytes checked, {Mismatches} mismatches, {Errors} errors")]
-    public static partial void GuestDetached(ILogger logger, string guest, long operations, long bytes, long mismatches, long errors);
-
-    [LoggerMessage(EventId = 4042, Level = LogLevel.Error, Message = "Simulated guest {Guest}: data read back at sector {Sector} differs from what was written")]
-    public static partial void GuestMismatch(ILogger logger, string guest, long sector);
-
-    [LoggerMessage(EventId = 4043, Level = LogLevel.Error, Message = "Simulated guest {Guest}: workload failed")]
-    public static partial void GuestWorkloadFailed(ILogger logger, string guest, Exception exception);
-
-    [LoggerMessage(EventId = 4044, Level = LogLevel.Warning, Message = "Simulated guest {Guest}: request failed with status {Status}; further failures are counted, not logged")]
-    public static partial void GuestRequestFailed(ILogger logger, string guest, int status);
 
     [LoggerMessage(EventId = 4050, Level = LogLevel.Information, Message = "{Device}: hydrating {Image} online ({Limit})")]
     public static partial void HydrationStarted(ILogger logger, string device, string image, string limit);

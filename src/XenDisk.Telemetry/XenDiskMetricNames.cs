@@ -3,8 +3,10 @@ namespace XenDisk.Telemetry;
 /// <summary>
 /// Every instrument, unit and attribute XenDisk exports, in one place (OpenTelemetry semantic-convention
 /// style: dotted lower-case names, UCUM units, curly-brace annotations for counted things). The Prometheus
-/// exposition derives its names from these: dots become underscores, "s" adds "_seconds", "By" adds
-/// "_bytes", counters end in "_total" (so xendisk.request.count is xendisk_request_count_total).
+/// exporter derives its names from these: dots become underscores, "s" adds "_seconds", "By" adds
+/// "_bytes", curly-brace units and "1" add nothing, counters end in "_total" (so
+/// xendisk.io.bytes is xendisk_io_bytes_total and xendisk.request.duration is
+/// xendisk_request_duration_seconds_bucket/_sum/_count).
 /// </summary>
 public static class XenDiskMetricNames
 {
@@ -13,17 +15,10 @@ public static class XenDiskMetricNames
 
     // Request metrics: one series per device and operation, summed over the device's queues.
 
-    /// <summary>Histogram of the time from taking a request off the ring to writing its response. Exposed
-    /// from the data plane's fixed buckets (see <see cref="LatencyExportBounds"/>) by the Prometheus endpoint only:
-    /// OpenTelemetry has no observable histogram, so OTLP gets <see cref="RequestTime"/> instead.</summary>
+    /// <summary>Histogram of the time from taking a request off the ring to writing its response, recorded
+    /// per request on the ring thread (bounds <see cref="LatencyBucketBounds"/>). Its count is the number of
+    /// requests executed and its sum the time they took, so no separate counters carry those.</summary>
     public const string RequestDuration = "xendisk.request.duration";
-
-    /// <summary>Counter: seconds spent by requests, ring to response (the histogram's sum); with
-    /// <see cref="RequestCount"/> it gives the mean latency over OTLP.</summary>
-    public const string RequestTime = "xendisk.request.time";
-
-    /// <summary>Counter: requests that passed validation and were executed, whatever their outcome.</summary>
-    public const string RequestCount = "xendisk.request.count";
 
     /// <summary>Counter: bytes read, written or discarded by requests that succeeded.</summary>
     public const string IoBytes = "xendisk.io.bytes";
@@ -36,12 +31,9 @@ public static class XenDiskMetricNames
     /// <summary>Gauge: requests taken off the ring whose response has not been written yet.</summary>
     public const string RequestsInFlight = "xendisk.requests.in_flight";
 
-    /// <summary>Histogram of requests taken off the ring per batch (Prometheus only, from the data plane's
-    /// power-of-two buckets); OTLP gets <see cref="RingBatches"/>.</summary>
+    /// <summary>Histogram of requests taken off the ring per batch (bounds <see cref="BatchSizeBucketBounds"/>);
+    /// its count is the number of batches.</summary>
     public const string RingBatchSize = "xendisk.ring.batch_size";
-
-    /// <summary>Counter: batches of requests taken off the ring.</summary>
-    public const string RingBatches = "xendisk.ring.batches";
 
     /// <summary>Counter: times a ring stopped taking requests because bounce buffers ran out.</summary>
     public const string RingBackPressure = "xendisk.ring.back_pressure";
@@ -149,13 +141,22 @@ public static class XenDiskMetricNames
     }
 
     /// <summary>
-    /// Upper bounds (seconds) of the latency buckets the Prometheus endpoint exposes: two per power of two
-    /// from 2^10 ns (1.024 µs) to 2^34 ns (17.2 s). Each is a bound of the data plane's own buckets
-    /// (LatencyHistogram keeps four per power of two), so every exported bucket count is exact, not
-    /// interpolated; 49 buckets keep a device's latency series small while histogram_quantile stays
-    /// within half a power of two.
+    /// Upper bounds (seconds) of the request-duration buckets: two per power of two from 2^10 ns
+    /// (1.024 µs) to 2^34 ns (17.2 s). Each is a bound of the data plane's own buckets (LatencyHistogram
+    /// keeps four per power of two), so requests counted before telemetry attached to a ring can be
+    /// replayed into the right bucket; 49 buckets keep a device's series small while histogram_quantile
+    /// stays within half a power of two.
     /// </summary>
-    public static IReadOnlyList<double> LatencyExportBounds { get; } = BuildLatencyBounds();
+    public static IReadOnlyList<double> LatencyBucketBounds { get; } = BuildLatencyBounds();
+
+    /// <summary>
+    /// Upper bounds of the batch-size buckets: half-way between whole numbers (0.5, 1.5, 2.5, 4.5, 8.5,
+    /// ...), so that each bucket is centred on the sizes it holds. histogram_quantile interpolates
+    /// linearly inside a bucket: with a bucket (0, 1] a ring taking one request at a time reads as a
+    /// median batch of 0.5; with (0.5, 1.5] it reads 1. The edges also match the data plane's
+    /// power-of-two batch buckets (1, 2, 3-4, 5-8, ...), so replayed counts land in the right bucket.
+    /// </summary>
+    public static IReadOnlyList<double> BatchSizeBucketBounds { get; } = BuildBatchSizeBounds();
 
     private static double[] BuildLatencyBounds()
     {
@@ -167,6 +168,18 @@ public static class XenDiskMetricNames
             {
                 bounds.Add(((1L << power) + (1L << (power - 1))) / 1e9);
             }
+        }
+
+        return [.. bounds];
+    }
+
+    /// <summary>0.5, 1.5, then 2^k + 0.5 up to 2^11 + 0.5 (a ring has at most 2048 slots: 16 pages of 128).</summary>
+    private static double[] BuildBatchSizeBounds()
+    {
+        var bounds = new List<double> { 0.5 };
+        for (int power = 0; power <= 11; power++)
+        {
+            bounds.Add((1 << power) + 0.5);
         }
 
         return [.. bounds];

@@ -1,22 +1,21 @@
 using System.Diagnostics.Metrics;
 using XenDisk.Abi;
+using XenDisk.Backend.ControlPlane;
 using XenDisk.Backend.DataPlane;
 using XenDisk.Telemetry.Collection;
 using XenDisk.Telemetry.CopyOnWrite;
-using XenDisk.Telemetry.Prometheus;
 using static XenDisk.Telemetry.XenDiskMetricNames;
 
 namespace XenDisk.Telemetry;
 
 /// <summary>
-/// XenDisk's OpenTelemetry instruments. Every one is observable: its callback reads the collector's
-/// snapshot of the rings' counters at export time, so the data plane pays nothing for telemetry.
+/// XenDisk's OpenTelemetry instruments. Two are histograms recorded as requests complete: the ring thread
+/// reports each request and batch to a <see cref="RingObserver"/> (see <see cref="AttachRings"/>), which
+/// records into <see cref="RequestDuration"/> and <see cref="RingBatchSize"/> with tag lists built once per
+/// ring. Every other instrument is observable: its callback reads the collector's snapshot of the rings'
+/// counters at export time, so the data plane pays nothing for it.
 /// Request metrics carry xendisk.device and xendisk.operation (summed over the device's queues); ring
 /// metrics carry xendisk.device and xendisk.queue.
-///
-/// The two bucket histograms (latency, batch size) are not OpenTelemetry instruments (there is no
-/// observable histogram): <see cref="GetBucketHistograms"/> hands them to the Prometheus exposition,
-/// and OTLP receives their sums and counts (<see cref="RequestTime"/>, <see cref="RingBatches"/>).
 ///
 /// Ownership: the meter comes from the <see cref="IMeterFactory"/>, which disposes it; <see cref="Dispose"/>
 /// disposes it earlier (instruments then stop reporting).
@@ -38,18 +37,18 @@ public sealed class XenDiskMetrics : IDisposable
         _collector = collector;
         Meter = meterFactory.Create(new MeterOptions(MeterName));
 
-        Meter.CreateObservableCounter(RequestCount, () => PerOperation(c => c.Requests), Units.Requests,
-            "Requests that passed validation and were executed, whatever their outcome");
+        RequestDurations = Meter.CreateHistogram(RequestDuration, Units.Seconds,
+            "Time from taking a request off the ring to writing its response (count: requests executed, whatever their outcome)",
+            tags: null, new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBucketBounds });
+        BatchSizes = Meter.CreateHistogram(RingBatchSize, Units.Requests,
+            "Requests taken off the ring per batch (count: batches)",
+            tags: null, new InstrumentAdvice<double> { HistogramBucketBoundaries = BatchSizeBucketBounds });
         Meter.CreateObservableCounter(IoBytes, () => PerOperation(c => c.Bytes), Units.Bytes,
             "Bytes read, written or discarded by requests that succeeded");
-        Meter.CreateObservableCounter(RequestTime, ObserveRequestTime, Units.Seconds,
-            "Time requests spent from leaving the ring to their response (divide by xendisk.request.count for the mean)");
         Meter.CreateObservableCounter(Errors, ObserveErrors, Units.Errors,
             "Requests answered with an error: guest (malformed, out of range, bad grant), storage (I/O failed), unsupported (EOPNOTSUPP)");
         Meter.CreateObservableGauge(RequestsInFlight, () => PerQueue(c => c.InFlight), Units.Requests,
             "Requests taken off the ring whose response has not been written yet");
-        Meter.CreateObservableCounter(RingBatches, () => PerQueue(c => c.Batches), Units.Batches,
-            "Batches of requests taken off the ring");
         Meter.CreateObservableCounter(RingBackPressure, () => PerQueue(c => c.BackPressureEvents), Units.Events,
             "Times the ring stopped taking requests because its bounce buffers ran out");
         Meter.CreateObservableGauge(RingHalted, ObserveHalted, unit: null,
@@ -71,6 +70,12 @@ public sealed class XenDiskMetrics : IDisposable
     }
 
     public Meter Meter { get; }
+
+    /// <summary><see cref="RequestDuration"/>: seconds, per device and operation.</summary>
+    public Histogram<double> RequestDurations { get; }
+
+    /// <summary><see cref="RingBatchSize"/>: requests per batch, per device and queue.</summary>
+    public Histogram<double> BatchSizes { get; }
 
     public BackendStatisticsCollector Collector => _collector;
 
@@ -109,61 +114,31 @@ public sealed class XenDiskMetrics : IDisposable
             "Fraction of the image present in the overlay");
     }
 
-    /// <summary>The latency and batch-size histograms of every device, for the Prometheus exposition.</summary>
-    public IReadOnlyList<BucketHistogramFamily> GetBucketHistograms()
+    /// <summary>
+    /// Offers a <see cref="RingObserver"/> to every ring of every device that has none yet, so that its
+    /// requests and batches are recorded into the histograms; returns how many rings were new. Cheap when
+    /// nothing changed: the telemetry host calls it on a short timer, so that a ring is observed from
+    /// about its first request (what it counted before is replayed when it adopts the observer).
+    /// </summary>
+    public int AttachRings()
     {
-        BackendSnapshot snapshot = _collector.GetSnapshot();
-        var latency = new List<BucketHistogramSeries>();
-        var batches = new List<BucketHistogramSeries>();
-        IReadOnlyList<double> latencyBounds = LatencyExportBounds;
-        double[] batchBounds = BatchSizeBounds();
-        foreach (DeviceCounters device in snapshot.Devices)
+        int attached = 0;
+        foreach (DeviceStatus device in _collector.Source.GetDevices())
         {
-            for (int op = 0; op < RingStatistics.OperationCount; op++)
+            foreach (QueueStatus queue in device.Queues)
             {
-                long[] cumulative = LatencyQuantiles.Cumulative(device.Total.LatencyBuckets[op], latencyBounds);
-                latency.Add(new BucketHistogramSeries(
-                    [new(DeviceAttribute, device.Status.BackendPath), new(OperationAttribute, Values.Operations[op])],
-                    cumulative, device.Total.LatencyCount[op], device.Total.LatencySumNanoseconds[op] / 1e9));
-            }
-
-            foreach (QueueCounters queue in device.Queues)
-            {
-                var cumulative = new long[batchBounds.Length];
-                long running = 0;
-                for (int b = 0; b < batchBounds.Length; b++)
+                RingStatistics statistics = queue.Ring.Statistics;
+                if (!statistics.IsObserved && statistics.Observe(new RingObserver(RequestDurations, BatchSizes, device.BackendPath, queue.QueueIndex)))
                 {
-                    running += queue.Counters.BatchSizeBuckets[b];
-                    cumulative[b] = running;
+                    attached++;
                 }
-
-                // The data plane counts batches per size bucket but not the sum of their sizes: no _sum.
-                batches.Add(new BucketHistogramSeries(QueueAttributes(device, queue), cumulative, queue.Counters.Batches, Sum: null));
             }
         }
 
-        return
-        [
-            new BucketHistogramFamily(RequestDuration, Units.Seconds,
-                "Time from taking a request off the ring to writing its response", latencyBounds, latency),
-            new BucketHistogramFamily(RingBatchSize, Units.Requests,
-                "Requests taken off the ring per batch", batchBounds, batches),
-        ];
+        return attached;
     }
 
     public void Dispose() => Meter.Dispose();
-
-    /// <summary>The closed power-of-two bounds of the data plane's batch-size buckets (the last one is open-ended: +Inf).</summary>
-    private static double[] BatchSizeBounds()
-    {
-        var bounds = new double[RingStatistics.BatchSizeBucketCount - 1];
-        for (int b = 0; b < bounds.Length; b++)
-        {
-            bounds[b] = RingStatistics.BatchSizeBucketUpperBound(b);
-        }
-
-        return bounds;
-    }
 
     private IEnumerable<Measurement<long>> PerOperation(Func<RingCounters, long[]> select)
     {
@@ -173,17 +148,6 @@ public sealed class XenDiskMetrics : IDisposable
             for (int op = 0; op < values.Length; op++)
             {
                 yield return new Measurement<long>(values[op], Device(device), new(OperationAttribute, Values.Operations[op]));
-            }
-        }
-    }
-
-    private IEnumerable<Measurement<double>> ObserveRequestTime()
-    {
-        foreach (DeviceCounters device in _collector.GetSnapshot().Devices)
-        {
-            for (int op = 0; op < RingStatistics.OperationCount; op++)
-            {
-                yield return new Measurement<double>(device.Total.LatencySumNanoseconds[op] / 1e9, Device(device), new(OperationAttribute, Values.Operations[op]));
             }
         }
     }
@@ -289,7 +253,4 @@ public sealed class XenDiskMetrics : IDisposable
     private static KeyValuePair<string, object?> Device(DeviceCounters device) => new(DeviceAttribute, device.Status.BackendPath);
 
     private static KeyValuePair<string, object?> Queue(QueueCounters queue) => new(QueueAttribute, queue.QueueIndex);
-
-    private static KeyValuePair<string, string>[] QueueAttributes(DeviceCounters device, QueueCounters queue) =>
-        [new(DeviceAttribute, device.Status.BackendPath), new(QueueAttribute, queue.QueueIndex.ToString(System.Globalization.CultureInfo.InvariantCulture))];
 }

@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Configuration;
 using XenDisk.Service.Configuration;
 using XenDisk.Service.Hosting;
+using XenDisk.Service.Simulation;
 
 namespace XenDisk.Service.Tests;
 
@@ -156,7 +157,7 @@ public sealed class ConfigurationValidationTests
         var errors = new StringWriter();
         int code = await XenDiskServiceHost.RunAsync(new ServeOptions
         {
-            Simulate = true,
+            Simulation = new SimulatedServicePlatform(),
             UseEnvironment = false,
             ConfigPath = "/nonexistent/xendisk.json",
             ConfigurationOverrides = new Dictionary<string, string?>
@@ -177,7 +178,7 @@ public sealed class ConfigurationValidationTests
         var errors = new StringWriter();
         int code = await XenDiskServiceHost.RunAsync(new ServeOptions
         {
-            Simulate = true,
+            Simulation = new SimulatedServicePlatform(),
             UseEnvironment = false,
             ConfigPath = "/nonexistent/xendisk.json",
             ConfigPathExplicit = true,
@@ -192,7 +193,7 @@ public sealed class ConfigurationValidationTests
             errors = new StringWriter();
             code = await XenDiskServiceHost.RunAsync(new ServeOptions
             {
-                Simulate = true,
+                Simulation = new SimulatedServicePlatform(),
                 UseEnvironment = false,
                 ConfigPath = malformed,
                 ConfigPathExplicit = true,

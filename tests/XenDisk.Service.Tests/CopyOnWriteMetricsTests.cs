@@ -2,21 +2,22 @@ using System.Globalization;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
-using OpenTelemetry;
 using OpenTelemetry.Metrics;
 using XenDisk.Cow;
 using XenDisk.Cow.Bitmap;
 using XenDisk.Service.Hosting;
+using XenDisk.Service.Simulation;
 using XenDisk.Service.Storage;
 using XenDisk.Service.Telemetry;
+using XenDisk.Service.Tests.Support;
 using XenDisk.Storage;
 using XenDisk.Telemetry;
 using XenDisk.Telemetry.CopyOnWrite;
-using XenDisk.Telemetry.Prometheus;
 
 namespace XenDisk.Service.Tests;
 
 /// <summary>The copy-on-write engine's counters reach telemetry: the source follows the open overlays, and the service's metrics export them.</summary>
+[Collection(ProcessWideCollection.Name)]
 public sealed class CopyOnWriteMetricsTests : IDisposable
 {
     private const int BaseSize = 1 << 20;
@@ -81,26 +82,28 @@ public sealed class CopyOnWriteMetricsTests : IDisposable
     }
 
     [Fact]
-    public void The_service_exports_the_copy_on_write_series_of_its_open_overlays()
+    public async Task The_service_exports_the_copy_on_write_series_of_its_open_overlays()
     {
+        int port = ServiceHostTests.FreePort();
         var options = new ServeOptions
         {
-            Simulate = true,
+            Simulation = new SimulatedServicePlatform(),
             UseEnvironment = false,
             ConfigPath = Path.Combine(_work.FullName, "absent.json"),
             MinimumLogLevel = LogLevel.Warning,
             ConfigurationOverrides = new Dictionary<string, string?>
             {
                 ["Control:SocketPath"] = Path.Combine(_work.FullName, "control.sock"),
-                ["Telemetry:Prometheus:Enabled"] = "false",
+                ["Telemetry:Prometheus:ListenAddress"] = $"http://127.0.0.1:{port}/metrics",
                 ["Simulation:ImageDirectory"] = Images,
             },
         };
         using IHost host = XenDiskServiceHost.Build(options, XenDiskServiceHost.BuildConfiguration(options), platform: null);
         IDiskProvider disks = host.Services.GetRequiredService<IDiskProvider>();
         XenDiskMetrics metrics = host.Services.GetRequiredService<XenDiskMetrics>();
-        using var exposition = new PrometheusExposition(metrics.GetBucketHistograms);
-        using MeterProvider meters = Sdk.CreateMeterProviderBuilder().AddMeter(XenDiskMetricNames.MeterName).AddReader(exposition.Reader).Build()!;
+        // Resolving the provider starts the Prometheus listener; the host itself (the backend) need not run.
+        Assert.NotNull(host.Services.GetRequiredService<MeterProvider>());
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}/"), Timeout = TimeSpan.FromSeconds(10) };
 
         string qcow2 = Path.Combine(Images, "a.qcow2");
         string bitmap = Path.Combine(Images, "b.cow");
@@ -116,7 +119,7 @@ public sealed class CopyOnWriteMetricsTests : IDisposable
             OverlayStatistics a = ((ICopyOnWriteImage)first).Statistics;
             OverlayStatistics b = ((ICopyOnWriteImage)second).Statistics;
 
-            string text = exposition.Scrape();
+            string text = await http.GetStringAsync("metrics");
 
             Assert.Contains("# TYPE xendisk_cow_copy_ups_total counter", text, StringComparison.Ordinal);
             Assert.Equal(2, Value(text, "xendisk_cow_copy_ups_total", qcow2));
@@ -127,14 +130,14 @@ public sealed class CopyOnWriteMetricsTests : IDisposable
             Assert.Equal(a.CacheHits, Value(text, "xendisk_cow_cache_lookups_total", qcow2, "xendisk_cache_result=\"hit\""));
             Assert.Equal(a.CacheMisses, Value(text, "xendisk_cow_cache_lookups_total", qcow2, "xendisk_cache_result=\"miss\""));
             Assert.Equal(a.OverlayAllocatedBytes, Value(text, "xendisk_cow_overlay_allocated_bytes", qcow2));
-            Assert.DoesNotContain(Series("xendisk_cow_hydration_progress_ratio", qcow2), text, StringComparison.Ordinal);
+            Assert.DoesNotContain(Series("xendisk_cow_hydration_progress", qcow2), text, StringComparison.Ordinal);
 
             Assert.Equal(1, Value(text, "xendisk_cow_copy_ups_total", bitmap));
             // The copy-up, then hydration: every other grain of the base.
             Assert.Equal(12288 + BaseSize - 16384, Value(text, "xendisk_cow_copied_bytes_total", bitmap));
             Assert.Equal(b.CopiedBytes, Value(text, "xendisk_cow_copied_bytes_total", bitmap));
             Assert.Equal(BaseSize, Value(text, "xendisk_cow_overlay_allocated_bytes", bitmap));
-            Assert.Equal(1, Value(text, "xendisk_cow_hydration_progress_ratio", bitmap));
+            Assert.Equal(1, Value(text, "xendisk_cow_hydration_progress", bitmap));
             Assert.Equal(0, Value(text, "xendisk_cow_cache_lookups_total", bitmap, "xendisk_cache_result=\"miss\""));
         }
         finally
@@ -144,7 +147,7 @@ public sealed class CopyOnWriteMetricsTests : IDisposable
         }
 
         // Closed overlays are no longer observed: their series end.
-        string after = exposition.Scrape();
+        string after = await http.GetStringAsync("metrics");
         Assert.DoesNotContain($"xendisk_image=\"{qcow2}\"", after, StringComparison.Ordinal);
         Assert.DoesNotContain($"xendisk_image=\"{bitmap}\"", after, StringComparison.Ordinal);
     }

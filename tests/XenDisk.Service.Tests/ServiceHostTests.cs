@@ -6,12 +6,14 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using XenDisk.Service.Control;
 using XenDisk.Service.Hosting;
+using XenDisk.Service.Simulation;
 using XenDisk.Service.Systemd;
-using XenDisk.Service.Telemetry;
+using XenDisk.Service.Tests.Support;
 
 namespace XenDisk.Service.Tests;
 
 /// <summary>The whole service, in process, on the simulated hypervisor with its demo guests.</summary>
+[Collection(ProcessWideCollection.Name)]
 public sealed class ServiceHostTests : IDisposable
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
@@ -21,7 +23,7 @@ public sealed class ServiceHostTests : IDisposable
 
     public void Dispose() => _work.Delete(recursive: true);
 
-    private static int FreePort()
+    internal static int FreePort()
     {
         using var probe = new TcpListener(IPAddress.Loopback, 0);
         probe.Start();
@@ -30,7 +32,7 @@ public sealed class ServiceHostTests : IDisposable
 
     private ServeOptions SimulatedOptions(string? prometheus, int guests = 2, Action<IServiceCollection>? services = null) => new()
     {
-        Simulate = true,
+        Simulation = new SimulatedServicePlatform(),
         UseEnvironment = false,
         ConfigPath = Path.Combine(_work.FullName, "absent.json"),
         MinimumLogLevel = LogLevel.Warning,
@@ -78,16 +80,19 @@ public sealed class ServiceHostTests : IDisposable
     public async Task Serve_simulated_reports_devices_and_growing_counters_over_the_control_socket_and_talks_to_systemd()
     {
         using var systemd = new SystemdNotifyTests.FakeSystemd();
+        using var notifySocket = new SystemdNotifyTests.EnvironmentVariable("NOTIFY_SOCKET", systemd.NotifySocket);
         int port = FreePort();
         string metricsUrl = $"http://127.0.0.1:{port}/metrics";
-        ServeOptions options = SimulatedOptions(metricsUrl, services: s =>
-            s.AddSingleton(new SystemdSettings(systemd.NotifySocket, TimeSpan.FromMilliseconds(400))));
+        ServeOptions options = SimulatedOptions(metricsUrl) with { Systemd = new SystemdSettings(Notify: true, TimeSpan.FromMilliseconds(400)) };
         using var stop = new CancellationTokenSource();
         var errors = new StringWriter();
         Task<int> run = XenDiskServiceHost.RunAsync(options, errors, stop.Token);
 
+        // READY=1 from the hosting package's SystemdLifetime and STATUS= from us, both once the host
+        // started; ours first (started callbacks run last-registered first, and the lifetime registers
+        // before any hosted service starts).
         List<string> startup = await systemd.ReceiveUntilAsync("READY=1", Timeout);
-        Assert.Contains(startup[^1].Split('\n'), line => line.StartsWith("STATUS=Serving vbd on ", StringComparison.Ordinal));
+        Assert.Contains(startup, d => d.StartsWith("STATUS=Serving vbd on ", StringComparison.Ordinal));
 
         ServiceStatusReport first = await WaitForStatusAsync(SocketPath,
             s => s.Devices.Count == 2 && s.Devices.All(d => d.State == "Connected" && d.Counters.TotalRequests > 0), "two connected, busy devices");
@@ -124,12 +129,21 @@ public sealed class ServiceHostTests : IDisposable
         // The watchdog is petted while the service runs.
         await systemd.ReceiveUntilAsync("WATCHDOG=1", Timeout);
 
-        // The same counters reach the Prometheus endpoint.
+        // The same requests reach the Prometheus endpoint: the histogram's count per device and operation.
+        // Telemetry finds new rings on a timer, so the first scrapes may precede the histogram's first point.
         using (var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) })
         {
+            string series = $"xendisk_request_duration_seconds_count{{xendisk_device=\"{a.BackendPath}\",xendisk_operation=\"write\"}}";
             string scrape = await http.GetStringAsync(metricsUrl);
-            Assert.Contains("# TYPE xendisk_request_count_total counter", scrape, StringComparison.Ordinal);
-            Assert.Contains($"xendisk_request_count_total{{xendisk_device=\"{a.BackendPath}\",xendisk_operation=\"write\"}}", scrape, StringComparison.Ordinal);
+            using var deadline = new CancellationTokenSource(Timeout);
+            while (!scrape.Contains(series, StringComparison.Ordinal) && !deadline.IsCancellationRequested)
+            {
+                await Task.Delay(100, CancellationToken.None);
+                scrape = await http.GetStringAsync(metricsUrl);
+            }
+
+            Assert.Contains(series, scrape, StringComparison.Ordinal);
+            Assert.Contains("# TYPE xendisk_request_duration_seconds histogram", scrape, StringComparison.Ordinal);
             Assert.Contains("xendisk_request_duration_seconds_bucket{", scrape, StringComparison.Ordinal);
         }
 
@@ -180,7 +194,6 @@ public sealed class ServiceHostTests : IDisposable
         await host.StartAsync().WaitAsync(Timeout);
         try
         {
-            Assert.NotNull(host.Services.GetRequiredService<TelemetryService>());
             await WaitForStatusAsync(SocketPath, s => s.Devices.Count == 1, "the service to answer");
         }
         finally

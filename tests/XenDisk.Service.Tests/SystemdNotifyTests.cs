@@ -1,12 +1,32 @@
+using System.Globalization;
 using System.Net.Sockets;
 using System.Text;
+using Microsoft.Extensions.Hosting.Systemd;
 using XenDisk.Service.Systemd;
+using XenDisk.Service.Tests.Support;
 
 namespace XenDisk.Service.Tests;
 
-/// <summary>A real AF_UNIX datagram socket plays systemd's part.</summary>
+/// <summary>A real AF_UNIX datagram socket plays systemd's part; the notifier is the hosting package's.</summary>
+[Collection(ProcessWideCollection.Name)]
 public sealed class SystemdNotifyTests
 {
+    /// <summary>Sets an environment variable for the life of the object, then restores it.</summary>
+    internal sealed class EnvironmentVariable : IDisposable
+    {
+        private readonly string _name;
+        private readonly string? _previous;
+
+        public EnvironmentVariable(string name, string? value)
+        {
+            _name = name;
+            _previous = Environment.GetEnvironmentVariable(name);
+            Environment.SetEnvironmentVariable(name, value);
+        }
+
+        public void Dispose() => Environment.SetEnvironmentVariable(_name, _previous);
+    }
+
     internal sealed class FakeSystemd : IDisposable
     {
         private readonly Socket _socket = new(AddressFamily.Unix, SocketType.Dgram, ProtocolType.Unspecified);
@@ -52,7 +72,6 @@ public sealed class SystemdNotifyTests
         public async Task<List<string>> ReceiveUntilAsync(string assignment, TimeSpan timeout)
         {
             var received = new List<string>();
-            using var cancel = new CancellationTokenSource(timeout);
             while (true)
             {
                 string datagram = await ReceiveAsync(timeout);
@@ -77,20 +96,42 @@ public sealed class SystemdNotifyTests
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
-    public async Task Notifications_arrive_as_one_datagram_each(bool abstractName)
+    public async Task The_package_notifier_reaches_NOTIFY_SOCKET_as_a_path_or_an_abstract_name(bool abstractName)
     {
         using var systemd = new FakeSystemd(abstractName);
-        using var notifier = new SystemdNotifier(systemd.NotifySocket);
-        Assert.True(notifier.Notify("READY=1\nSTATUS=serving"));
-        Assert.True(notifier.Notify("WATCHDOG=1"));
-        Assert.Equal("READY=1\nSTATUS=serving", await systemd.ReceiveAsync(TimeSpan.FromSeconds(10)));
+        using var variable = new EnvironmentVariable("NOTIFY_SOCKET", systemd.NotifySocket);
+        var notifier = new SystemdNotifier();
+        Assert.True(notifier.IsEnabled);
+        notifier.Notify(ServiceState.Ready);
+        notifier.Notify(new ServiceState("WATCHDOG=1"));
+        Assert.Equal("READY=1", await systemd.ReceiveAsync(TimeSpan.FromSeconds(10)));
         Assert.Equal("WATCHDOG=1", await systemd.ReceiveAsync(TimeSpan.FromSeconds(10)));
     }
 
-    [Fact]
-    public void A_missing_socket_is_reported_as_false_not_thrown()
+    [Theory]
+    [InlineData("/run/systemd/notify", null, null, true, null)]
+    [InlineData("@/org/freedesktop/systemd1/notify/123", "30000000", null, true, 30.0)]
+    [InlineData(null, "30000000", null, false, 30.0)]
+    [InlineData("relative/socket", null, null, false, null)]
+    [InlineData("/run/systemd/notify", "30000000", "1", true, null)]
+    [InlineData("/run/systemd/notify", "not a number", null, true, null)]
+    [InlineData("/run/systemd/notify", "0", null, true, null)]
+    public void Settings_follow_NOTIFY_SOCKET_WATCHDOG_USEC_and_WATCHDOG_PID(string? socket, string? usec, string? pid, bool notify, double? watchdogSeconds)
     {
-        using var notifier = new SystemdNotifier(Path.Combine(Path.GetTempPath(), $"absent-{Guid.NewGuid():N}.sock"));
-        Assert.False(notifier.Notify("READY=1"));
+        using var a = new EnvironmentVariable("NOTIFY_SOCKET", socket);
+        using var b = new EnvironmentVariable("WATCHDOG_USEC", usec);
+        // WATCHDOG_PID "1" names another process (init), so the watchdog is not ours to pet.
+        using var c = new EnvironmentVariable("WATCHDOG_PID", pid);
+        SystemdSettings settings = SystemdSettings.FromEnvironment();
+        Assert.Equal(notify, settings.Notify);
+        Assert.Equal(watchdogSeconds, settings.WatchdogTimeout?.TotalSeconds);
+    }
+
+    [Fact]
+    public void Our_own_WATCHDOG_PID_enables_the_watchdog()
+    {
+        using var b = new EnvironmentVariable("WATCHDOG_USEC", "2000000");
+        using var c = new EnvironmentVariable("WATCHDOG_PID", Environment.ProcessId.ToString(CultureInfo.InvariantCulture));
+        Assert.Equal(TimeSpan.FromSeconds(2), SystemdSettings.WatchdogTimeoutFromEnvironment());
     }
 }

@@ -17,25 +17,25 @@ public sealed class LatencyQuantilesTests
     }
 
     [Fact]
-    public void Export_bounds_are_bounds_of_the_data_plane_buckets_so_counts_are_exact()
+    public void Histogram_bounds_are_bounds_of_the_data_plane_buckets_so_replayed_counts_are_exact()
     {
         var nativeBounds = new HashSet<long>(Enumerable.Range(0, LatencyHistogram.BucketCount - 1).Select(LatencyHistogram.UpperBoundNanoseconds));
-        Assert.All(XenDiskMetricNames.LatencyExportBounds, b => Assert.Contains((long)Math.Round(b * 1e9), nativeBounds));
-        Assert.Equal(1.024e-6, XenDiskMetricNames.LatencyExportBounds[0], 12);
-        Assert.True(XenDiskMetricNames.LatencyExportBounds[^1] > 10, "the buckets reach past 10 s");
-        Assert.Equal(XenDiskMetricNames.LatencyExportBounds.Order(), XenDiskMetricNames.LatencyExportBounds);
+        Assert.All(XenDiskMetricNames.LatencyBucketBounds, b => Assert.Contains((long)Math.Round(b * 1e9), nativeBounds));
+        Assert.Equal(1.024e-6, XenDiskMetricNames.LatencyBucketBounds[0], 12);
+        Assert.True(XenDiskMetricNames.LatencyBucketBounds[^1] > 10, "the buckets reach past 10 s");
+        Assert.Equal(XenDiskMetricNames.LatencyBucketBounds.Order(), XenDiskMetricNames.LatencyBucketBounds);
     }
 
     [Fact]
-    public void Cumulative_counts_count_every_duration_below_each_bound()
+    public void Batch_size_buckets_are_centred_on_whole_sizes_and_split_where_the_data_plane_does()
     {
-        long[] values = [500, 1_100, 1_600, 3_000, 3_100, 1_000_000, 2_000_000_000, 100_000_000_000];
-        long[] cumulative = LatencyQuantiles.Cumulative(Counts(values), XenDiskMetricNames.LatencyExportBounds);
-        for (int i = 0; i < cumulative.Length; i++)
+        IReadOnlyList<double> bounds = XenDiskMetricNames.BatchSizeBucketBounds;
+        Assert.Equal(0.5, bounds[0]);
+        Assert.Equal(1.5, bounds[1]);
+        // Every data-plane bucket edge (1, 2, 4, 8, ...) has an exported bound half a request above it.
+        for (int b = 0; b < bounds.Count - 1; b++)
         {
-            long bound = (long)Math.Round(XenDiskMetricNames.LatencyExportBounds[i] * 1e9);
-            // Native bounds are exclusive: a duration equal to a bound lands one bucket up.
-            Assert.Equal(values.Count(v => v < bound), cumulative[i]);
+            Assert.Equal(RingStatistics.BatchSizeBucketUpperBound(b) + 0.5, bounds[b + 1]);
         }
     }
 

@@ -13,6 +13,27 @@ public enum RingOperation
 }
 
 /// <summary>
+/// Told of each request and batch a ring counts, on the ring thread, as it counts them: the hook through
+/// which telemetry records request durations into its own histograms. Runs inside the ring loop, so an
+/// implementation must not block, throw or allocate.
+/// </summary>
+public interface IRingStatisticsObserver
+{
+    /// <summary>
+    /// Called once, on the ring thread, before the first request or batch the observer is told of, with
+    /// the statistics as they are at that moment: what was counted before the observer arrived, which
+    /// it may replay. Nothing else writes them while this runs, so they are exact.
+    /// </summary>
+    void Attached(RingStatistics statistics);
+
+    /// <summary>A request of this kind was answered after <paramref name="nanoseconds"/> on the ring.</summary>
+    void RequestCompleted(RingOperation operation, bool succeeded, long nanoseconds);
+
+    /// <summary>The ring took a batch of <paramref name="size"/> requests.</summary>
+    void BatchTaken(int size);
+}
+
+/// <summary>
 /// Counters of one ring, readable from any thread while the ring runs. The ring thread is the only
 /// writer of every counter (single-writer: it publishes with <see cref="Volatile.Write(ref long, long)"/>,
 /// readers use <see cref="Volatile.Read(ref long)"/>), so recording costs no interlocked operation.
@@ -48,7 +69,13 @@ public sealed class RingStatistics
     private long _persistentExpirations;
     private long _persistentMapped;
     private long _inFlight;
+    private long _largestRequestBytes;
     private int _halted;
+
+    // Set by any thread (Observe); adopted by the ring thread at its next request or batch, which is
+    // the only place that calls the observer: so the observer never races the counters it replays.
+    private IRingStatisticsObserver? _offeredObserver;
+    private IRingStatisticsObserver? _observer;
 
     public RingStatistics()
     {
@@ -126,24 +153,68 @@ public sealed class RingStatistics
     /// <summary>The ring was halted because the frontend broke the ring protocol.</summary>
     public bool Halted => Volatile.Read(ref _halted) != 0;
 
+    /// <summary>
+    /// The most bytes one executed request carried. blkif has no frontend key saying whether it uses
+    /// indirect requests (blkfront takes min(our offer, its own limit) silently), so this is what shows
+    /// it: a request of more than BLKIF_MAX_SEGMENTS_PER_REQUEST pages can only have been indirect.
+    /// </summary>
+    public long LargestRequestBytes => Volatile.Read(ref _largestRequestBytes);
+
+    /// <summary>An observer was offered (<see cref="Observe"/>), whether or not the ring adopted it yet.</summary>
+    public bool IsObserved => Volatile.Read(ref _offeredObserver) is not null;
+
+    /// <summary>
+    /// Offers <paramref name="observer"/> to the ring: from its next request or batch on, the ring thread
+    /// calls <see cref="IRingStatisticsObserver.Attached"/> once and then reports every request and batch
+    /// to it. One observer per ring: false when another was offered first.
+    /// </summary>
+    public bool Observe(IRingStatisticsObserver observer)
+    {
+        ArgumentNullException.ThrowIfNull(observer);
+        return Interlocked.CompareExchange(ref _offeredObserver, observer, null) is null;
+    }
+
     // Recording: ring thread only.
 
     internal void RecordCompleted(RingOperation operation, long bytes, bool succeeded, long nanoseconds)
     {
+        IRingStatisticsObserver? observer = _observer ?? AdoptObserver();
         Increment(ref _requests[(int)operation]);
+        if (bytes > _largestRequestBytes)
+        {
+            Volatile.Write(ref _largestRequestBytes, bytes);
+        }
+
         if (succeeded)
         {
             Add(ref _bytes[(int)operation], bytes);
         }
 
         _latency[(int)operation].Record(nanoseconds);
+        observer?.RequestCompleted(operation, succeeded, nanoseconds);
     }
 
     internal void RecordBatch(int size)
     {
+        IRingStatisticsObserver? observer = _observer ?? AdoptObserver();
         Increment(ref _batches);
         int bucket = size <= 1 ? 0 : 32 - BitOperations.LeadingZeroCount((uint)size - 1);
         Increment(ref _batchSizes[Math.Min(bucket, BatchSizeBucketCount - 1)]);
+        observer?.BatchTaken(size);
+    }
+
+    /// <summary>Ring thread: takes up an offered observer before counting anything more, so that what it
+    /// replays in Attached and what it is told afterwards add up to exactly what the ring counted.</summary>
+    private IRingStatisticsObserver? AdoptObserver()
+    {
+        IRingStatisticsObserver? offered = Volatile.Read(ref _offeredObserver);
+        if (offered is not null)
+        {
+            offered.Attached(this);
+            _observer = offered;
+        }
+
+        return offered;
     }
 
     internal void GuestError() => Increment(ref _guestErrors);

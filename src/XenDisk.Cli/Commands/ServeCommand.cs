@@ -2,6 +2,7 @@ using System.CommandLine;
 using Microsoft.Extensions.Logging;
 using XenDisk.Service.Configuration;
 using XenDisk.Service.Hosting;
+using XenDisk.Service.Simulation;
 
 namespace XenDisk.Cli.Commands;
 
@@ -40,7 +41,7 @@ internal static class ServeCommand
             {
                 ConfigPath = configPath ?? ServiceConfiguration.DefaultConfigPath,
                 ConfigPathExplicit = configPath is not null,
-                Simulate = parseResult.GetValue(simulate),
+                Simulation = parseResult.GetValue(simulate) ? new SimulatedServicePlatform() : null,
                 HotplugScript = parseResult.GetValue(hotplugScript),
                 ExtraKinds = parseResult.GetValue(kinds) ?? [],
                 MinimumLogLevel = parseResult.GetValue(verbose) ? LogLevel.Debug : null,

@@ -1,8 +1,7 @@
-using System.Net;
 using System.Text;
 using Microsoft.Extensions.Options;
 using XenDisk.Backend.DataPlane;
-using XenDisk.Telemetry.Prometheus;
+using XenDisk.Service.Telemetry;
 
 namespace XenDisk.Service.Configuration;
 
@@ -107,11 +106,11 @@ internal sealed class SettingsRules :
         var errors = new List<string>();
         if (options.Prometheus is { Enabled: true, ListenAddress: { } listen })
         {
-            if (!Uri.TryCreate(listen, UriKind.Absolute, out Uri? uri))
+            if (!Uri.TryCreate(listen, UriKind.Absolute, out _))
             {
                 errors.Add($"Telemetry:Prometheus:ListenAddress \"{listen}\" is not an absolute URL (for example http://127.0.0.1:9464/metrics).");
             }
-            else if (!PrometheusHttpServer.TryParseListenAddress(uri, out IPEndPoint _, out string _, out string? problem))
+            else if (!PrometheusListenAddress.TryParse(listen, out _, out string? problem))
             {
                 errors.Add($"Telemetry:Prometheus:ListenAddress \"{listen}\" {problem}.");
             }

@@ -63,7 +63,19 @@ public sealed record DeviceReport(
 
 public sealed record DiskReport(string Description, long SizeBytes, int LogicalSectorSize, bool ReadOnly, bool SupportsDiscard, bool HasVolatileCache);
 
-public sealed record FeaturesReport(bool PersistentGrants, int MaxIndirectSegments, bool Discard, bool SecureDiscard, bool ReadOnly);
+/// <param name="MaxIndirectSegments">What the backend offered (feature-max-indirect-segments). blkif has no key
+/// for the frontend's answer: a frontend uses up to min(offer, its own limit), or nothing, without saying so.</param>
+/// <param name="LargestRequestBytes">The largest request the device executed so far: more than
+/// <see cref="DirectRequestMaxBytes"/> proves that the frontend uses indirect requests.</param>
+public sealed record FeaturesReport(bool PersistentGrants, int MaxIndirectSegments, bool Discard, bool SecureDiscard, bool ReadOnly, long LargestRequestBytes = 0)
+{
+    /// <summary>BLKIF_MAX_SEGMENTS_PER_REQUEST pages: the most a request without indirect segments carries.</summary>
+    public const long DirectRequestMaxBytes = XenDisk.Abi.BlkifLimits.MaxSegmentsPerRequest * 4096L;
+
+    /// <summary>The frontend sent indirect requests (seen, not negotiated: nothing in xenstore says so).</summary>
+    [JsonIgnore]
+    public bool IndirectInUse => LargestRequestBytes > DirectRequestMaxBytes;
+}
 
 /// <param name="Connected">False for a queue whose ring is gone (its counters stay in the device's totals).</param>
 public sealed record QueueReport(int Index, bool Connected, int RingPages, int Entries, long InFlight, bool Halted, long Requests);

@@ -56,7 +56,7 @@ internal sealed class StatusReporter(BackendStatisticsCollector collector, Servi
                 : null,
             status.ReadOnly,
             status.Protocol is { } protocol ? XenDisk.Abi.BlkifProtocolNames.ToWire(protocol) : null,
-            status.Features is { } f ? new FeaturesReport(f.PersistentGrants, f.MaxIndirectSegments, f.Discard, f.SecureDiscard, f.ReadOnly) : null,
+            status.Features is { } f ? new FeaturesReport(f.PersistentGrants, f.MaxIndirectSegments, f.Discard, f.SecureDiscard, f.ReadOnly, total.LargestRequestBytes) : null,
             queues,
             new CountersReport(operations, total.GuestErrors, total.StorageErrors, total.Unsupported, total.InFlight,
                 total.NotificationsSent, total.NotificationsSuppressed, total.PersistentGrantHits, total.PersistentGrantMisses),

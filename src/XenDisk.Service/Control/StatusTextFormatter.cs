@@ -28,7 +28,7 @@ public static class StatusTextFormatter
             {
                 var features = new List<string> { device.Protocol ?? "x86_64-abi" };
                 features.Add(f.PersistentGrants ? "persistent grants" : "no persistent grants");
-                features.Add(f.MaxIndirectSegments > 0 ? $"indirect {f.MaxIndirectSegments}" : "no indirect");
+                features.Add(Indirect(f));
                 if (f.Discard)
                 {
                     features.Add(f.SecureDiscard ? "discard (secure)" : "discard");
@@ -69,6 +69,23 @@ public static class StatusTextFormatter
         }
 
         return text.ToString();
+    }
+
+    /// <summary>
+    /// What the guest does with indirect requests, as far as the backend can tell: it offers up to
+    /// feature-max-indirect-segments, and the frontend never says what it took, so "in use" is shown
+    /// only once a request too large for a direct one arrived.
+    /// </summary>
+    internal static string Indirect(FeaturesReport features)
+    {
+        if (features.MaxIndirectSegments == 0)
+        {
+            return "no indirect (not offered)";
+        }
+
+        return features.IndirectInUse
+            ? string.Create(CultureInfo.InvariantCulture, $"indirect in use (up to {features.MaxIndirectSegments} segments offered, largest request {Bytes(features.LargestRequestBytes)})")
+            : string.Create(CultureInfo.InvariantCulture, $"indirect not used so far ({features.MaxIndirectSegments} segments offered)");
     }
 
     /// <summary>One line: the state, how far, the limit, and why it stopped when it did not finish.</summary>

@@ -49,8 +49,10 @@ internal sealed class BackendService(BlockBackend backend, ILogger<BackendServic
     public async Task StopAsync(CancellationToken cancellationToken)
     {
         ServiceLog.Draining(logger);
+        // Counted before the stop: the backend forgets its devices as it releases them.
+        int devices = backend.Devices.Count;
         long started = Stopwatch.GetTimestamp();
         await backend.StopAsync(cancellationToken).ConfigureAwait(false);
-        ServiceLog.Stopped(logger, Stopwatch.GetElapsedTime(started).TotalSeconds);
+        ServiceLog.Stopped(logger, Stopwatch.GetElapsedTime(started).TotalSeconds, devices);
     }
 }

@@ -3,6 +3,7 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Hosting.Systemd;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using XenDisk.Backend.ControlPlane;
@@ -10,7 +11,6 @@ using XenDisk.Cow.Provider;
 using XenDisk.Service.Configuration;
 using XenDisk.Service.Control;
 using XenDisk.Service.Maintenance;
-using XenDisk.Service.Simulation;
 using XenDisk.Service.Storage;
 using XenDisk.Service.Systemd;
 using XenDisk.Service.Telemetry;
@@ -30,8 +30,10 @@ public sealed record ServeOptions
 
     public bool ConfigPathExplicit { get; init; }
 
-    /// <summary>Run on the simulated hypervisor with demo guests instead of native Xen.</summary>
-    public bool Simulate { get; init; }
+    /// <summary>Run on this platform (the simulated hypervisor with demo guests) instead of native Xen.</summary>
+    public IServicePlatform? Simulation { get; init; }
+
+    public bool Simulate => Simulation is not null;
 
     /// <summary>--hotplug-script: overrides Backend:HotplugScript.</summary>
     public string? HotplugScript { get; init; }
@@ -50,6 +52,10 @@ public sealed record ServeOptions
 
     /// <summary>Read environment variables (XENDISK_*, NOTIFY_SOCKET, WATCHDOG_USEC). Tests turn it off.</summary>
     public bool UseEnvironment { get; init; } = true;
+
+    /// <summary>Whether systemd listens and its watchdog interval, instead of what the environment says
+    /// (tests). The notifications still go to $NOTIFY_SOCKET: that is where systemd's notifier sends them.</summary>
+    public SystemdSettings? Systemd { get; init; }
 }
 
 /// <summary>Process exit codes of `xendisk serve` (sysexits.h values where one fits).</summary>
@@ -118,13 +124,25 @@ public static class XenDiskServiceHost
         builder.Configuration.AddConfiguration(configuration);
         IServiceCollection services = builder.Services;
 
+        SystemdSettings systemd = options.Systemd ?? (options.UseEnvironment ? SystemdSettings.FromEnvironment() : SystemdSettings.None);
         builder.Logging.AddConfiguration(configuration.GetSection("Logging"));
-        builder.Logging.AddSimpleConsole(console =>
+        if (systemd.Notify || Environment.GetEnvironmentVariable("JOURNAL_STREAM") is not null)
         {
-            console.SingleLine = true;
-            // journald adds its own timestamps; a terminal gets them from us.
-            console.TimestampFormat = Environment.GetEnvironmentVariable("JOURNAL_STREAM") is null ? "HH:mm:ss.fff " : null;
-        });
+            // The journal reads each line's syslog priority from its "<N>" prefix (sd-daemon(3)) and
+            // adds its own timestamps.
+            builder.Logging.AddSystemdConsole(console => console.TimestampFormat = null);
+        }
+        else
+        {
+            builder.Logging.AddSimpleConsole(console =>
+            {
+                console.SingleLine = true;
+                console.TimestampFormat = "HH:mm:ss.fff ";
+            });
+        }
+
+        // The lifetimes' "Application started" lines repeat what our own start-up lines say.
+        builder.Logging.AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Warning);
         builder.Logging.SetMinimumLevel(options.MinimumLogLevel ?? LogLevel.Information);
         services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
         services.Configure<HostOptions>(o =>
@@ -139,24 +157,20 @@ public static class XenDiskServiceHost
 
         services.AddMetrics();
         services.TryAddSingleton(TimeProvider.System);
-        services.AddSingleton(options.UseEnvironment ? SystemdSettings.FromEnvironment() : new SystemdSettings(null, null));
-
-        if (options.Simulate)
+        services.AddSingleton(systemd);
+        // READY=1 and STOPPING=1 from the package's SystemdLifetime. AddSystemd (UseSystemd) installs it
+        // only when our parent process is systemd; $NOTIFY_SOCKET is what systemd actually hands a
+        // Type=notify service (and what the tests provide), so that decides here.
+        services.AddSystemd();
+        if (systemd.Notify)
         {
-            string? imageDirectory = configuration.GetValue<string?>("Simulation:ImageDirectory");
-            services.AddSingleton(_ => new SimulationEnvironment(imageDirectory));
-            services.AddSingleton<IXenPlatform>(sp =>
-            {
-                var environment = sp.GetRequiredService<SimulationEnvironment>();
-                return environment.Hypervisor.Platform(environment.Hypervisor.Dom0);
-            });
-            services.AddSingleton(sp =>
-            {
-                // The demo images are allowed in addition to the configured directories.
-                var environment = sp.GetRequiredService<SimulationEnvironment>();
-                StorageSettings storage = sp.GetRequiredService<IOptions<StorageSettings>>().Value;
-                return new ImageDirectoryPolicy([.. storage.EffectiveAllowedImageDirectories, environment.ImageDirectory], storage.AllowBlockDevices);
-            });
+            services.TryAddSingleton<ISystemdNotifier, SystemdNotifier>();
+            services.AddSingleton<IHostLifetime, SystemdLifetime>();
+        }
+
+        if (options.Simulation is { } simulation)
+        {
+            simulation.AddPlatform(services, configuration);
         }
         else
         {
@@ -204,17 +218,16 @@ public static class XenDiskServiceHost
         services.AddSingleton<ServiceStatusText>();
 
         // Start order (stop order is the reverse).
-        services.AddSingleton<TelemetryService>();
-        services.AddHostedService(sp => sp.GetRequiredService<TelemetryService>());
+        services.AddXenDiskTelemetry(configuration);
         services.AddHostedService<BackendService>();
-        if (options.Simulate)
-        {
-            services.AddHostedService<SimulatedGuestsService>();
-        }
+        options.Simulation?.AddWorkload(services);
 
         services.AddSingleton<ControlServer>();
         services.AddHostedService(sp => sp.GetRequiredService<ControlServer>());
-        services.AddHostedService<SystemdNotifyService>();
+        if (systemd.Notify)
+        {
+            services.AddHostedService<SystemdNotifyService>();
+        }
 
         options.ConfigureServices?.Invoke(services);
         return builder.Build();
@@ -292,7 +305,17 @@ public static class XenDiskServiceHost
         using (host)
         {
             ILogger logger = host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("XenDisk.Service");
-            ServiceLog.Starting(logger, ServiceIdentity.AssemblyVersion, host.Services.GetRequiredService<IXenPlatform>().Description, options.ConfigPath);
+            string platformName = host.Services.GetRequiredService<IXenPlatform>().Description;
+            // A missing file is an error only when --config named it; otherwise say that defaults apply
+            // rather than name a file that was never read.
+            if (File.Exists(options.ConfigPath))
+            {
+                ServiceLog.Starting(logger, ServiceIdentity.AssemblyVersion, platformName, Path.GetFullPath(options.ConfigPath));
+            }
+            else
+            {
+                ServiceLog.StartingWithDefaults(logger, ServiceIdentity.AssemblyVersion, platformName, options.ConfigPath);
+            }
             try
             {
                 await host.StartAsync(cancellationToken).ConfigureAwait(false);

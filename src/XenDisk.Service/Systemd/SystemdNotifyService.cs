@@ -1,66 +1,74 @@
+using System.Globalization;
+using System.Net.Sockets;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Hosting.Systemd;
 using Microsoft.Extensions.Logging;
 using XenDisk.Service.Hosting;
 
 namespace XenDisk.Service.Systemd;
 
-/// <summary>What systemd asked for: where to send notifications and how often to pet the watchdog.</summary>
-/// <param name="NotifySocket">$NOTIFY_SOCKET; null when not run by systemd with Type=notify.</param>
+/// <summary>What systemd asked for: whether it listens for notifications, and how often to pet the watchdog.</summary>
+/// <param name="Notify">$NOTIFY_SOCKET names a socket (a path, or @name in the abstract namespace): Type=notify.</param>
 /// <param name="WatchdogTimeout">$WATCHDOG_USEC; null when WatchdogSec is not set.</param>
-public sealed record SystemdSettings(string? NotifySocket, TimeSpan? WatchdogTimeout)
+public sealed record SystemdSettings(bool Notify, TimeSpan? WatchdogTimeout)
 {
+    public static SystemdSettings None { get; } = new(false, null);
+
     public static SystemdSettings FromEnvironment() => new(
-        Environment.GetEnvironmentVariable("NOTIFY_SOCKET") is { Length: > 0 } name && name[0] is '/' or '@' ? name : null,
-        SystemdNotifier.WatchdogTimeoutFromEnvironment());
+        Environment.GetEnvironmentVariable("NOTIFY_SOCKET") is { Length: > 0 } name && name[0] is '/' or '@',
+        WatchdogTimeoutFromEnvironment());
+
+    /// <summary>
+    /// The interval systemd expects keep-alives at: $WATCHDOG_USEC, when set and $WATCHDOG_PID (if set)
+    /// names this process (sd_watchdog_enabled(3)); null when the watchdog is off.
+    /// </summary>
+    public static TimeSpan? WatchdogTimeoutFromEnvironment()
+    {
+        string? pid = Environment.GetEnvironmentVariable("WATCHDOG_PID");
+        if (!string.IsNullOrEmpty(pid) && pid != Environment.ProcessId.ToString(CultureInfo.InvariantCulture))
+        {
+            return null;
+        }
+
+        return ulong.TryParse(Environment.GetEnvironmentVariable("WATCHDOG_USEC"), NumberStyles.None, CultureInfo.InvariantCulture, out ulong microseconds) && microseconds > 0
+            ? TimeSpan.FromMicroseconds(microseconds)
+            : null;
+    }
 }
 
 /// <summary>
-/// Type=notify: READY=1 once every hosted service started (the backend is watching xenstore, the
-/// control socket and metrics endpoint are up); STOPPING=1 as soon as shutdown begins; WATCHDOG=1 at
-/// half the watchdog timeout (sd_watchdog_enabled(3) recommends half), for as long as the host runs.
-/// Does nothing when not started by systemd.
+/// What Microsoft.Extensions.Hosting.Systemd leaves to us. Its SystemdLifetime sends READY=1 when the
+/// host has started (every hosted service: the backend watches xenstore, the control socket and the
+/// metrics endpoint are up) and STOPPING=1 when shutdown begins; it sends no watchdog keep-alives and
+/// no STATUS. This service adds STATUS= lines and WATCHDOG=1 at half the watchdog timeout
+/// (sd_watchdog_enabled(3) recommends half) through the package's <see cref="ISystemdNotifier"/>,
+/// for as long as the host runs, the drain at stop included. Registered only under systemd.
 /// </summary>
-internal sealed class SystemdNotifyService : IHostedService, IDisposable
+internal sealed class SystemdNotifyService(
+    SystemdSettings settings, ISystemdNotifier notifier, IHostApplicationLifetime lifetime, TimeProvider time,
+    ILogger<SystemdNotifyService> logger, ServiceStatusText status) : IHostedService, IDisposable
 {
-    private readonly SystemdSettings _settings;
-    private readonly IHostApplicationLifetime _lifetime;
-    private readonly TimeProvider _time;
-    private readonly ILogger _logger;
-    private readonly Func<string> _status;
-    private SystemdNotifier? _notifier;
+    private static readonly ServiceState Watchdog = new("WATCHDOG=1");
+    private static readonly ServiceState Draining = new("STATUS=Stopping: draining in-flight I/O");
+
     private ITimer? _watchdog;
     private CancellationTokenRegistration _started;
     private CancellationTokenRegistration _stopping;
-    private bool _warned;
-
-    public SystemdNotifyService(SystemdSettings settings, IHostApplicationLifetime lifetime, TimeProvider time, ILogger<SystemdNotifyService> logger, ServiceStatusText status)
-    {
-        _settings = settings;
-        _lifetime = lifetime;
-        _time = time;
-        _logger = logger;
-        _status = status.Describe;
-    }
+    private int _warned;
 
     public Task StartAsync(CancellationToken cancellationToken)
     {
-        if (_settings.NotifySocket is null)
+        _started = lifetime.ApplicationStarted.Register(() =>
         {
-            return Task.CompletedTask;
-        }
-
-        _notifier = new SystemdNotifier(_settings.NotifySocket);
-        _started = _lifetime.ApplicationStarted.Register(() =>
-        {
-            Send("READY=1\nSTATUS=" + _status());
-            if (_settings.WatchdogTimeout is { } timeout)
+            Send(new ServiceState("STATUS=" + status.Describe()));
+            if (settings.WatchdogTimeout is { } timeout)
             {
                 TimeSpan interval = timeout / 2;
-                _watchdog = _time.CreateTimer(_ => Send("WATCHDOG=1"), null, interval, interval);
-                ServiceLog.WatchdogEnabled(_logger, interval.TotalSeconds);
+                _watchdog = time.CreateTimer(_ => Send(Watchdog), null, interval, interval);
+                ServiceLog.WatchdogEnabled(logger, interval.TotalSeconds);
             }
         });
-        _stopping = _lifetime.ApplicationStopping.Register(() => Send("STOPPING=1\nSTATUS=Stopping: draining in-flight I/O"));
+        _stopping = lifetime.ApplicationStopping.Register(() => Send(Draining));
         return Task.CompletedTask;
     }
 
@@ -76,15 +84,22 @@ internal sealed class SystemdNotifyService : IHostedService, IDisposable
         _started.Dispose();
         _stopping.Dispose();
         _watchdog?.Dispose();
-        _notifier?.Dispose();
     }
 
-    private void Send(string state)
+    /// <summary>The package's notifier throws when the socket is gone; a service must not stop because
+    /// its supervisor's socket went away, so the failure is logged once and later ones are skipped.</summary>
+    private void Send(ServiceState state)
     {
-        if (_notifier is not null && !_notifier.Notify(state) && !_warned)
+        try
         {
-            _warned = true;
-            ServiceLog.NotifyFailed(_logger, _notifier.SocketName);
+            notifier.Notify(state);
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
+        {
+            if (Interlocked.Exchange(ref _warned, 1) == 0)
+            {
+                ServiceLog.NotifyFailed(logger, e.Message);
+            }
         }
     }
 }

@@ -1,115 +1,121 @@
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
-using OpenTelemetry;
 using OpenTelemetry.Exporter;
 using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
 using XenDisk.Service.Configuration;
+using XenDisk.Service.Hosting;
 using XenDisk.Telemetry;
-using XenDisk.Telemetry.Prometheus;
 
 namespace XenDisk.Service.Telemetry;
 
 /// <summary>
-/// Owns the OpenTelemetry MeterProvider (built here: the OpenTelemetry hosting package is not used) with
-/// up to two readers: the Prometheus pull reader behind the HTTP endpoint, and the OTLP exporter's
-/// periodic reader. Both read the same observable instruments (<see cref="XenDiskMetrics"/>); the
-/// latency and batch-size histograms reach Prometheus only (see docs/OPERATIONS.md, "Metrics").
-/// Started first and stopped last, so the final OTLP export sees the backend's last counts.
+/// Metrics export through the OpenTelemetry hosting package: one MeterProvider (built and disposed by
+/// the host) over the XenDisk meter, with the Prometheus HTTP listener and the OTLP exporter as its
+/// readers. Both see the same instruments (<see cref="XenDiskMetrics"/>), so a Prometheus scrape and an
+/// OTLP export carry the same series under the same names.
 /// </summary>
-internal sealed class TelemetryService : IHostedService, IAsyncDisposable
+internal static class TelemetrySetup
 {
-    /// <summary>How long the last OTLP export may take at shutdown before it is abandoned.</summary>
-    private const int ShutdownExportTimeoutMilliseconds = 5000;
+    /// <summary>The resource's service.name: target_info in Prometheus, the resource in OTLP.</summary>
+    public const string ServiceName = "xendisk";
 
-    private readonly TelemetrySettings _settings;
-    private readonly XenDiskMetrics _metrics;
-    private readonly ILoggerFactory _loggerFactory;
-    private readonly ILogger _logger;
-    private MeterProvider? _provider;
-    private PrometheusExposition? _exposition;
-    private PrometheusHttpServer? _server;
-    private int _disposed;
-    private bool _shutDown;
-
-    public TelemetryService(IOptions<TelemetrySettings> settings, XenDiskMetrics metrics, ILoggerFactory loggerFactory)
+    /// <summary>
+    /// Registers the MeterProvider when an exporter is enabled (nothing otherwise: with no listener the
+    /// histograms cost a flag test per request). Must come before the backend's registration: the
+    /// provider's hosted service then starts first, and the provider, disposed with the container after
+    /// every hosted service stopped, exports the backend's final counts over OTLP.
+    /// </summary>
+    public static void AddXenDiskTelemetry(this IServiceCollection services, IConfiguration configuration)
     {
-        _settings = settings.Value;
-        _metrics = metrics;
-        _loggerFactory = loggerFactory;
-        _logger = loggerFactory.CreateLogger<TelemetryService>();
-    }
-
-    /// <summary>The scrape URL once started (with the real port when the configuration asked for port 0).</summary>
-    public Uri? PrometheusUrl => _server?.Url;
-
-    public Task StartAsync(CancellationToken cancellationToken)
-    {
-        PrometheusSettings prometheus = _settings.Prometheus;
-        OtlpSettings otlp = _settings.Otlp;
+        var settings = new TelemetrySettings();
+        configuration.GetSection(TelemetrySettings.SectionName).Bind(settings);
+        PrometheusSettings prometheus = settings.Prometheus;
+        OtlpSettings otlp = settings.Otlp;
         if (!prometheus.Enabled && !otlp.Enabled)
-        {
-            return Task.CompletedTask;
-        }
-
-        MeterProviderBuilder builder = Sdk.CreateMeterProviderBuilder().AddMeter(XenDiskMetricNames.MeterName);
-        if (prometheus.Enabled)
-        {
-            _exposition = new PrometheusExposition(_metrics.GetBucketHistograms);
-            builder.AddReader(_exposition.Reader);
-        }
-
-        if (otlp.Enabled)
-        {
-            bool http = string.Equals(otlp.Protocol, "HttpProtobuf", StringComparison.OrdinalIgnoreCase);
-            builder.AddOtlpExporter((exporter, reader) =>
-            {
-                exporter.Endpoint = new Uri(otlp.Endpoint);
-                exporter.Protocol = http ? OtlpExportProtocol.HttpProtobuf : OtlpExportProtocol.Grpc;
-                reader.TemporalityPreference = MetricReaderTemporalityPreference.Cumulative;
-                reader.PeriodicExportingMetricReaderOptions.ExportIntervalMilliseconds = otlp.ExportIntervalSeconds * 1000;
-            });
-            ServiceLog.OtlpExporting(_logger, otlp.Endpoint, http ? "HttpProtobuf" : "Grpc", otlp.ExportIntervalSeconds);
-        }
-
-        _provider = builder.Build();
-        if (_exposition is not null)
-        {
-            _server = new PrometheusHttpServer(new Uri(prometheus.ListenAddress), _exposition.ScrapeUtf8, _loggerFactory.CreateLogger<PrometheusHttpServer>());
-            _server.Start();
-        }
-
-        return Task.CompletedTask;
-    }
-
-    public async Task StopAsync(CancellationToken cancellationToken)
-    {
-        if (_server is not null)
-        {
-            await _server.DisposeAsync().ConfigureAwait(false);
-            _server = null;
-        }
-
-        // Shutdown makes the OTLP reader export once more, so the last counts are not lost.
-        if (_provider is not null && !_shutDown)
-        {
-            _shutDown = true;
-            _provider.Shutdown(ShutdownExportTimeoutMilliseconds);
-        }
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        // Idempotent: the host stops the service, and the container disposes it.
-        if (Interlocked.Exchange(ref _disposed, 1) != 0)
         {
             return;
         }
 
-        await StopAsync(CancellationToken.None).ConfigureAwait(false);
-        _provider?.Dispose();
-        _provider = null;
-        _exposition?.Dispose();
-        _exposition = null;
+        services.AddOpenTelemetry()
+            .ConfigureResource(resource => resource.AddService(ServiceName, serviceVersion: ServiceIdentity.AssemblyVersion, autoGenerateServiceInstanceId: false))
+            .WithMetrics(metrics =>
+            {
+                metrics.AddMeter(XenDiskMetricNames.MeterName);
+                // Invalid addresses are reported by validation before the host is built; skip them here.
+                if (prometheus.Enabled && PrometheusListenAddress.TryParse(prometheus.ListenAddress, out PrometheusListenAddress? listen, out _))
+                {
+                    metrics.AddPrometheusHttpListener(options =>
+                    {
+                        options.Host = listen.Host;
+                        options.Port = listen.Port;
+                        options.ScrapeEndpointPath = listen.Path;
+                        // Series carry only XenDisk's own attributes (the meter is the only one exported);
+                        // target_info still names the service.
+                        options.ScopeInfoEnabled = false;
+                        // Every scrape is collected afresh: the counters' collector already serves one
+                        // snapshot to all callbacks of a collection, and Prometheus scrapes seconds apart.
+                        options.ScrapeResponseCacheDurationMilliseconds = 0;
+                    });
+                }
+
+                if (otlp.Enabled && Uri.TryCreate(otlp.Endpoint, UriKind.Absolute, out Uri? endpoint))
+                {
+                    bool http = string.Equals(otlp.Protocol, "HttpProtobuf", StringComparison.OrdinalIgnoreCase);
+                    metrics.AddOtlpExporter((exporter, reader) =>
+                    {
+                        exporter.Endpoint = endpoint;
+                        exporter.Protocol = http ? OtlpExportProtocol.HttpProtobuf : OtlpExportProtocol.Grpc;
+                        reader.TemporalityPreference = MetricReaderTemporalityPreference.Cumulative;
+                        reader.PeriodicExportingMetricReaderOptions.ExportIntervalMilliseconds = otlp.ExportIntervalSeconds * 1000;
+                    });
+                }
+            });
+        services.AddHostedService<TelemetryService>();
     }
+}
+
+/// <summary>
+/// Says where metrics go, and offers the histograms' observer to every new ring
+/// (<see cref="XenDiskMetrics.AttachRings"/>) shortly after it connects. The backend announces no ring,
+/// so this looks every <see cref="RingAttachInterval"/>: a ring that carried requests before it was
+/// seen replays them when it adopts the observer, so the interval bounds how much there is to replay,
+/// not what is counted. Registered only while an exporter is enabled.
+/// </summary>
+internal sealed class TelemetryService(XenDiskMetrics metrics, IOptions<TelemetrySettings> settings, TimeProvider time, ILogger<TelemetryService> logger)
+    : IHostedService, IDisposable
+{
+    /// <summary>Short next to any scrape or export interval; a pass over the device list costs microseconds.</summary>
+    public static readonly TimeSpan RingAttachInterval = TimeSpan.FromMilliseconds(250);
+
+    private ITimer? _timer;
+
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        TelemetrySettings telemetry = settings.Value;
+        if (telemetry.Prometheus.Enabled)
+        {
+            ServiceLog.PrometheusListening(logger, telemetry.Prometheus.ListenAddress);
+        }
+
+        if (telemetry.Otlp is { Enabled: true } otlp)
+        {
+            ServiceLog.OtlpExporting(logger, otlp.Endpoint, otlp.Protocol, otlp.ExportIntervalSeconds);
+        }
+
+        _timer = time.CreateTimer(_ => metrics.AttachRings(), null, TimeSpan.Zero, RingAttachInterval);
+        return Task.CompletedTask;
+    }
+
+    public Task StopAsync(CancellationToken cancellationToken)
+    {
+        _timer?.Dispose();
+        _timer = null;
+        return Task.CompletedTask;
+    }
+
+    public void Dispose() => _timer?.Dispose();
 }

@@ -27,7 +27,7 @@ public sealed record BackendSnapshot(DateTimeOffset TakenAt, IReadOnlyList<Devic
 
 /// <summary>
 /// Sums the data plane's per-ring counters into per-queue and per-device totals when asked (at export
-/// time), so the data plane never records anything for telemetry.
+/// time), so the data plane records nothing for these counters beyond its own statistics.
 ///
 /// A ring lives only as long as one connection: when a frontend reconnects (or the backend restarts a
 /// queue) the device gets new rings whose counters start at zero. So that exported counters stay
@@ -60,6 +60,9 @@ public sealed class BackendStatisticsCollector
     }
 
     public TimeSpan MaximumAge { get; }
+
+    /// <summary>Where the devices come from (also where <see cref="XenDiskMetrics.AttachRings"/> finds the rings).</summary>
+    public IDeviceStatusSource Source => _source;
 
     /// <summary>The latest snapshot, taken anew when the cached one is older than <see cref="MaximumAge"/>.</summary>
     public BackendSnapshot GetSnapshot()

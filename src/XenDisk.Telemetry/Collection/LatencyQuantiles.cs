@@ -2,7 +2,7 @@ using XenDisk.Backend.DataPlane;
 
 namespace XenDisk.Telemetry.Collection;
 
-/// <summary>Quantiles and re-bucketing of the data plane's fixed-bucket <see cref="LatencyHistogram"/> counts.</summary>
+/// <summary>Quantiles of the data plane's fixed-bucket <see cref="LatencyHistogram"/> counts.</summary>
 public static class LatencyQuantiles
 {
     /// <summary>
@@ -54,30 +54,5 @@ public static class LatencyQuantiles
         }
 
         return LatencyHistogram.UpperBoundNanoseconds(LatencyHistogram.BucketCount - 2) / 1e9;
-    }
-
-    /// <summary>
-    /// Cumulative counts at each of <paramref name="boundsSeconds"/> (every one must be a bound of the data
-    /// plane's buckets, as <see cref="XenDiskMetricNames.LatencyExportBounds"/> are): the number of
-    /// durations in every native bucket whose upper bound is at most the bound.
-    /// </summary>
-    public static long[] Cumulative(ReadOnlySpan<long> bucketCounts, IReadOnlyList<double> boundsSeconds)
-    {
-        var cumulative = new long[boundsSeconds.Count];
-        int bucket = 0;
-        long running = 0;
-        for (int i = 0; i < boundsSeconds.Count; i++)
-        {
-            long boundNanoseconds = (long)Math.Round(boundsSeconds[i] * 1e9);
-            while (bucket < bucketCounts.Length - 1 && LatencyHistogram.UpperBoundNanoseconds(bucket) <= boundNanoseconds)
-            {
-                running += bucketCounts[bucket];
-                bucket++;
-            }
-
-            cumulative[i] = running;
-        }
-
-        return cumulative;
     }
 }

@@ -57,6 +57,9 @@ public sealed class RingCounters
 
     public long InFlight { get; set; }
 
+    /// <summary>The largest request any of the rings executed (kept across reconnects, like the counters).</summary>
+    public long LargestRequestBytes { get; set; }
+
     public bool Halted { get; set; }
 
     public long TotalRequests => Requests.Sum();
@@ -100,6 +103,7 @@ public sealed class RingCounters
         counters.PersistentGrantExpirations = statistics.PersistentGrantExpirations;
         counters.PersistentGrantsMapped = statistics.PersistentGrantsMapped;
         counters.InFlight = statistics.InFlight;
+        counters.LargestRequestBytes = statistics.LargestRequestBytes;
         counters.Halted = statistics.Halted;
         return counters;
     }
@@ -143,6 +147,7 @@ public sealed class RingCounters
         PersistentGrantMisses += other.PersistentGrantMisses;
         PersistentGrantEvictions += other.PersistentGrantEvictions;
         PersistentGrantExpirations += other.PersistentGrantExpirations;
+        LargestRequestBytes = Math.Max(LargestRequestBytes, other.LargestRequestBytes);
         if (includeMomentary)
         {
             PersistentGrantsMapped += other.PersistentGrantsMapped;

@@ -45,7 +45,7 @@ public sealed class RunningService : IAsyncDisposable
         string socket = Path.Combine(images, "control.sock");
         var options = new ServeOptions
         {
-            Simulate = true,
+            Simulation = new SimulatedServicePlatform(),
             UseEnvironment = false,
             ConfigPath = Path.Combine(images, "absent.json"),
             MinimumLogLevel = LogLevel.Warning,

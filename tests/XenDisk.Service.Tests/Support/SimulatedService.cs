@@ -41,17 +41,17 @@ internal sealed class SimulatedService : IAsyncDisposable
 
     public SimulationEnvironment Environment { get; }
 
-    /// <summary>What the service logged about hydrations (event id, message), Information and above.</summary>
+    /// <summary>What the service host logged (event id, message), Information and above: hydrations, the backend's stop.</summary>
     public LogCapture HydrationLog { get; }
 
     /// <summary>Starts a service whose allowed image directory is <paramref name="images"/>.</summary>
     public static async Task<SimulatedService> StartAsync(string work, string images)
     {
         string socket = Path.Combine(work, "control.sock");
-        var hydrationLog = new LogCapture("XenDisk.Service.Maintenance.");
+        var hydrationLog = new LogCapture("XenDisk.Service.");
         var options = new ServeOptions
         {
-            Simulate = true,
+            Simulation = new SimulatedServicePlatform(),
             UseEnvironment = false,
             ConfigPath = Path.Combine(work, "absent.json"),
             MinimumLogLevel = LogLevel.Warning,

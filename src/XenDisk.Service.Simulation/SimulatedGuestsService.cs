@@ -125,7 +125,7 @@ internal sealed class SimulatedGuestsService : IHostedService
 
             await connected.ConfigureAwait(false);
             NegotiatedFrontendFeatures negotiated = frontend.NegotiatedFrontendFeatures;
-            ServiceLog.GuestAttached(_logger, name, domain.Id, target, GuestDeviceId, frontend.QueueCount,
+            SimulationLog.GuestAttached(_logger, name, domain.Id, target, GuestDeviceId, frontend.QueueCount,
                 negotiated.PersistentGrants, negotiated.IndirectSegments);
             var guest = new Guest(name, domain, attachment, frontend);
             guest.Workload = Task.Run(() => RunWorkloadAsync(guest, seed: i + 1, _stop.Token), CancellationToken.None);
@@ -143,7 +143,7 @@ internal sealed class SimulatedGuestsService : IHostedService
                 await guest.Workload.ConfigureAwait(false);
             }
 
-            ServiceLog.GuestDetached(_logger, guest.Name, guest.Operations, guest.BytesVerified, guest.Mismatches, guest.Errors);
+            SimulationLog.GuestDetached(_logger, guest.Name, guest.Operations, guest.BytesVerified, guest.Mismatches, guest.Errors);
             try
             {
                 await guest.Frontend.DisconnectAsync().WaitAsync(DetachTimeout, cancellationToken).ConfigureAwait(false);
@@ -151,7 +151,7 @@ internal sealed class SimulatedGuestsService : IHostedService
             }
             catch (Exception e) when (e is TimeoutException or InvalidOperationException)
             {
-                ServiceLog.GuestWorkloadFailed(_logger, guest.Name, e);
+                SimulationLog.GuestWorkloadFailed(_logger, guest.Name, e);
             }
 
             await guest.Frontend.DisposeAsync().ConfigureAwait(false);
@@ -204,13 +204,13 @@ internal sealed class SimulatedGuestsService : IHostedService
                     if (!reported)
                     {
                         reported = true;
-                        ServiceLog.GuestRequestFailed(_logger, guest.Name, status);
+                        SimulationLog.GuestRequestFailed(_logger, guest.Name, status);
                     }
                 }
                 else if (!back.Span.SequenceEqual(data.Span))
                 {
                     guest.Mismatches++;
-                    ServiceLog.GuestMismatch(_logger, guest.Name, sector);
+                    SimulationLog.GuestMismatch(_logger, guest.Name, sector);
                 }
                 else
                 {
@@ -228,7 +228,7 @@ internal sealed class SimulatedGuestsService : IHostedService
         }
         catch (Exception e)
         {
-            ServiceLog.GuestWorkloadFailed(_logger, guest.Name, e);
+            SimulationLog.GuestWorkloadFailed(_logger, guest.Name, e);
         }
     }
 

@@ -1,0 +1,90 @@
+using System.Globalization;
+using System.Text.RegularExpressions;
+using XenDisk.Service.Control;
+using XenDisk.Service.Tests.Support;
+
+namespace XenDisk.Service.Tests;
+
+/// <summary>
+/// What `xendisk status` says about indirect requests: blkif has no frontend key for them, so the
+/// backend shows its offer, and "in use" only once a request too large for a direct one arrived.
+/// </summary>
+public sealed class StatusFeaturesTests : IDisposable
+{
+    private readonly DirectoryInfo _work = Directory.CreateTempSubdirectory("xendisk-status-");
+
+    public void Dispose() => _work.Delete(recursive: true);
+
+    [Fact]
+    public async Task Indirect_requests_are_reported_as_offered_until_the_guest_sends_one()
+    {
+        string images = Directory.CreateDirectory(Path.Combine(_work.FullName, "images")).FullName;
+        string image = Path.Combine(images, "disk.img");
+        using (FileStream file = File.Create(image))
+        {
+            file.SetLength(16 << 20);
+        }
+
+        await using SimulatedService service = await SimulatedService.StartAsync(_work.FullName, images);
+        AttachedDisk disk = await service.AttachAsync(image);
+
+        // 4 KiB requests need no indirect segments, whatever the frontend could do.
+        Assert.Equal(0, await disk.Frontend!.WriteAsync(0, new byte[4096]).WaitAsync(SimulatedService.Timeout));
+        FeaturesReport before = Features(await service.StatusAsync(), disk);
+        Assert.Equal(256, before.MaxIndirectSegments);
+        Assert.Equal(4096, before.LargestRequestBytes);
+        Assert.False(before.IndirectInUse);
+        Assert.Equal("indirect not used so far (256 segments offered)", StatusTextFormatter.Indirect(before));
+
+        // 64 KiB is 16 segments, more than the 11 of a direct request: the frontend sent it indirect.
+        Assert.Equal(0, await disk.Frontend.WriteAsync(0, new byte[64 * 1024]).WaitAsync(SimulatedService.Timeout));
+        ServiceStatusReport status = await service.StatusAsync();
+        FeaturesReport after = Features(status, disk);
+        Assert.True(after.IndirectInUse);
+        Assert.Equal(64 * 1024, after.LargestRequestBytes);
+        Assert.Contains("indirect in use (up to 256 segments offered, largest request 64.0 KiB)", StatusTextFormatter.Format(status), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task The_stop_line_counts_every_device_the_backend_released()
+    {
+        string images = Directory.CreateDirectory(Path.Combine(_work.FullName, "images")).FullName;
+        var service = await SimulatedService.StartAsync(_work.FullName, images);
+        try
+        {
+            // Two disks the toolstack attached and no guest connected to: both still served at stop
+            // (the demo guest detaches before the backend stops).
+            foreach (string name in new[] { "a.img", "b.img" })
+            {
+                using (FileStream file = File.Create(Path.Combine(images, name)))
+                {
+                    file.SetLength(16 << 20);
+                }
+
+                await service.AttachAsync(Path.Combine(images, name), connect: false);
+            }
+        }
+        finally
+        {
+            await service.DisposeAsync();
+        }
+
+        // Both attached disks, and the demo guest's device when the backend had not finished removing
+        // it yet (the guest detaches just before the backend stops).
+        string stopped = Assert.Single(service.HydrationLog.Lines, line => line.EventId == 4003).Message;
+        int released = int.Parse(Regex.Match(stopped, @"; (\d+) device\(s\) released").Groups[1].Value, CultureInfo.InvariantCulture);
+        Assert.InRange(released, 2, 3);
+    }
+
+    [Theory]
+    [InlineData(0, 0, "no indirect (not offered)")]
+    [InlineData(256, 45056, "indirect not used so far (256 segments offered)")]
+    [InlineData(256, 45057, "indirect in use (up to 256 segments offered, largest request 44.0 KiB)")]
+    public void The_indirect_line_follows_the_offer_and_the_largest_request(int offered, long largest, string expected)
+    {
+        Assert.Equal(expected, StatusTextFormatter.Indirect(new FeaturesReport(true, offered, false, false, false, largest)));
+    }
+
+    private static FeaturesReport Features(ServiceStatusReport status, AttachedDisk disk) =>
+        status.Devices.Single(d => d.BackendPath == disk.BackendPath).Features!;
+}
