@@ -188,6 +188,7 @@ public sealed unsafe partial class BlkifRing
         }
 
         EnsureSubmissionRoom(needed);
+        Statistics.FastPath();
         context.Lease = lease;
         context.PendingOperations = 0;
 

@@ -59,6 +59,7 @@ public sealed class RingStatistics
     private long _notificationsSent;
     private long _notificationsSuppressed;
     private long _backPressureEvents;
+    private long _fastPathRequests;
     private long _grantMaps;
     private long _grantUnmaps;
     private long _grantUnmapFailures;
@@ -121,6 +122,10 @@ public sealed class RingStatistics
 
     /// <summary>Times the ring stopped taking requests because a resource (bounce buffers) was exhausted.</summary>
     public long BackPressureEvents => Volatile.Read(ref _backPressureEvents);
+
+    /// <summary>Requests whose data the ring thread moved itself through its io_uring (the remap fast
+    /// path), rather than handing them to an I/O thread.</summary>
+    public long FastPathRequests => Volatile.Read(ref _fastPathRequests);
 
     /// <summary>MapGrantRefs calls that succeeded (data pages, indirect pages, persistent grants).</summary>
     public long GrantMaps => Volatile.Read(ref _grantMaps);
@@ -228,6 +233,8 @@ public sealed class RingStatistics
     internal void NotificationSuppressed() => Increment(ref _notificationsSuppressed);
 
     internal void BackPressure() => Increment(ref _backPressureEvents);
+
+    internal void FastPath() => Increment(ref _fastPathRequests);
 
     internal void GrantMapped() => Increment(ref _grantMaps);
 
