@@ -121,6 +121,7 @@ public sealed partial class Qcow2Image
         foreach (int index in order)
         {
             _stripes[index].EnterWriteLock();
+            _leases.Bar(index, 1);
         }
         IoStatus status = IoStatus.Ok;
         bool metadataChanged = false;
@@ -147,6 +148,7 @@ public sealed partial class Qcow2Image
         {
             foreach (int index in order)
             {
+                _leases.Unbar(index, 1);
                 _stripes[index].ExitWriteLock();
             }
         }

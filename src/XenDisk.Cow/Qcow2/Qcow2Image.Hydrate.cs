@@ -107,14 +107,14 @@ public sealed partial class Qcow2Image
             bool metadataChanged = false;
             ReaderWriterLockSlim stripe = StripeFor(cluster);
             IoStatus status;
-            stripe.EnterWriteLock();
+            EnterExclusive(stripe, cluster);
             try
             {
                 status = CopyDifferencesInCluster(cluster, newBacking, current, replacement, ref metadataChanged, ref counters);
             }
             finally
             {
-                stripe.ExitWriteLock();
+                ExitExclusive(stripe, cluster);
             }
             status = AfterMetadataChange(status, metadataChanged);
             long examined = Math.Min(_virtualSize, (cluster + 1) << _clusterBits);

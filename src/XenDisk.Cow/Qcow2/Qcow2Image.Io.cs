@@ -148,14 +148,14 @@ public sealed partial class Qcow2Image
             int chunk = (int)Math.Min(_clusterSize - start, length - done);
             int count = ScatterList.Slice(buffers, done, chunk, slice);
             ReaderWriterLockSlim stripe = StripeFor(guestCluster);
-            stripe.EnterWriteLock();
+            EnterExclusive(stripe, guestCluster);
             try
             {
                 status = WriteInCluster(guestCluster, start, chunk, slice[..count], ref metadataChanged);
             }
             finally
             {
-                stripe.ExitWriteLock();
+                ExitExclusive(stripe, guestCluster);
             }
             done += chunk;
         }
@@ -439,14 +439,14 @@ public sealed partial class Qcow2Image
             int start = (int)(position & (_clusterSize - 1));
             int chunk = (int)Math.Min(_clusterSize - start, length - done);
             ReaderWriterLockSlim stripe = StripeFor(guestCluster);
-            stripe.EnterWriteLock();
+            EnterExclusive(stripe, guestCluster);
             try
             {
                 status = DiscardInCluster(guestCluster, start, chunk, ref metadataChanged);
             }
             finally
             {
-                stripe.ExitWriteLock();
+                ExitExclusive(stripe, guestCluster);
             }
             done += chunk;
         }

@@ -27,7 +27,7 @@ namespace XenDisk.Cow.Qcow2;
 /// A freed cluster returns to the allocator only after the L2 entry that referenced it is gone on disk.
 /// </para>
 /// </summary>
-public sealed partial class Qcow2Image : IBlockDevice, ICopyOnWriteImage
+public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteImage
 {
     /// <summary>Enough stripes that unrelated clusters rarely share a lock, few enough to be cheap to hold.</summary>
     private const int StripeCount = 256;

@@ -1,0 +1,288 @@
+using Microsoft.Win32.SafeHandles;
+using XenDisk.Cow.Leases;
+using XenDisk.Cow.Policies;
+using XenDisk.Storage;
+
+namespace XenDisk.Cow.Qcow2;
+
+// The remap fast path (see IRemappableBlockDevice): answered from the L1 table and the L2 tables in
+// the cache alone, under the metadata lock and never with I/O. Reads: runs of data in the image file,
+// of the backing file and of zeros (== Cluster mapping ==, == Extended L2 Entries ==). Writes: only
+// in place, into units that hold data in clusters with the COPIED flag (refcount 1), off every
+// metadata cluster; anything else (an L2 table not cached, allocation, copy-up, compressed or shared
+// clusters, the Sync policy, a failed image) is declined and takes the slow path.
+public sealed partial class Qcow2Image
+{
+    private readonly RangeLeases _leases = new(StripeCount);
+    private SafeFileHandle[]? _remapFiles;
+    private int _backingFileIndex = -1;
+    private bool _remapResolved;
+    private long _remapsGranted;
+
+    /// <summary>Ranges the fast path took (the data plane moved their data itself).</summary>
+    public long RemapsGranted => Interlocked.Read(ref _remapsGranted);
+
+    public IReadOnlyList<SafeFileHandle> Files
+    {
+        get
+        {
+            ResolveRemap();
+            return _remapFiles ?? [];
+        }
+    }
+
+    /// <summary>A flush writes metadata back: the slow path.</summary>
+    public bool FlushIsFileSync => false;
+
+    public int Remap(bool write, long offset, long length, ReadOnlySpan<IoBuffer> buffers, Span<FileExtent> extents, out RemapLease lease)
+    {
+        lease = RemapLease.None;
+        ResolveRemap();
+        if (_remapFiles is null || length <= 0
+            || (write && (ReadOnly || _policy == MetadataPolicy.Sync || _failure != null))
+            || !IoRange.IsValid(offset, length, _virtualSize, 512))
+        {
+            return 0;
+        }
+
+        long first = offset >> _clusterBits;
+        long last = (offset + length - 1) >> _clusterBits;
+        if (last - first + 1 > StripeCount)
+        {
+            return 0;
+        }
+
+        int start = (int)((ulong)first % StripeCount);
+        int stripes = (int)(last - first + 1);
+        if (!_leases.TryPin(start, stripes))
+        {
+            return 0;
+        }
+
+        int count;
+        lock (_metadataLock)
+        {
+            count = MapClusters(write, offset, offset + length, buffers, extents);
+        }
+
+        if (count == 0)
+        {
+            _leases.Unpin(start, stripes);
+            return 0;
+        }
+
+        Interlocked.Increment(ref _remapsGranted);
+        lease = new RemapLease(RangeLeases.Encode(start, stripes));
+        return count;
+    }
+
+    public void ReleaseLease(RemapLease lease)
+    {
+        if (!lease.IsNone)
+        {
+            (int start, int count) = RangeLeases.Decode(lease.Value);
+            _leases.Unpin(start, count);
+        }
+    }
+
+    /// <summary>Takes a cluster stripe for a change of mapping or data: bars the fast path there and waits for its I/O in flight.</summary>
+    private void EnterExclusive(ReaderWriterLockSlim stripe, long guestCluster)
+    {
+        stripe.EnterWriteLock();
+        _leases.Bar((int)((ulong)guestCluster % StripeCount), 1);
+    }
+
+    private void ExitExclusive(ReaderWriterLockSlim stripe, long guestCluster)
+    {
+        _leases.Unbar((int)((ulong)guestCluster % StripeCount), 1);
+        stripe.ExitWriteLock();
+    }
+
+    /// <summary>Fills the extents for [position, end) from cached tables; 0 to decline. Under the metadata lock.</summary>
+    private int MapClusters(bool write, long position, long end, ReadOnlySpan<IoBuffer> buffers, Span<FileExtent> extents)
+    {
+        var overlay = (IRemappableBlockDevice)_overlay;
+        Span<FileExtent> one = stackalloc FileExtent[1];
+        int count = 0;
+        while (position < end)
+        {
+            long guestCluster = position >> _clusterBits;
+            if (!TryLookupCached(guestCluster, out L2Entry entry) || entry.Compressed)
+            {
+                return 0;
+            }
+
+            long clusterStart = guestCluster << _clusterBits;
+            long clusterEnd = Math.Min(end, clusterStart + _clusterSize);
+            long host = entry.HostOffset;
+            bool hostUsable = host != 0 && (host & (_clusterSize - 1)) == 0 && host <= _overlay.Info.SizeBytes - _clusterSize
+                && _metadata.FindConflict(host, _clusterSize, _clusterBits, MetadataKind.None, out _) < 0;
+            if (write && !(entry.Copied && hostUsable))
+            {
+                return 0;
+            }
+
+            while (position < clusterEnd)
+            {
+                int within = (int)(position - clusterStart);
+                int unit = within >> _unitBits;
+                UnitState state = StateOf(entry, unit);
+                long runEnd = Math.Min(clusterEnd, clusterStart + ((long)(unit + 1) << _unitBits));
+                while (runEnd < clusterEnd && StateOf(entry, (int)((runEnd - clusterStart) >> _unitBits)) == state)
+                {
+                    runEnd = Math.Min(clusterEnd, clusterStart + ((((runEnd - clusterStart) >> _unitBits) + 1) << _unitBits));
+                }
+
+                if (write && state != UnitState.Data)
+                {
+                    return 0;
+                }
+
+                switch (state)
+                {
+                    case UnitState.Data when hostUsable:
+                        if (!Add(overlay, write, host + (position - clusterStart), runEnd - position, 0, buffers, extents, one, ref count))
+                        {
+                            return 0;
+                        }
+
+                        break;
+                    case UnitState.Zero:
+                        if (!AddZeros(runEnd - position, extents, ref count))
+                        {
+                            return 0;
+                        }
+
+                        break;
+                    case UnitState.Unallocated:
+                        long backingSize = _backing?.Info.SizeBytes ?? 0;
+                        long inBacking = Math.Clamp(backingSize - position, 0, runEnd - position);
+                        if (inBacking > 0 && (_backing is not IRemappableBlockDevice backing
+                            || !Add(backing, write: false, position, inBacking, _backingFileIndex, buffers, extents, one, ref count)))
+                        {
+                            return 0;
+                        }
+
+                        if (inBacking < runEnd - position && !AddZeros(runEnd - position - inBacking, extents, ref count))
+                        {
+                            return 0;
+                        }
+
+                        break;
+                    default:
+                        return 0;
+                }
+
+                position = runEnd;
+            }
+        }
+
+        return count;
+    }
+
+    /// <summary>Appends the device's extent for a range, merged with the previous one when they are contiguous in one file.</summary>
+    private static bool Add(IRemappableBlockDevice device, bool write, long offset, long length, int fileBase, ReadOnlySpan<IoBuffer> buffers,
+        Span<FileExtent> extents, Span<FileExtent> one, ref int count)
+    {
+        if (device.Remap(write, offset, length, buffers, one, out RemapLease lease) != 1 || !lease.IsNone)
+        {
+            device.ReleaseLease(lease);
+            return false;
+        }
+
+        FileExtent extent = one[0] with { FileIndex = one[0].FileIndex + fileBase };
+        if (count > 0 && extents[count - 1] is { Kind: FileExtentKind.File } previous
+            && previous.FileIndex == extent.FileIndex && previous.FileOffset + previous.Length == extent.FileOffset)
+        {
+            extents[count - 1] = previous with { Length = previous.Length + extent.Length };
+            return true;
+        }
+
+        if (count == extents.Length)
+        {
+            return false;
+        }
+
+        extents[count++] = extent;
+        return true;
+    }
+
+    private static bool AddZeros(long length, Span<FileExtent> extents, ref int count)
+    {
+        if (count > 0 && extents[count - 1].Kind == FileExtentKind.Zero)
+        {
+            extents[count - 1] = extents[count - 1] with { Length = extents[count - 1].Length + length };
+            return true;
+        }
+
+        if (count == extents.Length)
+        {
+            return false;
+        }
+
+        extents[count++] = new FileExtent(FileExtentKind.Zero, 0, 0, length);
+        return true;
+    }
+
+    /// <summary>The L2 entry of <paramref name="guestCluster"/> from memory alone: false when its table is not cached. Under the metadata lock.</summary>
+    private bool TryLookupCached(long guestCluster, out L2Entry entry)
+    {
+        entry = default;
+        long l1Index = guestCluster >> _l2Bits;
+        if (l1Index >= _l1Size)
+        {
+            return false;
+        }
+
+        ulong l1Entry = ReadL1(l1Index);
+        if ((l1Entry & Qcow2Format.L1ReservedMask) != 0)
+        {
+            return false;
+        }
+
+        long table = (long)(l1Entry & Qcow2Format.OffsetMask);
+        if (table == 0)
+        {
+            // No L2 table: every cluster it would map is unallocated.
+            return true;
+        }
+
+        if (!_l2Cache.TryGet(table, out MetadataCache.Entry cached))
+        {
+            return false;
+        }
+
+        entry = ReadEntry(cached, (int)(guestCluster & ((1L << _l2Bits) - 1)));
+        return true;
+    }
+
+    private void ResolveRemap()
+    {
+        if (Volatile.Read(ref _remapResolved))
+        {
+            return;
+        }
+
+        lock (_metadataLock)
+        {
+            if (_remapResolved)
+            {
+                return;
+            }
+
+            if (_overlay is IRemappableBlockDevice overlay && (_backing is null || _backing is IRemappableBlockDevice))
+            {
+                var files = new List<SafeFileHandle>(overlay.Files);
+                if (_backing is IRemappableBlockDevice backing)
+                {
+                    _backingFileIndex = files.Count;
+                    files.AddRange(backing.Files);
+                }
+
+                _remapFiles = [.. files];
+            }
+
+            Volatile.Write(ref _remapResolved, true);
+        }
+    }
+}
