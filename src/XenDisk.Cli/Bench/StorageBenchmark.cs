@@ -362,8 +362,10 @@ internal static class StorageBenchmark
     /// <summary>
     /// The overlay images, with every cluster or grain allocated so that the run measures steady-state
     /// I/O through the overlay, not allocation: a bitmap overlay of the file, hydrated (every grain
-    /// copied into it); a qcow2 image made by qemu-img with preallocation=falloc (every cluster
-    /// allocated, no backing file). Returns the path the benchmark's provider opens.
+    /// copied into it); a qcow2 image made by qemu-img with preallocation=full (every cluster
+    /// allocated and written, as the fully written raw file is; falloc would leave the file system's
+    /// extents unwritten, and the first write into each would pay their conversion). Returns the
+    /// path the benchmark's provider opens.
     /// </summary>
     private static string PrepareImage(DiskKind kind, string baseFile, string directory, long size)
     {
@@ -382,7 +384,7 @@ internal static class StorageBenchmark
 
         string qemuImg = ProcessRunner.Find("qemu-img") ?? throw new InvalidOperationException("qemu-img is not installed (Debian package qemu-utils)");
         string qcow2 = Path.Combine(directory, "image.qcow2");
-        (int exit, _, string error) = ProcessRunner.Run(qemuImg, ["create", "-q", "-f", "qcow2", "-o", "preallocation=falloc", qcow2, size.ToString(CultureInfo.InvariantCulture)]);
+        (int exit, _, string error) = ProcessRunner.Run(qemuImg, ["create", "-q", "-f", "qcow2", "-o", "preallocation=full", qcow2, size.ToString(CultureInfo.InvariantCulture)]);
         if (exit != 0)
         {
             throw new InvalidOperationException($"qemu-img create failed: {error.Trim()}");
