@@ -1,5 +1,6 @@
 using Microsoft.Win32.SafeHandles;
 using XenDisk.Cow.Leases;
+using XenDisk.Cow.Storage;
 using XenDisk.Cow.Policies;
 using XenDisk.Storage;
 
@@ -11,8 +12,7 @@ namespace XenDisk.Cow.Bitmap;
 // anything that would copy up, change the map or must be durable at once (Sync) takes the slow path.
 public sealed partial class BitmapOverlay
 {
-    private SafeFileHandle[]? _files;
-    private int _baseFileIndex = -1;
+    private RemapTargets? _targets;
     private bool _remapResolved;
     private long _remapsGranted;
 
@@ -24,7 +24,7 @@ public sealed partial class BitmapOverlay
         get
         {
             ResolveRemap();
-            return _files ?? [];
+            return _targets?.Files ?? [];
         }
     }
 
@@ -35,7 +35,7 @@ public sealed partial class BitmapOverlay
     {
         lease = RemapLease.None;
         ResolveRemap();
-        if (_files is null || IsDisposed || length == 0
+        if (_targets is null || IsDisposed || length == 0
             || (write && (_readOnly || _policy == MetadataPolicy.Sync))
             || !IoRange.IsValid(offset, length, _virtualSize, Info.LogicalSectorSize))
         {
@@ -81,7 +81,6 @@ public sealed partial class BitmapOverlay
     private int MapRuns(bool write, long position, long end, ReadOnlySpan<IoBuffer> buffers, Span<FileExtent> extents)
     {
         var cow = (IRemappableBlockDevice)_cow;
-        Span<FileExtent> one = stackalloc FileExtent[1];
         int count = 0;
         while (position < end)
         {
@@ -98,50 +97,15 @@ public sealed partial class BitmapOverlay
                 return 0;
             }
 
-            if (source == Source.Zeros)
+            bool mapped = source switch
             {
-                if (count == extents.Length)
-                {
-                    return 0;
-                }
-
-                extents[count++] = new FileExtent(FileExtentKind.Zero, 0, 0, runEnd - position);
-                position = runEnd;
-                continue;
-            }
-
-            if (source == Source.Overlay)
+                Source.Zeros => RemapTargets.TryAddZeros(runEnd - position, extents, ref count),
+                Source.Overlay => RemapTargets.TryAdd(cow, write, _dataOffset + position, runEnd - position, 0, buffers, extents, ref count),
+                _ => MapBaseRun(position, runEnd, buffers, extents, ref count),
+            };
+            if (!mapped)
             {
-                if (count == extents.Length || !RemapOne(cow, write, _dataOffset + position, runEnd - position, buffers, one, 0))
-                {
-                    return 0;
-                }
-
-                extents[count++] = one[0];
-                position = runEnd;
-                continue;
-            }
-
-            // The base, then zeros past its end (a virtual disk larger than its base).
-            long baseEnd = Math.Min(runEnd, _baseSize);
-            if (position < baseEnd)
-            {
-                if (count == extents.Length || !RemapOne((IRemappableBlockDevice)_base!, write: false, position, baseEnd - position, buffers, one, _baseFileIndex))
-                {
-                    return 0;
-                }
-
-                extents[count++] = one[0];
-            }
-
-            if (baseEnd < runEnd)
-            {
-                if (count == extents.Length)
-                {
-                    return 0;
-                }
-
-                extents[count++] = new FileExtent(FileExtentKind.Zero, 0, 0, runEnd - Math.Max(position, baseEnd));
+                return 0;
             }
 
             position = runEnd;
@@ -150,22 +114,17 @@ public sealed partial class BitmapOverlay
         return count;
     }
 
-    /// <summary>One extent from a raw device below (lease-free); its file index shifted to ours.</summary>
-    private static bool RemapOne(IRemappableBlockDevice device, bool write, long offset, long length, ReadOnlySpan<IoBuffer> buffers, Span<FileExtent> one, int fileBase)
+    /// <summary>A run read from the base: its data, then zeros past its end (a virtual disk larger than its base).</summary>
+    private bool MapBaseRun(long position, long runEnd, ReadOnlySpan<IoBuffer> buffers, Span<FileExtent> extents, ref int count)
     {
-        int n = device.Remap(write, offset, length, buffers, one, out RemapLease lease);
-        if (n != 1 || !lease.IsNone)
+        long baseEnd = Math.Min(runEnd, _baseSize);
+        if (position < baseEnd
+            && !RemapTargets.TryAdd((IRemappableBlockDevice)_base!, write: false, position, baseEnd - position, _targets!.BaseFileIndex, buffers, extents, ref count))
         {
-            if (!lease.IsNone)
-            {
-                device.ReleaseLease(lease);
-            }
-
             return false;
         }
 
-        one[0] = one[0] with { FileIndex = one[0].FileIndex + fileBase };
-        return true;
+        return baseEnd >= runEnd || RemapTargets.TryAddZeros(runEnd - Math.Max(position, baseEnd), extents, ref count);
     }
 
     /// <summary>The fast path exists when the data area and the base (if any) are files the data plane can reach.</summary>
@@ -178,23 +137,7 @@ public sealed partial class BitmapOverlay
 
         lock (_writeBackLock)
         {
-            if (_remapResolved)
-            {
-                return;
-            }
-
-            if (_cow is IRemappableBlockDevice cow && (_base is null || _base is IRemappableBlockDevice))
-            {
-                var files = new List<SafeFileHandle>(cow.Files);
-                if (_base is IRemappableBlockDevice baseDevice)
-                {
-                    _baseFileIndex = files.Count;
-                    files.AddRange(baseDevice.Files);
-                }
-
-                _files = [.. files];
-            }
-
+            _targets ??= RemapTargets.For(_cow, _base);
             Volatile.Write(ref _remapResolved, true);
         }
     }

@@ -1,5 +1,6 @@
 using Microsoft.Win32.SafeHandles;
 using XenDisk.Cow.Leases;
+using XenDisk.Cow.Storage;
 using XenDisk.Cow.Policies;
 using XenDisk.Storage;
 
@@ -14,8 +15,7 @@ namespace XenDisk.Cow.Qcow2;
 public sealed partial class Qcow2Image
 {
     private readonly RangeLeases _leases = new(StripeCount);
-    private SafeFileHandle[]? _remapFiles;
-    private int _backingFileIndex = -1;
+    private RemapTargets? _targets;
     private bool _remapResolved;
     private long _remapsGranted;
 
@@ -27,7 +27,7 @@ public sealed partial class Qcow2Image
         get
         {
             ResolveRemap();
-            return _remapFiles ?? [];
+            return _targets?.Files ?? [];
         }
     }
 
@@ -38,7 +38,7 @@ public sealed partial class Qcow2Image
     {
         lease = RemapLease.None;
         ResolveRemap();
-        if (_remapFiles is null || length <= 0
+        if (_targets is null || length <= 0
             || (write && (ReadOnly || _policy == MetadataPolicy.Sync || _failure != null))
             || !IoRange.IsValid(offset, length, _virtualSize, 512))
         {
@@ -102,7 +102,6 @@ public sealed partial class Qcow2Image
     private int MapClusters(bool write, long position, long end, ReadOnlySpan<IoBuffer> buffers, Span<FileExtent> extents)
     {
         var overlay = (IRemappableBlockDevice)_overlay;
-        Span<FileExtent> one = stackalloc FileExtent[1];
         int count = 0;
         while (position < end)
         {
@@ -141,14 +140,14 @@ public sealed partial class Qcow2Image
                 switch (state)
                 {
                     case UnitState.Data when hostUsable:
-                        if (!Add(overlay, write, host + (position - clusterStart), runEnd - position, 0, buffers, extents, one, ref count))
+                        if (!RemapTargets.TryAdd(overlay, write, host + (position - clusterStart), runEnd - position, 0, buffers, extents, ref count))
                         {
                             return 0;
                         }
 
                         break;
                     case UnitState.Zero:
-                        if (!AddZeros(runEnd - position, extents, ref count))
+                        if (!RemapTargets.TryAddZeros(runEnd - position, extents, ref count))
                         {
                             return 0;
                         }
@@ -158,12 +157,12 @@ public sealed partial class Qcow2Image
                         long backingSize = _backing?.Info.SizeBytes ?? 0;
                         long inBacking = Math.Clamp(backingSize - position, 0, runEnd - position);
                         if (inBacking > 0 && (_backing is not IRemappableBlockDevice backing
-                            || !Add(backing, write: false, position, inBacking, _backingFileIndex, buffers, extents, one, ref count)))
+                            || !RemapTargets.TryAdd(backing, write: false, position, inBacking, _targets!.BaseFileIndex, buffers, extents, ref count)))
                         {
                             return 0;
                         }
 
-                        if (inBacking < runEnd - position && !AddZeros(runEnd - position - inBacking, extents, ref count))
+                        if (inBacking < runEnd - position && !RemapTargets.TryAddZeros(runEnd - position - inBacking, extents, ref count))
                         {
                             return 0;
                         }
@@ -178,50 +177,6 @@ public sealed partial class Qcow2Image
         }
 
         return count;
-    }
-
-    /// <summary>Appends the device's extent for a range, merged with the previous one when they are contiguous in one file.</summary>
-    private static bool Add(IRemappableBlockDevice device, bool write, long offset, long length, int fileBase, ReadOnlySpan<IoBuffer> buffers,
-        Span<FileExtent> extents, Span<FileExtent> one, ref int count)
-    {
-        if (device.Remap(write, offset, length, buffers, one, out RemapLease lease) != 1 || !lease.IsNone)
-        {
-            device.ReleaseLease(lease);
-            return false;
-        }
-
-        FileExtent extent = one[0] with { FileIndex = one[0].FileIndex + fileBase };
-        if (count > 0 && extents[count - 1] is { Kind: FileExtentKind.File } previous
-            && previous.FileIndex == extent.FileIndex && previous.FileOffset + previous.Length == extent.FileOffset)
-        {
-            extents[count - 1] = previous with { Length = previous.Length + extent.Length };
-            return true;
-        }
-
-        if (count == extents.Length)
-        {
-            return false;
-        }
-
-        extents[count++] = extent;
-        return true;
-    }
-
-    private static bool AddZeros(long length, Span<FileExtent> extents, ref int count)
-    {
-        if (count > 0 && extents[count - 1].Kind == FileExtentKind.Zero)
-        {
-            extents[count - 1] = extents[count - 1] with { Length = extents[count - 1].Length + length };
-            return true;
-        }
-
-        if (count == extents.Length)
-        {
-            return false;
-        }
-
-        extents[count++] = new FileExtent(FileExtentKind.Zero, 0, 0, length);
-        return true;
     }
 
     /// <summary>The L2 entry of <paramref name="guestCluster"/> from memory alone: false when its table is not cached. Under the metadata lock.</summary>
@@ -265,23 +220,7 @@ public sealed partial class Qcow2Image
 
         lock (_metadataLock)
         {
-            if (_remapResolved)
-            {
-                return;
-            }
-
-            if (_overlay is IRemappableBlockDevice overlay && (_backing is null || _backing is IRemappableBlockDevice))
-            {
-                var files = new List<SafeFileHandle>(overlay.Files);
-                if (_backing is IRemappableBlockDevice backing)
-                {
-                    _backingFileIndex = files.Count;
-                    files.AddRange(backing.Files);
-                }
-
-                _remapFiles = [.. files];
-            }
-
+            _targets ??= RemapTargets.For(_overlay, _backing);
             Volatile.Write(ref _remapResolved, true);
         }
     }
