@@ -179,6 +179,8 @@ if [ "$scenario" = xendisk ] && alive "$xendisk_pid"; then
                 start_xendisk "crash-kill-$k" || break
             done
             sleep 5
+            # What the restarted instances found in the rings' in-flight records (event 2008).
+            grep 'resumed after an unclean stop' /var/log/xendisk.log | sed 's/.*Ring /ring /' | while read -r line; do info "$line"; done
             xenstore-write "/local/domain/$(xl domid $guest)/data/e2e-go" 1
         fi
         if follow_guest $guest "GUEST: DONE" 900; then
