@@ -175,7 +175,7 @@ public sealed partial class BitmapOverlay
         {
             throw new StorageException($"The bitmap overlay on {cowDevice.Info.Description} names {fullPath} as its base, which the backing file policy does not allow.");
         }
-        IBlockDevice baseDevice = (openBase ?? (path => RawBlockDevice.Open(path, readOnly: true)))(fullPath);
+        IBlockDevice baseDevice = (openBase ?? (path => ImageLocks.OpenRaw(path, readOnly: true)))(fullPath);
         try
         {
             return Open(cowDevice, baseDevice, options);

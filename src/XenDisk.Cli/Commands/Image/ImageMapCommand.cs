@@ -152,7 +152,7 @@ internal static class ImageMapCommand
 
     private static List<Extent> MapRaw(string path)
     {
-        using RawBlockDevice device = RawBlockDevice.Open(Path.GetFullPath(path), readOnly: true, new RawDeviceOptions { DirectIo = false });
+        using RawBlockDevice device = ImageLocks.OpenRaw(Path.GetFullPath(path), readOnly: true, new RawDeviceOptions { DirectIo = false });
         long size = device.Info.SizeBytes;
         return size == 0 ? [] : [new Extent(0, size, Name(ExtentKind.Data), 0)];
     }
