@@ -5,7 +5,7 @@ namespace XenDisk.Cli.Commands;
 
 /// <summary>
 /// `xendisk image ...`: image tools in qemu-img's argument style (create, info, check, map, snapshot,
-/// commit, hydrate, rebase), so that operators' habits carry over. Every subcommand takes --json;
+/// commit, hydrate, rebase, convert, compare, resize), so that operators' habits carry over. The describing subcommands take --json;
 /// long work draws progress on stderr.
 /// </summary>
 internal static class ImageCommand
@@ -20,5 +20,8 @@ internal static class ImageCommand
         ImageMaintenanceCommands.CreateCommit(),
         ImageMaintenanceCommands.CreateHydrate(),
         ImageMaintenanceCommands.CreateRebase(),
+        ImageConvertCommand.Create(),
+        ImageCompareCommand.Create(),
+        ImageResizeCommand.Create(),
     };
 }

@@ -217,6 +217,28 @@ public sealed class FileImageDevice : IGrowableBlockDevice
         }
     }
 
+    /// <summary>Sets the file's length, shrinking it too (a raw image's resize; overlays only ever grow through <see cref="EnsureSize"/>).</summary>
+    public IoStatus SetLength(long length)
+    {
+        if (Info.ReadOnly)
+        {
+            return IoStatus.ReadOnly;
+        }
+        lock (_growLock)
+        {
+            try
+            {
+                RandomAccess.SetLength(_handle, length);
+                Volatile.Write(ref _info, MakeInfo(length, readOnly: false));
+                return IoStatus.Ok;
+            }
+            catch (IOException e)
+            {
+                return IsNoSpace(e) ? IoStatus.NoSpace : IoStatus.IoError;
+            }
+        }
+    }
+
     public void Dispose()
     {
         if (_disposed)
