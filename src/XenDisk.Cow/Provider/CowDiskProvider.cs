@@ -479,7 +479,7 @@ public sealed class CowDiskProvider : IDiskProvider
         IoStatus status = device.Read(0, [block.AsIoBuffer()]);
         if (status != IoStatus.Ok)
         {
-            throw Refuse($"Cannot read overlay {path} ({status}).");
+            throw Refuse($"Cannot read overlay {path} ({status.Describe()}).");
         }
         return !block.Span.ContainsAnyExcept((byte)0);
     }

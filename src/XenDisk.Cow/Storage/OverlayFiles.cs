@@ -42,7 +42,7 @@ public static class OverlayFiles
                 IoStatus padded = probe.EnsureSize(length + Sector - length % Sector);
                 if (padded != IoStatus.Ok)
                 {
-                    throw new StorageException($"Cannot pad qcow2 image file {path} to a whole sector: {padded}");
+                    throw new StorageException($"Cannot pad qcow2 image file {path} to a whole sector: {padded.Describe()}");
                 }
                 length += Sector - length % Sector;
             }
@@ -93,7 +93,7 @@ public static class OverlayFiles
             {
                 throw new StorageException(status == IoStatus.NoSpace
                     ? $"Cannot allocate {size} bytes for overlay file {path}: no space left"
-                    : $"Cannot allocate {size} bytes for overlay file {path} ({status})");
+                    : $"Cannot allocate {size} bytes for overlay file {path} ({status.Describe()})");
             }
         }
         catch (Exception e) when (e is StorageException or IOException or UnauthorizedAccessException)

@@ -274,7 +274,7 @@ internal static class ImageMaintenanceCommands
             throw;
         }
         return RunWithProgress(overlay, progress, report => overlay.Commit(new CommitOptions { ClearOverlay = empty, Progress = report }),
-            status => $"committing '{path}' failed ({status})");
+            status => $"committing '{path}' failed ({status.Describe()})");
     }
 
     /// <summary>Runs a bitmap overlay's long operation with the progress bar, disposes the overlay,
@@ -331,7 +331,7 @@ internal static class ImageMaintenanceCommands
         }
         return RunWithProgress(overlay, progress,
             report => overlay.Hydrate(new HydrateOptions { BytesPerSecond = bytesPerSecond, Progress = report }, cancellationToken),
-            status => $"hydrating '{path}' failed ({status}); run it again to resume");
+            status => $"hydrating '{path}' failed ({status.Describe()}); run it again to resume");
     }
 
     private static void Report(ParseResult parse, OperationReport report, string text)

@@ -128,7 +128,7 @@ internal static class ImageMapCommand
             IoStatus status = device.ReadAt(header.BitmapOffset + firstGrain / 4, chunk.AsSpan(0, readLength));
             if (status != IoStatus.Ok)
             {
-                throw new StorageException($"cannot read the grain map of '{path}' ({status})");
+                throw new StorageException($"cannot read the grain map of '{path}' ({status.Describe()})");
             }
             long lastGrain = Math.Min(grains, firstGrain + bytes * 4);
             for (long grain = firstGrain; grain < lastGrain; grain++)
