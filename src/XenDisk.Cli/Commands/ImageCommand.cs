@@ -30,6 +30,13 @@ internal static class ImageCommand
         foreach (Command subcommand in image.Subcommands)
         {
             NameUnknownOptions(subcommand);
+            if (subcommand.Options.Any(o => o.Name == "--json"))
+            {
+                // qemu-img's --output=human|json, so that scripts written for it carry over.
+                Option<string> output = new("--output") { Description = "Output format: human or json (--output=json is --json)" };
+                output.AcceptOnlyFromAmong("human", "json");
+                subcommand.Options.Add(output);
+            }
         }
         return image;
     }

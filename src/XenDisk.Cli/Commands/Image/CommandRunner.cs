@@ -22,6 +22,13 @@ internal static class CommandRunner
 
     public static TextWriter Error(this ParseResult parse) => parse.InvocationConfiguration.Error;
 
+    /// <summary>
+    /// True for --json or --output=json (qemu-img's spelling; <see cref="ImageCommand"/> gives every
+    /// command with --json the --output option too).
+    /// </summary>
+    public static bool WantsJson(this ParseResult parse) =>
+        parse.GetValue<bool>("--json") || string.Equals(parse.GetValue<string?>("--output"), "json", StringComparison.Ordinal);
+
     public static void WriteJson<T>(this ParseResult parse, T value, JsonTypeInfo<T> type) => parse.Out().WriteLine(JsonSerializer.Serialize(value, type));
 
     /// <summary>

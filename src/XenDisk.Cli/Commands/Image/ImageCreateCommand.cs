@@ -123,7 +123,7 @@ internal static class ImageCreateCommand
                 return exit;
             }
             ImageDescription description = ImageDescription.Read(path, kind);
-            if (parse.GetValue(json))
+            if (parse.WantsJson())
             {
                 parse.WriteJson(description, ImageJsonContext.Default.ImageDescription);
             }

@@ -22,7 +22,7 @@ internal static class ImageInfoCommand
                 return exitCode;
             }
             ImageDescription description = ImageDescription.Read(path, kind);
-            if (parse.GetValue(json))
+            if (parse.WantsJson())
             {
                 parse.WriteJson(description, ImageJsonContext.Default.ImageDescription);
             }

@@ -336,7 +336,7 @@ internal static class ImageMaintenanceCommands
 
     private static void Report(ParseResult parse, OperationReport report, string text)
     {
-        if (parse.GetValue<bool>("--json"))
+        if (parse.WantsJson())
         {
             parse.WriteJson(report, ImageJsonContext.Default.OperationReport);
         }

@@ -62,7 +62,7 @@ internal static class ImageMapCommand
                 };
                 progress.Complete();
             }
-            if (parse.GetValue(json))
+            if (parse.WantsJson())
             {
                 parse.WriteJson(extents, ImageJsonContext.Default.ListExtent);
             }
