@@ -181,3 +181,52 @@ public sealed class ImageVerbTests : IDisposable
         Assert.Contains("virtual size: 39 B (39 bytes)", info.Output);
     }
 }
+
+public sealed class BackingChainInfoTests : IDisposable
+{
+    private readonly TempDirectory _dir = new();
+
+    public void Dispose() => _dir.Dispose();
+
+    [Fact]
+    public void BackingChain_ListsTheImagesQemuImgLists()
+    {
+        string baseImage = _dir.File("base.raw");
+        Assert.Equal(0, QemuTools.Run("qemu-img", "create", "-f", "raw", baseImage, "4M").ExitCode);
+        Assert.Equal(0, QemuTools.Run("qemu-img", "create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", _dir.File("mid.qcow2")).ExitCode);
+        string top = _dir.File("top.qcow2");
+        Assert.Equal(0, QemuTools.Run("qemu-img", "create", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", top, "8M").ExitCode);
+
+        CliResult ours = Xendisk.Run("image", "info", "--backing-chain", "--output=json", top);
+        QemuTools.ToolResult theirs = QemuTools.Run("qemu-img", "info", "--backing-chain", "--output=json", top);
+
+        Assert.True(ours.ExitCode == 0, ours.ToString());
+        JsonElement[] a = [.. JsonDocument.Parse(ours.Output).RootElement.EnumerateArray()];
+        JsonElement[] b = [.. JsonDocument.Parse(theirs.Output).RootElement.EnumerateArray()];
+        Assert.Equal(b.Length, a.Length);
+        for (int i = 0; i < a.Length; i++)
+        {
+            Assert.Equal(b[i].GetProperty("format").GetString(), a[i].GetProperty("format").GetString());
+            Assert.Equal(b[i].GetProperty("virtual-size").GetInt64(), a[i].GetProperty("virtualSize").GetInt64());
+            Assert.Equal(Path.GetFileName(b[i].GetProperty("filename").GetString()), Path.GetFileName(a[i].GetProperty("filename").GetString()));
+        }
+
+        CliResult text = Xendisk.Run("image", "info", "--backing-chain", top);
+        Assert.Equal(3, text.Output.Split("image: ").Length - 1);
+    }
+
+    [Fact]
+    public void BackingChain_OutsideTheImageDirectory_NeedsAllowBase()
+    {
+        using TempDirectory other = new();
+        string baseImage = other.File("base.raw");
+        Assert.Equal(0, QemuTools.Run("qemu-img", "create", "-f", "raw", baseImage, "1M").ExitCode);
+        string top = _dir.File("top.qcow2");
+        Assert.Equal(0, QemuTools.Run("qemu-img", "create", "-f", "qcow2", "-b", baseImage, "-F", "raw", top).ExitCode);
+
+        CliResult refused = Xendisk.Run("image", "info", "--backing-chain", top);
+        Assert.Equal(1, refused.ExitCode);
+        Assert.Contains("--allow-base", refused.Error);
+        Assert.Equal(0, Xendisk.Run("image", "info", "--backing-chain", "--allow-base", other.Path, top).ExitCode);
+    }
+}
