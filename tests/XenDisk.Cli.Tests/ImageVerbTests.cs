@@ -230,3 +230,46 @@ public sealed class BackingChainInfoTests : IDisposable
         Assert.Equal(0, Xendisk.Run("image", "info", "--backing-chain", "--allow-base", other.Path, top).ExitCode);
     }
 }
+
+public sealed class MeasureTests : IDisposable
+{
+    private readonly TempDirectory _dir = new();
+
+    public void Dispose() => _dir.Dispose();
+
+    private static (long Required, long FullyAllocated) Sizes(string json)
+    {
+        JsonElement root = JsonDocument.Parse(json).RootElement;
+        return (root.GetProperty("required").GetInt64(), root.GetProperty("fully-allocated").GetInt64());
+    }
+
+    [Theory]
+    [InlineData("qcow2", "1M")]
+    [InlineData("qcow2", "10G")]
+    [InlineData("qcow2", "3000M")]
+    [InlineData("raw", "1G")]
+    public void Size_MatchesQemuImgMeasure(string format, string size)
+    {
+        CliResult ours = Xendisk.Run("image", "measure", "-O", format, "--size", size, "--output=json");
+        QemuTools.ToolResult theirs = QemuTools.Run("qemu-img", "measure", "-O", format, "--size", size, "--output=json");
+        Assert.True(ours.ExitCode == 0, ours.ToString());
+        Assert.Equal(Sizes(theirs.Output), Sizes(ours.Output));
+    }
+
+    [Fact]
+    public void Image_MatchesQemuImgMeasure()
+    {
+        string image = _dir.File("data.qcow2");
+        Assert.Equal(0, QemuTools.Run("qemu-img", "create", "-f", "qcow2", image, "64M").ExitCode);
+        Assert.Equal(0, QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 1M", "-c", "write -P 0x22 33M 4k", image).ExitCode);
+
+        CliResult ours = Xendisk.Run("image", "measure", "-O", "qcow2", "--output=json", image);
+        QemuTools.ToolResult theirs = QemuTools.Run("qemu-img", "measure", "-O", "qcow2", "--output=json", image);
+
+        Assert.True(ours.ExitCode == 0, ours.ToString());
+        Assert.Equal(Sizes(theirs.Output), Sizes(ours.Output));
+        CliResult text = Xendisk.Run("image", "measure", "-O", "qcow2", image);
+        Assert.Contains("required size: ", text.Output);
+        Assert.Contains("fully allocated size: ", text.Output);
+    }
+}
