@@ -36,6 +36,13 @@ public static class ImageLocks
     /// </summary>
     private const int UnidentifiedRetests = 3;
 
+    /// <summary>
+    /// How long a conflict held by a child of ours that has not exec'd yet is waited out (see
+    /// <see cref="IsOwnChildBeforeExec"/>): a fork by another thread (Process.Start) copies every
+    /// descriptor until the exec that follows within milliseconds; a child stuck longer is reported.
+    /// </summary>
+    private static readonly TimeSpan OwnForkWait = TimeSpan.FromSeconds(2);
+
     private const int EAGAIN = 11;
     private const int EACCES = 13;
     private const int EINVAL = 22;
@@ -125,6 +132,7 @@ public static class ImageLocks
                 }
             }
             // raw_check_lock_bytes: someone who does not share what we hold, then someone who holds what we do not share.
+            long forkDeadline = Environment.TickCount64 + (long)OwnForkWait.TotalMilliseconds;
             for (int attempt = 0; ; attempt++)
             {
                 (long offset, string failure, string what)? conflict = FindConflict(fd, held, unshared, out int posixOwner);
@@ -132,12 +140,18 @@ public static class ImageLocks
                 {
                     return;
                 }
-                string? holder = posixOwner > 0 ? Describe(posixOwner) : FindHolder(fd, path, found.offset);
+                int? holder = posixOwner > 0 ? posixOwner : FindHolder(fd, path, found.offset);
                 if (holder == null && attempt < UnidentifiedRetests)
                 {
                     continue;
                 }
-                throw new StorageException($"{found.failure} on '{path}': {holder ?? "another process"} has the image open and {found.what} (is a QEMU process or another XenDisk using it?)", EAGAIN);
+                if (holder is int child && IsOwnChildBeforeExec(child) && Environment.TickCount64 < forkDeadline)
+                {
+                    // Our own fork, about to exec (it closes the copy then): wait for that, briefly.
+                    Thread.Sleep(1);
+                    continue;
+                }
+                throw new StorageException($"{found.failure} on '{path}': {Describe(holder)} has the image open and {found.what} (is a QEMU process or another XenDisk using it?)", EAGAIN);
             }
         }
         finally
@@ -165,7 +179,7 @@ public static class ImageLocks
         // Nobody takes write locks on these bytes, so this is a foreign locker or a failing file system.
         string name = PermissionNames[(int)Math.Log2((int)permission)];
         throw new StorageException(errno is EAGAIN or EACCES
-            ? $"Failed to lock byte {offset} of '{path}' ({(shared ? "unshared " : "")}\"{name}\"): {FindHolder(fd, path, offset) ?? "another process"} holds a conflicting lock."
+            ? $"Failed to lock byte {offset} of '{path}' ({(shared ? "unshared " : "")}\"{name}\"): {Describe(FindHolder(fd, path, offset))} holds a conflicting lock."
             : $"Failed to lock byte {offset} of '{path}': {Marshal.GetPInvokeErrorMessage(errno)}", errno);
     }
 
@@ -209,7 +223,7 @@ public static class ImageLocks
     /// <paramref name="offset"/>: /proc/PID/fdinfo/FD lists the locks of that description ("lock:" lines
     /// in the /proc/locks format). Null when /proc cannot tell (no permission, or the holder is gone).
     /// </summary>
-    private static string? FindHolder(int ownFd, string path, long offset)
+    private static int? FindHolder(int ownFd, string path, long offset)
     {
         string target;
         try
@@ -240,7 +254,7 @@ public static class ImageLocks
                         {
                             continue;
                         }
-                        return pid == self ? $"this process (pid {pid}, another open of the image)" : Describe(pid);
+                        return pid;
                     }
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -276,8 +290,34 @@ public static class ImageLocks
         return false;
     }
 
-    private static string Describe(int pid)
+    /// <summary>
+    /// True for a child of this process that has not exec'd yet: it runs our executable still, and
+    /// holds copies of our descriptors (and so our locks) until exec closes them (O_CLOEXEC).
+    /// </summary>
+    private static bool IsOwnChildBeforeExec(int pid)
     {
+        try
+        {
+            string self = Environment.ProcessId.ToString(CultureInfo.InvariantCulture);
+            bool ours = File.ReadLines($"/proc/{pid}/status").Any(line => line.StartsWith("PPid:", StringComparison.Ordinal) && line[5..].Trim() == self);
+            return ours && new FileInfo($"/proc/{pid}/exe").LinkTarget == new FileInfo("/proc/self/exe").LinkTarget;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
+    private static string Describe(int? holder)
+    {
+        if (holder is not int pid)
+        {
+            return "another process";
+        }
+        if (pid == Environment.ProcessId)
+        {
+            return $"this process (pid {pid}, another open of the image)";
+        }
         try
         {
             return $"process {pid} ({File.ReadAllText($"/proc/{pid}/comm").Trim()})";
