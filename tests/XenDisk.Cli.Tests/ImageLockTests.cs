@@ -44,6 +44,29 @@ public sealed class ImageLockTests : IDisposable
     }
 
     [Fact]
+    public async Task ServedDisk_KeepsQemuIoOut_TheSharedBaseStaysReadable()
+    {
+        string baseImage = _dir.File("base.raw");
+        QemuTools.ToolResult created = QemuTools.Run("qemu-img", "create", "-f", "raw", baseImage, "4M");
+        Assert.True(created.ExitCode == 0, created.ToString());
+        string overlay = _dir.File("guest.qcow2");
+        await using (RunningService service = await RunningService.StartAsync(_dir.Path))
+        {
+            await service.AttachAsync($"cow:{baseImage},{overlay},format=qcow2");
+
+            QemuTools.ToolResult write = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", overlay);
+            Assert.NotEqual(0, write.ExitCode);
+            Assert.Contains("Failed to get \"write\" lock", write.Error + write.Output);
+            // The base is opened read-only and shared: readers may use it, writers may not.
+            Assert.Equal(0, QemuTools.Run("qemu-img", "info", "-f", "raw", baseImage).ExitCode);
+            Assert.NotEqual(0, QemuTools.Run("qemu-io", "-f", "raw", "-c", "write 0 4k", baseImage).ExitCode);
+        }
+
+        QemuTools.ToolResult after = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", overlay);
+        Assert.True(after.ExitCode == 0, after.ToString());
+    }
+
+    [Fact]
     public void QemuIoHoldingTheImage_XenDiskRefusesAndNamesTheProcess()
     {
         string path = Image();
