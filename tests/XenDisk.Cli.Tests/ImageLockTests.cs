@@ -88,6 +88,25 @@ public sealed class ImageLockTests : IDisposable
     }
 
     [Fact]
+    public void ConvertOntoAnImageQemuHolds_IsRefusedAndLeavesItAlone()
+    {
+        string held = Image();
+        string source = _dir.File("source.raw");
+        QemuTools.ToolResult created = QemuTools.Run("qemu-img", "create", "-f", "raw", source, "1M");
+        Assert.True(created.ExitCode == 0, created.ToString());
+        byte[] before = File.ReadAllBytes(held);
+
+        using (QemuTools.HoldWithQemuIo(held, readOnly: false))
+        {
+            CliResult converted = Xendisk.Run("image", "convert", "-O", "qcow2", source, held);
+            Assert.Equal(1, converted.ExitCode);
+            Assert.Contains("lock", converted.Error);
+            Assert.Contains("(qemu-io)", converted.Error);
+        }
+        Assert.Equal(before, File.ReadAllBytes(held));
+    }
+
+    [Fact]
     public void ReadersShare_BothWays()
     {
         string path = Image();
