@@ -82,10 +82,20 @@ public sealed class BadArgumentTests : IDisposable
     [Fact]
     public void UnknownOption_IsAParseErrorWithoutStackTrace()
     {
-        CliResult result = Xendisk.Run("image", "info", "--frobnicate", _dir.File("x"));
+        string image = _dir.File("x");
+        CliResult result = Xendisk.Run("image", "info", "--frobnicate", image);
 
         Assert.NotEqual(0, result.ExitCode);
-        Assert.Contains("Unrecognized command or argument", result.Error);
+        Assert.Contains("unknown option '--frobnicate'", result.Error);
+        Assert.DoesNotContain(image, result.Error);
         Xendisk.AssertNoStackTrace(result);
+
+        CliResult after = Xendisk.Run("image", "info", image, "--frobnicate");
+        Assert.Equal(2, after.ExitCode);
+        Assert.Contains("unknown option '--frobnicate'", after.Error);
+
+        CliResult extra = Xendisk.Run("image", "info", image, "other");
+        Assert.Equal(2, extra.ExitCode);
+        Assert.Contains("unexpected argument 'other'", extra.Error);
     }
 }

@@ -30,9 +30,9 @@ public sealed class ImageCheckAndMapTests : IDisposable
     }
 
     [Theory]
-    [InlineData("off")]
-    [InlineData("on")]
-    public void InjectedLeak_ExitsThree_RepairFixesIt_QemuAgrees(string extendedL2)
+    [InlineData("off", "leaks")]
+    [InlineData("on", "all")]
+    public void InjectedLeak_ExitsThree_RepairFixesIt_QemuAgrees(string extendedL2, string repairMode)
     {
         string image = ImageWithData(extendedL2);
         Qcow2Surgery.LeakFirstCluster(image);
@@ -46,7 +46,7 @@ public sealed class ImageCheckAndMapTests : IDisposable
             Assert.Equal(0, json.RootElement.GetProperty("corruptions").GetInt32());
         }
 
-        CliResult repaired = Xendisk.Run("image", "check", "-r", image);
+        CliResult repaired = Xendisk.Run("image", "check", "-r", repairMode, image);
         Assert.True(repaired.ExitCode == 0, repaired.ToString());
         Assert.Contains("1 leaked clusters", repaired.Output);
         Assert.Equal(0, Xendisk.Run("image", "check", image).ExitCode);
@@ -67,6 +67,34 @@ public sealed class ImageCheckAndMapTests : IDisposable
         Assert.True(result.ExitCode == 2, result.ToString());
         Assert.Contains("errors were found on the image", result.Output);
         Assert.Equal(2, QemuTools.Run("qemu-img", "check", image).ExitCode);
+    }
+
+    [Fact]
+    public void RepairLeaksOnly_LeavesACorruptImageAlone()
+    {
+        string image = ImageWithData();
+        Qcow2Surgery.PointFirstClusterBeyondEnd(image);
+        byte[] before = File.ReadAllBytes(image);
+
+        CliResult result = Xendisk.Run("image", "check", "-r", "leaks", image);
+
+        Assert.True(result.ExitCode == 2, result.ToString());
+        Assert.Contains("repair it with -r all", result.Output);
+        Assert.Equal(before, File.ReadAllBytes(image));
+        Assert.NotEqual(0, Xendisk.Run("image", "check", "-r", "bogus", image).ExitCode);
+    }
+
+    [Fact]
+    public void OutputJson_IsASynonymOfJson()
+    {
+        string image = ImageWithData();
+        CliResult json = Xendisk.Run("image", "check", "--json", image);
+        CliResult output = Xendisk.Run("image", "check", "--output=json", image);
+        Assert.True(output.ExitCode == 0, output.ToString());
+        Assert.Equal(json.Output, output.Output);
+        CliResult info = Xendisk.Run("image", "info", "--output", "json", image);
+        Assert.Equal("qcow2", JsonDocument.Parse(info.Output).RootElement.GetProperty("format").GetString());
+        Assert.NotEqual(0, Xendisk.Run("image", "info", "--output=yaml", image).ExitCode);
     }
 
     [Fact]

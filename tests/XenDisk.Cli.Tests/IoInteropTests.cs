@@ -179,7 +179,7 @@ public sealed class IoInteropTests : IDisposable
         CliResult write = Xendisk.Run("io", image, "-c", "write -P 0x62 4M 64k", "-c", "flush");
 
         Assert.Equal(1, write.ExitCode);
-        Assert.Contains("write failed at offset 4194304 (IoError: image corruption:", write.Error);
+        Assert.Contains("write failed at offset 4194304 (I/O error: image corruption:", write.Error);
         Assert.Contains("holds the L1 table", write.Error);
         CliResult read = Xendisk.Run("io", image, "-c", "read -P 0x22 1M 64k", "-c", "read -P 0x11 0 128k");
         Assert.True(read.ExitCode == 0, read.ToString());

@@ -33,3 +33,33 @@ public sealed class ProgressBarTests
         Assert.DoesNotContain('\r', error.ToString().Replace("\r\n", "\n", StringComparison.Ordinal));
     }
 }
+
+public sealed class TransferProgressTests
+{
+    /// <summary>A clock the test moves by hand.</summary>
+    private sealed class ManualClock : TimeProvider
+    {
+        public long Ticks { get; set; }
+
+        public override long TimestampFrequency => TimeSpan.TicksPerSecond;
+
+        public override long GetTimestamp() => Ticks;
+    }
+
+    [Fact]
+    public void CopyingWork_ShowsBytesRateAndTimeLeft()
+    {
+        StringWriter error = new();
+        ManualClock clock = new();
+        using (ProgressBar bar = new(error, "converting", showBytes: true, clock))
+        {
+            clock.Ticks = TimeSpan.TicksPerSecond * 2;
+            bar.Report(256L << 20, 1L << 30);
+            bar.Complete();
+        }
+        string[] lines = error.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        // 256 MiB in 2 s is 128 MiB/s; the 768 MiB left take 6 s at that rate.
+        Assert.Equal("converting: 25.0% (256 MiB of 1 GiB, 128 MiB/s, 6 s left)", lines[0].TrimEnd('\r'));
+        Assert.StartsWith("converting: 100.0% (1 GiB of 1 GiB,", lines[^1]);
+    }
+}

@@ -126,7 +126,7 @@ internal static partial class CowBenchmark
         device.Dispose();
         if (status != IoStatus.Ok)
         {
-            throw new CowBenchException($"closing {device.Info.Description} failed ({status})");
+            throw new CowBenchException($"closing {device.Info.Description} failed ({status.Describe()})");
         }
     }
 
@@ -224,7 +224,7 @@ internal static partial class CowBenchmark
                     IoStatus status = device.Write(at, new ReadOnlySpan<IoBuffer>(in buffer));
                     if (status != IoStatus.Ok)
                     {
-                        throw new CowBenchException($"writing the base {path} failed at offset {at} ({status})");
+                        throw new CowBenchException($"writing the base {path} failed at offset {at} ({status.Describe()})");
                     }
                 }
                 if (device.Flush() is var flushed && flushed != IoStatus.Ok)

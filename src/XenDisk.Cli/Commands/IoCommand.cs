@@ -5,6 +5,7 @@ using Microsoft.Extensions.Logging;
 using XenDisk.Cli.Commands.Image;
 using XenDisk.Cow;
 using XenDisk.Cow.Qcow2;
+using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 
 namespace XenDisk.Cli.Commands;
@@ -299,7 +300,7 @@ internal static class IoCommand
 
     /// <summary>The status, with the engine's explanation when it has one (an I/O error says nothing about why).</summary>
     private static string Reason(IBlockDevice device, IoStatus status) =>
-        status == IoStatus.IoError && (device as ICopyOnWriteImage)?.LastError is { } reason ? $"{status}: {reason}" : status.ToString();
+        status == IoStatus.IoError && (device as ICopyOnWriteImage)?.LastError is { } reason ? $"{status.Describe()}: {reason}" : status.Describe();
 
     private static string Invariant(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
 

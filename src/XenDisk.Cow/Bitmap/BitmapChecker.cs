@@ -96,7 +96,7 @@ public static class BitmapChecker
         IoStatus status = Repair(cowDevice, header, map, grains, standaloneWrong);
         return status == IoStatus.Ok
             ? report with { Repaired = true }
-            : report with { Problems = [.. problems, $"repair: writing failed ({status})"] };
+            : report with { Problems = [.. problems, $"repair: writing failed ({status.Describe()})"] };
     }
 
     private static IoStatus Repair(IBlockDevice cowDevice, BitmapHeader header, byte[] map, long grains, bool standaloneWrong)

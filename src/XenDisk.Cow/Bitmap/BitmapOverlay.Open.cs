@@ -175,7 +175,7 @@ public sealed partial class BitmapOverlay
         {
             throw new StorageException($"The bitmap overlay on {cowDevice.Info.Description} names {fullPath} as its base, which the backing file policy does not allow.");
         }
-        IBlockDevice baseDevice = (openBase ?? (path => RawBlockDevice.Open(path, readOnly: true)))(fullPath);
+        IBlockDevice baseDevice = (openBase ?? (path => ImageLocks.OpenRaw(path, readOnly: true)))(fullPath);
         try
         {
             return Open(cowDevice, baseDevice, options);
@@ -211,7 +211,7 @@ public sealed partial class BitmapOverlay
         IoStatus status = cowDevice.Read(0, new ReadOnlySpan<IoBuffer>(in buffer));
         if (status != IoStatus.Ok)
         {
-            return $"reading the header failed ({status})";
+            return $"reading the header failed ({status.Describe()})";
         }
         return BitmapHeader.TryParse(block.Span, size, out header);
     }
@@ -271,7 +271,7 @@ public sealed partial class BitmapOverlay
             {
                 overlay._disposed = 1;
                 overlay.ReleaseMemory();
-                throw new StorageException($"Cannot open the bitmap overlay on {cow.Info.Description} for writing: setting the dirty flag failed ({status}).");
+                throw new StorageException($"Cannot open the bitmap overlay on {cow.Info.Description} for writing: setting the dirty flag failed ({status.Describe()}).");
             }
         }
         return overlay;
@@ -290,7 +290,7 @@ public sealed partial class BitmapOverlay
     {
         if (status != IoStatus.Ok)
         {
-            throw new StorageException($"Bitmap overlay on {device.Info.Description}: could not {what} ({status}).");
+            throw new StorageException($"Bitmap overlay on {device.Info.Description}: could not {what} ({status.Describe()}).");
         }
     }
 }

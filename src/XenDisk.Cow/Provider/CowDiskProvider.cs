@@ -57,7 +57,7 @@ public sealed class CowDiskProvider : IDiskProvider
         CowTarget target = CowTarget.Parse(specification.Target);
         return target.Kind switch
         {
-            CowTargetKind.Raw => _options.RawProvider.Open(specification with { Target = target.Path! }),
+            CowTargetKind.Raw => OpenRaw(specification with { Target = target.Path! }),
             CowTargetKind.Qcow2 => OpenQcow2(target, specification.ReadOnly),
             _ => OpenCow(target, specification.ReadOnly, specification.Type),
         };
@@ -179,7 +179,7 @@ public sealed class CowDiskProvider : IDiskProvider
                 Qcow2Image image = Qcow2Image.Open(storage, null, new Qcow2OpenOptions { Policy = policy, ReadOnly = readOnly, OwnsDevices = true, Logger = _options.Logger });
                 return Track(RequireWritable(image, readOnly, overlayPath), image);
             }
-            storage = _options.RawProvider.Open(new DiskSpecification(overlayPath, readOnly, type));
+            storage = OpenRaw(new DiskSpecification(overlayPath, readOnly, type));
             if (!HasBitmapMagic(storage) || !BitmapOverlay.ReadHeader(storage).IsStandalone)
             {
                 storage.Dispose();
@@ -201,7 +201,7 @@ public sealed class CowDiskProvider : IDiskProvider
         {
             try
             {
-                return _options.RawProvider.Open(new DiskSpecification(basePath, ReadOnly: true, type));
+                return OpenRaw(new DiskSpecification(basePath, ReadOnly: true, type));
             }
             catch (StorageException e)
             {
@@ -353,7 +353,7 @@ public sealed class CowDiskProvider : IDiskProvider
         IBlockDevice? cow = null;
         try
         {
-            cow = _options.RawProvider.Open(new DiskSpecification(overlayPath, readOnly, type));
+            cow = OpenRaw(new DiskSpecification(overlayPath, readOnly, type));
             bool regularFile = cow is not RawBlockDevice { IsBlockDevice: true };
             BitmapOverlayOptions options = new() { Policy = policy, ReadOnly = readOnly, OwnsDevices = true };
             bool blank = created || IsBlank(cow, overlayPath);
@@ -479,7 +479,7 @@ public sealed class CowDiskProvider : IDiskProvider
         IoStatus status = device.Read(0, [block.AsIoBuffer()]);
         if (status != IoStatus.Ok)
         {
-            throw Refuse($"Cannot read overlay {path} ({status}).");
+            throw Refuse($"Cannot read overlay {path} ({status.Describe()}).");
         }
         return !block.Span.ContainsAnyExcept((byte)0);
     }
@@ -515,6 +515,26 @@ public sealed class CowDiskProvider : IDiskProvider
     }
 
     private static string WithSeparator(string directory) => Path.TrimEndingDirectorySeparator(directory) + Path.DirectorySeparatorChar;
+
+    /// <summary>
+    /// Opens a raw file or device through <see cref="CowProviderOptions.RawProvider"/> with QEMU's image
+    /// locks on it (<see cref="ImageLocks"/>): a base shared by many guests takes reader locks, which
+    /// coexist; an overlay or a raw disk written by a guest takes writer locks, which QEMU respects.
+    /// </summary>
+    private IBlockDevice OpenRaw(DiskSpecification specification)
+    {
+        IBlockDevice device = _options.RawProvider.Open(specification);
+        try
+        {
+            ImageLocks.Acquire(device, specification.Target, writable: !specification.ReadOnly);
+            return device;
+        }
+        catch
+        {
+            device.Dispose();
+            throw;
+        }
+    }
 
     private static StorageException Refuse(string message, int errno = 0, Exception? inner = null) => new(message, errno, inner);
 

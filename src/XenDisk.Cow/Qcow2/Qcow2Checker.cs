@@ -63,7 +63,7 @@ public static class Qcow2Checker
         IoStatus status = Repair(image, header, actions);
         if (status != IoStatus.Ok)
         {
-            actions.Add($"repair failed: {status}");
+            actions.Add($"repair failed: {status.Describe()}");
             return before.ToReport(0, 0, actions);
         }
         Qcow2Header repaired = Qcow2Disk.ReadHeader(image);

@@ -101,7 +101,7 @@ public static class Qcow2Disk
         switch (format)
         {
             case "raw":
-                return RawBlockDevice.Open(backingPath, readOnly: true);
+                return ImageLocks.OpenRaw(backingPath, readOnly: true);
             case "qcow2":
                 FileImageDevice file = FileImageDevice.Open(backingPath, readOnly: true);
                 IBlockDevice? next = null;

@@ -465,7 +465,7 @@ internal static class Qcow2HeaderReader
     {
         if (status != IoStatus.Ok)
         {
-            throw new StorageException($"qcow2: I/O error ({status}) while {what}");
+            throw new StorageException($"qcow2: {status.Describe()} while {what}");
         }
     }
 

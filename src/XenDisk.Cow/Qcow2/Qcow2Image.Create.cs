@@ -146,7 +146,7 @@ public sealed partial class Qcow2Image
     {
         if (status != IoStatus.Ok)
         {
-            throw new StorageException($"qcow2: {what} failed ({status})", status == IoStatus.NoSpace ? 28 : 5);
+            throw new StorageException($"qcow2: {what} failed ({status.Describe()})", status == IoStatus.NoSpace ? 28 : 5);
         }
     }
 }

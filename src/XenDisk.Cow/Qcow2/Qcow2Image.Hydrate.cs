@@ -285,6 +285,6 @@ public sealed partial class Qcow2Image
     private string Explain(IoStatus status, string what)
     {
         string? detail = _failure ?? _lastError;
-        return detail == null ? $"{what} failed ({status})" : $"{what} failed ({status}): {detail}";
+        return detail == null ? $"{what} failed ({status.Describe()})" : $"{what} failed ({status.Describe()}): {detail}";
     }
 }

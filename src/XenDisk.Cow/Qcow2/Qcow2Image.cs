@@ -568,7 +568,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
     /// <summary>Records a metadata failure: from now on writes fail, because memory and disk may disagree.</summary>
     private IoStatus Fail(IoStatus status, string what)
     {
-        _failure ??= $"{what} failed with {status}";
+        _failure ??= $"{what} failed with {status.Describe()}";
         _lastError = _failure;
         return status == IoStatus.Ok ? IoStatus.IoError : status;
     }
@@ -577,7 +577,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
     {
         if (status != IoStatus.Ok)
         {
-            throw new StorageException($"qcow2: {what} failed ({status})");
+            throw new StorageException($"qcow2: {what} failed ({status.Describe()})");
         }
     }
 

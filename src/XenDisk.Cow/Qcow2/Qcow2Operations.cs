@@ -227,7 +227,7 @@ public static class Qcow2Operations
     {
         if (format == "raw")
         {
-            return RawBlockDevice.Open(path, readOnly);
+            return ImageLocks.OpenRaw(path, readOnly);
         }
         return Qcow2Disk.Open(path, new Qcow2OpenOptions { ReadOnly = readOnly, Policy = files.Policy, BackingPolicy = files.BackingPolicy });
     }

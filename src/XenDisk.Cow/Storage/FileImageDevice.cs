@@ -28,6 +28,9 @@ public sealed class FileImageDevice : IGrowableBlockDevice
 
     public string Path { get; }
 
+    /// <summary>The file's descriptor, borrowed (for <see cref="ImageLocks"/>); the device keeps ownership.</summary>
+    internal SafeFileHandle Handle => _handle;
+
     /// <summary>Delete the file on <see cref="Dispose"/> (for transient overlays).</summary>
     public bool DeleteOnDispose { get; set; }
 
@@ -35,32 +38,53 @@ public sealed class FileImageDevice : IGrowableBlockDevice
 
     public bool CompletesInline => false;
 
-    /// <summary>Opens an existing file. Throws <see cref="StorageException"/> naming the path.</summary>
+    /// <summary>
+    /// Opens an existing file and takes QEMU's image locks on it for a reader or a writer (see
+    /// <see cref="ImageLocks"/>). Throws <see cref="StorageException"/> naming the path, and the holder when it is locked.
+    /// </summary>
     public static FileImageDevice Open(string path, bool readOnly)
     {
+        FileImageDevice device;
         try
         {
             SafeFileHandle handle = File.OpenHandle(path, FileMode.Open, readOnly ? FileAccess.Read : FileAccess.ReadWrite,
                 readOnly ? FileShare.ReadWrite : FileShare.Read);
-            return new FileImageDevice(path, handle, readOnly);
+            device = new FileImageDevice(path, handle, readOnly);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new StorageException($"cannot open image file '{path}': {e.Message}", inner: e);
         }
+        return Locked(device, writable: !readOnly);
     }
 
     /// <summary>Creates (or truncates) a file. Throws <see cref="StorageException"/> naming the path.</summary>
     public static FileImageDevice Create(string path, bool overwrite = false)
     {
+        FileImageDevice device;
         try
         {
             SafeFileHandle handle = File.OpenHandle(path, overwrite ? FileMode.Create : FileMode.CreateNew, FileAccess.ReadWrite, FileShare.Read);
-            return new FileImageDevice(path, handle, readOnly: false);
+            device = new FileImageDevice(path, handle, readOnly: false);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new StorageException($"cannot create image file '{path}': {e.Message}", inner: e);
+        }
+        return Locked(device, writable: true);
+    }
+
+    private static FileImageDevice Locked(FileImageDevice device, bool writable)
+    {
+        try
+        {
+            ImageLocks.Acquire(device.Handle, device.Path, writable);
+            return device;
+        }
+        catch
+        {
+            device.Dispose();
+            throw;
         }
     }
 
@@ -184,6 +208,28 @@ public sealed class FileImageDevice : IGrowableBlockDevice
             {
                 RandomAccess.SetLength(_handle, minimumBytes);
                 Volatile.Write(ref _info, MakeInfo(minimumBytes, readOnly: false));
+                return IoStatus.Ok;
+            }
+            catch (IOException e)
+            {
+                return IsNoSpace(e) ? IoStatus.NoSpace : IoStatus.IoError;
+            }
+        }
+    }
+
+    /// <summary>Sets the file's length, shrinking it too (a raw image's resize; overlays only ever grow through <see cref="EnsureSize"/>).</summary>
+    public IoStatus SetLength(long length)
+    {
+        if (Info.ReadOnly)
+        {
+            return IoStatus.ReadOnly;
+        }
+        lock (_growLock)
+        {
+            try
+            {
+                RandomAccess.SetLength(_handle, length);
+                Volatile.Write(ref _info, MakeInfo(length, readOnly: false));
                 return IoStatus.Ok;
             }
             catch (IOException e)

@@ -7,8 +7,9 @@ namespace XenDisk.Cow.Storage;
 /// <summary>
 /// How the engine opens and creates the files that overlays live in when they serve a disk: with
 /// O_DIRECT (the guest has its own page cache; dom0's would only double it and hide lost writes
-/// until writeback), and with their blocks allocated before data lands in them, so that
-/// concurrent first writes do not queue behind the file system's block allocation.
+/// until writeback), with their blocks allocated before data lands in them, so that
+/// concurrent first writes do not queue behind the file system's block allocation, and with QEMU's
+/// image locks held for as long as they are open (<see cref="ImageLocks"/>).
 /// </summary>
 public static class OverlayFiles
 {
@@ -35,12 +36,14 @@ public static class OverlayFiles
             if (length % Sector != 0 && !readOnly)
             {
                 // Only a file whose header validates is padded: an image refused here must be left as it was.
-                using (FileImageDevice probe = FileImageDevice.Open(path, readOnly: true))
+                // The probe is a locked writer, so an image another process holds is refused, not padded.
+                using FileImageDevice probe = FileImageDevice.Open(path, readOnly: false);
+                Qcow2Disk.ReadHeader(probe);
+                IoStatus padded = probe.EnsureSize(length + Sector - length % Sector);
+                if (padded != IoStatus.Ok)
                 {
-                    Qcow2Disk.ReadHeader(probe);
+                    throw new StorageException($"Cannot pad qcow2 image file {path} to a whole sector: {padded.Describe()}");
                 }
-                using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
-                RandomAccess.SetLength(handle, length + Sector - length % Sector);
                 length += Sector - length % Sector;
             }
         }
@@ -52,7 +55,7 @@ public static class OverlayFiles
         {
             return FileImageDevice.Open(path, readOnly: true);
         }
-        return RawBlockDevice.Open(path, readOnly, new RawDeviceOptions { PreallocationStep = readOnly ? 0 : QcowPreallocationStep });
+        return ImageLocks.OpenRaw(path, readOnly, new RawDeviceOptions { PreallocationStep = readOnly ? 0 : QcowPreallocationStep });
     }
 
     /// <summary>
@@ -80,7 +83,7 @@ public static class OverlayFiles
                 RandomAccess.SetLength(handle, size);
                 return;
             }
-            using RawBlockDevice file = RawBlockDevice.Open(path, readOnly: false);
+            using RawBlockDevice file = ImageLocks.OpenRaw(path, readOnly: false);
             IoStatus status = file.EnsureSize(size);
             if (status == IoStatus.Ok && preallocation == FilePreallocation.Full)
             {
@@ -90,7 +93,7 @@ public static class OverlayFiles
             {
                 throw new StorageException(status == IoStatus.NoSpace
                     ? $"Cannot allocate {size} bytes for overlay file {path}: no space left"
-                    : $"Cannot allocate {size} bytes for overlay file {path} ({status})");
+                    : $"Cannot allocate {size} bytes for overlay file {path} ({status.Describe()})");
             }
         }
         catch (Exception e) when (e is StorageException or IOException or UnauthorizedAccessException)

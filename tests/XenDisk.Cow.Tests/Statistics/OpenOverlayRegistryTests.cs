@@ -32,7 +32,10 @@ public sealed class OpenOverlayRegistryTests : IDisposable
         string qcow2 = _directory.File("a.qcow2");
         string bitmap = _directory.File("b.cow");
         string transient = _directory.File("t.cow");
-        using IBlockDevice raw = Open("raw:" + _basePath);
+        // A raw disk of its own: the base below is shared read-only, which a writable raw disk on it would not allow (image locks).
+        string rawDisk = _directory.File("disk.raw");
+        File.WriteAllBytes(rawDisk, TestData.Random(BaseSize, 2));
+        using IBlockDevice raw = Open("raw:" + rawDisk);
         IBlockDevice first = Open($"cow:{_basePath},{qcow2},format=qcow2");
         IBlockDevice second = Open($"cow:{_basePath},{bitmap},format=bitmap");
         // A transient bitmap overlay comes wrapped (its file is deleted on close); the overlay inside is what is listed.

@@ -15,9 +15,19 @@ internal static class CommandRunner
     /// <summary>qemu-img's convention for an interrupted run (128 + SIGINT), so scripts can tell it from a failure.</summary>
     public const int InterruptedExitCode = 130;
 
+    /// <summary>"-x" or "--xyz", but not "-" (stdin) or a negative size such as "-1G".</summary>
+    public static bool LooksLikeOption(string token) => token.Length > 1 && token[0] == '-' && !char.IsAsciiDigit(token[1]);
+
     public static TextWriter Out(this ParseResult parse) => parse.InvocationConfiguration.Output;
 
     public static TextWriter Error(this ParseResult parse) => parse.InvocationConfiguration.Error;
+
+    /// <summary>
+    /// True for --json or --output=json (qemu-img's spelling; <see cref="ImageCommand"/> gives every
+    /// command with --json the --output option too).
+    /// </summary>
+    public static bool WantsJson(this ParseResult parse) =>
+        parse.GetValue<bool>("--json") || string.Equals(parse.GetValue<string?>("--output"), "json", StringComparison.Ordinal);
 
     public static void WriteJson<T>(this ParseResult parse, T value, JsonTypeInfo<T> type) => parse.Out().WriteLine(JsonSerializer.Serialize(value, type));
 
@@ -28,6 +38,12 @@ internal static class CommandRunner
     public static Task<int> RunAsync(ParseResult parse, CancellationToken cancellationToken, Func<int> work) =>
         Task.Run(() =>
         {
+            // The image commands leave unmatched tokens to this check, so that the one at fault is named.
+            if (parse.UnmatchedTokens.Count > 0)
+            {
+                string token = parse.UnmatchedTokens[0];
+                return CommandErrors.Invalid(parse, LooksLikeOption(token) ? $"unknown option '{token}'" : $"unexpected argument '{token}'");
+            }
             try
             {
                 return work();

@@ -8,7 +8,7 @@ using XenDisk.Storage;
 namespace XenDisk.Cli.Commands.Image;
 
 /// <summary>
-/// `xendisk image check [-r|--repair] [--json] IMAGE`, with qemu-img check's exit codes so that
+/// `xendisk image check [-r leaks|all] [--repair] [--json] IMAGE`, with qemu-img check's exit codes so that
 /// scripts carry over: 0 clean, 1 the check could not be done, 2 corruptions, 3 leaks only,
 /// 63 a format without metadata to check (raw).
 /// </summary>
@@ -19,6 +19,9 @@ internal static class ImageCheckCommand
     public const int Corrupted = 2;
     public const int LeaksOnly = 3;
     public const int NotSupported = 63;
+
+    private const string LeaksMode = "leaks";
+    private const string AllMode = "all";
 
     /// <summary>The outcome in one shape for both formats (qcow2 reports leaks; bitmap overlays cannot leak).</summary>
     internal sealed record CheckResult
@@ -37,12 +40,14 @@ internal static class ImageCheckCommand
     public static Command Create()
     {
         var format = ImageFiles.FormatOption();
-        var repair = new Option<bool>("--repair", "-r") { Description = "Repair what can be repaired (leaks, refcounts, COPIED bits; bitmap: invalid grains, flags)" };
+        var repairMode = new Option<string?>("-r") { Description = "Repair, as qemu-img check -r: 'leaks' (leaked clusters only) or 'all' (leaks, refcounts, COPIED bits; bitmap: invalid grains, flags)" };
+        repairMode.AcceptOnlyFromAmong(LeaksMode, AllMode);
+        var repair = new Option<bool>("--repair") { Description = "Repair everything that can be repaired (-r all)" };
         var json = new Option<bool>("--json") { Description = "Print the result as JSON" };
         var image = new Argument<string>("IMAGE") { Description = "The image file (must not be in use)" };
         var command = new Command("check", "Check an image's metadata for corruption and leaks (exit 0 clean, 2 corruptions, 3 leaks only, 1 could not check)")
         {
-            format, repair, json, image,
+            format, repairMode, repair, json, image,
         };
         command.SetAction((parse, cancellationToken) => CommandRunner.RunAsync(parse, cancellationToken, () =>
         {
@@ -51,17 +56,19 @@ internal static class ImageCheckCommand
             {
                 return exitCode;
             }
-            bool fix = parse.GetValue(repair);
+            string? mode = parse.GetValue(repairMode) ?? (parse.GetValue(repair) ? AllMode : null);
+            bool fix = mode != null;
             CheckResult result;
             try
             {
                 switch (kind)
                 {
                     case ImageFormat.Qcow2:
-                        result = CheckQcow2(parse, path, fix);
+                        result = mode == LeaksMode ? CheckQcow2LeaksOnly(parse, path) : CheckQcow2(parse, path, fix);
                         break;
                     case ImageFormat.Bitmap:
-                        result = CheckBitmap(path, fix);
+                        // A bitmap overlay has no reference counts, so it cannot leak: -r leaks has nothing to repair.
+                        result = CheckBitmap(path, mode == AllMode);
                         break;
                     default:
                         return CommandErrors.Failed(parse, $"'{path}' is a raw image, which has no metadata to check", NotSupported);
@@ -71,7 +78,7 @@ internal static class ImageCheckCommand
             {
                 return CommandErrors.Failed(parse, $"cannot check '{path}': {e.Message}", CouldNotCheck);
             }
-            if (parse.GetValue(json))
+            if (parse.WantsJson())
             {
                 parse.WriteJson(result, ImageJsonContext.Default.CheckResult);
             }
@@ -104,6 +111,25 @@ internal static class ImageCheckCommand
             Messages = report.Messages,
             Repaired = repair && (report.CorruptionsFixed > 0 || report.LeaksFixed > 0),
         };
+    }
+
+    /// <summary>
+    /// -r leaks: repairs only leaked clusters, as qemu-img does. The engine repairs by rebuilding the
+    /// refcounts from the references, which fixes refcount corruptions too, so it repairs only an image
+    /// whose sole findings are leaks; one with corruptions is reported untouched, pointing at -r all.
+    /// </summary>
+    private static CheckResult CheckQcow2LeaksOnly(ParseResult parse, string path)
+    {
+        CheckResult found = CheckQcow2(parse, path, repair: false);
+        if (found.Leaks == 0)
+        {
+            return found;
+        }
+        if (found.Corruptions > 0)
+        {
+            return found with { Messages = [.. found.Messages, "Not repaired: -r leaks leaves an image with corruptions alone; repair it with -r all"] };
+        }
+        return CheckQcow2(parse, path, repair: true);
     }
 
     private static CheckResult CheckBitmap(string path, bool repair)

@@ -123,7 +123,7 @@ internal static class ImageCreateCommand
                 return exit;
             }
             ImageDescription description = ImageDescription.Read(path, kind);
-            if (parse.GetValue(json))
+            if (parse.WantsJson())
             {
                 parse.WriteJson(description, ImageJsonContext.Default.ImageDescription);
             }
@@ -254,11 +254,11 @@ internal static class ImageCreateCommand
         }
         try
         {
-            IBlockDevice baseDevice = RawBlockDevice.Open(basePath, readOnly: true);
+            IBlockDevice baseDevice = ImageLocks.OpenRaw(basePath, readOnly: true);
             IBlockDevice? cow = null;
             try
             {
-                cow = RawBlockDevice.Open(Path.GetFullPath(path), readOnly: false);
+                cow = ImageLocks.OpenRaw(Path.GetFullPath(path), readOnly: false);
                 BitmapOverlay.Create(cow, baseDevice, new BitmapCreateOptions { GrainSize = grainSize, VirtualSize = virtualSize, BaseName = basePath },
                     new BitmapOverlayOptions { OwnsDevices = true }).Dispose();
             }
@@ -296,7 +296,7 @@ internal static class ImageCreateCommand
             using FileImageDevice device = FileImageDevice.Open(basePath, readOnly: true);
             return Qcow2Disk.ReadHeader(device).VirtualSize;
         }
-        using RawBlockDevice raw = RawBlockDevice.Open(basePath, readOnly: true, new RawDeviceOptions { DirectIo = false });
+        using RawBlockDevice raw = ImageLocks.OpenRaw(basePath, readOnly: true, new RawDeviceOptions { DirectIo = false });
         return raw.Info.SizeBytes;
     }
 

@@ -127,7 +127,9 @@ internal sealed record ImageDescription
 
     private static ImageDescription ReadRaw(string path)
     {
-        using RawBlockDevice device = RawBlockDevice.Open(Path.GetFullPath(path), readOnly: true, new RawDeviceOptions { DirectIo = false });
+        // Through the page cache and byte-exact, as qemu-img info reports a raw file: a 39-byte file is
+        // 39 bytes (a sector device would round it down to none).
+        using FileImageDevice device = FileImageDevice.Open(Path.GetFullPath(path), readOnly: true);
         return new ImageDescription
         {
             Filename = path,

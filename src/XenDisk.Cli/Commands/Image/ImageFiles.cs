@@ -128,7 +128,7 @@ internal static class ImageFiles
                 if (header.IsStandalone)
                 {
                     // Hydrated: every grain is in the overlay, so no base is opened at all.
-                    IBlockDevice cow = RawBlockDevice.Open(fullPath, readOnly);
+                    IBlockDevice cow = ImageLocks.OpenRaw(fullPath, readOnly);
                     try
                     {
                         return BitmapOverlay.Open(cow, null, new BitmapOverlayOptions { ReadOnly = readOnly });

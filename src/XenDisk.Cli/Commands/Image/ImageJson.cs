@@ -10,6 +10,8 @@ namespace XenDisk.Cli.Commands.Image;
 /// </summary>
 [JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
 [JsonSerializable(typeof(ImageDescription))]
+[JsonSerializable(typeof(List<ImageDescription>))]
+[JsonSerializable(typeof(ImageMeasureCommand.Measurement))]
 [JsonSerializable(typeof(ImageCheckCommand.CheckResult))]
 [JsonSerializable(typeof(List<ImageMapCommand.Extent>))]
 [JsonSerializable(typeof(ImageMaintenanceCommands.OperationReport))]

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Qcow2;
+using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 
 namespace XenDisk.Cli.Commands.Image;
@@ -256,14 +257,14 @@ internal static class ImageMaintenanceCommands
     private static long CommitBitmap(string path, string[] allowed, bool empty, ProgressBar progress)
     {
         string fullPath = Path.GetFullPath(path);
-        IBlockDevice cow = RawBlockDevice.Open(fullPath, readOnly: !empty);
+        IBlockDevice cow = ImageLocks.OpenRaw(fullPath, readOnly: !empty);
         IBlockDevice? baseDevice = null;
         BitmapOverlay overlay;
         try
         {
             BitmapHeader header = BitmapOverlay.ReadHeader(cow);
             string basePath = ImageFiles.AuthorisedBitmapBase(path, header, allowed);
-            baseDevice = RawBlockDevice.Open(basePath, readOnly: false);
+            baseDevice = ImageLocks.OpenRaw(basePath, readOnly: false);
             overlay = BitmapOverlay.Open(cow, baseDevice, new BitmapOverlayOptions { ReadOnly = !empty, OwnsDevices = true });
         }
         catch
@@ -273,7 +274,7 @@ internal static class ImageMaintenanceCommands
             throw;
         }
         return RunWithProgress(overlay, progress, report => overlay.Commit(new CommitOptions { ClearOverlay = empty, Progress = report }),
-            status => $"committing '{path}' failed ({status})");
+            status => $"committing '{path}' failed ({status.Describe()})");
     }
 
     /// <summary>Runs a bitmap overlay's long operation with the progress bar, disposes the overlay,
@@ -299,7 +300,7 @@ internal static class ImageMaintenanceCommands
     private static long HydrateBitmap(string path, string[] allowed, long bytesPerSecond, ProgressBar progress, CancellationToken cancellationToken)
     {
         string fullPath = Path.GetFullPath(path);
-        IBlockDevice cow = RawBlockDevice.Open(fullPath, readOnly: false);
+        IBlockDevice cow = ImageLocks.OpenRaw(fullPath, readOnly: false);
         BitmapOverlay overlay;
         try
         {
@@ -311,7 +312,7 @@ internal static class ImageMaintenanceCommands
             else
             {
                 string basePath = ImageFiles.AuthorisedBitmapBase(path, header, allowed);
-                IBlockDevice baseDevice = RawBlockDevice.Open(basePath, readOnly: true);
+                IBlockDevice baseDevice = ImageLocks.OpenRaw(basePath, readOnly: true);
                 try
                 {
                     overlay = BitmapOverlay.Open(cow, baseDevice, new BitmapOverlayOptions { OwnsDevices = true });
@@ -330,12 +331,12 @@ internal static class ImageMaintenanceCommands
         }
         return RunWithProgress(overlay, progress,
             report => overlay.Hydrate(new HydrateOptions { BytesPerSecond = bytesPerSecond, Progress = report }, cancellationToken),
-            status => $"hydrating '{path}' failed ({status}); run it again to resume");
+            status => $"hydrating '{path}' failed ({status.Describe()}); run it again to resume");
     }
 
     private static void Report(ParseResult parse, OperationReport report, string text)
     {
-        if (parse.GetValue<bool>("--json"))
+        if (parse.WantsJson())
         {
             parse.WriteJson(report, ImageJsonContext.Default.OperationReport);
         }

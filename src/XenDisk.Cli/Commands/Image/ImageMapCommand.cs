@@ -62,7 +62,7 @@ internal static class ImageMapCommand
                 };
                 progress.Complete();
             }
-            if (parse.GetValue(json))
+            if (parse.WantsJson())
             {
                 parse.WriteJson(extents, ImageJsonContext.Default.ListExtent);
             }
@@ -128,7 +128,7 @@ internal static class ImageMapCommand
             IoStatus status = device.ReadAt(header.BitmapOffset + firstGrain / 4, chunk.AsSpan(0, readLength));
             if (status != IoStatus.Ok)
             {
-                throw new StorageException($"cannot read the grain map of '{path}' ({status})");
+                throw new StorageException($"cannot read the grain map of '{path}' ({status.Describe()})");
             }
             long lastGrain = Math.Min(grains, firstGrain + bytes * 4);
             for (long grain = firstGrain; grain < lastGrain; grain++)
@@ -152,7 +152,7 @@ internal static class ImageMapCommand
 
     private static List<Extent> MapRaw(string path)
     {
-        using RawBlockDevice device = RawBlockDevice.Open(Path.GetFullPath(path), readOnly: true, new RawDeviceOptions { DirectIo = false });
+        using RawBlockDevice device = ImageLocks.OpenRaw(Path.GetFullPath(path), readOnly: true, new RawDeviceOptions { DirectIo = false });
         long size = device.Info.SizeBytes;
         return size == 0 ? [] : [new Extent(0, size, Name(ExtentKind.Data), 0)];
     }

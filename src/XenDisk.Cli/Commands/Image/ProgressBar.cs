@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Globalization;
 
 namespace XenDisk.Cli.Commands.Image;
@@ -25,17 +24,26 @@ internal sealed class ProgressBar : IDisposable
     private readonly TextWriter _error;
     private readonly string _label;
     private readonly bool _terminal;
-    private readonly Stopwatch _clock = Stopwatch.StartNew();
+    private readonly TimeProvider _time;
+    private readonly long _start;
     private readonly Lock _gate = new();
     private TimeSpan? _lastDraw;
     private int _lastTenth = -1;
     private bool _drawn;
+    private readonly bool _showBytes;
+    private long _done;
+    private long _total;
     private bool _finished;
 
-    public ProgressBar(TextWriter error, string label)
+    /// <param name="showBytes">Also show bytes done of the total, the rate and the time left (copying work, such as convert).</param>
+    /// <param name="time">The clock (tests pass their own); the system's by default.</param>
+    public ProgressBar(TextWriter error, string label, bool showBytes = false, TimeProvider? time = null)
     {
+        _time = time ?? TimeProvider.System;
+        _start = _time.GetTimestamp();
         _error = error;
         _label = label;
+        _showBytes = showBytes;
         _terminal = ReferenceEquals(error, Console.Error) && !Console.IsErrorRedirected;
     }
 
@@ -50,12 +58,14 @@ internal sealed class ProgressBar : IDisposable
             {
                 return;
             }
-            TimeSpan now = _clock.Elapsed;
+            TimeSpan now = _time.GetElapsedTime(_start);
             if (now < QuietPeriod)
             {
                 return;
             }
             double fraction = total <= 0 ? 1 : Math.Clamp(done / (double)total, 0, 1);
+            _done = done;
+            _total = total;
             if (_terminal)
             {
                 if (_lastDraw is not TimeSpan drawn || now - drawn >= RedrawInterval)
@@ -91,6 +101,7 @@ internal sealed class ProgressBar : IDisposable
                     _finished = true;
                     return;
                 }
+                _done = _total;
                 Draw(1, newLine: true);
             }
             _finished = true;
@@ -110,14 +121,23 @@ internal sealed class ProgressBar : IDisposable
         }
     }
 
+    /// <summary>" (512 MiB of 2 GiB, 180 MiB/s, 9 s left)": the rate is the average since the start, the time left the rest at that rate.</summary>
+    private string Transfer()
+    {
+        double seconds = Math.Max(_time.GetElapsedTime(_start).TotalSeconds, 0.001);
+        long rate = (long)(_done / seconds);
+        string left = rate > 0 ? $"{Math.Ceiling((_total - _done) / (double)rate).ToString(CultureInfo.InvariantCulture)} s left" : "time left unknown";
+        return $" ({SizeText.Format(_done)} of {SizeText.Format(_total)}, {SizeText.Format(rate)}/s, {left})";
+    }
+
     private void Draw(double fraction, bool newLine)
     {
-        string percent = (fraction * 100).ToString("0.0", CultureInfo.InvariantCulture).PadLeft(5);
+        string percent = (fraction * 100).ToString("0.0", CultureInfo.InvariantCulture).PadLeft(5) + (_showBytes ? "%" + Transfer() : "");
         if (_terminal)
         {
             int filled = (int)Math.Round(fraction * BarWidth);
             string bar = new string('#', filled) + new string('-', BarWidth - filled);
-            _error.Write($"\r{_label} [{bar}] {percent}%");
+            _error.Write($"\r{_label} [{bar}] {percent}{(_showBytes ? "" : "%")}");
             if (newLine)
             {
                 _error.WriteLine();
@@ -125,7 +145,7 @@ internal sealed class ProgressBar : IDisposable
         }
         else
         {
-            _error.WriteLine($"{_label}: {percent.Trim()}%");
+            _error.WriteLine($"{_label}: {percent.Trim()}{(_showBytes ? "" : "%")}");
         }
         _error.Flush();
         _drawn = true;

@@ -1,0 +1,142 @@
+using System.CommandLine;
+using XenDisk.Cow.Qcow2;
+using XenDisk.Cow.Storage;
+using XenDisk.Storage;
+
+namespace XenDisk.Cli.Commands.Image;
+
+/// <summary>
+/// `xendisk image convert [-f FMT] [-O raw|qcow2] [-p] [-c] SOURCE TARGET`, as qemu-img convert:
+/// the source's virtual disk (its backing chain included) becomes a standalone image. Blocks that
+/// read as zeros are not written (qemu-img's default sparse detection, -S 4k), so a raw target keeps
+/// holes and a qcow2 target allocates only clusters holding data. Runs on the engine the backend serves
+/// guests with, and takes the same image locks.
+/// </summary>
+internal static class ImageConvertCommand
+{
+    public static Command Create()
+    {
+        var format = ImageFiles.FormatOption();
+        var outputFormat = new Option<string>("-O", "--output-format") { Description = "The target's format: raw or qcow2 (default raw, as qemu-img)", DefaultValueFactory = _ => "raw" };
+        var progress = new Option<bool>("-p", "--progress") { Description = "Show progress on stderr: bytes, rate and time left" };
+        var compress = new Option<bool>("-c", "--compress") { Description = "Compressed qcow2 output (not supported: refused)" };
+        var allowBase = ImageFiles.AllowBaseOption();
+        var source = new Argument<string>("SOURCE") { Description = "The image to read" };
+        var target = new Argument<string>("TARGET") { Description = "The image to write (replaced if it exists and no one holds it)" };
+        var command = new Command("convert", "Copy an image's virtual disk, backing chain included, into a new raw or qcow2 image, skipping zeros")
+        {
+            format, outputFormat, progress, compress, allowBase, source, target,
+        };
+        command.SetAction((parse, cancellationToken) => CommandRunner.RunAsync(parse, cancellationToken, () =>
+        {
+            string sourcePath = parse.GetValue(source)!;
+            string targetPath = parse.GetValue(target)!;
+            if (!ImageFormats.TryParse(parse.GetValue(outputFormat), out ImageFormat outputKind))
+            {
+                return CommandErrors.Invalid(parse, $"unknown output format '{parse.GetValue(outputFormat)}' (use raw or qcow2)");
+            }
+            if (outputKind == ImageFormat.Bitmap)
+            {
+                return CommandErrors.Invalid(parse, "a bitmap overlay records changes over a base and cannot be a conversion's target; use -O raw or -O qcow2");
+            }
+            if (parse.GetValue(compress))
+            {
+                // qemu-img refuses -c for formats that cannot hold compressed clusters; XenDisk's engine
+                // reads compressed qcow2 clusters but does not write them, so it refuses -c outright.
+                return CommandErrors.Invalid(parse, "compressed output (-c) is not supported: the engine reads compressed qcow2 clusters but does not write them");
+            }
+            if (!ImageFiles.TryResolveFormat(parse, sourcePath, parse.GetValue(format), out ImageFormat sourceKind, out int exitCode))
+            {
+                return exitCode;
+            }
+            if (Path.GetFullPath(sourcePath) == Path.GetFullPath(targetPath))
+            {
+                return CommandErrors.Invalid(parse, "the source and the target are the same file");
+            }
+            using IBlockDevice input = ImageFiles.OpenForIo(sourcePath, sourceKind, parse.GetValue(allowBase), readOnly: true);
+            long size = input.Info.SizeBytes;
+            using ProgressBar? bar = parse.GetValue(progress) ? new ProgressBar(parse.Error(), "converting", showBytes: true) : null;
+            Convert(input, sourcePath, targetPath, outputKind, size, bar, cancellationToken);
+            bar?.Complete();
+            return 0;
+        }));
+        return command;
+    }
+
+    private static void Convert(IBlockDevice input, string sourceName, string targetPath, ImageFormat outputKind, long size, ProgressBar? bar, CancellationToken cancellationToken)
+    {
+        string fullTarget = Path.GetFullPath(targetPath);
+        if (File.Exists(fullTarget))
+        {
+            // Replacing truncates the file, so first make sure nobody (QEMU, a served disk) holds it.
+            FileImageDevice.Open(fullTarget, readOnly: false).Dispose();
+        }
+        IBlockDevice output = outputKind == ImageFormat.Qcow2 ? CreateQcow2(fullTarget, size) : CreateRaw(fullTarget, size);
+        try
+        {
+            Copy(input, sourceName, output, targetPath, size, bar, cancellationToken);
+            IoStatus closed = output is Qcow2Image image ? image.Close() : output.Flush();
+            if (closed != IoStatus.Ok)
+            {
+                throw new StorageException($"finishing '{targetPath}' failed: {closed.Describe()}");
+            }
+        }
+        finally
+        {
+            output.Dispose();
+        }
+    }
+
+    private static Qcow2Image CreateQcow2(string path, long size)
+    {
+        if (size % 512 != 0)
+        {
+            throw new StorageException($"the source's size ({size} bytes) is not a multiple of 512, which a qcow2 virtual disk must be");
+        }
+        Qcow2Disk.Create(path, new Qcow2CreateOptions { VirtualSize = size }, overwrite: true);
+        return Qcow2Disk.Open(path);
+    }
+
+    private static FileImageDevice CreateRaw(string path, long size)
+    {
+        FileImageDevice file = FileImageDevice.Create(path, overwrite: true);
+        IoStatus sized = file.EnsureSize(size);
+        if (sized != IoStatus.Ok)
+        {
+            file.Dispose();
+            throw new StorageException($"sizing '{path}' to {size} bytes failed: {sized.Describe()}");
+        }
+        return file;
+    }
+
+    /// <summary>Copies every run of non-zero <see cref="ImageChunk.ZeroBlock"/>-sized blocks; the target reads zeros elsewhere already.</summary>
+    private static void Copy(IBlockDevice input, string sourceName, IBlockDevice output, string targetName, long size, ProgressBar? bar, CancellationToken cancellationToken)
+    {
+        using ImageChunk chunk = new();
+        for (long offset = 0; offset < size; offset += ImageChunk.Bytes)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            int length = ImageChunk.LengthAt(offset, size);
+            Span<byte> data = chunk.Read(input, sourceName, offset, length);
+            int runStart = -1;
+            for (int at = 0; at < length; at += ImageChunk.ZeroBlock)
+            {
+                bool zero = data.Slice(at, Math.Min(ImageChunk.ZeroBlock, length - at)).IndexOfAnyExcept((byte)0) < 0;
+                if (!zero && runStart < 0)
+                {
+                    runStart = at;
+                }
+                else if (zero && runStart >= 0)
+                {
+                    chunk.Write(output, targetName, offset + runStart, runStart, at - runStart);
+                    runStart = -1;
+                }
+            }
+            if (runStart >= 0)
+            {
+                chunk.Write(output, targetName, offset + runStart, runStart, length - runStart);
+            }
+            bar?.Report(offset + length, size);
+        }
+    }
+}
