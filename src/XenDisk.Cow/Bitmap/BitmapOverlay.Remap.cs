@@ -63,19 +63,12 @@ public sealed partial class BitmapOverlay
             return 0;
         }
 
-        lease = new RemapLease(RangeLeases.Encode(start, stripes));
+        lease = RangeLeases.Lease(start, stripes);
         Interlocked.Increment(ref _remapsGranted);
         return count;
     }
 
-    public void ReleaseLease(RemapLease lease)
-    {
-        if (!lease.IsNone)
-        {
-            (int start, int count) = RangeLeases.Decode(lease.Value);
-            _leases.Unpin(start, count);
-        }
-    }
+    public void ReleaseLease(RemapLease lease) => _leases.Release(lease);
 
     /// <summary>Fills the extents for [position, end) from the map (read under the pins); 0 to decline.</summary>
     private int MapRuns(bool write, long position, long end, ReadOnlySpan<IoBuffer> buffers, Span<FileExtent> extents)

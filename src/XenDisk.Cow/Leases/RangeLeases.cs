@@ -92,6 +92,19 @@ internal sealed class RangeLeases
         }
     }
 
+    /// <summary>The lease that stands for pins taken by <see cref="TryPin"/>: released by <see cref="Release"/>.</summary>
+    public static XenDisk.Storage.RemapLease Lease(int start, int count) => new(Encode(start, count));
+
+    /// <summary>Unpins what <paramref name="lease"/> stands for; any thread; nothing for the empty lease.</summary>
+    public void Release(XenDisk.Storage.RemapLease lease)
+    {
+        if (!lease.IsNone)
+        {
+            (int start, int count) = Decode(lease.Value);
+            Unpin(start, count);
+        }
+    }
+
     /// <summary>A lease value for <see cref="XenDisk.Storage.RemapLease"/>: never 0.</summary>
     public static long Encode(int start, int count) => ((long)start << 32) | (uint)count;
 

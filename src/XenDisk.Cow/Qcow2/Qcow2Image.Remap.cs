@@ -72,18 +72,11 @@ public sealed partial class Qcow2Image
         }
 
         Interlocked.Increment(ref _remapsGranted);
-        lease = new RemapLease(RangeLeases.Encode(start, stripes));
+        lease = RangeLeases.Lease(start, stripes);
         return count;
     }
 
-    public void ReleaseLease(RemapLease lease)
-    {
-        if (!lease.IsNone)
-        {
-            (int start, int count) = RangeLeases.Decode(lease.Value);
-            _leases.Unpin(start, count);
-        }
-    }
+    public void ReleaseLease(RemapLease lease) => _leases.Release(lease);
 
     /// <summary>Takes a cluster stripe for a change of mapping or data: bars the fast path there and waits for its I/O in flight.</summary>
     private void EnterExclusive(ReaderWriterLockSlim stripe, long guestCluster)
