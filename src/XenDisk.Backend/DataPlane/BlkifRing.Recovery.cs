@@ -67,12 +67,17 @@ public sealed partial class BlkifRing
         }
 
         // The record must agree with what the frontend can see: responses published by the shared ring
-        // lie at or before the record's, and no more than a ring's worth of requests is outstanding.
+        // lie at or before the record's, no more than a ring's worth of requests is outstanding, and
+        // the frontend has produced every request the record says was consumed. A frontend that set
+        // its ring up afresh with the same references and port (the identity cannot tell) fails the
+        // last test as soon as the old connection had consumed more than the new one has produced.
         uint published = _responseProducerPublished;
-        if (recovery.ResponseProducer - published > (uint)_ring.Entries || recovery.RequestConsumer - published > (uint)_ring.Entries)
+        uint produced = _ring.ReadRequestProducer();
+        if (recovery.ResponseProducer - published > (uint)_ring.Entries || recovery.RequestConsumer - published > (uint)_ring.Entries
+            || produced - recovery.RequestConsumer > (uint)_ring.Entries)
         {
             DataPlaneLog.InflightRecordDiscarded(_logger, Setup.Name, path,
-                $"its indices (req_cons {recovery.RequestConsumer}, rsp_prod {recovery.ResponseProducer}) do not fit the shared ring's rsp_prod {published}");
+                $"its indices (req_cons {recovery.RequestConsumer}, rsp_prod {recovery.ResponseProducer}) do not fit the shared ring's (req_prod {produced}, rsp_prod {published})");
             _inflight.Reset(InflightRecord.HashIdentity(Setup.InflightIdentity));
             return;
         }

@@ -65,6 +65,31 @@ public sealed class CrashRestartTests : IDisposable
         Assert.Equal(0, connection.Ring.RecoveredRequests);
     }
 
+    [Fact]
+    public async Task A_record_whose_indices_the_ring_has_not_reached_is_discarded()
+    {
+        // Same identity, but the frontend set the ring up afresh: the record's req_cons lies beyond
+        // anything the new ring has produced, so replaying it would answer requests never made.
+        string path = Path.Combine(_directory.FullName, "reset");
+        using var hypervisor = new SimulatedHypervisor();
+        SimulatedDomain guest = hypervisor.CreateDomain("guest");
+        using var memory = new MemoryBlockDevice(1 << 20);
+        await using var connection = new RingConnection(hypervisor, guest, memory, inflightRecordPath: path);
+        using (var stale = InflightRecord.Open(path, connection.Entries, connection.SlotSize, InflightRecord.HashIdentity(connection.Setup.InflightIdentity), out _, out _))
+        {
+            stale.Consumed(0, new byte[connection.SlotSize], 0);
+            stale.Consumed(1, new byte[connection.SlotSize], 1);
+            stale.Consumed(2, new byte[connection.SlotSize], 2);
+        }
+
+        connection.Start();
+        using var page = new GuestBuffers(guest, 1, readOnly: true);
+        Assert.Equal(BlkifStatus.Okay, connection.SubmitOne(WireSlots.ReadWrite(BlkifProtocol.X86_64, BlkifOperation.Write, 7, 0, page.FullSegments())).Status);
+        Assert.Equal(1u, connection.ResponseProducer);
+        Assert.Equal(0, connection.Ring.RecoveredRequests);
+        Assert.Equal(1, connection.Logger.Count(2009));
+    }
+
     private async Task<(string? Point, int Recovered)> KillAndRestart(int seed)
     {
         var random = new Random(seed);
