@@ -233,22 +233,25 @@ build_dom0() {
 }
 
 # --- XenDisk --------------------------------------------------------------------------------------
-# publish_xendisk DIR: a self-contained, trimmed publish of the command line (what dom0 runs),
-# precompiled (ReadyToRun): trimming rewrites the framework's assemblies without their precompiled
-# code, so without it every method is compiled by the JIT at start-up, which under TCG on a busy
-# host took 1.5-2.5 minutes per start of `xendisk serve` and ~50 s per `xendisk image` command.
+# publish_xendisk DIR: the command line as dom0 runs it, compiled ahead of time (Native AOT, linked
+# by clang, which tools/setup installs): one native executable, nothing for a JIT to compile at
+# start-up, which under TCG is what made each start of a JIT-compiled `xendisk serve` take tens of
+# seconds (1.5-2.5 minutes before the trimmed build was precompiled with ReadyToRun).
 publish_xendisk() {
   command -v dotnet >/dev/null 2>&1 || { echo "dotnet is not on PATH (run tools/setup)"; return 1; }
+  command -v clang >/dev/null 2>&1 || { echo "clang is not installed; Native AOT links with it (run tools/setup)"; return 1; }
   rm -rf "$1"
-  dotnet publish "$repo/src/XenDisk.Cli/XenDisk.Cli.csproj" -c Release -r linux-x64 --self-contained \
-    -p:PublishTrimmed=true -p:PublishReadyToRun=true -p:InvariantGlobalization=true -o "$1" --nologo >"$logs/xendisk-publish.log" 2>&1 ||
+  dotnet publish "$repo/src/XenDisk.Cli/XenDisk.Cli.csproj" -c Release -r linux-x64 -p:PublishAot=true \
+    -p:InvariantGlobalization=true -o "$1" --nologo >"$logs/xendisk-publish.log" 2>&1 ||
     { echo "dotnet publish failed: $(grep -m 3 -E 'error' "$logs/xendisk-publish.log" | tr '\n' ' ')(log: ${logs#"$repo"/}/xendisk-publish.log)"; return 1; }
+  # The separate debug symbols and PDBs are for a debugger on the host, not for dom0's RAM disk.
+  rm -f "$1"/*.dbg "$1"/*.pdb
 }
 # build_xendisk_layer DIR: a second cpio (the kernel unpacks concatenated archives in order) with the
 # publish under /opt/xendisk and the shared libraries its native parts need from the Debian tree.
 build_xendisk_layer() {
   local dir=$1 stage="$build/xendisk" elves=() f
-  [ -x "$dir/xendisk" ] || { echo "$dir has no xendisk executable (expected a self-contained publish)"; return 1; }
+  [ -x "$dir/xendisk" ] || { echo "$dir has no xendisk executable (expected a Native AOT or self-contained publish)"; return 1; }
   layer_begin "$stage"
   mkdir -p "$stage/opt/xendisk"
   cp -a "$dir/." "$stage/opt/xendisk/"
