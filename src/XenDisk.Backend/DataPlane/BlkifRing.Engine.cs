@@ -35,7 +35,6 @@ public sealed unsafe partial class BlkifRing
     private const uint IORING_ASYNC_CANCEL_ALL = 1 << 0;
     private const uint IORING_ASYNC_CANCEL_ANY = 1 << 2;
 
-    private const int ECANCELED = 125;
     private const int ETIME = 62;
 
     /// <summary>One log line per process when io_uring is unavailable and the thread engine stands in.</summary>
@@ -408,7 +407,8 @@ public sealed unsafe partial class BlkifRing
         {
             if (cqe.res < 0)
             {
-                context.Result = cqe.res == -ECANCELED ? IoStatus.IoError : IoStatuses.FromErrno(-cqe.res);
+                // ECANCELED (the rest of a linked chain after a failed step) maps to IoError like any other errno.
+                context.Result = IoStatuses.FromErrno(-cqe.res);
             }
             else if (expected != 0 && (ulong)cqe.res != expected)
             {
