@@ -3,6 +3,7 @@ using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Qcow2;
 using XenDisk.Cow.Storage;
+using XenDisk.Cow.Overlays;
 using XenDisk.Storage;
 
 namespace XenDisk.Cli.Bench;
@@ -122,7 +123,7 @@ internal static partial class CowBenchmark
     /// <summary>Closes an overlay cleanly (metadata written back), outside any timing.</summary>
     private static void Close(IBlockDevice device)
     {
-        IoStatus status = device is Qcow2Image qcow2 ? qcow2.Close() : IoStatus.Ok;
+        IoStatus status = device is IOverlayImage overlay ? overlay.Close() : IoStatus.Ok;
         device.Dispose();
         if (status != IoStatus.Ok)
         {

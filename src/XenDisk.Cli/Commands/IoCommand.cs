@@ -4,8 +4,8 @@ using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
 using XenDisk.Cli.Commands.Image;
 using XenDisk.Cow;
-using XenDisk.Cow.Qcow2;
 using XenDisk.Cow.Storage;
+using XenDisk.Cow.Overlays;
 using XenDisk.Storage;
 
 namespace XenDisk.Cli.Commands;
@@ -97,8 +97,8 @@ internal static class IoCommand
             }
             finally
             {
-                // A qcow2 image says whether its metadata reached the disk; Dispose could not.
-                IoStatus closed = device is Qcow2Image qcow2 ? qcow2.Close() : IoStatus.Ok;
+                // An overlay says whether its metadata reached the disk; Dispose could not.
+                IoStatus closed = device is IOverlayImage overlay ? overlay.Close() : IoStatus.Ok;
                 string why = Reason(device, closed);
                 device.Dispose();
                 if (closed != IoStatus.Ok)

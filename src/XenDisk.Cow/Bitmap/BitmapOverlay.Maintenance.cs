@@ -79,7 +79,7 @@ public sealed partial class BitmapOverlay
                 }
                 sinceCheckpoint = 0;
             }
-            options.Progress?.Invoke(new OverlayProgress(grain, grainCount, copied));
+            options.Progress?.Invoke(new GrainProgress(grain, grainCount, copied));
             Throttle(clock, copied, options.BytesPerSecond, cancellationToken);
         }
         // The map (every grain mapped or discarded) must be durable before the flag that says so.
@@ -211,7 +211,7 @@ public sealed partial class BitmapOverlay
                 return status;
             }
             grain = stepEnd;
-            options.Progress?.Invoke(new OverlayProgress(grain, grainCount, copied));
+            options.Progress?.Invoke(new GrainProgress(grain, grainCount, copied));
         }
         IoStatus final = _base.Flush();
         if (final != IoStatus.Ok || !options.ClearOverlay)

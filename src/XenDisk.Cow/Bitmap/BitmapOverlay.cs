@@ -176,24 +176,33 @@ public sealed partial class BitmapOverlay : IRemappableBlockDevice, ICopyOnWrite
     /// <summary>Sizes are fixed by the header; online resize of an overlay is not supported.</summary>
     public BlockDeviceInfo Refresh() => Info;
 
-    public void Dispose()
+    public void Dispose() => Close();
+
+    /// <summary>
+    /// Closes the overlay cleanly and returns the outcome, which <see cref="Dispose"/> cannot: the
+    /// whole map (Lazy's deferred blocks too) written back, then the header without the dirty flag,
+    /// then a flush. If any step fails the flag stays set and the next open reports it. A second
+    /// call returns Ok.
+    /// </summary>
+    public IoStatus Close()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
         {
-            return;
+            return IoStatus.Ok;
         }
+        IoStatus status = IoStatus.Ok;
         try
         {
             if (!_readOnly && _policy != MetadataPolicy.Transient)
             {
-                // A clean close: the whole map (Lazy's deferred blocks too), then the header without
-                // the dirty flag. If any step fails the flag stays set and the next open reports it.
-                if (WriteBack(requiredOnly: false) == IoStatus.Ok)
+                status = WriteBack(requiredOnly: false);
+                if (status == IoStatus.Ok)
                 {
                     ulong clean = Volatile.Read(ref _compatibleFeatures) & ~BitmapFormat.CompatibleDirty;
-                    if (WriteHeader(clean) == IoStatus.Ok)
+                    status = WriteHeader(clean);
+                    if (status == IoStatus.Ok)
                     {
-                        _cow.Flush();
+                        status = _cow.Flush();
                         _statistics.CountMetadataFlush();
                     }
                 }
@@ -212,6 +221,7 @@ public sealed partial class BitmapOverlay : IRemappableBlockDevice, ICopyOnWrite
             }
             _statistics.MarkClosed();
         }
+        return status;
     }
 
     private bool IsDisposed => Volatile.Read(ref _disposed) != 0;

@@ -53,7 +53,7 @@ public sealed record BitmapCreateOptions
 /// <param name="GrainsDone">Grains examined so far.</param>
 /// <param name="GrainCount">All grains of the disk.</param>
 /// <param name="BytesCopied">Bytes copied so far by this run.</param>
-public readonly record struct OverlayProgress(long GrainsDone, long GrainCount, long BytesCopied);
+public readonly record struct GrainProgress(long GrainsDone, long GrainCount, long BytesCopied);
 
 /// <summary>How <see cref="BitmapOverlay.Hydrate"/> runs.</summary>
 public sealed record HydrateOptions
@@ -62,7 +62,7 @@ public sealed record HydrateOptions
     public long BytesPerSecond { get; init; }
 
     /// <summary>Called after each batch of grains (from the hydrating thread).</summary>
-    public Action<OverlayProgress>? Progress { get; init; }
+    public Action<GrainProgress>? Progress { get; init; }
 
     /// <summary>
     /// How many bytes are copied between map write-backs: an interrupted run loses at most this much
@@ -78,5 +78,5 @@ public sealed record CommitOptions
     public bool ClearOverlay { get; init; }
 
     /// <summary>Called after each batch of grains (from the committing thread).</summary>
-    public Action<OverlayProgress>? Progress { get; init; }
+    public Action<GrainProgress>? Progress { get; init; }
 }

@@ -3,6 +3,7 @@ using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Qcow2;
 using XenDisk.Cow.Storage;
+using XenDisk.Cow.Overlays;
 using XenDisk.Storage;
 
 namespace XenDisk.Cow.Provider;
@@ -418,7 +419,7 @@ public sealed class CowDiskProvider : IDiskProvider
         {
             return device;
         }
-        string reason = (device as Qcow2Image)?.ReadOnlyReason ?? "the storage is read-only";
+        string reason = (device as IOverlayImage)?.ReadOnlyReason ?? "the storage is read-only";
         device.Dispose();
         throw Refuse($"Image {path} cannot be written: {reason}. Attach it read-only, or repair it first.", Errnos.EROFS);
     }

@@ -1,9 +1,8 @@
 using System.Globalization;
 using Microsoft.Extensions.Logging;
 using XenDisk.Backend.ControlPlane;
-using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Policies;
-using XenDisk.Cow.Qcow2;
+using XenDisk.Cow.Overlays;
 using XenDisk.Service.Control;
 using XenDisk.Storage;
 
@@ -21,7 +20,7 @@ internal sealed record HydrationOutcome(string? BackendPath, HydrationReport? Re
 /// device owns (<see cref="BlockBackend.StartDiskMaintenanceAsync"/>), so neither the control socket
 /// nor a ring thread ever copies, and the device stops the run before it closes the disk. The copy
 /// itself is the engine's online hydration, beside the guest's I/O and through its write path
-/// (<see cref="Qcow2Image.Hydrate"/>, <see cref="BitmapOverlay.Hydrate"/>), which also records that
+/// (<see cref="IOverlayImage.Hydrate"/>), which also records that
 /// the overlay no longer needs its base (a qcow2 header without a backing file, a bitmap header
 /// with the STANDALONE flag). Resumable: a cancelled or stopped run keeps what it copied, and the
 /// next run skips it.
@@ -194,30 +193,20 @@ internal sealed class HydrationManager(BlockBackend backend, TimeProvider time, 
 
         switch (disk)
         {
-            case Qcow2Image { Policy: MetadataPolicy.Transient }:
-            case BitmapOverlay { Policy: MetadataPolicy.Transient }:
+            case IOverlayImage { Policy: MetadataPolicy.Transient }:
                 refusal = $"{path} has a transient overlay (policy=transient), which is deleted when the disk closes: there is nothing to keep by hydrating it.";
                 return null;
-            case Qcow2Image image:
-                run.Image = image.ImageName;
-                run.Begin(image.Info.SizeBytes);
-                return closing => Run(run, closing, stop =>
-                {
-                    Qcow2OperationResult result = image.Hydrate(new Qcow2HydrateOptions { BytesPerSecond = run.BytesPerSecond, Progress = run.Progress }, stop);
-                    return result.Succeeded ? (result.BytesCopied, null) : (null, result.Error ?? result.Status.ToString());
-                });
-            case BitmapOverlay overlay:
+            case IOverlayImage overlay:
                 run.Image = overlay.ImageName;
-                long size = overlay.Info.SizeBytes;
-                run.Begin(size);
+                run.Begin(overlay.Info.SizeBytes);
                 return closing => Run(run, closing, stop =>
                 {
-                    IoStatus status = overlay.Hydrate(new HydrateOptions
+                    OverlayOperationResult result = overlay.Hydrate(new OverlayHydrateOptions
                     {
                         BytesPerSecond = run.BytesPerSecond,
-                        Progress = p => run.Progress(Math.Min(p.GrainsDone * overlay.GrainSize, size), size, p.BytesCopied),
+                        Progress = p => run.Progress(p.BytesExamined, p.BytesTotal, p.BytesCopied),
                     }, stop);
-                    return status == IoStatus.Ok ? (null, null) : (null, $"copying into the bitmap overlay failed ({status})");
+                    return result.Succeeded ? (result.BytesCopied, null) : (null, result.Error ?? result.Status.ToString());
                 });
             case RawBlockDevice:
                 refusal = $"{path} is a raw disk ({disk.Info.Description}): it has no base to copy from. Only qcow2 and bitmap overlays can be hydrated.";

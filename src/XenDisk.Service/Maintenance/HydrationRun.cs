@@ -68,10 +68,14 @@ internal sealed class HydrationRun
         Volatile.Write(ref _bytesDone, bytesDone);
     }
 
-    public void Progress(long bytesDone, long bytesTotal, long bytesCopied)
+    /// <summary>The same, with the bytes copied so far when the engine counts them as it goes (null when it does not).</summary>
+    public void Progress(long bytesDone, long bytesTotal, long? bytesCopied)
     {
         Progress(bytesDone, bytesTotal);
-        Volatile.Write(ref _bytesCopied, bytesCopied);
+        if (bytesCopied is { } copied)
+        {
+            Volatile.Write(ref _bytesCopied, copied);
+        }
     }
 
     public void Finish(long? bytesCopied, DateTimeOffset now)

@@ -21,7 +21,7 @@ public sealed class BitmapMaintenanceTests
         long virtualSize = Size + 64 * 1024;
         using BitmapDisks disks = BitmapDisks.Create(kind, Size, BitmapOverlay.RequiredCowSize(virtualSize, grain), seed: grain);
         var model = new DiskModel(DiskModel.Extend(disks.BaseContents, virtualSize), 512, grain, seed: 3);
-        List<OverlayProgress> progress = [];
+        List<GrainProgress> progress = [];
         using (BitmapOverlay overlay = BitmapOverlay.Create(disks.Cow, disks.Base, new BitmapCreateOptions { GrainSize = grain, VirtualSize = virtualSize }, NotOwning))
         {
             model.Run(overlay, 100);

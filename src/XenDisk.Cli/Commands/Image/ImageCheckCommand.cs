@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
-using XenDisk.Cow.Bitmap;
-using XenDisk.Cow.Qcow2;
+using XenDisk.Cow.Overlays;
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 
@@ -52,27 +51,25 @@ internal static class ImageCheckCommand
         command.SetAction((parse, cancellationToken) => CommandRunner.RunAsync(parse, cancellationToken, () =>
         {
             string path = parse.GetValue(image)!;
-            if (!ImageFiles.TryResolveFormat(parse, path, parse.GetValue(format), out ImageFormat kind, out int exitCode))
+            if (!ImageFiles.TryResolveOverlay(parse, path, parse.GetValue(format), out OverlayFormat? overlay, out int exitCode))
             {
                 return exitCode;
             }
+            if (overlay is null)
+            {
+                return CommandErrors.Failed(parse, $"'{path}' is a raw image, which has no metadata to check", NotSupported);
+            }
             string? mode = parse.GetValue(repairMode) ?? (parse.GetValue(repair) ? AllMode : null);
-            bool fix = mode != null;
+            OverlayRepair fix = mode switch
+            {
+                LeaksMode => OverlayRepair.Leaks,
+                AllMode => OverlayRepair.All,
+                _ => OverlayRepair.None,
+            };
             CheckResult result;
             try
             {
-                switch (kind)
-                {
-                    case ImageFormat.Qcow2:
-                        result = mode == LeaksMode ? CheckQcow2LeaksOnly(parse, path) : CheckQcow2(parse, path, fix);
-                        break;
-                    case ImageFormat.Bitmap:
-                        // A bitmap overlay has no reference counts, so it cannot leak: -r leaks has nothing to repair.
-                        result = CheckBitmap(path, mode == AllMode);
-                        break;
-                    default:
-                        return CommandErrors.Failed(parse, $"'{path}' is a raw image, which has no metadata to check", NotSupported);
-                }
+                result = Check(parse, path, overlay, fix);
             }
             catch (StorageException e)
             {
@@ -91,63 +88,22 @@ internal static class ImageCheckCommand
         return command;
     }
 
-    private static CheckResult CheckQcow2(ParseResult parse, string path, bool repair)
+    private static CheckResult Check(ParseResult parse, string path, OverlayFormat format, OverlayRepair repair)
     {
-        using FileImageDevice device = FileImageDevice.Open(Path.GetFullPath(path), readOnly: !repair);
-        // A header that cannot be read is "could not check", not a corruption count.
-        Qcow2Disk.ReadHeader(device);
+        using FileImageDevice device = FileImageDevice.Open(Path.GetFullPath(path), readOnly: repair == OverlayRepair.None);
         using ProgressBar progress = new(parse.Error(), "checking");
-        Qcow2CheckReport report = Qcow2Checker.Check(device, repair, progress.Callback);
+        OverlayCheckReport report = format.Check(device, repair, progress.Callback);
         progress.Complete();
         return new CheckResult
         {
             Filename = path,
-            Format = "qcow2",
+            Format = format.Name,
             Corruptions = report.Corruptions,
             Leaks = report.Leaks,
             CorruptionsFixed = report.CorruptionsFixed,
             LeaksFixed = report.LeaksFixed,
             ImageEndOffset = report.ImageEndOffset,
             Messages = report.Messages,
-            Repaired = repair && (report.CorruptionsFixed > 0 || report.LeaksFixed > 0),
-        };
-    }
-
-    /// <summary>
-    /// -r leaks: repairs only leaked clusters, as qemu-img does. The engine repairs by rebuilding the
-    /// refcounts from the references, which fixes refcount corruptions too, so it repairs only an image
-    /// whose sole findings are leaks; one with corruptions is reported untouched, pointing at -r all.
-    /// </summary>
-    private static CheckResult CheckQcow2LeaksOnly(ParseResult parse, string path)
-    {
-        CheckResult found = CheckQcow2(parse, path, repair: false);
-        if (found.Leaks == 0)
-        {
-            return found;
-        }
-        if (found.Corruptions > 0)
-        {
-            return found with { Messages = [.. found.Messages, "Not repaired: -r leaks leaves an image with corruptions alone; repair it with -r all"] };
-        }
-        return CheckQcow2(parse, path, repair: true);
-    }
-
-    private static CheckResult CheckBitmap(string path, bool repair)
-    {
-        using FileImageDevice device = FileImageDevice.Open(Path.GetFullPath(path), readOnly: !repair);
-        BitmapCheckReport report = BitmapChecker.Check(device, repair);
-        if (report.Header == null)
-        {
-            throw new StorageException(string.Join("; ", report.Problems));
-        }
-        int remaining = report.Repaired ? 0 : report.Problems.Count;
-        return new CheckResult
-        {
-            Filename = path,
-            Format = "bitmap",
-            Corruptions = remaining,
-            CorruptionsFixed = report.Repaired ? report.Problems.Count : 0,
-            Messages = report.Problems,
             Repaired = report.Repaired,
         };
     }

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using XenDisk.Cow.Qcow2;
 using XenDisk.Cow.Storage;
+using XenDisk.Cow.Overlays;
 using XenDisk.Storage;
 
 namespace XenDisk.Cli.Commands.Image;
@@ -75,7 +76,7 @@ internal static class ImageConvertCommand
         try
         {
             Copy(input, sourceName, output, targetPath, size, bar, cancellationToken);
-            IoStatus closed = output is Qcow2Image image ? image.Close() : output.Flush();
+            IoStatus closed = output is IOverlayImage image ? image.Close() : output.Flush();
             if (closed != IoStatus.Ok)
             {
                 throw new StorageException($"finishing '{targetPath}' failed: {closed.Describe()}");

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Microsoft.Extensions.Logging;
 using XenDisk.Cow.Bitmap;
+using XenDisk.Cow.Overlays;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Provider;
 using XenDisk.Cow.Qcow2;
@@ -64,6 +65,21 @@ internal static class ImageFiles
                 return false;
             }
         }
+        return true;
+    }
+
+    /// <summary>
+    /// <see cref="TryResolveFormat"/> for the commands that work on overlays: <paramref name="overlay"/>
+    /// is the image's overlay format, or null for a raw image, which has no overlay metadata.
+    /// </summary>
+    public static bool TryResolveOverlay(ParseResult parse, string path, string? formatName, out OverlayFormat? overlay, out int exitCode)
+    {
+        overlay = null;
+        if (!TryResolveFormat(parse, path, formatName, out ImageFormat format, out exitCode))
+        {
+            return false;
+        }
+        overlay = OverlayFormat.Find(ImageFormats.Name(format));
         return true;
     }
 
@@ -150,41 +166,25 @@ internal static class ImageFiles
     }
 
     /// <summary>
-    /// Refuses, with the option that would allow it, a qcow2 image whose backing file lies outside the
-    /// allowed directories (deeper layers are checked by the engine as it opens them).
+    /// Refuses, with the option that would allow it, an overlay whose base lies outside the allowed
+    /// directories (deeper layers are checked by the engine as it opens them). A standalone overlay's
+    /// base is checked only for a commit, the one operation that opens it.
     /// </summary>
-    public static void CheckQcow2Backing(string imagePath, IEnumerable<string>? allowBase)
+    public static void CheckBase(string imagePath, OverlayFormat format, IEnumerable<string>? allowBase, bool forCommit)
     {
-        string? name;
+        OverlayBase? recorded;
         using (FileImageDevice device = FileImageDevice.Open(Path.GetFullPath(imagePath), readOnly: true))
         {
-            name = Qcow2Disk.ReadHeader(device).BackingFile;
+            recorded = format.RecordedBase(device, imagePath);
         }
-        if (name == null)
+        if (recorded == null || (!forCommit && !recorded.NeededForReads))
         {
             return;
         }
-        string resolved = Qcow2Disk.ResolveBackingPath(imagePath, name);
-        if (!BackingPolicy(imagePath, allowBase).Allows(resolved, name))
+        if (!BackingPolicy(imagePath, allowBase).Allows(recorded.FullPath, recorded.Name))
         {
-            string real = SymbolicLinks.Resolve(resolved);
-            throw new StorageException($"'{imagePath}' names the backing file '{name}' ({(real == resolved ? resolved : $"{resolved} -> {real}")}), which is outside the image's directory and the backing file policy does not allow; allow it with --allow-base {Path.GetDirectoryName(real)}");
+            string real = SymbolicLinks.Resolve(recorded.FullPath);
+            throw new StorageException($"'{imagePath}' names the backing file '{recorded.Name}' ({(real == recorded.FullPath ? recorded.FullPath : $"{recorded.FullPath} -> {real}")}), which is outside the image's directory and the backing file policy does not allow; allow it with --allow-base {Path.GetDirectoryName(real)}");
         }
-    }
-
-    /// <summary>The base a bitmap overlay records, checked against the backing file policy.</summary>
-    public static string AuthorisedBitmapBase(string overlayPath, BitmapHeader header, IEnumerable<string>? allowBase)
-    {
-        string name = header.BaseName;
-        if (name.Length == 0 || !Path.IsPathFullyQualified(name))
-        {
-            throw new StorageException($"The bitmap overlay '{overlayPath}' records no absolute base path (\"{name}\").");
-        }
-        string fullPath = Path.GetFullPath(name);
-        if (!BackingPolicy(overlayPath, allowBase).Allows(fullPath, name))
-        {
-            throw new StorageException($"The bitmap overlay '{overlayPath}' names the base '{fullPath}', which is outside the image's directory; allow it with --allow-base {Path.GetDirectoryName(fullPath)}");
-        }
-        return fullPath;
     }
 }

@@ -1,6 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
-using XenDisk.Cow.Bitmap;
+using XenDisk.Cow.Overlays;
 using XenDisk.Cow.Qcow2;
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
@@ -83,34 +83,25 @@ internal static class ImageMaintenanceCommands
         command.SetAction((parse, cancellationToken) => CommandRunner.RunAsync(parse, cancellationToken, () =>
         {
             string path = parse.GetValue(image)!;
-            if (!ImageFiles.TryResolveFormat(parse, path, parse.GetValue(format), out ImageFormat kind, out int exitCode))
+            if (!ImageFiles.TryResolveOverlay(parse, path, parse.GetValue(format), out OverlayFormat? overlay, out int exitCode))
             {
                 return exitCode;
             }
+            if (overlay is null)
+            {
+                return CommandErrors.Invalid(parse, $"'{path}' is a raw image, which has no base to commit into");
+            }
             bool empty = !parse.GetValue(keep);
             string[] allowed = parse.GetValue(allowBase) ?? [];
+            ImageFiles.CheckBase(path, overlay, allowed, forCommit: true);
             using ProgressBar progress = new(parse.Error(), "committing");
-            long copied;
-            long? examined = null;
-            switch (kind)
-            {
-                case ImageFormat.Qcow2:
-                    ImageFiles.CheckQcow2Backing(path, allowed);
-                    Qcow2OperationResult result = Qcow2Operations.Commit(path,
-                        new Qcow2CommitOptions { EmptyOverlay = empty, Progress = progress.Callback },
-                        new Qcow2FileOptions { BackingPolicy = ImageFiles.BackingPolicy(path, allowed) },
-                        cancellationToken);
-                    copied = result.BytesCopied;
-                    examined = result.BytesExamined;
-                    break;
-                case ImageFormat.Bitmap:
-                    copied = CommitBitmap(path, allowed, empty, progress);
-                    break;
-                default:
-                    return CommandErrors.Invalid(parse, $"'{path}' is a raw image, which has no base to commit into");
-            }
+            OverlayOperationResult result = overlay.Commit(path,
+                new OverlayCommitOptions { EmptyOverlay = empty, Progress = p => progress.Report(p.BytesExamined, p.BytesTotal) },
+                new OverlayFileOptions { BackingPolicy = ImageFiles.BackingPolicy(path, allowed) },
+                cancellationToken);
+            long copied = result.BytesCopied;
             progress.Complete();
-            Report(parse, new OperationReport { Operation = "commit", Filename = path, Format = ImageFormats.Name(kind), BytesCopied = copied, BytesExamined = examined },
+            Report(parse, new OperationReport { Operation = "commit", Filename = path, Format = overlay.Name, BytesCopied = copied, BytesExamined = result.BytesExamined },
                 string.Create(CultureInfo.InvariantCulture, $"Image committed ({copied} bytes written into the base{(empty ? "; the overlay is empty again" : "")})."));
             return 0;
         }));
@@ -136,33 +127,24 @@ internal static class ImageMaintenanceCommands
             {
                 return CommandErrors.Invalid(parse, $"--rate {rateText}: give a positive number of bytes per second, e.g. 50M");
             }
-            if (!ImageFiles.TryResolveFormat(parse, path, parse.GetValue(format), out ImageFormat kind, out int exitCode))
+            if (!ImageFiles.TryResolveOverlay(parse, path, parse.GetValue(format), out OverlayFormat? overlay, out int exitCode))
             {
                 return exitCode;
             }
+            if (overlay is null)
+            {
+                return CommandErrors.Invalid(parse, $"'{path}' is a raw image, which has no base to hydrate from");
+            }
             string[] allowed = parse.GetValue(allowBase) ?? [];
+            ImageFiles.CheckBase(path, overlay, allowed, forCommit: false);
             using ProgressBar progress = new(parse.Error(), "hydrating");
-            long copied;
-            long? examined = null;
+            OverlayOperationResult result;
             try
             {
-                switch (kind)
-                {
-                    case ImageFormat.Qcow2:
-                        ImageFiles.CheckQcow2Backing(path, allowed);
-                        Qcow2OperationResult result = Qcow2Operations.Hydrate(path,
-                            new Qcow2HydrateOptions { BytesPerSecond = bytesPerSecond, Progress = progress.Callback },
-                            new Qcow2FileOptions { BackingPolicy = ImageFiles.BackingPolicy(path, allowed) },
-                            cancellationToken);
-                        copied = result.BytesCopied;
-                        examined = result.BytesExamined;
-                        break;
-                    case ImageFormat.Bitmap:
-                        copied = HydrateBitmap(path, allowed, bytesPerSecond, progress, cancellationToken);
-                        break;
-                    default:
-                        return CommandErrors.Invalid(parse, $"'{path}' is a raw image, which has no base to hydrate from");
-                }
+                result = overlay.Hydrate(path,
+                    new OverlayHydrateOptions { BytesPerSecond = bytesPerSecond, Progress = p => progress.Report(p.BytesExamined, p.BytesTotal) },
+                    new OverlayFileOptions { BackingPolicy = ImageFiles.BackingPolicy(path, allowed) },
+                    cancellationToken);
             }
             catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
             {
@@ -170,16 +152,14 @@ internal static class ImageMaintenanceCommands
                 return CommandErrors.Failed(parse, "hydration interrupted; what was copied is kept: run the same command again to resume", CommandRunner.InterruptedExitCode);
             }
             progress.Complete();
-            ImageDescription after = ImageDescription.Read(path, kind);
             Report(parse, new OperationReport
             {
                 Operation = "hydrate",
                 Filename = path,
-                Format = ImageFormats.Name(kind),
-                BytesCopied = copied,
-                BytesExamined = examined,
-                BackingFile = kind == ImageFormat.Qcow2 ? after.BackingFile : null,
-            }, string.Create(CultureInfo.InvariantCulture, $"Image hydrated ({copied} bytes copied from the base); it no longer reads from its base."));
+                Format = overlay.Name,
+                BytesCopied = result.BytesCopied,
+                BytesExamined = result.BytesExamined,
+            }, string.Create(CultureInfo.InvariantCulture, $"Image hydrated ({result.BytesCopied} bytes copied from the base); it no longer reads from its base."));
             return 0;
         }));
         return command;
@@ -220,7 +200,7 @@ internal static class ImageMaintenanceCommands
             string[] allowed = parse.GetValue(allowBase) ?? [];
             if (!parse.GetValue(unsafeMode))
             {
-                ImageFiles.CheckQcow2Backing(path, allowed);
+                ImageFiles.CheckBase(path, OverlayFormat.Qcow2, allowed, forCommit: false);
             }
             if (newBase.Length > 0 && !parse.GetValue(unsafeMode))
             {
@@ -252,86 +232,6 @@ internal static class ImageMaintenanceCommands
             return 0;
         }));
         return command;
-    }
-
-    private static long CommitBitmap(string path, string[] allowed, bool empty, ProgressBar progress)
-    {
-        string fullPath = Path.GetFullPath(path);
-        IBlockDevice cow = ImageLocks.OpenRaw(fullPath, readOnly: !empty);
-        IBlockDevice? baseDevice = null;
-        BitmapOverlay overlay;
-        try
-        {
-            BitmapHeader header = BitmapOverlay.ReadHeader(cow);
-            string basePath = ImageFiles.AuthorisedBitmapBase(path, header, allowed);
-            baseDevice = ImageLocks.OpenRaw(basePath, readOnly: false);
-            overlay = BitmapOverlay.Open(cow, baseDevice, new BitmapOverlayOptions { ReadOnly = !empty, OwnsDevices = true });
-        }
-        catch
-        {
-            baseDevice?.Dispose();
-            cow.Dispose();
-            throw;
-        }
-        return RunWithProgress(overlay, progress, report => overlay.Commit(new CommitOptions { ClearOverlay = empty, Progress = report }),
-            status => $"committing '{path}' failed ({status.Describe()})");
-    }
-
-    /// <summary>Runs a bitmap overlay's long operation with the progress bar, disposes the overlay,
-    /// and returns the bytes copied; a failed status becomes a <see cref="StorageException"/>.</summary>
-    private static long RunWithProgress(BitmapOverlay overlay, ProgressBar progress, Func<Action<OverlayProgress>, IoStatus> operation, Func<IoStatus, string> failure)
-    {
-        using (overlay)
-        {
-            long copied = 0;
-            IoStatus status = operation(p =>
-            {
-                copied = p.BytesCopied;
-                progress.Report(p.GrainsDone, p.GrainCount);
-            });
-            if (status != IoStatus.Ok)
-            {
-                throw new StorageException(failure(status));
-            }
-            return copied;
-        }
-    }
-
-    private static long HydrateBitmap(string path, string[] allowed, long bytesPerSecond, ProgressBar progress, CancellationToken cancellationToken)
-    {
-        string fullPath = Path.GetFullPath(path);
-        IBlockDevice cow = ImageLocks.OpenRaw(fullPath, readOnly: false);
-        BitmapOverlay overlay;
-        try
-        {
-            BitmapHeader header = BitmapOverlay.ReadHeader(cow);
-            if (header.IsStandalone)
-            {
-                overlay = BitmapOverlay.Open(cow, null, new BitmapOverlayOptions { OwnsDevices = true });
-            }
-            else
-            {
-                string basePath = ImageFiles.AuthorisedBitmapBase(path, header, allowed);
-                IBlockDevice baseDevice = ImageLocks.OpenRaw(basePath, readOnly: true);
-                try
-                {
-                    overlay = BitmapOverlay.Open(cow, baseDevice, new BitmapOverlayOptions { OwnsDevices = true });
-                }
-                catch
-                {
-                    baseDevice.Dispose();
-                    throw;
-                }
-            }
-        }
-        catch
-        {
-            cow.Dispose();
-            throw;
-        }
-        return RunWithProgress(overlay, progress,
-            report => overlay.Hydrate(new HydrateOptions { BytesPerSecond = bytesPerSecond, Progress = report }, cancellationToken),
-            status => $"hydrating '{path}' failed ({status.Describe()}); run it again to resume");
     }
 
     private static void Report(ParseResult parse, OperationReport report, string text)

@@ -1,0 +1,84 @@
+using XenDisk.Cow.Bitmap;
+using XenDisk.Cow.Qcow2;
+using XenDisk.Storage;
+
+namespace XenDisk.Cow.Overlays;
+
+/// <summary>The base an overlay records: the name as stored, resolved to a full path.</summary>
+/// <param name="NeededForReads">False when the overlay is standalone (hydrated): it reads nothing from the base, which only a commit would open.</param>
+public sealed record OverlayBase(string Name, string FullPath, bool NeededForReads);
+
+/// <summary>
+/// One overlay format (qcow2, bitmap) as a value: what tools do with an image of the format that is
+/// not open, and that an open <see cref="IOverlayImage"/> names. Callers hold an <see cref="OverlayFormat"/>
+/// rather than a format name or enum, so that adding an operation means adding it here and in each
+/// format, and no caller branches on the format. Each image file is untrusted: every member validates
+/// what it reads, and failures throw <see cref="StorageException"/> with a message for an operator.
+/// </summary>
+public abstract class OverlayFormat
+{
+    /// <summary>The most leading bytes of a file <see cref="Recognises"/> looks at.</summary>
+    public const int MagicLength = 8;
+
+    public static OverlayFormat Qcow2 => Qcow2OverlayFormat.Instance;
+
+    public static OverlayFormat Bitmap => BitmapOverlayFormat.Instance;
+
+    public static IReadOnlyList<OverlayFormat> All { get; } = [Qcow2OverlayFormat.Instance, BitmapOverlayFormat.Instance];
+
+    /// <summary>The name in options, target strings and output ("qcow2", "bitmap").</summary>
+    public abstract string Name { get; }
+
+    /// <summary>The name of the allocation-unit option of a cow: target (cluster=, grain=).</summary>
+    public abstract string UnitOptionName { get; }
+
+    /// <summary>True when <paramref name="firstBytes"/> (up to <see cref="MagicLength"/> bytes of a file) carry this format's magic.</summary>
+    public abstract bool Recognises(ReadOnlySpan<byte> firstBytes);
+
+    /// <summary>The format named <paramref name="name"/> (case-insensitive), or null.</summary>
+    public static OverlayFormat? Find(string? name) =>
+        All.FirstOrDefault(format => string.Equals(format.Name, name, StringComparison.OrdinalIgnoreCase));
+
+    /// <summary>The format whose magic <paramref name="firstBytes"/> carry, or null (raw).</summary>
+    public static OverlayFormat? Recognise(ReadOnlySpan<byte> firstBytes)
+    {
+        foreach (OverlayFormat format in All)
+        {
+            if (format.Recognises(firstBytes))
+            {
+                return format;
+            }
+        }
+        return null;
+    }
+
+    /// <summary>
+    /// Checks the metadata of the image on <paramref name="image"/> (writable when repairing), and
+    /// repairs what <paramref name="repair"/> allows. Progress is (units done, units in all).
+    /// Throws <see cref="StorageException"/> when the image cannot be checked at all (unreadable header).
+    /// </summary>
+    public abstract OverlayCheckReport Check(IBlockDevice image, OverlayRepair repair, Action<long, long>? progress = null);
+
+    /// <summary>Where each range of the image's virtual disk is served from, reading only the image (never its base).</summary>
+    public abstract IReadOnlyList<OverlayExtent> Map(IBlockDevice image, Action<long, long>? progress = null);
+
+    /// <summary>
+    /// The base the image on <paramref name="image"/> (stored at <paramref name="imagePath"/>) records,
+    /// not yet checked against any policy; null when it records none it could use.
+    /// </summary>
+    public abstract OverlayBase? RecordedBase(IBlockDevice image, string imagePath);
+
+    /// <summary>
+    /// Opens the image at <paramref name="imagePath"/> with the bases <see cref="OverlayFileOptions.BackingPolicy"/>
+    /// allows, hydrates it (see <see cref="IOverlayImage.Hydrate"/>) and closes it cleanly. A failed run throws.
+    /// </summary>
+    public abstract OverlayOperationResult Hydrate(string imagePath, OverlayHydrateOptions? options = null, OverlayFileOptions? files = null, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Opens the image at <paramref name="imagePath"/> and its base writable, commits it (see
+    /// <see cref="IOverlayImage.Commit"/>) and closes both cleanly. A failed run throws.
+    /// </summary>
+    public abstract OverlayOperationResult Commit(string imagePath, OverlayCommitOptions? options = null, OverlayFileOptions? files = null, CancellationToken cancellationToken = default);
+
+    public override string ToString() => Name;
+}
