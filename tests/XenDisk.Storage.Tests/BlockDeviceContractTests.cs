@@ -2,7 +2,10 @@ using XenDisk.Storage.Tests.Support;
 
 namespace XenDisk.Storage.Tests;
 
-/// <summary>The <see cref="IBlockDevice"/> contract, against every kind of device.</summary>
+/// <summary>
+/// The <see cref="IBlockDevice"/> contract, against every kind of device: raw storage, and the
+/// copy-on-write overlays (qcow2 and bitmap) the backend serves guests from, which must keep it too.
+/// </summary>
 public class BlockDeviceContractTests
 {
     public static TheoryData<DeviceKind> AllKinds => new(Enum.GetValues<DeviceKind>());
@@ -46,6 +49,16 @@ public class BlockDeviceContractTests
         Assert.Equal(IoStatus.Ok, disk.Device.WriteAt(1024 * 1024, data));
         Assert.Equal(IoStatus.Ok, disk.Device.Flush());
 
+        if (disk.IsOverlay)
+        {
+            // An overlay stores the data in its own file and never in the base; the data survives a reopen.
+            Assert.Equal(new byte[8192], ReadImage(disk.BasePath!, 1024 * 1024, 8192));
+            using IBlockDevice reopened = disk.OpenAgain(readOnly: true);
+            byte[] readBack = new byte[8192];
+            Assert.Equal(IoStatus.Ok, reopened.ReadAt(1024 * 1024, readBack));
+            Assert.Equal(data, readBack);
+            return;
+        }
         byte[] stored = disk.Device is MemoryBlockDevice memory
             ? memory.Contents.Slice(1024 * 1024, 8192).ToArray()
             : ReadImage(disk.ImagePath!, 1024 * 1024, 8192);
@@ -107,9 +120,10 @@ public class BlockDeviceContractTests
         IBlockDevice device = disk.Device;
         long size = device.Info.SizeBytes;
         int sector = device.Info.LogicalSectorSize;
-        long imageLength = disk.ImageLength;
         byte[] lastSector = Patterns.Bytes(sector, seed: 5);
         Assert.Equal(IoStatus.Ok, device.WriteAt(size - sector, lastSector));
+        // Measured after the write: an overlay's file grows by the cluster that write allocated.
+        long imageLength = disk.ImageLength;
 
         byte[] buffer = Patterns.Bytes(2 * sector, seed: 6);
         Assert.Equal(IoStatus.OutOfRange, device.WriteAt(size, buffer.AsSpan(0, sector)));
@@ -138,6 +152,11 @@ public class BlockDeviceContractTests
         if (disk.IsFile)
         {
             Assert.Equal(Enumerable.Repeat(TestDisk.SentinelByte, TestDisk.SentinelLength), disk.ReadImageTail());
+        }
+        if (disk.IsOverlay)
+        {
+            // Nothing reached the base, in range or out of it.
+            Assert.Equal(new byte[TestDisk.DefaultSize], File.ReadAllBytes(disk.BasePath!));
         }
     }
 
@@ -191,8 +210,8 @@ public class BlockDeviceContractTests
 
         byte[] readBack = new byte[256 * 1024];
         Assert.Equal(IoStatus.Ok, device.ReadAt(0, readBack));
-        // Files and memory promise zeros (DiscardZeroes). Block devices do not, but a loop device
-        // punches holes in its backing file, so it reads zeros as well.
+        // Files, memory and overlays promise zeros (DiscardZeroes). Block devices do not, but a loop
+        // device punches holes in its backing file, so it reads zeros as well.
         Assert.Equal(!disk.IsLoop, device.Info.DiscardZeroes);
         Assert.All(readBack.AsSpan(64 * 1024, 128 * 1024).ToArray(), b => Assert.Equal(0, b));
         Assert.Equal(data.AsSpan(0, 64 * 1024).ToArray(), readBack.AsSpan(0, 64 * 1024).ToArray());
@@ -220,7 +239,8 @@ public class BlockDeviceContractTests
         }
         else
         {
-            // Files cannot promise the old blocks are gone; the loop driver has no secure erase.
+            // Files cannot promise the old blocks are gone (nor can an overlay, which is a file); the
+            // loop driver has no secure erase.
             Assert.False(device.Info.SupportsSecureDiscard);
             Assert.Equal(IoStatus.NotSupported, status);
             Assert.Equal(data, readBack);
@@ -271,6 +291,12 @@ public class BlockDeviceContractTests
         using TestDisk disk = TestDisk.Create(kind);
         long grown = TestDisk.DefaultSize * 2;
         disk.Grow(grown);
+        if (disk.Kind == DeviceKind.BitmapOverlay)
+        {
+            // Its header fixes the virtual size: a grown base changes nothing the guest sees.
+            Assert.Equal(TestDisk.DefaultSize, disk.Device.Refresh().SizeBytes);
+            return;
+        }
 
         BlockDeviceInfo info = disk.Device.Refresh();
         Assert.Equal(grown, info.SizeBytes);

@@ -14,8 +14,15 @@ public sealed partial class Qcow2Image
     /// <summary>The most recent request failure explained (compressed cluster, corruption, the failed state), for logs; null if none.</summary>
     public string? LastError => _lastError;
 
+    private bool IsClosed => Volatile.Read(ref _disposed) != 0;
+
     public IoStatus Read(long offset, ReadOnlySpan<IoBuffer> buffers)
     {
+        if (IsClosed)
+        {
+            // Closed (its tables and locks released): an error result, never an exception on a ring thread.
+            return IoStatus.IoError;
+        }
         IoStatus status = IoRange.Check(offset, buffers, _virtualSize, 512, out long length);
         if (status != IoStatus.Ok || length == 0)
         {
@@ -124,6 +131,11 @@ public sealed partial class Qcow2Image
 
     public IoStatus Write(long offset, ReadOnlySpan<IoBuffer> buffers)
     {
+        if (IsClosed)
+        {
+            // Closed (its tables and locks released): an error result, never an exception on a ring thread.
+            return IoStatus.IoError;
+        }
         if (ReadOnly)
         {
             return IoStatus.ReadOnly;
@@ -392,6 +404,11 @@ public sealed partial class Qcow2Image
 
     public IoStatus Flush()
     {
+        if (IsClosed)
+        {
+            // Closed (its tables and locks released): an error result, never an exception on a ring thread.
+            return IoStatus.IoError;
+        }
         if (ReadOnly || _policy == MetadataPolicy.Transient)
         {
             // Transient overlays are thrown away: nothing they hold is ever meant to be durable.
@@ -412,6 +429,11 @@ public sealed partial class Qcow2Image
     /// </summary>
     public IoStatus Discard(long offset, long length, bool secure)
     {
+        if (IsClosed)
+        {
+            // Closed (its tables and locks released): an error result, never an exception on a ring thread.
+            return IoStatus.IoError;
+        }
         if (ReadOnly)
         {
             return IoStatus.ReadOnly;

@@ -20,4 +20,10 @@ public enum DeviceKind
 
     /// <summary>A loop device with 4096-byte logical sectors (losetup --sector-size 4096).</summary>
     LoopDevice4K,
+
+    /// <summary>A qcow2 overlay made by qemu-img over a raw base made by qemu-img, served by the qcow2 engine.</summary>
+    Qcow2Overlay,
+
+    /// <summary>A flat bitmap overlay over a raw base made by qemu-img.</summary>
+    BitmapOverlay,
 }

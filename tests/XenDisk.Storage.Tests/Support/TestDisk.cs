@@ -1,9 +1,16 @@
+using System.Globalization;
+using XenDisk.Cow.Bitmap;
+using XenDisk.Cow.Policies;
+using XenDisk.Cow.Qcow2;
+using XenDisk.Cow.Storage;
+
 namespace XenDisk.Storage.Tests.Support;
 
 /// <summary>
 /// One disk of a given <see cref="DeviceKind"/> with everything behind it (image file, loop device,
 /// ramfs mount), torn down in <see cref="Dispose"/>. Image files carry a trailing partial sector of
 /// sentinel bytes that is not part of the disk, so tests can prove nothing was written past the end.
+/// An overlay's base is a raw file made by qemu-img; the overlay is the image file.
 /// </summary>
 public sealed class TestDisk : IDisposable
 {
@@ -18,8 +25,9 @@ public sealed class TestDisk : IDisposable
     private readonly string? _ramfsMount;
     private readonly string? _loopDevice;
 
-    private TestDisk(DeviceKind kind, IBlockDevice device, string? imagePath, string? directory, string? ramfsMount, string? loopDevice)
+    private TestDisk(DeviceKind kind, IBlockDevice device, string? imagePath, string? directory, string? ramfsMount, string? loopDevice, string? basePath = null)
     {
+        BasePath = basePath;
         Kind = kind;
         Device = device;
         ImagePath = imagePath;
@@ -41,6 +49,11 @@ public sealed class TestDisk : IDisposable
     public bool IsFile => Kind is DeviceKind.DiskFile or DeviceKind.TmpfsFile or DeviceKind.RamfsFile;
 
     public bool IsLoop => Kind is DeviceKind.LoopDevice or DeviceKind.LoopDevice4K;
+
+    public bool IsOverlay => Kind is DeviceKind.Qcow2Overlay or DeviceKind.BitmapOverlay;
+
+    /// <summary>An overlay's base file, or null.</summary>
+    public string? BasePath { get; }
 
     public static TestDisk Create(DeviceKind kind, long size = DefaultSize, bool readOnly = false)
     {
@@ -93,14 +106,63 @@ public sealed class TestDisk : IDisposable
                     throw;
                 }
             }
+            case DeviceKind.Qcow2Overlay:
+            case DeviceKind.BitmapOverlay:
+            {
+                string directory = CreateDirectory("/var/tmp");
+                string basePath = Path.Combine(directory, "base.raw");
+                Commands.Run("qemu-img", "create", "-q", "-f", "raw", basePath, size.ToString(CultureInfo.InvariantCulture));
+                string overlay = Path.Combine(directory, kind == DeviceKind.Qcow2Overlay ? "disk.qcow2" : "disk.bitmap");
+                if (kind == DeviceKind.Qcow2Overlay)
+                {
+                    Commands.Run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay);
+                }
+                else
+                {
+                    OverlayFiles.CreateBitmapFile(overlay, BitmapOverlay.RequiredCowSize(size), FilePreallocation.Falloc);
+                    IBlockDevice cow = ImageLocks.OpenRaw(overlay, readOnly: false);
+                    IBlockDevice baseDevice = ImageLocks.OpenRaw(basePath, readOnly: true);
+                    BitmapOverlay.Create(cow, baseDevice, new BitmapCreateOptions { BaseName = basePath }).Dispose();
+                }
+                return new TestDisk(kind, OpenOverlay(kind, overlay, basePath, readOnly), overlay, directory, null, null, basePath);
+            }
             default:
                 throw new ArgumentOutOfRangeException(nameof(kind), kind, null);
         }
     }
 
-    /// <summary>Opens another device over the same storage (memory: not possible, so a fresh device).</summary>
-    public IBlockDevice OpenAgain(bool readOnly, RawDeviceOptions? options = null) =>
-        DevicePath is null ? new MemoryBlockDevice(Device.Info.SizeBytes, readOnly: readOnly) : RawBlockDevice.Open(DevicePath, readOnly, options);
+    /// <summary>Opens the overlay and its base the way tools open an image file: locked, the base read-only.</summary>
+    private static IBlockDevice OpenOverlay(DeviceKind kind, string overlay, string basePath, bool readOnly)
+    {
+        if (kind == DeviceKind.Qcow2Overlay)
+        {
+            return Qcow2Disk.Open(overlay, new Qcow2OpenOptions { ReadOnly = readOnly, BackingPolicy = BackingFilePolicy.InDirectories(Path.GetDirectoryName(overlay)!) });
+        }
+        IBlockDevice cow = ImageLocks.OpenRaw(overlay, readOnly);
+        try
+        {
+            return BitmapOverlay.Open(cow, ImageLocks.OpenRaw(basePath, readOnly: true), new BitmapOverlayOptions { ReadOnly = readOnly });
+        }
+        catch
+        {
+            cow.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Opens another device over the same storage (memory: not possible, so a fresh device). An overlay
+    /// is first closed: like QEMU, the engines lock an image against a second opener while one writes it.
+    /// </summary>
+    public IBlockDevice OpenAgain(bool readOnly, RawDeviceOptions? options = null)
+    {
+        if (IsOverlay)
+        {
+            Device.Dispose();
+            return OpenOverlay(Kind, ImagePath!, BasePath!, readOnly);
+        }
+        return DevicePath is null ? new MemoryBlockDevice(Device.Info.SizeBytes, readOnly: readOnly) : RawBlockDevice.Open(DevicePath, readOnly, options);
+    }
 
     /// <summary>Grows the storage underneath the open device, the way an operator resizes a disk online.</summary>
     public void Grow(long newSize)
@@ -110,7 +172,14 @@ public sealed class TestDisk : IDisposable
             memory.Resize(newSize);
             return;
         }
-        using (var stream = new FileStream(ImagePath!, FileMode.Open, FileAccess.ReadWrite))
+        if (Device is Qcow2Image qcow2)
+        {
+            // A qcow2 disk grows by its virtual size (the operation qemu-img resize performs offline).
+            Assert.Equal(IoStatus.Ok, qcow2.Resize(newSize));
+            return;
+        }
+        // A bitmap overlay's size is fixed by its header: the base grows underneath it.
+        using (var stream = new FileStream(BasePath ?? ImagePath!, FileMode.Open, FileAccess.ReadWrite))
         {
             stream.SetLength(newSize);
         }
@@ -126,7 +195,7 @@ public sealed class TestDisk : IDisposable
     /// <summary>The bytes of the image file after the disk's end (the sentinel), or empty.</summary>
     public byte[] ReadImageTail()
     {
-        if (ImagePath is null || _loopDevice is not null)
+        if (ImagePath is null || _loopDevice is not null || IsOverlay)
         {
             return [];
         }
