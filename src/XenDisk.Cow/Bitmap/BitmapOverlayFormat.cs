@@ -5,7 +5,7 @@ using XenDisk.Storage;
 namespace XenDisk.Cow.Bitmap;
 
 /// <summary>The flat bitmap overlay (docs/BITMAP-FORMAT.md) as an <see cref="OverlayFormat"/>.</summary>
-internal sealed class BitmapOverlayFormat : OverlayFormat
+internal sealed partial class BitmapOverlayFormat : OverlayFormat
 {
     public static readonly BitmapOverlayFormat Instance = new();
 
@@ -153,11 +153,11 @@ internal sealed class BitmapOverlayFormat : OverlayFormat
         IoStatus close = overlay.Info.ReadOnly ? IoStatus.Ok : overlay.Close();
         if (!result.Succeeded)
         {
-            throw new StorageException($"{what} '{imagePath}' failed ({result.Status.Describe()}){advice}", result.Status == IoStatus.NoSpace ? 28 : 5);
+            throw new StorageException($"{what} '{imagePath}' failed ({result.Status.Describe()}){advice}", result.Status == IoStatus.NoSpace ? Errnos.ENOSPC : Errnos.EIO);
         }
         if (close != IoStatus.Ok)
         {
-            throw new StorageException($"closing '{imagePath}' after {what} failed ({close.Describe()})", close == IoStatus.NoSpace ? 28 : 5);
+            throw new StorageException($"closing '{imagePath}' after {what} failed ({close.Describe()})", close == IoStatus.NoSpace ? Errnos.ENOSPC : Errnos.EIO);
         }
         return result;
     }

@@ -80,5 +80,19 @@ public abstract class OverlayFormat
     /// </summary>
     public abstract OverlayOperationResult Commit(string imagePath, OverlayCommitOptions? options = null, OverlayFileOptions? files = null, CancellationToken cancellationToken = default);
 
+    /// <summary>
+    /// Opens the overlay <see cref="OverlayAttachment.OverlayPath"/> over the opened base, creating it
+    /// over the base when it is absent, blank or transient; an existing overlay must record this base.
+    /// On success the image owns <paramref name="baseDevice"/> (or has disposed it, when the overlay no
+    /// longer needs it); on failure the caller still owns it.
+    /// </summary>
+    internal abstract AttachedOverlay Attach(OverlayAttachment attachment, IBlockDevice baseDevice);
+
+    /// <summary>
+    /// Opens an existing overlay that no longer needs its base (hydrated); null when the file holds no
+    /// such overlay, so that the caller reports the missing base.
+    /// </summary>
+    internal abstract IOverlayImage? AttachStandalone(OverlayAttachment attachment);
+
     public override string ToString() => Name;
 }

@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Qcow2;
 using XenDisk.Cow.Storage;
@@ -35,9 +34,6 @@ namespace XenDisk.Cow.Provider;
 /// </summary>
 public sealed class CowDiskProvider : IDiskProvider
 {
-    /// <summary>Bytes examined to tell a blank device (all zeros) from one holding something else.</summary>
-    private const int BlankCheckBytes = BitmapFormat.HeaderRegionSize;
-
     private readonly CowProviderOptions _options;
     private readonly string[] _allowedDirectories;
     private readonly ConcurrentDictionary<ICopyOnWriteImage, byte> _openOverlays = new(ReferenceEqualityComparer.Instance);
@@ -102,15 +98,15 @@ public sealed class CowDiskProvider : IDiskProvider
     {
         string basePath = target.BasePath!;
         string overlayPath = target.OverlayPath!;
-        CowOverlayFormat format = target.OverlayFormat ?? _options.DefaultOverlayFormat;
+        OverlayFormat format = target.OverlayFormat ?? _options.DefaultOverlayFormat;
         MetadataPolicy policy = target.Policy ?? _options.DefaultPolicy;
-        if (format == CowOverlayFormat.Bitmap && target.ClusterSize != null)
+        foreach ((string option, int? value) in (ReadOnlySpan<(string, int?)>)[("cluster", target.ClusterSize), ("grain", target.GrainSize)])
         {
-            throw Refuse($"cow:{basePath},{overlayPath}: cluster= applies to qcow2 overlays; bitmap overlays take grain=.");
-        }
-        if (format == CowOverlayFormat.Qcow2 && target.GrainSize != null)
-        {
-            throw Refuse($"cow:{basePath},{overlayPath}: grain= applies to bitmap overlays; qcow2 overlays take cluster=.");
+            if (value != null && option != format.UnitOptionName)
+            {
+                string owner = OverlayFormat.All.First(f => f.UnitOptionName == option).Name;
+                throw Refuse($"cow:{basePath},{overlayPath}: {option}= applies to {owner} overlays; {format.Name} overlays take {format.UnitOptionName}=.");
+            }
         }
         if (policy == MetadataPolicy.Transient && readOnly)
         {
@@ -127,7 +123,7 @@ public sealed class CowDiskProvider : IDiskProvider
         if (!File.Exists(basePath))
         {
             // A hydrated overlay holds the whole disk: the base may have been retired.
-            return OpenStandaloneOverlay(target, format, policy, readOnly, type)
+            return OpenStandaloneOverlay(format, Attachment(target, policy, readOnly, type))
                 ?? throw Refuse($"Base image {basePath} does not exist.", Errnos.ENOENT);
         }
 
@@ -139,9 +135,9 @@ public sealed class CowDiskProvider : IDiskProvider
             {
                 throw Refuse($"Base image {basePath} is {baseSize} bytes; a base must be a non-empty whole number of 512-byte sectors.");
             }
-            return format == CowOverlayFormat.Qcow2
-                ? OpenQcow2Overlay(target, baseDevice, policy, readOnly)
-                : OpenBitmapOverlay(target, baseDevice, policy, readOnly, type);
+            (IOverlayImage image, bool deleteFileOnClose) = format.Attach(Attachment(target, policy, readOnly, type), baseDevice);
+            IBlockDevice device = Track(RequireWritable(image, readOnly, overlayPath), image);
+            return deleteFileOnClose ? new FileRemovingDevice(device, overlayPath) : device;
         }
         catch
         {
@@ -155,46 +151,37 @@ public sealed class CowDiskProvider : IDiskProvider
     /// backing file, a bitmap header with the standalone flag); null when there is no such overlay,
     /// so the caller reports the missing base. A transient overlay is recreated, which needs the base.
     /// </summary>
-    private IBlockDevice? OpenStandaloneOverlay(CowTarget target, CowOverlayFormat format, MetadataPolicy policy, bool readOnly, string? type)
+    private IBlockDevice? OpenStandaloneOverlay(OverlayFormat format, OverlayAttachment attachment)
     {
-        string overlayPath = target.OverlayPath!;
-        if (policy == MetadataPolicy.Transient || !File.Exists(overlayPath))
+        string overlayPath = attachment.OverlayPath;
+        if (attachment.Policy == MetadataPolicy.Transient || !File.Exists(overlayPath))
         {
             return null;
         }
-        IBlockDevice? storage = null;
         try
         {
-            if (format == CowOverlayFormat.Qcow2)
-            {
-                if (!IsRegularFileOrRefuse(overlayPath) || new FileInfo(overlayPath).Length == 0)
-                {
-                    return null;
-                }
-                storage = OverlayFiles.OpenQcow2(overlayPath, readOnly);
-                if (Qcow2Disk.ReadHeader(storage).BackingFile != null)
-                {
-                    storage.Dispose();
-                    return null;
-                }
-                Qcow2Image image = Qcow2Image.Open(storage, null, new Qcow2OpenOptions { Policy = policy, ReadOnly = readOnly, OwnsDevices = true, Logger = _options.Logger });
-                return Track(RequireWritable(image, readOnly, overlayPath), image);
-            }
-            storage = OpenRaw(new DiskSpecification(overlayPath, readOnly, type));
-            if (!HasBitmapMagic(storage) || !BitmapOverlay.ReadHeader(storage).IsStandalone)
-            {
-                storage.Dispose();
-                return null;
-            }
-            BitmapOverlay overlay = BitmapOverlay.Open(storage, null, new BitmapOverlayOptions { Policy = policy, ReadOnly = readOnly, OwnsDevices = true });
-            return Track(RequireWritable(overlay, readOnly, overlayPath), overlay);
+            IOverlayImage? image = format.AttachStandalone(attachment);
+            return image == null ? null : Track(RequireWritable(image, attachment.ReadOnly, overlayPath), image);
         }
         catch (StorageException e)
         {
-            storage?.Dispose();
-            throw Refuse($"Overlay {overlayPath} (its base {target.BasePath} is gone): {e.Message}", e.Errno, e);
+            throw Refuse($"Overlay {overlayPath} (its base {attachment.BasePath} is gone): {e.Message}", e.Errno, e);
         }
     }
+
+    /// <summary>What a format needs to attach the target's overlay: the target's settings over the provider's defaults.</summary>
+    private OverlayAttachment Attachment(CowTarget target, MetadataPolicy policy, bool readOnly, string? type) => new()
+    {
+        BasePath = target.BasePath!,
+        OverlayPath = target.OverlayPath!,
+        BaseFormat = target.BaseFormat,
+        Policy = policy,
+        ReadOnly = readOnly,
+        ClusterSize = target.ClusterSize ?? _options.DefaultClusterSize,
+        GrainSize = target.GrainSize ?? _options.DefaultGrainSize,
+        Logger = _options.Logger,
+        OpenStorage = (path, storageReadOnly) => OpenRaw(new DiskSpecification(path, storageReadOnly, type)),
+    };
 
     private IBlockDevice OpenBase(string basePath, string baseFormat, string? type)
     {
@@ -221,186 +208,6 @@ public sealed class CowDiskProvider : IDiskProvider
         catch (StorageException e)
         {
             throw Refuse($"Cannot open base image {basePath} as qcow2: {e.Message}", e.Errno, e);
-        }
-    }
-
-    private IBlockDevice OpenQcow2Overlay(CowTarget target, IBlockDevice baseDevice, MetadataPolicy policy, bool readOnly)
-    {
-        string basePath = target.BasePath!;
-        string overlayPath = target.OverlayPath!;
-        long baseSize = baseDevice.Info.SizeBytes;
-        bool exists = File.Exists(overlayPath);
-        if (exists && !IsRegularFileOrRefuse(overlayPath))
-        {
-            throw Refuse($"Overlay {overlayPath} is not a regular file; qcow2 overlays are files (use format=bitmap on a block device).");
-        }
-        if (!exists || new FileInfo(overlayPath).Length == 0 || policy == MetadataPolicy.Transient)
-        {
-            if (readOnly)
-            {
-                throw Refuse($"Overlay {overlayPath} does not exist, and a read-only disk creates nothing.", Errnos.ENOENT);
-            }
-            try
-            {
-                Qcow2Disk.Create(overlayPath, new Qcow2CreateOptions
-                {
-                    VirtualSize = baseSize,
-                    ClusterSize = target.ClusterSize ?? _options.DefaultClusterSize,
-                    BackingFile = basePath,
-                    BackingFormat = target.BaseFormat,
-                }, overwrite: exists);
-            }
-            catch (Exception e) when (e is StorageException or ArgumentException)
-            {
-                throw Refuse($"Cannot create qcow2 overlay {overlayPath} over {basePath}: {e.Message}", (e as StorageException)?.Errno ?? 0, e);
-            }
-        }
-
-        IBlockDevice overlay;
-        try
-        {
-            overlay = OverlayFiles.OpenQcow2(overlayPath, readOnly);
-        }
-        catch (StorageException e)
-        {
-            throw Refuse($"Cannot open overlay {overlayPath}: {e.Message}", e.Errno, e);
-        }
-        try
-        {
-            Qcow2Header header;
-            try
-            {
-                header = Qcow2Disk.ReadHeader(overlay);
-            }
-            catch (StorageException e)
-            {
-                throw Refuse($"Overlay {overlayPath} is not a usable qcow2 image: {e.Message}", e.Errno, e);
-            }
-            IBlockDevice? backing = baseDevice;
-            if (header.BackingFile == null)
-            {
-                // Hydrated: the overlay holds the whole disk and needs no base.
-                backing = null;
-            }
-            else
-            {
-                string recorded;
-                try
-                {
-                    recorded = Qcow2Disk.ResolveBackingPath(overlayPath, header.BackingFile);
-                }
-                catch (StorageException e)
-                {
-                    throw Refuse($"Overlay {overlayPath}: {e.Message}", e.Errno, e);
-                }
-                if (!SamePath(recorded, basePath))
-                {
-                    throw Refuse($"Overlay {overlayPath} records the backing file '{header.BackingFile}' ({recorded}), not the base {basePath} named by the target; refusing to pair it with a different base (fix the target, or remove the overlay to start afresh).");
-                }
-                if (header.BackingFormat != target.BaseFormat)
-                {
-                    throw Refuse($"Overlay {overlayPath} records the backing format '{header.BackingFormat ?? "(none)"}', but the target says base-format={target.BaseFormat}.");
-                }
-                if (header.VirtualSize != baseSize)
-                {
-                    throw Refuse($"Overlay {overlayPath} is a {header.VirtualSize}-byte disk but the base {basePath} is {baseSize} bytes; an overlay and its base must have the same size.");
-                }
-            }
-            Qcow2Image image;
-            try
-            {
-                image = Qcow2Image.Open(overlay, backing, new Qcow2OpenOptions { Policy = policy, ReadOnly = readOnly, OwnsDevices = true, Logger = _options.Logger });
-            }
-            catch (StorageException e)
-            {
-                throw Refuse($"Overlay {overlayPath} is not a usable qcow2 image: {e.Message}", e.Errno, e);
-            }
-            if (backing == null)
-            {
-                baseDevice.Dispose();
-            }
-            IBlockDevice device = Track(RequireWritable(image, readOnly, overlayPath), image);
-            return policy == MetadataPolicy.Transient ? new FileRemovingDevice(device, overlayPath) : device;
-        }
-        catch
-        {
-            overlay.Dispose();
-            throw;
-        }
-    }
-
-    private IBlockDevice OpenBitmapOverlay(CowTarget target, IBlockDevice baseDevice, MetadataPolicy policy, bool readOnly, string? type)
-    {
-        string basePath = target.BasePath!;
-        string overlayPath = target.OverlayPath!;
-        int grainSize = target.GrainSize ?? _options.DefaultGrainSize;
-        bool created = false;
-        if (!File.Exists(overlayPath))
-        {
-            if (readOnly)
-            {
-                throw Refuse($"Overlay {overlayPath} does not exist, and a read-only disk creates nothing.", Errnos.ENOENT);
-            }
-            try
-            {
-                OverlayFiles.CreateBitmapFile(overlayPath, BitmapOverlay.RequiredCowSize(baseDevice.Info.SizeBytes, grainSize), FilePreallocation.Falloc);
-            }
-            catch (StorageException e)
-            {
-                throw Refuse($"Cannot create overlay {overlayPath}: {e.Message}", e.Errno, e);
-            }
-            created = true;
-        }
-        IBlockDevice? cow = null;
-        try
-        {
-            cow = OpenRaw(new DiskSpecification(overlayPath, readOnly, type));
-            bool regularFile = cow is not RawBlockDevice { IsBlockDevice: true };
-            BitmapOverlayOptions options = new() { Policy = policy, ReadOnly = readOnly, OwnsDevices = true };
-            bool blank = created || IsBlank(cow, overlayPath);
-            if (!blank && !HasBitmapMagic(cow))
-            {
-                throw Refuse($"Overlay {overlayPath} is neither blank nor a bitmap overlay; refusing to use or overwrite what it holds.");
-            }
-            BitmapOverlay overlay;
-            if (blank || policy == MetadataPolicy.Transient)
-            {
-                if (readOnly)
-                {
-                    throw Refuse($"Overlay {overlayPath} is blank, and a read-only disk creates nothing.");
-                }
-                overlay = BitmapOverlay.Create(cow, baseDevice, new BitmapCreateOptions { GrainSize = grainSize, BaseName = basePath }, options);
-            }
-            else
-            {
-                BitmapHeader header = BitmapOverlay.ReadHeader(cow);
-                if (header.BaseName.Length > 0 && !SamePath(header.BaseName, basePath))
-                {
-                    throw Refuse($"Overlay {overlayPath} was made over the base \"{header.BaseName}\", not the base {basePath} named by the target; refusing to pair it with a different base.");
-                }
-                overlay = BitmapOverlay.Open(cow, baseDevice, options);
-            }
-            IBlockDevice device = Track(RequireWritable(overlay, readOnly, overlayPath), overlay);
-            return policy == MetadataPolicy.Transient && regularFile ? new FileRemovingDevice(device, overlayPath) : device;
-        }
-        catch (StorageException e) when (!e.Message.Contains(overlayPath, StringComparison.Ordinal))
-        {
-            Cleanup();
-            throw Refuse($"Overlay {overlayPath}: {e.Message}", e.Errno, e);
-        }
-        catch
-        {
-            Cleanup();
-            throw;
-        }
-
-        void Cleanup()
-        {
-            cow?.Dispose();
-            if (created)
-            {
-                TryDelete(overlayPath);
-            }
         }
     }
 
@@ -457,64 +264,6 @@ public sealed class CowDiskProvider : IDiskProvider
         return Refuse($"Backing file {path} ({role}) is not under an allowed base directory ({allowed}); add its directory to the copy-on-write provider's AllowedBaseDirectories setting.", Errnos.EACCES, inner);
     }
 
-    private static bool SamePath(string a, string b) => Path.GetFullPath(a) == Path.GetFullPath(b) || SymbolicLinks.Resolve(a) == SymbolicLinks.Resolve(b);
-
-    /// <summary>
-    /// True for a regular file, false for a block device; refuses anything else (a FIFO would block
-    /// the open, a directory or character device is no disk). The raw device's checks decide.
-    /// </summary>
-    private static bool IsRegularFile(string path)
-    {
-        using RawBlockDevice probe = RawBlockDevice.Open(path, readOnly: true, new RawDeviceOptions { DirectIo = false });
-        return !probe.IsBlockDevice;
-    }
-
-    /// <summary>True when the first bytes of the device are all zeros: nothing to lose by creating an overlay there.</summary>
-    private static bool IsBlank(IBlockDevice device, string path)
-    {
-        if (device.Info.SizeBytes < BlankCheckBytes)
-        {
-            return true;
-        }
-        using AlignedBlock block = new(BlankCheckBytes);
-        IoStatus status = device.Read(0, [block.AsIoBuffer()]);
-        if (status != IoStatus.Ok)
-        {
-            throw Refuse($"Cannot read overlay {path} ({status.Describe()}).");
-        }
-        return !block.Span.ContainsAnyExcept((byte)0);
-    }
-
-    private static bool HasBitmapMagic(IBlockDevice device)
-    {
-        using AlignedBlock block = new(BlankCheckBytes);
-        return device.Read(0, [block.AsIoBuffer()]) == IoStatus.Ok && block.Span.StartsWith(BitmapFormat.Magic);
-    }
-
-    private static void TryDelete(string path)
-    {
-        try
-        {
-            File.Delete(path);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            // A half-made overlay left behind is refused as not blank or recreated next time; nothing else depends on it.
-        }
-    }
-
-    private static bool IsRegularFileOrRefuse(string path)
-    {
-        try
-        {
-            return IsRegularFile(path);
-        }
-        catch (StorageException e)
-        {
-            throw Refuse($"Overlay {path} cannot be used: {e.Message}", e.Errno, e);
-        }
-    }
-
     private static string WithSeparator(string directory) => Path.TrimEndingDirectorySeparator(directory) + Path.DirectorySeparatorChar;
 
     /// <summary>
@@ -537,17 +286,10 @@ public sealed class CowDiskProvider : IDiskProvider
         }
     }
 
-    private static StorageException Refuse(string message, int errno = 0, Exception? inner = null) => new(message, errno, inner);
+    private static StorageException Refuse(string message, int errno = 0, Exception? inner = null) => OverlayAttachment.Refuse(message, errno, inner);
 
     private sealed class BackingRefusal
     {
         public string? Path;
-    }
-
-    private static class Errnos
-    {
-        public const int ENOENT = 2;
-        public const int EACCES = 13;
-        public const int EROFS = 30;
     }
 }

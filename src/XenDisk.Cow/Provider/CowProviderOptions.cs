@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging;
 using XenDisk.Cow.Bitmap;
+using XenDisk.Cow.Overlays;
 using XenDisk.Cow.Policies;
 using XenDisk.Storage;
 
@@ -19,7 +20,7 @@ public sealed record CowProviderOptions
     public MetadataPolicy DefaultPolicy { get; init; } = MetadataPolicy.Flush;
 
     /// <summary>Overlay format when a <c>cow:</c> target gives no <c>format=</c>.</summary>
-    public CowOverlayFormat DefaultOverlayFormat { get; init; } = CowOverlayFormat.Qcow2;
+    public OverlayFormat DefaultOverlayFormat { get; init; } = OverlayFormat.Qcow2;
 
     /// <summary>Cluster size of new qcow2 overlays when the target gives no <c>cluster=</c>: QEMU's default.</summary>
     public int DefaultClusterSize { get; init; } = 64 * 1024;
@@ -47,9 +48,9 @@ public sealed record CowProviderOptions
         {
             throw new ArgumentException($"DefaultPolicy: {DefaultPolicy} is not a metadata policy.", nameof(DefaultPolicy));
         }
-        if (!Enum.IsDefined(DefaultOverlayFormat))
+        if (DefaultOverlayFormat is null)
         {
-            throw new ArgumentException($"DefaultOverlayFormat: {DefaultOverlayFormat} is not an overlay format.", nameof(DefaultOverlayFormat));
+            throw new ArgumentException("DefaultOverlayFormat: no overlay format given.", nameof(DefaultOverlayFormat));
         }
         if (!int.IsPow2(DefaultClusterSize) || DefaultClusterSize < 512 || DefaultClusterSize > 2 << 20)
         {

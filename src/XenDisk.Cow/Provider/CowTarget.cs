@@ -1,4 +1,5 @@
 using System.Globalization;
+using XenDisk.Cow.Overlays;
 using XenDisk.Cow.Policies;
 using XenDisk.Storage;
 
@@ -13,14 +14,6 @@ public enum CowTargetKind
     Qcow2,
     /// <summary><c>cow:BASE,OVERLAY[,options]</c>: a private overlay over a shared read-only base.</summary>
     Cow,
-}
-
-/// <summary>The format of a <c>cow:</c> device's overlay.</summary>
-public enum CowOverlayFormat
-{
-    Qcow2,
-    /// <summary>The flat bitmap overlay (<see cref="Bitmap.BitmapOverlay"/>).</summary>
-    Bitmap,
 }
 
 /// <summary>
@@ -46,8 +39,8 @@ public sealed record CowTarget
     /// <summary>The private overlay of a <c>cow:</c> device.</summary>
     public string? OverlayPath { get; init; }
 
-    /// <summary><c>format=</c>; null means the provider's default.</summary>
-    public CowOverlayFormat? OverlayFormat { get; init; }
+    /// <summary><c>format=</c> (qcow2, bitmap); null means the provider's default.</summary>
+    public OverlayFormat? OverlayFormat { get; init; }
 
     /// <summary><c>policy=</c> (sync, flush, lazy, transient); null means the provider's default.</summary>
     public MetadataPolicy? Policy { get; init; }
@@ -112,12 +105,10 @@ public sealed record CowTarget
                     Kind = CowTargetKind.Cow,
                     BasePath = basePath,
                     OverlayPath = overlayPath,
-                    OverlayFormat = options.TryGetValue("format", out string? format) ? format switch
-                    {
-                        "qcow2" => CowOverlayFormat.Qcow2,
-                        "bitmap" => CowOverlayFormat.Bitmap,
-                        _ => throw Refuse($"Disk target \"{target}\": format={format} is not an overlay format (qcow2 or bitmap)."),
-                    } : null,
+                    OverlayFormat = options.TryGetValue("format", out string? format)
+                        ? Overlays.OverlayFormat.All.FirstOrDefault(f => f.Name == format)
+                            ?? throw Refuse($"Disk target \"{target}\": format={format} is not an overlay format ({string.Join(" or ", Overlays.OverlayFormat.All)}).")
+                        : null,
                     Policy = ParsePolicy(options, target),
                     ClusterSize = options.TryGetValue("cluster", out string? cluster) ? ParseSize(cluster, "cluster", 512, 2 << 20, target) : null,
                     GrainSize = options.TryGetValue("grain", out string? grain) ? ParseSize(grain, "grain", 512, 64 << 10, target) : null,

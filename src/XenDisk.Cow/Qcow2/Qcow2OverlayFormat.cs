@@ -4,7 +4,7 @@ using XenDisk.Storage;
 namespace XenDisk.Cow.Qcow2;
 
 /// <summary>qcow2 as an <see cref="OverlayFormat"/>: the file-level operations on the qcow2 engine.</summary>
-internal sealed class Qcow2OverlayFormat : OverlayFormat
+internal sealed partial class Qcow2OverlayFormat : OverlayFormat
 {
     public static readonly Qcow2OverlayFormat Instance = new();
 

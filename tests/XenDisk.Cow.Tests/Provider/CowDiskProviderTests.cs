@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using XenDisk.Cow.Bitmap;
+using XenDisk.Cow.Overlays;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Provider;
 using XenDisk.Cow.Qcow2;
@@ -327,7 +328,7 @@ public sealed class CowDiskProviderTests : IDisposable
     {
         CowDiskProvider provider = new(new CowProviderOptions
         {
-            DefaultOverlayFormat = CowOverlayFormat.Bitmap,
+            DefaultOverlayFormat = OverlayFormat.Bitmap,
             DefaultPolicy = MetadataPolicy.Sync,
             DefaultGrainSize = 16384,
         });

@@ -1,3 +1,4 @@
+using XenDisk.Cow.Overlays;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Provider;
 using XenDisk.Storage;
@@ -68,7 +69,7 @@ public class CowTargetTests
         Assert.Equal(CowTargetKind.Cow, cow.Kind);
         Assert.Equal("/images/base.img", cow.BasePath);
         Assert.Equal("/overlays/g1.cow", cow.OverlayPath);
-        Assert.Equal(CowOverlayFormat.Bitmap, cow.OverlayFormat);
+        Assert.Equal(OverlayFormat.Bitmap, cow.OverlayFormat);
         Assert.Equal(MetadataPolicy.Transient, cow.Policy);
         Assert.Equal(65536, cow.GrainSize);
         Assert.Equal("qcow2", cow.BaseFormat);

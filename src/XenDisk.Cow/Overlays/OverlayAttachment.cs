@@ -1,0 +1,72 @@
+using Microsoft.Extensions.Logging;
+using XenDisk.Cow.Policies;
+using XenDisk.Cow.Provider;
+using XenDisk.Cow.Storage;
+using XenDisk.Storage;
+
+namespace XenDisk.Cow.Overlays;
+
+/// <summary>
+/// What the disk provider asks of a format when a guest's disk is an overlay over a base
+/// (cow:BASE,OVERLAY): the paths as the target names them, the settings that apply, and how to open
+/// raw storage (the provider's raw provider, with QEMU's image locks). Every refusal is a
+/// <see cref="StorageException"/> whose message is meant for the operator.
+/// </summary>
+internal sealed record OverlayAttachment
+{
+    public required string BasePath { get; init; }
+
+    public required string OverlayPath { get; init; }
+
+    /// <summary>The base's format as the target names it (raw or qcow2).</summary>
+    public required string BaseFormat { get; init; }
+
+    public required MetadataPolicy Policy { get; init; }
+
+    public required bool ReadOnly { get; init; }
+
+    /// <summary>The cluster size of a qcow2 overlay the format creates.</summary>
+    public required int ClusterSize { get; init; }
+
+    /// <summary>The grain size of a bitmap overlay the format creates.</summary>
+    public required int GrainSize { get; init; }
+
+    public ILogger? Logger { get; init; }
+
+    /// <summary>Opens raw storage (path, read-only) as the provider opens raw disks, locked.</summary>
+    public required Func<string, bool, IBlockDevice> OpenStorage { get; init; }
+
+    public static StorageException Refuse(string message, int errno = 0, Exception? inner = null) => new(message, errno, inner);
+
+    public static bool SamePath(string a, string b) => Path.GetFullPath(a) == Path.GetFullPath(b) || SymbolicLinks.Resolve(a) == SymbolicLinks.Resolve(b);
+
+    /// <summary>
+    /// True for a regular file, false for a block device; refuses anything else (a FIFO would block
+    /// the open, a directory or character device is no disk). The raw device's checks decide.
+    /// </summary>
+    public static bool IsRegularFileOrRefuse(string path)
+    {
+        try
+        {
+            using RawBlockDevice probe = RawBlockDevice.Open(path, readOnly: true, new RawDeviceOptions { DirectIo = false });
+            return !probe.IsBlockDevice;
+        }
+        catch (StorageException e)
+        {
+            throw Refuse($"Overlay {path} cannot be used: {e.Message}", e.Errno, e);
+        }
+    }
+}
+
+/// <summary>An overlay attached by its format, and whether its file goes when the disk closes (policy=transient).</summary>
+internal readonly record struct AttachedOverlay(IOverlayImage Image, bool DeleteFileOnClose);
+
+/// <summary>The errno values the copy-on-write layer's refusals carry (Linux asm-generic/errno-base.h).</summary>
+internal static class Errnos
+{
+    public const int ENOENT = 2;
+    public const int EIO = 5;
+    public const int EACCES = 13;
+    public const int ENOSPC = 28;
+    public const int EROFS = 30;
+}
