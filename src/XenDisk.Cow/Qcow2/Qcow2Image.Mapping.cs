@@ -33,13 +33,9 @@ public sealed partial class Qcow2Image
 {
     private int L2EntriesPerTable => 1 << _l2Bits;
 
-    private ulong ReadL1(long index) => BinaryPrimitives.ReadUInt64BigEndian(_l1.Span[(int)(index * 8)..]);
+    private ulong ReadL1(long index) => _l1.Read(index);
 
-    private void WriteL1(long index, ulong value)
-    {
-        BinaryPrimitives.WriteUInt64BigEndian(_l1.Span[(int)(index * 8)..], value);
-        _l1Dirty.Mark(index * 8);
-    }
+    private void WriteL1(long index, ulong value) => _l1.Write(index, value);
 
     /// <summary>
     /// Finds the L2 table for <paramref name="guestCluster"/> (under the metadata lock). Without
@@ -51,7 +47,7 @@ public sealed partial class Qcow2Image
         long l1Index = guestCluster >> _l2Bits;
         index = (int)(guestCluster & (L2EntriesPerTable - 1));
         table = null;
-        if (l1Index >= _l1Size)
+        if (l1Index >= _l1.Size)
         {
             // Cannot happen inside the virtual disk (the header check guarantees l1_size is large enough).
             return allocate ? IoStatus.OutOfRange : IoStatus.Ok;

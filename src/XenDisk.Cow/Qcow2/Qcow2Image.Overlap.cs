@@ -42,7 +42,7 @@ public sealed partial class Qcow2Image
         lock (_metadataLock)
         {
             Register(0, _clusterSize, MetadataKind.Header);
-            Register(_l1Offset, (long)_l1Size * 8, MetadataKind.L1Table);
+            Register(_l1.Offset, (long)_l1.Size * 8, MetadataKind.L1Table);
             Register(_refTableOffset, (long)_refTableClusters << _clusterBits, MetadataKind.RefcountTable);
             for (long i = 0; i < RefTableEntries; i++)
             {
@@ -52,7 +52,7 @@ public sealed partial class Qcow2Image
                     Register(block, _clusterSize, MetadataKind.RefcountBlock);
                 }
             }
-            for (long i = 0; i < _l1Size; i++)
+            for (long i = 0; i < _l1.Size; i++)
             {
                 long table = (long)(ReadL1(i) & Qcow2Format.OffsetMask);
                 if (table != 0 && (table & (_clusterSize - 1)) == 0)

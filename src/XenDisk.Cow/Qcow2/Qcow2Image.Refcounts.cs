@@ -300,7 +300,7 @@ public sealed partial class Qcow2Image
     /// </summary>
     private IoStatus RebuildRefcounts()
     {
-        Qcow2Header current = _openedHeader with { L1Size = _l1Size, L1TableOffset = _l1Offset, RefcountTableOffset = _refTableOffset, RefcountTableClusters = _refTableClusters };
+        Qcow2Header current = _openedHeader with { L1Size = _l1.Size, L1TableOffset = _l1.Offset, RefcountTableOffset = _refTableOffset, RefcountTableClusters = _refTableClusters };
         ReferenceCounts counts = ReferenceScanner.Scan(_overlay, current, includeRefcountStructure: false);
         IoStatus status = RefcountStructure.WriteFresh(_overlay, counts.Counts, _clusterBits, _refcountOrder, out long tableOffset, out int tableClusters, out long endCluster);
         if (status != IoStatus.Ok)

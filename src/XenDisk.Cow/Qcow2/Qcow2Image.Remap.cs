@@ -177,7 +177,7 @@ public sealed partial class Qcow2Image
     {
         entry = default;
         long l1Index = guestCluster >> _l2Bits;
-        if (l1Index >= _l1Size)
+        if (l1Index >= _l1.Size)
         {
             return false;
         }

@@ -98,9 +98,9 @@ public sealed partial class Qcow2Image
                 }
             }
             Capture(_l2Cache, batch.L2Tables);
-            foreach ((int start, int length) in _l1Dirty.TakeRuns())
+            foreach ((int start, int length) in _l1.TakeDirtyRuns())
             {
-                batch.L1Runs.Add((_l1Offset + start, CopyOf(_l1, start, length)));
+                batch.L1Runs.Add((_l1.Offset + start, CopyOf(_l1.Block, start, length)));
             }
             batch.Frees.AddRange(_pendingFrees);
             _pendingFrees.Clear();

@@ -60,10 +60,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
     private readonly MetadataCache _refcountCache;
     private readonly OverlayStatistics _statistics;
 
-    private AlignedBlock _l1;
-    private int _l1Size;
-    private long _l1Offset;
-    private DirtySectors _l1Dirty;
+    private L1Table _l1;
     private AlignedBlock _refTable;
     private long _refTableOffset;
     private int _refTableClusters;
@@ -122,10 +119,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         _l2Cache = new MetadataCache(_clusterSize, l2Budget);
         _refcountCache = new MetadataCache(_clusterSize, refcountBudget);
 
-        _l1Size = header.L1Size;
-        _l1Offset = header.L1TableOffset;
-        _l1 = new AlignedBlock(RoundUpToSector((long)_l1Size * 8));
-        _l1Dirty = new DirtySectors(_l1.Length, _metadataSector);
+        _l1 = new L1Table(header.L1Size, header.L1TableOffset, RoundUpToSector((long)header.L1Size * 8), _metadataSector);
         _refTableOffset = header.RefcountTableOffset;
         _refTableClusters = header.RefcountTableClusters;
         _refTable = new AlignedBlock(_refTableClusters << _clusterBits);
@@ -176,7 +170,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         {
             lock (_metadataLock)
             {
-                return _l1.Length + _refTable.Length + _l2Cache.BytesInUse + _refcountCache.BytesInUse;
+                return _l1.MemoryBytes + _refTable.Length + _l2Cache.BytesInUse + _refcountCache.BytesInUse;
             }
         }
     }
@@ -254,12 +248,11 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
 
     private void LoadTables()
     {
-        if (_l1Size > 0)
+        if (_l1.Size > 0)
         {
-            IoBuffer l1 = _l1.AsIoBuffer(0, RoundUpToSector((long)_l1Size * 8));
-            ThrowIfFailed(ReadMetadata(_l1Offset, _l1, l1.Length), "reading the L1 table");
-            // Bytes after the last entry belong to no entry; keep them zero so that writing a sector back is harmless.
-            _l1.Span[(_l1Size * 8)..].Clear();
+            IoBuffer l1 = _l1.Block.AsIoBuffer(0, RoundUpToSector((long)_l1.Size * 8));
+            ThrowIfFailed(ReadMetadata(_l1.Offset, _l1.Block, l1.Length), "reading the L1 table");
+            _l1.ClearTail();
         }
         ThrowIfFailed(DeviceIo.ReadClamped(_overlay, _refTableOffset, _refTable), "reading the refcount table");
     }
@@ -325,8 +318,8 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
     {
         Span<byte> h = _header.Span;
         BinaryPrimitives.WriteUInt64BigEndian(h[24..], (ulong)_virtualSize);
-        BinaryPrimitives.WriteUInt32BigEndian(h[36..], (uint)_l1Size);
-        BinaryPrimitives.WriteUInt64BigEndian(h[40..], (ulong)_l1Offset);
+        BinaryPrimitives.WriteUInt32BigEndian(h[36..], (uint)_l1.Size);
+        BinaryPrimitives.WriteUInt64BigEndian(h[40..], (ulong)_l1.Offset);
         BinaryPrimitives.WriteUInt64BigEndian(h[48..], (ulong)_refTableOffset);
         BinaryPrimitives.WriteUInt32BigEndian(h[56..], (uint)_refTableClusters);
         if (_openedHeader.Version >= 3)
@@ -381,11 +374,11 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
             {
                 return IoStatus.NotSupported;
             }
-            if (needed > _l1Size)
+            if (needed > _l1.Size)
             {
-                AlignedBlock newL1;
-                long oldOffset = _l1Offset;
-                int oldClusters = ClustersFor((long)_l1Size * 8);
+                L1Table newL1;
+                long oldOffset = _l1.Offset;
+                int oldClusters = ClustersFor((long)_l1.Size * 8);
                 long newOffset;
                 int newClusters = ClustersFor(needed * 8);
                 lock (_metadataLock)
@@ -397,8 +390,8 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
                     }
                     newOffset = first << _clusterBits;
                     _metadata.Add(first, newClusters, MetadataKind.L1Table);
-                    newL1 = new AlignedBlock(newClusters << _clusterBits);
-                    _l1.Span[..(_l1Size * 8)].CopyTo(newL1.Span);
+                    newL1 = new L1Table((int)needed, newOffset, newClusters << _clusterBits, _metadataSector);
+                    _l1.CopyTo(newL1.Block);
                 }
                 // New L1 and the refcounts of its clusters are durable before the header points to it.
                 status = WriteBackCore(forGuestFlush: false, forceRefcounts: true);
@@ -406,7 +399,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
                 {
                     lock (_metadataLock)
                     {
-                        status = CheckOverlap(newOffset, newL1.Length, MetadataKind.L1Table, "the grown L1 table");
+                        status = CheckOverlap(newOffset, newL1.Block.Length, MetadataKind.L1Table, "the grown L1 table");
                     }
                     if (status != IoStatus.Ok)
                     {
@@ -414,7 +407,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
                         PersistCorruptBit();
                         return status;
                     }
-                    status = DeviceIo.Write(_overlay, newOffset, newL1, 0, newL1.Length);
+                    status = DeviceIo.Write(_overlay, newOffset, newL1.Block, 0, newL1.Block.Length);
                     _statistics.CountMetadataWrites(1);
                 }
                 if (status == IoStatus.Ok)
@@ -429,11 +422,8 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
                 }
                 lock (_metadataLock)
                 {
-                    AlignedBlock old = _l1;
+                    L1Table old = _l1;
                     _l1 = newL1;
-                    _l1Size = (int)needed;
-                    _l1Offset = newOffset;
-                    _l1Dirty = new DirtySectors(_l1.Length, _metadataSector);
                     old.Dispose();
                     _virtualSize = newVirtualSize;
                 }
