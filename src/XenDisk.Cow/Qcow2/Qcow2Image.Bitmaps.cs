@@ -51,14 +51,14 @@ public sealed partial class Qcow2Image
     /// and the bits of consistent ones. Empty when the image has no extension or its autoclear bit is clear.
     /// Throws <see cref="StorageException"/> for a directory QEMU would refuse.
     /// </summary>
-    public static IReadOnlyList<PersistentBitmap> ReadBitmaps(IBlockDevice device, Qcow2Header header)
+    public static IReadOnlyList<PersistentBitmap> ReadBitmaps(IBlockDevice device, Qcow2Header header, bool withBits = true)
     {
         if (header.Bitmaps is not { } extension || header.Version < 3 || (header.AutoclearFeatures & Qcow2Format.AutoclearBitmaps) == 0)
         {
             return [];
         }
         List<PersistentBitmap> bitmaps = ParseDirectory(device, header, extension.DirectoryOffset, extension.DirectorySize, extension.Count);
-        foreach (PersistentBitmap bitmap in bitmaps.Where(b => !b.Inconsistent))
+        foreach (PersistentBitmap bitmap in bitmaps.Where(b => withBits && !b.Inconsistent))
         {
             ThrowIfFailed(LoadBits(device, header.ClusterBits, header.VirtualSize, bitmap, null), $"reading bitmap '{bitmap.Name}'");
         }
@@ -538,6 +538,24 @@ public sealed partial class Qcow2Image
                 return status;
             }
             Array.Clear(bitmap!.Words!);
+            return BitmapsChanged();
+        }
+    }
+
+    /// <summary>Marks the given ranges dirty in the bitmap (qemu-img bitmap --merge: the source's dirty ranges, whatever its granularity).</summary>
+    public IoStatus MergeIntoBitmap(string name, IEnumerable<(long Offset, long Length)> dirty)
+    {
+        lock (_metadataLock)
+        {
+            IoStatus status = FindBitmap(name, allowInconsistent: false, out PersistentBitmap? bitmap);
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+            foreach ((long offset, long length) in dirty)
+            {
+                bitmap!.MarkDirty(offset, Math.Min(length, _virtualSize - offset));
+            }
             return BitmapsChanged();
         }
     }
