@@ -380,70 +380,28 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>
-    /// Rewrites the header extensions (=== Header extensions ===) in the in-memory header cluster with
-    /// the bitmaps extension set to the given values, or removed when <paramref name="count"/> is 0;
-    /// the backing file name, which follows the extensions, moves with them. Under the metadata lock.
+    /// Sets the bitmaps extension in the in-memory header cluster to the given values, or removes it
+    /// when <paramref name="count"/> is 0 (=== Bitmaps extension ===). Under the metadata lock.
     /// </summary>
     private IoStatus RewriteBitmapsExtension(int count, long directorySize, long directoryOffset, out int bytesToWrite)
     {
-        Span<byte> h = _header.Span;
         bytesToWrite = 0;
-        int start = (int)BinaryPrimitives.ReadUInt32BigEndian(h[100..]);
-        List<(uint Type, byte[] Data)> extensions = [];
-        int position = start;
-        bool placed = false;
-        while (position + 8 <= _clusterSize)
+        List<(uint Type, byte[] Data)> extensions = HeaderExtensions.Parse(_header.Span, out _);
+        int at = extensions.FindIndex(e => e.Type == Qcow2Format.ExtensionBitmaps);
+        if (at >= 0)
         {
-            uint type = BinaryPrimitives.ReadUInt32BigEndian(h[position..]);
-            int length = (int)BinaryPrimitives.ReadUInt32BigEndian(h[(position + 4)..]);
-            if (type == Qcow2Format.ExtensionEnd)
-            {
-                break;
-            }
-            if (type == Qcow2Format.ExtensionBitmaps)
-            {
-                placed = true;
-                if (count > 0)
-                {
-                    extensions.Add((type, BitmapsExtension(count, directorySize, directoryOffset)));
-                }
-            }
-            else
-            {
-                extensions.Add((type, h.Slice(position + 8, length).ToArray()));
-            }
-            position += 8 + ((length + 7) & ~7);
+            extensions.RemoveAt(at);
         }
-        int oldEnd = position + 8;
-        if (!placed && count > 0)
+        if (count > 0)
         {
-            extensions.Add((Qcow2Format.ExtensionBitmaps, BitmapsExtension(count, directorySize, directoryOffset)));
+            extensions.Insert(at >= 0 ? at : extensions.Count, (Qcow2Format.ExtensionBitmaps, BitmapsExtension(count, directorySize, directoryOffset)));
         }
-        long backingOffset = (long)BinaryPrimitives.ReadUInt64BigEndian(h[8..]);
-        int backingSize = (int)BinaryPrimitives.ReadUInt32BigEndian(h[16..]);
-        byte[] backing = backingOffset != 0 ? h.Slice((int)backingOffset, backingSize).ToArray() : [];
-        oldEnd = Math.Max(oldEnd, backingOffset != 0 ? (int)backingOffset + backingSize : 0);
-        int newEnd = start + extensions.Sum(e => 8 + ((e.Data.Length + 7) & ~7)) + 8 + backing.Length;
-        if (newEnd > _clusterSize)
+        int changed = HeaderExtensions.Rebuild(_header.Span, _openedHeader.Version, extensions);
+        if (changed < 0)
         {
             return RefuseRequest("the header extensions and backing file name do not fit in the header cluster");
         }
-        h[start..Math.Max(oldEnd, newEnd)].Clear();
-        position = start;
-        foreach ((uint type, byte[] data) in extensions)
-        {
-            BinaryPrimitives.WriteUInt32BigEndian(h[position..], type);
-            BinaryPrimitives.WriteUInt32BigEndian(h[(position + 4)..], (uint)data.Length);
-            data.CopyTo(h[(position + 8)..]);
-            position += 8 + ((data.Length + 7) & ~7);
-        }
-        position += 8; // end of the extensions: type 0, length 0
-        if (backing.Length > 0)
-        {
-            backing.CopyTo(h[position..]);
-            BinaryPrimitives.WriteUInt64BigEndian(h[8..], (ulong)position);
-        }
-        bytesToWrite = Math.Min(_clusterSize, RoundUpToSector(Math.Max(oldEnd, newEnd)));
+        bytesToWrite = Math.Min(_clusterSize, RoundUpToSector(changed));
         return IoStatus.Ok;
     }
 

@@ -75,6 +75,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
     private long _freeHint;
     private long _virtualSize;
     private ulong _incompatible;
+    private ulong _compatible;
     private ulong _autoclear;
     private volatile string? _failure;
     private BlockDeviceInfo _info;
@@ -100,6 +101,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         _metadataSector = Math.Max(512, overlay.Info.LogicalSectorSize);
         _virtualSize = header.VirtualSize;
         _incompatible = header.IncompatibleFeatures;
+        _compatible = header.CompatibleFeatures;
         _autoclear = header.AutoclearFeatures;
         ReadOnly = readOnly;
         ReadOnlyReason = readOnlyReason;
@@ -338,6 +340,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         if (_openedHeader.Version >= 3)
         {
             BinaryPrimitives.WriteUInt64BigEndian(h[72..], _incompatible);
+            BinaryPrimitives.WriteUInt64BigEndian(h[80..], _compatible);
             BinaryPrimitives.WriteUInt64BigEndian(h[88..], _autoclear);
         }
     }
@@ -543,10 +546,14 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
             {
                 status = WriteBackCore(forGuestFlush: true, forceRefcounts: true);
             }
-            if (status == IoStatus.Ok && (_incompatible & Qcow2Format.IncompatibleDirty) != 0)
+            if (status == IoStatus.Ok && ((_incompatible & Qcow2Format.IncompatibleDirty) != 0 || _compatible != _openedHeader.CompatibleFeatures))
             {
                 _incompatible &= ~Qcow2Format.IncompatibleDirty;
                 status = WriteHeaderNow();
+            }
+            if (status == IoStatus.Ok && _downgradeOnClose)
+            {
+                status = WriteVersion2Header();
             }
             return status;
         }
