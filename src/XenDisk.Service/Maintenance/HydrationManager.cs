@@ -4,6 +4,7 @@ using XenDisk.Backend.ControlPlane;
 using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Qcow2;
+using XenDisk.Cow.Storage;
 using XenDisk.Service.Control;
 using XenDisk.Storage;
 
@@ -217,7 +218,7 @@ internal sealed class HydrationManager(BlockBackend backend, TimeProvider time, 
                         BytesPerSecond = run.BytesPerSecond,
                         Progress = p => run.Progress(Math.Min(p.GrainsDone * overlay.GrainSize, size), size, p.BytesCopied),
                     }, stop);
-                    return status == IoStatus.Ok ? (null, null) : (null, $"copying into the bitmap overlay failed ({status})");
+                    return status == IoStatus.Ok ? (null, null) : (null, $"copying into the bitmap overlay failed ({status.Describe()})");
                 });
             case RawBlockDevice:
                 refusal = $"{path} is a raw disk ({disk.Info.Description}): it has no base to copy from. Only qcow2 and bitmap overlays can be hydrated.";
