@@ -207,6 +207,47 @@ public sealed class ConfigurationValidationTests
         }
     }
 
+    [Fact]
+    public void An_unknown_key_does_not_hide_the_other_errors_of_its_section_and_a_bad_port_is_named()
+    {
+        IConfiguration configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Backend:Bogus"] = "1",
+            ["Backend:MaxRingPageOrder"] = "9",
+            ["Telemetry:Prometheus:Enabled"] = "true",
+            ["Telemetry:Prometheus:ListenAddress"] = "http://127.0.0.1:99999/metrics",
+        }).Build();
+        IReadOnlyList<string> problems = ServiceConfiguration.Validate(configuration);
+        Assert.Contains(problems, p => p.Contains("unknown key(s) 'Bogus'", StringComparison.Ordinal));
+        Assert.Contains(problems, p => p.StartsWith("Backend:MaxRingPageOrder", StringComparison.Ordinal));
+        Assert.Contains(problems, p => p.Contains("has port 99999; a port is 1 to 65535", StringComparison.Ordinal));
+        Assert.DoesNotContain(problems, p => p.Contains("not an absolute URL", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_JSON_syntax_error_is_reported_with_its_line_and_position()
+    {
+        string malformed = Path.Combine(Path.GetTempPath(), $"xendisk-bad-{Guid.NewGuid():N}.json");
+        await File.WriteAllTextAsync(malformed, "{\n  \"Backend\": {\n    \"Kinds\": [\"vbd\",\n  }\n}\n");
+        try
+        {
+            var errors = new StringWriter();
+            int code = await XenDiskServiceHost.RunAsync(new ServeOptions
+            {
+                Simulation = new SimulatedServicePlatform(),
+                UseEnvironment = false,
+                ConfigPath = malformed,
+                ConfigPathExplicit = true,
+            }, errors, CancellationToken.None);
+            Assert.Equal(ServeExitCodes.InvalidConfiguration, code);
+            Assert.Contains($"{malformed}: invalid JSON at line 4, position 3", errors.ToString(), StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(malformed);
+        }
+    }
+
     internal static string RepositoryRoot()
     {
         for (DirectoryInfo? directory = new(AppContext.BaseDirectory); directory is not null; directory = directory.Parent)

@@ -230,7 +230,7 @@ internal static partial class CowBenchmark
                 }
                 if (device.Flush() is var flushed && flushed != IoStatus.Ok)
                 {
-                    throw new CowBenchException($"flushing the base {path} failed ({flushed})");
+                    throw new CowBenchException($"flushing the base {path} failed ({flushed.Describe()})");
                 }
             });
             log(Invariant($"base written: {size / seconds / (1 << 20):N0} MiB/s"));

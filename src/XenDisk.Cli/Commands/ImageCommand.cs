@@ -6,7 +6,7 @@ namespace XenDisk.Cli.Commands;
 
 /// <summary>
 /// `xendisk image ...`: image tools in qemu-img's argument style (create, info, check, map, snapshot,
-/// commit, hydrate, rebase, convert, compare, resize, measure), so that operators' habits carry over. The describing subcommands take --json;
+/// commit, hydrate, rebase, convert, compare, resize, measure, bitmap, amend), so that operators' habits carry over. The describing subcommands take --json;
 /// long work draws progress on stderr.
 /// </summary>
 internal static class ImageCommand
@@ -27,6 +27,8 @@ internal static class ImageCommand
             ImageCompareCommand.Create(),
             ImageResizeCommand.Create(),
             ImageMeasureCommand.Create(),
+            ImageBitmapCommand.Create(),
+            ImageAmendCommand.Create(),
         };
         foreach (Command subcommand in image.Subcommands)
         {

@@ -6,9 +6,9 @@ namespace XenDisk.Cow.Qcow2;
 
 /// <summary>
 /// The clusters QEMU's persistent dirty bitmaps occupy (=== Bitmaps extension ===, == Bitmaps ==):
-/// the bitmap directory, each bitmap's table and the data clusters its table points to. XenDisk does
-/// not maintain the bitmaps (it clears the autoclear bit before writing), but their clusters stay in
-/// use and counted, so they are protected from writes, from the allocator, and from repair.
+/// the bitmap directory, each bitmap's table and the data clusters its table points to. Their clusters
+/// are in use and counted, so they are protected from writes, from the allocator, and from repair.
+/// (Keeping the bitmaps' contents up to date is <see cref="Qcow2Image"/>'s, in Qcow2Image.Bitmaps.cs.)
 /// </summary>
 internal static class PersistentBitmaps
 {

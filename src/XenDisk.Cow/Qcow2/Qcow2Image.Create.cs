@@ -31,6 +31,10 @@ public sealed partial class Qcow2Image
         {
             throw new ArgumentException("The refcount order must be 0 to 6.", nameof(options));
         }
+        if (options.CompressionType is not (Qcow2Format.CompressionZlib or Qcow2Format.CompressionZstd))
+        {
+            throw new ArgumentException("The compression type must be 0 (zlib) or 1 (zstd).", nameof(options));
+        }
         bool hasBacking = !string.IsNullOrEmpty(options.BackingFile);
         if (hasBacking && string.IsNullOrEmpty(options.BackingFormat))
         {
@@ -77,11 +81,13 @@ public sealed partial class Qcow2Image
         BinaryPrimitives.WriteUInt32BigEndian(h[56..], (uint)tableClusters);
         BinaryPrimitives.WriteUInt32BigEndian(h[60..], 0);
         BinaryPrimitives.WriteUInt64BigEndian(h[64..], 0);
-        BinaryPrimitives.WriteUInt64BigEndian(h[72..], extendedL2 ? Qcow2Format.IncompatibleExtendedL2 : 0);
+        bool zstd = options.CompressionType == Qcow2Format.CompressionZstd;
+        BinaryPrimitives.WriteUInt64BigEndian(h[72..], (extendedL2 ? Qcow2Format.IncompatibleExtendedL2 : 0) | (zstd ? Qcow2Format.IncompatibleCompressionType : 0));
         BinaryPrimitives.WriteUInt64BigEndian(h[80..], options.LazyRefcounts ? Qcow2Format.CompatibleLazyRefcounts : 0);
         BinaryPrimitives.WriteUInt64BigEndian(h[88..], 0);
         BinaryPrimitives.WriteUInt32BigEndian(h[96..], (uint)options.RefcountOrder);
         BinaryPrimitives.WriteUInt32BigEndian(h[100..], Qcow2Format.HeaderLengthWritten);
+        h[104] = (byte)options.CompressionType; // compression_type; meaningful with incompatible bit 3 only
         _ = position;
         Check(DeviceIo.Write(target, 0, header, 0, clusterSize), "writing the header");
         Check(target.Flush(), "flushing the new image");

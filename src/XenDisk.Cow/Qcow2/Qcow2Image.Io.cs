@@ -149,6 +149,7 @@ public sealed partial class Qcow2Image
         {
             return IoStatus.IoError;
         }
+        MarkBitmapsDirty(offset, length);
         Span<IoBuffer> slice = buffers.Length + 2 <= StackSliceLimit ? stackalloc IoBuffer[buffers.Length + 2] : new IoBuffer[buffers.Length + 2];
         bool metadataChanged = false;
         long done = 0;
@@ -451,6 +452,7 @@ public sealed partial class Qcow2Image
         {
             return IoStatus.IoError;
         }
+        MarkBitmapsDirty(offset, length);
         bool metadataChanged = false;
         IoStatus status = IoStatus.Ok;
         long done = 0;

@@ -71,6 +71,11 @@ public sealed partial class Qcow2Image
             return 0;
         }
 
+        if (write)
+        {
+            // The data plane writes these extents itself: they are dirty from now on.
+            MarkBitmapsDirty(offset, length);
+        }
         Interlocked.Increment(ref _remapsGranted);
         lease = RangeLeases.Lease(start, stripes);
         return count;

@@ -72,6 +72,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
     private long _freeHint;
     private long _virtualSize;
     private ulong _incompatible;
+    private ulong _compatible;
     private ulong _autoclear;
     private volatile string? _failure;
     private BlockDeviceInfo _info;
@@ -97,6 +98,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         _metadataSector = Math.Max(512, overlay.Info.LogicalSectorSize);
         _virtualSize = header.VirtualSize;
         _incompatible = header.IncompatibleFeatures;
+        _compatible = header.CompatibleFeatures;
         _autoclear = header.AutoclearFeatures;
         ReadOnly = readOnly;
         ReadOnlyReason = readOnlyReason;
@@ -230,6 +232,10 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
                 image.PrepareForWriting();
             }
             image.BuildMetadataMap();
+            if (!readOnly && options.Policy != MetadataPolicy.Transient)
+            {
+                image.LoadBitmapsForWriting();
+            }
             return image;
         }
         catch
@@ -279,12 +285,14 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
             _incompatible &= ~Qcow2Format.IncompatibleDirty;
             ThrowIfFailed(WriteHeaderNow(), "clearing the dirty bit");
         }
-        if (_autoclear != 0)
+        // autoclear_features: "An implementation may only write to an image with unknown
+        // auto-clear features if it clears the respective bits from this field first." XenDisk
+        // maintains the bitmaps (bit 0, see Qcow2Image.Bitmaps.cs) when the extension is there,
+        // except in a transient overlay, which never stores them; every other bit is cleared.
+        ulong keep = _openedHeader.Bitmaps != null && _policy != MetadataPolicy.Transient ? Qcow2Format.AutoclearBitmaps : 0;
+        if ((_autoclear & ~keep) != 0)
         {
-            // autoclear_features: "An implementation may only write to an image with unknown
-            // auto-clear features if it clears the respective bits from this field first."
-            // XenDisk maintains none of them (not even bitmaps), so all are cleared.
-            _autoclear = 0;
+            _autoclear &= keep;
             ThrowIfFailed(WriteHeaderNow(), "clearing autoclear feature bits");
         }
         if (_policy == MetadataPolicy.Lazy)
@@ -325,6 +333,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         if (_openedHeader.Version >= 3)
         {
             BinaryPrimitives.WriteUInt64BigEndian(h[72..], _incompatible);
+            BinaryPrimitives.WriteUInt64BigEndian(h[80..], _compatible);
             BinaryPrimitives.WriteUInt64BigEndian(h[88..], _autoclear);
         }
     }
@@ -361,6 +370,11 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         if (newVirtualSize < _virtualSize || newVirtualSize % 512 != 0 || newVirtualSize > Qcow2Format.MaximumVirtualSize)
         {
             return IoStatus.NotSupported;
+        }
+        if (Bitmaps.Count > 0)
+        {
+            // As QEMU 7.2 (qcow2_co_truncate): a bitmap covers the old size and would have to be resized with the disk.
+            return RefuseRequest("cannot resize an image with persistent bitmaps; remove them first ('image bitmap --remove')");
         }
         lock (_writeBackLock)
         {
@@ -512,15 +526,24 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         lock (_writeBackLock)
         {
             IoStatus status = WriteBackCore(forGuestFlush: true, forceRefcounts: true);
-            // Frees applied by that pass dirtied refcount blocks again; one more pass writes them.
             if (status == IoStatus.Ok)
+            {
+                status = StoreBitmaps();
+            }
+            // Frees applied by a pass dirty refcount blocks again; two more passes write them all
+            // (the second frees the clusters of stored bitmaps, the third writes those refcounts).
+            for (int pass = 0; pass < 2 && status == IoStatus.Ok; pass++)
             {
                 status = WriteBackCore(forGuestFlush: true, forceRefcounts: true);
             }
-            if (status == IoStatus.Ok && (_incompatible & Qcow2Format.IncompatibleDirty) != 0)
+            if (status == IoStatus.Ok && ((_incompatible & Qcow2Format.IncompatibleDirty) != 0 || _compatible != _openedHeader.CompatibleFeatures))
             {
                 _incompatible &= ~Qcow2Format.IncompatibleDirty;
                 status = WriteHeaderNow();
+            }
+            if (status == IoStatus.Ok && _downgradeOnClose)
+            {
+                status = WriteVersion2Header();
             }
             return status;
         }

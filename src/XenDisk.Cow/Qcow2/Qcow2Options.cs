@@ -69,4 +69,10 @@ public sealed record Qcow2CreateOptions
 
     /// <summary>Sets the lazy refcounts compatible bit, for images meant to be used with <see cref="MetadataPolicy.Lazy"/>.</summary>
     public bool LazyRefcounts { get; init; }
+
+    /// <summary>compression_type for compressed clusters: zlib (0, the default, readable by every qcow2 reader) or zstd (1, incompatible bit 3).</summary>
+    public int CompressionType { get; init; } = CompressionZlib;
+
+    public const int CompressionZlib = Qcow2Format.CompressionZlib;
+    public const int CompressionZstd = Qcow2Format.CompressionZstd;
 }

@@ -38,18 +38,21 @@ public static partial class ServiceConfiguration
     };
 
     /// <summary>Registers every settings class, bound to its section, with its validators; validated on start.</summary>
-    public static IServiceCollection AddXenDiskSettings(this IServiceCollection services, IConfiguration configuration)
+    public static IServiceCollection AddXenDiskSettings(this IServiceCollection services, IConfiguration configuration) =>
+        AddXenDiskSettings(services, configuration, UnknownKeysAreErrors);
+
+    private static IServiceCollection AddXenDiskSettings(IServiceCollection services, IConfiguration configuration, Action<BinderOptions> binding)
     {
         ArgumentNullException.ThrowIfNull(services);
         ArgumentNullException.ThrowIfNull(configuration);
         var rules = new SettingsRules();
         // Each Bind call names its settings type, so that the configuration-binding source generator
         // produces the binding code (no reflection, safe to trim).
-        Add<BackendSettings, BackendSettingsValidator>(services, rules, o => configuration.GetSection(BackendSettings.SectionName).Bind(o, UnknownKeysAreErrors));
-        Add<StorageSettings>(services, rules, o => configuration.GetSection(StorageSettings.SectionName).Bind(o, UnknownKeysAreErrors));
-        Add<TelemetrySettings, TelemetrySettingsValidator>(services, rules, o => configuration.GetSection(TelemetrySettings.SectionName).Bind(o, UnknownKeysAreErrors));
-        Add<ControlSettings, ControlSettingsValidator>(services, rules, o => configuration.GetSection(ControlSettings.SectionName).Bind(o, UnknownKeysAreErrors));
-        Add<SimulationSettings, SimulationSettingsValidator>(services, null, o => configuration.GetSection(SimulationSettings.SectionName).Bind(o, UnknownKeysAreErrors));
+        Add<BackendSettings, BackendSettingsValidator>(services, rules, o => configuration.GetSection(BackendSettings.SectionName).Bind(o, binding));
+        Add<StorageSettings>(services, rules, o => configuration.GetSection(StorageSettings.SectionName).Bind(o, binding));
+        Add<TelemetrySettings, TelemetrySettingsValidator>(services, rules, o => configuration.GetSection(TelemetrySettings.SectionName).Bind(o, binding));
+        Add<ControlSettings, ControlSettingsValidator>(services, rules, o => configuration.GetSection(ControlSettings.SectionName).Bind(o, binding));
+        Add<SimulationSettings, SimulationSettingsValidator>(services, null, o => configuration.GetSection(SimulationSettings.SectionName).Bind(o, binding));
         return services;
     }
 
@@ -77,16 +80,30 @@ public static partial class ServiceConfiguration
             }
         }
 
-        Check<BackendSettings>(services, problems);
-        Check<StorageSettings>(services, problems);
-        Check<TelemetrySettings>(services, problems);
-        Check<ControlSettings>(services, problems);
-        Check<SimulationSettings>(services, problems);
+        ServiceProvider? lenient = null;
+        try
+        {
+            // A section with unknown keys cannot be bound strictly; it is bound again without them so
+            // that its other errors are reported in the same run, not one at a time.
+            ServiceProvider Lenient() => lenient ??= AddXenDiskSettings(new ServiceCollection(), configuration, UnknownKeysIgnored).BuildServiceProvider();
+            Check<BackendSettings>(services, problems, Lenient);
+            Check<StorageSettings>(services, problems, Lenient);
+            Check<TelemetrySettings>(services, problems, Lenient);
+            Check<ControlSettings>(services, problems, Lenient);
+            Check<SimulationSettings>(services, problems, Lenient);
+        }
+        finally
+        {
+            lenient?.Dispose();
+        }
         return problems;
     }
 
     /// <summary>Unknown keys are errors: a misspelt key silently ignored is a setting silently not applied.</summary>
     private static void UnknownKeysAreErrors(BinderOptions binder) => binder.ErrorOnUnknownConfiguration = true;
+
+    /// <summary>Binding that skips unknown keys, so that a section with one is still checked for its other errors.</summary>
+    private static void UnknownKeysIgnored(BinderOptions binder) => binder.ErrorOnUnknownConfiguration = false;
 
     private static void Add<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicParameterlessConstructor)] TSettings,
         [DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicConstructors)] TValidator>(
@@ -111,7 +128,7 @@ public static partial class ServiceConfiguration
         }
     }
 
-    private static void Check<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicParameterlessConstructor)] TSettings>(IServiceProvider services, List<string> problems)
+    private static void Check<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicParameterlessConstructor)] TSettings>(IServiceProvider services, List<string> problems, Func<IServiceProvider>? lenient = null)
         where TSettings : class
     {
         try
@@ -126,6 +143,10 @@ public static partial class ServiceConfiguration
         {
             // The binder's own failures: a value of the wrong type (its message names the key), or unknown keys.
             problems.Add(Readable(e.Message));
+            if (lenient != null && UnknownKeys().IsMatch(e.Message))
+            {
+                Check<TSettings>(lenient(), problems);
+            }
         }
     }
 

@@ -1,4 +1,5 @@
 using System.Text;
+using System.Text.RegularExpressions;
 using Microsoft.Extensions.Options;
 using XenDisk.Backend.DataPlane;
 using XenDisk.Service.Telemetry;
@@ -9,7 +10,7 @@ namespace XenDisk.Service.Configuration;
 /// The rules no attribute can express: values that must parse, agree with each other or with the
 /// platform. Runs after the source-generated validators; each message starts with the key it is about.
 /// </summary>
-internal sealed class SettingsRules :
+internal sealed partial class SettingsRules :
     IValidateOptions<BackendSettings>,
     IValidateOptions<StorageSettings>,
     IValidateOptions<TelemetrySettings>,
@@ -108,7 +109,11 @@ internal sealed class SettingsRules :
         {
             if (!Uri.TryCreate(listen, UriKind.Absolute, out _))
             {
-                errors.Add($"Telemetry:Prometheus:ListenAddress \"{listen}\" is not an absolute URL (for example http://127.0.0.1:9464/metrics).");
+                // The URI parser refuses a port beyond 65535 as it refuses a malformed URL; name the port.
+                Match port = UrlPort().Match(listen);
+                errors.Add(port.Success && (!int.TryParse(port.Groups["port"].Value, out int number) || number > 65535)
+                    ? $"Telemetry:Prometheus:ListenAddress \"{listen}\" has port {port.Groups["port"].Value}; a port is 1 to 65535."
+                    : $"Telemetry:Prometheus:ListenAddress \"{listen}\" is not an absolute URL (for example http://127.0.0.1:9464/metrics).");
             }
             else if (!PrometheusListenAddress.TryParse(listen, out _, out string? problem))
             {
@@ -159,4 +164,8 @@ internal sealed class SettingsRules :
 
     private static ValidateOptionsResult Result(List<string> errors) =>
         errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+
+    /// <summary>The port of a scheme://host:port URL (an IPv6 host in brackets), digits only.</summary>
+    [GeneratedRegex(@"^[A-Za-z][A-Za-z0-9+.-]*://(?:\[[^\]]*\]|[^/:\[\]]*):(?<port>\d+)(?:/|$)")]
+    private static partial Regex UrlPort();
 }

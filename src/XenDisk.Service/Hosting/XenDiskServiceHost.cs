@@ -234,6 +234,25 @@ public static class XenDiskServiceHost
     }
 
     /// <summary>
+    /// What went wrong reading the file: the configuration provider wraps a JSON syntax error in
+    /// exceptions that say only which file failed; the line and the position within it (both counted
+    /// from 1, as editors count) come from the JSON reader's exception inside.
+    /// </summary>
+    private static string DescribeReadError(Exception error)
+    {
+        for (Exception? inner = error; inner != null; inner = inner.InnerException)
+        {
+            if (inner is System.Text.Json.JsonException { LineNumber: long line } json)
+            {
+                string position = json.BytePositionInLine is long column ? $", position {column + 1}" : "";
+                string reason = json.Message.Split(" Path:", 2)[0].Split(" LineNumber:", 2)[0].TrimEnd('.', ' ');
+                return $"invalid JSON at line {line + 1}{position}: {reason}";
+            }
+        }
+        return error.InnerException is { } cause ? $"{error.Message} ({cause.Message})" : error.Message;
+    }
+
+    /// <summary>
     /// `xendisk serve`: validates the configuration, checks the platform, runs until
     /// <paramref name="cancellationToken"/> is cancelled or the host is stopped (SIGTERM), and returns
     /// the exit code. Problems are written to <paramref name="errors"/>, one per line; nothing throws.
@@ -249,7 +268,7 @@ public static class XenDiskServiceHost
         }
         catch (Exception e) when (e is FileNotFoundException or InvalidDataException or FormatException or IOException or UnauthorizedAccessException)
         {
-            await errors.WriteLineAsync($"xendisk: cannot read the configuration {options.ConfigPath}: {e.Message}").ConfigureAwait(false);
+            await errors.WriteLineAsync($"xendisk: cannot read the configuration {options.ConfigPath}: {DescribeReadError(e)}").ConfigureAwait(false);
             return ServeExitCodes.InvalidConfiguration;
         }
 

@@ -3,6 +3,7 @@ using Microsoft.Extensions.Logging;
 using XenDisk.Backend.ControlPlane;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Overlays;
+using XenDisk.Cow.Storage;
 using XenDisk.Service.Control;
 using XenDisk.Storage;
 
@@ -206,7 +207,7 @@ internal sealed class HydrationManager(BlockBackend backend, TimeProvider time, 
                         BytesPerSecond = run.BytesPerSecond,
                         Progress = p => run.Progress(p.BytesExamined, p.BytesTotal, p.BytesCopied),
                     }, stop);
-                    return result.Succeeded ? (result.BytesCopied, null) : (null, result.Error ?? result.Status.ToString());
+                    return result.Succeeded ? (result.BytesCopied, null) : (null, result.Error ?? result.Status.Describe());
                 });
             case RawBlockDevice:
                 refusal = $"{path} is a raw disk ({disk.Info.Description}): it has no base to copy from. Only qcow2 and bitmap overlays can be hydrated.";

@@ -7,10 +7,11 @@ using XenDisk.Storage;
 namespace XenDisk.Cli.Commands.Image;
 
 /// <summary>
-/// `xendisk image convert [-f FMT] [-O raw|qcow2] [-p] [-c] SOURCE TARGET`, as qemu-img convert:
+/// `xendisk image convert [-f FMT] [-O raw|qcow2] [-p] [-c] [-o compression_type=zlib|zstd] SOURCE TARGET`, as qemu-img convert:
 /// the source's virtual disk (its backing chain included) becomes a standalone image. Blocks that
 /// read as zeros are not written (qemu-img's default sparse detection, -S 4k), so a raw target keeps
-/// holes and a qcow2 target allocates only clusters holding data. Runs on the engine the backend serves
+/// holes and a qcow2 target allocates only clusters holding data; with -c those clusters are
+/// compressed (deflate, or zstd with -o compression_type=zstd). Runs on the engine the backend serves
 /// guests with, and takes the same image locks.
 /// </summary>
 internal static class ImageConvertCommand
@@ -20,13 +21,14 @@ internal static class ImageConvertCommand
         var format = ImageFiles.FormatOption();
         var outputFormat = new Option<string>("-O", "--output-format") { Description = "The target's format: raw or qcow2 (default raw, as qemu-img)", DefaultValueFactory = _ => "raw" };
         var progress = new Option<bool>("-p", "--progress") { Description = "Show progress on stderr: bytes, rate and time left" };
-        var compress = new Option<bool>("-c", "--compress") { Description = "Compressed qcow2 output (not supported: refused)" };
+        var compress = new Option<bool>("-c", "--compress") { Description = "Compressed qcow2 output (deflate by default)" };
+        var createOptions = new Option<string[]>("-o") { Description = "Target options: compression_type=zlib|zstd (qcow2)" };
         var allowBase = ImageFiles.AllowBaseOption();
         var source = new Argument<string>("SOURCE") { Description = "The image to read" };
         var target = new Argument<string>("TARGET") { Description = "The image to write (replaced if it exists and no one holds it)" };
         var command = new Command("convert", "Copy an image's virtual disk, backing chain included, into a new raw or qcow2 image, skipping zeros")
         {
-            format, outputFormat, progress, compress, allowBase, source, target,
+            format, outputFormat, progress, compress, createOptions, allowBase, source, target,
         };
         command.SetAction((parse, cancellationToken) => CommandRunner.RunAsync(parse, cancellationToken, () =>
         {
@@ -40,11 +42,25 @@ internal static class ImageConvertCommand
             {
                 return CommandErrors.Invalid(parse, "a bitmap overlay records changes over a base and cannot be a conversion's target; use -O raw or -O qcow2");
             }
-            if (parse.GetValue(compress))
+            bool compressed = parse.GetValue(compress);
+            if (compressed && outputKind != ImageFormat.Qcow2)
             {
-                // qemu-img refuses -c for formats that cannot hold compressed clusters; XenDisk's engine
-                // reads compressed qcow2 clusters but does not write them, so it refuses -c outright.
-                return CommandErrors.Invalid(parse, "compressed output (-c) is not supported: the engine reads compressed qcow2 clusters but does not write them");
+                // qemu-img's refusal for formats that cannot hold compressed clusters.
+                return CommandErrors.Invalid(parse, "Compression not supported for this file format (use -O qcow2)");
+            }
+            int compressionType = Qcow2CreateOptions.CompressionZlib;
+            foreach (string item in (parse.GetValue(createOptions) ?? []).SelectMany(o => o.Split(',', StringSplitOptions.RemoveEmptyEntries)))
+            {
+                compressionType = item switch
+                {
+                    "compression_type=zlib" => Qcow2CreateOptions.CompressionZlib,
+                    "compression_type=zstd" => Qcow2CreateOptions.CompressionZstd,
+                    _ => -1,
+                };
+                if (compressionType < 0 || outputKind != ImageFormat.Qcow2)
+                {
+                    return CommandErrors.Invalid(parse, $"unsupported target option '{item}' (-O qcow2 takes compression_type=zlib|zstd)");
+                }
             }
             if (!ImageFiles.TryResolveFormat(parse, sourcePath, parse.GetValue(format), out ImageFormat sourceKind, out int exitCode))
             {
@@ -57,14 +73,14 @@ internal static class ImageConvertCommand
             using IBlockDevice input = ImageFiles.OpenForIo(sourcePath, sourceKind, parse.GetValue(allowBase), readOnly: true);
             long size = input.Info.SizeBytes;
             using ProgressBar? bar = parse.GetValue(progress) ? new ProgressBar(parse.Error(), "converting", showBytes: true) : null;
-            Convert(input, sourcePath, targetPath, outputKind, size, bar, cancellationToken);
+            Convert(input, sourcePath, targetPath, outputKind, size, compressed, compressionType, bar, cancellationToken);
             bar?.Complete();
             return 0;
         }));
         return command;
     }
 
-    private static void Convert(IBlockDevice input, string sourceName, string targetPath, ImageFormat outputKind, long size, ProgressBar? bar, CancellationToken cancellationToken)
+    private static void Convert(IBlockDevice input, string sourceName, string targetPath, ImageFormat outputKind, long size, bool compressed, int compressionType, ProgressBar? bar, CancellationToken cancellationToken)
     {
         string fullTarget = Path.GetFullPath(targetPath);
         if (File.Exists(fullTarget))
@@ -72,10 +88,17 @@ internal static class ImageConvertCommand
             // Replacing truncates the file, so first make sure nobody (QEMU, a served disk) holds it.
             FileImageDevice.Open(fullTarget, readOnly: false).Dispose();
         }
-        IBlockDevice output = outputKind == ImageFormat.Qcow2 ? CreateQcow2(fullTarget, size) : CreateRaw(fullTarget, size);
+        IBlockDevice output = outputKind == ImageFormat.Qcow2 ? CreateQcow2(fullTarget, size, compressionType) : CreateRaw(fullTarget, size);
         try
         {
-            Copy(input, sourceName, output, targetPath, size, bar, cancellationToken);
+            if (compressed)
+            {
+                CopyCompressed(input, sourceName, (Qcow2Image)output, targetPath, size, bar, cancellationToken);
+            }
+            else
+            {
+                Copy(input, sourceName, output, targetPath, size, bar, cancellationToken);
+            }
             IoStatus closed = output is IOverlayImage image ? image.Close() : output.Flush();
             if (closed != IoStatus.Ok)
             {
@@ -88,13 +111,13 @@ internal static class ImageConvertCommand
         }
     }
 
-    private static Qcow2Image CreateQcow2(string path, long size)
+    private static Qcow2Image CreateQcow2(string path, long size, int compressionType)
     {
         if (size % 512 != 0)
         {
             throw new StorageException($"the source's size ({size} bytes) is not a multiple of 512, which a qcow2 virtual disk must be");
         }
-        Qcow2Disk.Create(path, new Qcow2CreateOptions { VirtualSize = size }, overwrite: true);
+        Qcow2Disk.Create(path, new Qcow2CreateOptions { VirtualSize = size, CompressionType = compressionType }, overwrite: true);
         return Qcow2Disk.Open(path);
     }
 
@@ -136,6 +159,33 @@ internal static class ImageConvertCommand
             if (runStart >= 0)
             {
                 chunk.Write(output, targetName, offset + runStart, runStart, length - runStart);
+            }
+            bar?.Report(offset + length, size);
+        }
+    }
+
+    /// <summary>Every cluster holding anything but zeros, compressed (qemu-img convert -c skips zero clusters too).</summary>
+    private static void CopyCompressed(IBlockDevice input, string sourceName, Qcow2Image output, string targetName, long size, ProgressBar? bar, CancellationToken cancellationToken)
+    {
+        using ImageChunk chunk = new();
+        int cluster = output.ClusterSize;
+        for (long offset = 0; offset < size; offset += ImageChunk.Bytes)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            int length = ImageChunk.LengthAt(offset, size);
+            Span<byte> data = chunk.Read(input, sourceName, offset, length);
+            for (int at = 0; at < length; at += cluster)
+            {
+                Span<byte> part = data.Slice(at, Math.Min(cluster, length - at));
+                if (part.IndexOfAnyExcept((byte)0) < 0)
+                {
+                    continue;
+                }
+                IoStatus status = output.WriteCompressed(offset + at, part);
+                if (status != IoStatus.Ok)
+                {
+                    throw new StorageException($"writing '{targetName}' at {offset + at} failed: {output.LastError ?? status.Describe()}");
+                }
             }
             bar?.Report(offset + length, size);
         }

@@ -32,6 +32,8 @@ internal sealed record ImageDescription
     public bool? ExtendedL2 { get; init; }
     public bool? LazyRefcounts { get; init; }
     public int? Snapshots { get; init; }
+    /// <summary>qcow2: the persistent dirty bitmaps, as qemu-img info lists them.</summary>
+    public IReadOnlyList<BitmapEntry>? Bitmaps { get; init; }
     /// <summary>Bitmap: every grain is in the overlay (hydrated); the base is no longer read.</summary>
     public bool? Standalone { get; init; }
     /// <summary>Bitmap: the base's size when the overlay was made.</summary>
@@ -90,7 +92,20 @@ internal sealed record ImageDescription
             ExtendedL2 = info.ExtendedL2,
             LazyRefcounts = info.LazyRefcounts,
             Snapshots = info.SnapshotCount,
+            Bitmaps = Qcow2Image.ReadBitmaps(device, Qcow2Disk.ReadHeader(device), withBits: false)
+                .Select(b => new BitmapEntry(b.Name, b.Granularity, BitmapFlags(b))).ToList(),
         };
+    }
+
+    /// <summary>One persistent bitmap: qemu-img info's name, granularity and flags ("in-use", "auto").</summary>
+    internal sealed record BitmapEntry(string Name, long Granularity, IReadOnlyList<string> Flags);
+
+    private static List<string> BitmapFlags(PersistentBitmap bitmap)
+    {
+        List<string> flags = [];
+        if (bitmap.Inconsistent) flags.Add("in-use");
+        if (bitmap.Enabled) flags.Add("auto");
+        return flags;
     }
 
     private static ImageDescription ReadBitmap(string path)
@@ -184,6 +199,22 @@ internal sealed record ImageDescription
             output.WriteLine($"    extended l2: {TrueFalse(ExtendedL2 == true)}");
             output.WriteLine($"    lazy refcounts: {TrueFalse(LazyRefcounts == true)}");
             output.WriteLine(Invariant($"    internal snapshots: {Snapshots}"));
+            if (Bitmaps is { Count: > 0 })
+            {
+                // qemu-img info's layout, so that what scripts grep for carries over.
+                output.WriteLine("    bitmaps:");
+                for (int i = 0; i < Bitmaps.Count; i++)
+                {
+                    output.WriteLine(Invariant($"        [{i}]:"));
+                    output.WriteLine("            flags:");
+                    for (int f = 0; f < Bitmaps[i].Flags.Count; f++)
+                    {
+                        output.WriteLine(Invariant($"                [{f}]: {Bitmaps[i].Flags[f]}"));
+                    }
+                    output.WriteLine($"            name: {Bitmaps[i].Name}");
+                    output.WriteLine(Invariant($"            granularity: {Bitmaps[i].Granularity}"));
+                }
+            }
         }
         else
         {

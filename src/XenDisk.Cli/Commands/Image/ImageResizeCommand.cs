@@ -65,7 +65,7 @@ internal static class ImageResizeCommand
                 }
                 if (status != IoStatus.Ok)
                 {
-                    return CommandErrors.Failed(parse, $"resizing '{path}' failed: {status.Describe()}");
+                    return CommandErrors.Failed(parse, $"resizing '{path}' failed: {qcow2.LastError ?? status.Describe()}");
                 }
             }
             else

@@ -12,6 +12,46 @@ public static class QemuTools
 
     public static string QemuIo => Find("qemu-io");
 
+    public static string QemuNbd => Find("qemu-nbd");
+
+    /// <summary>
+    /// The dirty ranges of a persistent bitmap as QEMU reads them from the file: qemu-nbd exports the
+    /// image with the bitmap (-B), and qemu-img map reads the bitmap's NBD metadata context through
+    /// the client's x-dirty-bitmap option, which reports dirty ranges as holes ("data": false).
+    /// qemu-nbd --fork returns once it listens, and the server ends after its one client.
+    /// </summary>
+    public static List<(long Offset, long Length)> DirtyRanges(string image, string bitmap)
+    {
+        string socket = System.IO.Path.Combine(System.IO.Path.GetDirectoryName(image)!, "nbd.sock");
+        RunOk(QemuNbd, "--fork", "-r", "-f", "qcow2", "-B", bitmap, "-k", socket, image);
+        string map = RunOk(QemuImg, "map", "--output=json", "--image-opts",
+            $"driver=nbd,server.type=unix,server.path={socket},x-dirty-bitmap=qemu:dirty-bitmap:{bitmap}");
+        List<(long, long)> ranges = [];
+        using System.Text.Json.JsonDocument document = System.Text.Json.JsonDocument.Parse(map);
+        foreach (System.Text.Json.JsonElement extent in document.RootElement.EnumerateArray())
+        {
+            if (!extent.GetProperty("data").GetBoolean())
+            {
+                ranges.Add((extent.GetProperty("start").GetInt64(), extent.GetProperty("length").GetInt64()));
+            }
+        }
+        return ranges;
+    }
+
+    /// <summary>
+    /// Leaves the image as a QEMU process that died while writing it would: qemu-nbd opens it
+    /// writable (marking its bitmaps in use), then is killed. --fork returns once the image is open.
+    /// </summary>
+    public static void CrashWhileOpen(string image)
+    {
+        string directory = System.IO.Path.GetDirectoryName(image)!;
+        string pidFile = System.IO.Path.Combine(directory, "nbd.pid");
+        RunOk(QemuNbd, "--fork", "-f", "qcow2", "--pid-file", pidFile, "-k", System.IO.Path.Combine(directory, "crash.sock"), image);
+        using Process server = Process.GetProcessById(int.Parse(File.ReadAllText(pidFile).Trim()));
+        server.Kill();
+        Assert.True(server.WaitForExit(60_000), "qemu-nbd did not exit after SIGKILL");
+    }
+
     public static (int ExitCode, string Output) Run(string tool, params string[] arguments)
     {
         ProcessStartInfo start = new(tool) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
