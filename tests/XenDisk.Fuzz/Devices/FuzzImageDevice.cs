@@ -5,9 +5,11 @@ namespace XenDisk.Fuzz.Devices;
 /// <summary>
 /// An image file in memory for fuzzing: sparse (4 KiB pages allocated on first write, so an image
 /// that claims a large data area costs nothing until it is written), growable up to a limit, and
-/// watching what the engine does to it. A write past the end the engine has not grown the file to,
-/// growth past the limit, or any write to a read-only device is recorded as a violation, which the
-/// target turns into a finding; the device still answers with the error a real file would give.
+/// watching what the engine does to it. A write or growth past the limit (what the input and the
+/// target's writes can justify: anything further is a write outside the image), or any write to a
+/// read-only device, is recorded as a violation, which the target turns into a finding; the device
+/// still answers with the error a file would give. Within the limit it behaves as a file: a write
+/// past the end grows it, a read past the end reads zeros, a negative offset is an error.
 /// </summary>
 public sealed class FuzzImageDevice : IGrowableBlockDevice
 {
@@ -74,7 +76,7 @@ public sealed class FuzzImageDevice : IGrowableBlockDevice
     {
         if (offset < 0)
         {
-            Record($"read at negative offset {offset}");
+            // pread answers EINVAL: an error for that request, harmless to the file.
             return IoStatus.OutOfRange;
         }
         long position = offset;
@@ -99,10 +101,15 @@ public sealed class FuzzImageDevice : IGrowableBlockDevice
             Record($"write of {total} bytes at {offset} to the read-only {_name}");
             return IoStatus.ReadOnly;
         }
-        if (offset < 0 || offset > _info.SizeBytes - total)
+        if (offset < 0 || offset > _sizeLimit - total)
         {
-            Record($"write of {total} bytes at {offset} outside the {_info.SizeBytes}-byte {_name}");
+            Record($"write of {total} bytes at {offset}, outside the {_info.SizeBytes}-byte {_name} and past the {_sizeLimit} bytes its input and writes justify");
             return IoStatus.OutOfRange;
+        }
+        if (offset + total > _info.SizeBytes)
+        {
+            // As pwrite does past the end of a file (a last cluster the file ends inside, say): the file grows.
+            _info = MakeInfo(offset + total, _info.ReadOnly);
         }
         long position = offset;
         foreach (IoBuffer buffer in buffers)
