@@ -90,16 +90,16 @@ public sealed class BitmapHeaderTarget : FuzzTarget
                 {
                     byte[] data = new byte[IoSize];
                     data.AsSpan().Fill((byte)(0x60 + i));
+                    // A failed write leaves its range undefined, so what was acknowledged there is no longer expected.
+                    acknowledged.RemoveAll(w => w.Offset < offsets[i] + IoSize && offsets[i] < w.Offset + IoSize);
                     if (overlay.WriteAt(offsets[i], data) == IoStatus.Ok)
                     {
-                        acknowledged.RemoveAll(w => w.Offset < offsets[i] + IoSize && offsets[i] < w.Offset + IoSize);
                         acknowledged.Add((offsets[i], data));
                     }
                 }
-                if (overlay.Discard(size / 4 & ~511L, 4096, false) == IoStatus.Ok)
-                {
-                    acknowledged.RemoveAll(w => w.Offset < (size / 4 & ~511L) + 4096 && (size / 4 & ~511L) < w.Offset + IoSize);
-                }
+                long discarded = size / 4 & ~511L;
+                acknowledged.RemoveAll(w => w.Offset < discarded + 4096 && discarded < w.Offset + IoSize);
+                overlay.Discard(discarded, 4096, false);
                 foreach ((long offset, byte[] data) in acknowledged)
                 {
                     FuzzFindingException.Check(overlay.ReadAt(offset, buffer) != IoStatus.Ok || buffer.AsSpan().SequenceEqual(data),
