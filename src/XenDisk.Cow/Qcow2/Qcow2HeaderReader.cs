@@ -369,6 +369,7 @@ internal static class Qcow2HeaderReader
     {
         long clusterMask = (1L << clusterBits) - 1;
         long position = offset;
+        long end = offset;
         Span<byte> fixedPart = stackalloc byte[40];
         for (int i = 0; i < count; i++)
         {
@@ -395,8 +396,9 @@ internal static class Qcow2HeaderReader
                 throw Refuse($"snapshot {i} has an L1 table of {l1Size} entries (limit {Qcow2Format.MaximumL1Entries})");
             }
             CheckArea($"L1 table of snapshot {i}", l1Offset, (long)l1Size * 8, fileSize, clusterMask, allowEmpty: l1Size == 0);
+            // Entries start on 8-byte boundaries, but QEMU writes the last one unpadded and the file
+            // may end right after it (qcow2.txt, "Snapshots"): only the entry itself must fit.
             long entryLength = 40L + extraLength + idLength + nameLength;
-            entryLength = (entryLength + 7) & ~7L;
             if (entryLength > fileSize - position)
             {
                 throw Refuse($"snapshot table entry {i} runs past the end of the file");
@@ -407,9 +409,10 @@ internal static class Qcow2HeaderReader
             string id = Encoding.UTF8.GetString(rest, (int)extraLength, idLength);
             string name = Encoding.UTF8.GetString(rest, (int)extraLength + idLength, nameLength);
             snapshots.Add(new Qcow2Snapshot(id, name, (long)l1Offset, (int)l1Size, snapshotSize));
-            position += entryLength;
+            end = position + entryLength;
+            position += (entryLength + 7) & ~7L;
         }
-        return position - offset;
+        return end - offset;
     }
 
     /// <summary>Checks that [offset, offset + length) is cluster aligned and lies within the file, overflow-safe.</summary>

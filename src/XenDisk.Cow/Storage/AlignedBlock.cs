@@ -75,6 +75,11 @@ internal static class DeviceIo
     {
         long size = device.Info.SizeBytes;
         int sector = Math.Max(512, device.Info.LogicalSectorSize);
+        if (offset < 0)
+        {
+            // An offset from a hostile table with its top bit set: size - offset would wrap.
+            return IoStatus.OutOfRange;
+        }
         if (offset >= size)
         {
             block.Span.Clear();
