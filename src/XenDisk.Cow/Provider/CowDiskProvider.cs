@@ -4,6 +4,7 @@ using XenDisk.Cow.Policies;
 using XenDisk.Cow.Qcow2;
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
+using XenDisk.Storage.Iscsi;
 
 namespace XenDisk.Cow.Provider;
 
@@ -71,6 +72,10 @@ public sealed class CowDiskProvider : IDiskProvider
         {
             throw Refuse($"qcow2:{path}: policy=transient would delete the image when the disk closes; use cow:BASE,OVERLAY,policy=transient for a throw-away overlay.");
         }
+        if (IsLun(path))
+        {
+            throw Refuse($"qcow2:{path}: a qcow2 image lives in a file; on an iSCSI LUN use raw: or a bitmap overlay (cow:BASE,LUN,format=bitmap).");
+        }
         if (!File.Exists(path))
         {
             throw Refuse($"Image {path} does not exist.", Errnos.ENOENT);
@@ -84,6 +89,7 @@ public sealed class CowDiskProvider : IDiskProvider
                 ReadOnly = readOnly,
                 BackingPolicy = BackingPolicyFor(refusal),
                 Logger = _options.Logger,
+                Iscsi = _options.RawProvider.Iscsi,
             });
             return Track(RequireWritable(image, readOnly, path), image);
         }
@@ -115,7 +121,7 @@ public sealed class CowDiskProvider : IDiskProvider
         {
             throw Refuse($"cow:{basePath},{overlayPath}: policy=transient needs a writable disk (the disk is attached read-only).");
         }
-        if (basePath == overlayPath || SymbolicLinks.Resolve(basePath) == SymbolicLinks.Resolve(overlayPath))
+        if (SamePath(basePath, overlayPath))
         {
             throw Refuse($"cow:{basePath},{overlayPath}: the base and the overlay are the same file.");
         }
@@ -123,7 +129,11 @@ public sealed class CowDiskProvider : IDiskProvider
         {
             throw NotAllowed(basePath, "the base", inner: null);
         }
-        if (!File.Exists(basePath))
+        if (format == CowOverlayFormat.Qcow2 && IsLun(overlayPath))
+        {
+            throw Refuse($"cow:{basePath},{overlayPath}: a qcow2 overlay lives in a file; on an iSCSI LUN use format=bitmap.");
+        }
+        if (!Exists(basePath))
         {
             // A hydrated overlay holds the whole disk: the base may have been retired.
             return OpenStandaloneOverlay(target, format, policy, readOnly, type)
@@ -157,7 +167,7 @@ public sealed class CowDiskProvider : IDiskProvider
     private IBlockDevice? OpenStandaloneOverlay(CowTarget target, CowOverlayFormat format, MetadataPolicy policy, bool readOnly, string? type)
     {
         string overlayPath = target.OverlayPath!;
-        if (policy == MetadataPolicy.Transient || !File.Exists(overlayPath))
+        if (policy == MetadataPolicy.Transient || !Exists(overlayPath))
         {
             return null;
         }
@@ -197,6 +207,10 @@ public sealed class CowDiskProvider : IDiskProvider
 
     private IBlockDevice OpenBase(string basePath, string baseFormat, string? type)
     {
+        if (baseFormat != "raw" && IsLun(basePath))
+        {
+            throw Refuse($"Base {basePath}: an iSCSI LUN is a raw base (base-format=raw).");
+        }
         if (baseFormat == "raw")
         {
             try
@@ -334,7 +348,7 @@ public sealed class CowDiskProvider : IDiskProvider
         string overlayPath = target.OverlayPath!;
         int grainSize = target.GrainSize ?? _options.DefaultGrainSize;
         bool created = false;
-        if (!File.Exists(overlayPath))
+        if (!Exists(overlayPath))
         {
             if (readOnly)
             {
@@ -354,7 +368,7 @@ public sealed class CowDiskProvider : IDiskProvider
         try
         {
             cow = OpenRaw(new DiskSpecification(overlayPath, readOnly, type));
-            bool regularFile = cow is not RawBlockDevice { IsBlockDevice: true };
+            bool regularFile = cow is not RawBlockDevice { IsBlockDevice: true } and not IscsiBlockDevice;
             BitmapOverlayOptions options = new() { Policy = policy, ReadOnly = readOnly, OwnsDevices = true };
             bool blank = created || IsBlank(cow, overlayPath);
             if (!blank && !HasBitmapMagic(cow))
@@ -439,6 +453,12 @@ public sealed class CowDiskProvider : IDiskProvider
 
     private bool IsAllowed(string fullPath)
     {
+        if (IsLun(fullPath))
+        {
+            // LUNs are not under directories: they are allowed wherever iSCSI is enabled (the service's
+            // Iscsi section), and the target's own access list decides what this host may log in to.
+            return _options.RawProvider.Iscsi != null;
+        }
         string real = SymbolicLinks.Resolve(fullPath);
         foreach (string directory in _allowedDirectories)
         {
@@ -456,7 +476,15 @@ public sealed class CowDiskProvider : IDiskProvider
         return Refuse($"Backing file {path} ({role}) is not under an allowed base directory ({allowed}); add its directory to the copy-on-write provider's AllowedBaseDirectories setting.", Errnos.EACCES, inner);
     }
 
-    private static bool SamePath(string a, string b) => Path.GetFullPath(a) == Path.GetFullPath(b) || SymbolicLinks.Resolve(a) == SymbolicLinks.Resolve(b);
+    private static bool SamePath(string a, string b) => IsLun(a) || IsLun(b)
+        ? IsLun(a) && IsLun(b) && IscsiUrl.Parse(a) == IscsiUrl.Parse(b)
+        : Path.GetFullPath(a) == Path.GetFullPath(b) || SymbolicLinks.Resolve(a) == SymbolicLinks.Resolve(b);
+
+    /// <summary>An iSCSI LUN named by URL, opened through the raw provider.</summary>
+    private static bool IsLun(string path) => IscsiUrl.IsIscsi(path);
+
+    /// <summary>A LUN always "exists" here: whether it can be reached is for its login to say, in its own words.</summary>
+    private static bool Exists(string path) => IsLun(path) || File.Exists(path);
 
     /// <summary>
     /// True for a regular file, false for a block device; refuses anything else (a FIFO would block

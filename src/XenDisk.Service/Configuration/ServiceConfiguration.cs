@@ -50,6 +50,7 @@ public static partial class ServiceConfiguration
         Add<TelemetrySettings, TelemetrySettingsValidator>(services, rules, o => configuration.GetSection(TelemetrySettings.SectionName).Bind(o, UnknownKeysAreErrors));
         Add<ControlSettings, ControlSettingsValidator>(services, rules, o => configuration.GetSection(ControlSettings.SectionName).Bind(o, UnknownKeysAreErrors));
         Add<SimulationSettings, SimulationSettingsValidator>(services, null, o => configuration.GetSection(SimulationSettings.SectionName).Bind(o, UnknownKeysAreErrors));
+        Add<IscsiSettings>(services, rules, o => configuration.GetSection(IscsiSettings.SectionName).Bind(o, UnknownKeysAreErrors));
         return services;
     }
 
@@ -82,6 +83,7 @@ public static partial class ServiceConfiguration
         Check<TelemetrySettings>(services, problems);
         Check<ControlSettings>(services, problems);
         Check<SimulationSettings>(services, problems);
+        Check<IscsiSettings>(services, problems);
         return problems;
     }
 

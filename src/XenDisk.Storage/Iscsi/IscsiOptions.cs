@@ -56,6 +56,12 @@ public sealed record IscsiOptions
     /// </summary>
     public TimeSpan CommandTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// This host's SCSI-3 persistent reservation key (SPC-4 5.13), 0 for none. An overlay on a LUN is
+    /// reserved under it while it is served, so a second host cannot write it.
+    /// </summary>
+    public ulong ReservationKey { get; init; }
+
     /// <summary>How long the login may take when a device is opened (TCP connect, login, LUN check).</summary>
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(15);
 

@@ -45,7 +45,7 @@ internal sealed class SimulatedService : IAsyncDisposable
     public LogCapture HydrationLog { get; }
 
     /// <summary>Starts a service whose allowed image directory is <paramref name="images"/>.</summary>
-    public static async Task<SimulatedService> StartAsync(string work, string images)
+    public static async Task<SimulatedService> StartAsync(string work, string images, IReadOnlyDictionary<string, string?>? settings = null)
     {
         string socket = Path.Combine(work, "control.sock");
         var hydrationLog = new LogCapture("XenDisk.Service.");
@@ -55,7 +55,7 @@ internal sealed class SimulatedService : IAsyncDisposable
             UseEnvironment = false,
             ConfigPath = Path.Combine(work, "absent.json"),
             MinimumLogLevel = LogLevel.Warning,
-            ConfigurationOverrides = new Dictionary<string, string?>
+            ConfigurationOverrides = new Dictionary<string, string?>(settings ?? new Dictionary<string, string?>())
             {
                 ["Control:SocketPath"] = socket,
                 ["Telemetry:Prometheus:Enabled"] = "false",
