@@ -11,6 +11,9 @@ namespace XenDisk.Storage.Iscsi;
 /// UNMAP, offered only when the LUN advertises it (READ CAPACITY's LBPME and the Logical Block
 /// Provisioning page's LBPU), in pieces no larger than its Block Limits page allows, with its optimal
 /// unmap granularity published as the discard granularity.
+/// A LUN opened for writing under a configured <see cref="IscsiOptions.ReservationKey"/> is reserved
+/// for this host (<see cref="IscsiReservation"/>) until the device is disposed; opened read-only (a golden
+/// base) it takes no reservation and shares the LUN with every host.
 /// Thread-safe: callers on many threads keep many commands in flight on the one session.
 /// </summary>
 public sealed unsafe class IscsiBlockDevice : IBlockDevice
@@ -24,6 +27,11 @@ public sealed unsafe class IscsiBlockDevice : IBlockDevice
     private readonly uint _maxUnmapBlocks;
     private BlockDeviceInfo _info;
     private int _disposed;
+    /// <summary>The key this device holds the LUN's reservation under, or 0.</summary>
+    private ulong _reservationKey;
+    /// <summary>The session's reconnect count when the reservation was last asserted.</summary>
+    private long _reconnectsSeen;
+    private readonly object _reservationLock = new();
 
     private IscsiBlockDevice(IscsiSession session, bool readOnly, BlockDeviceInfo info, long maxTransferBytes, uint maxUnmapBlocks)
     {
@@ -36,6 +44,28 @@ public sealed unsafe class IscsiBlockDevice : IBlockDevice
 
     /// <summary>The LUN this device reaches.</summary>
     public IscsiUrl Url => _session.Url;
+
+    /// <summary>The host key this device reserved the LUN under, or 0 when it holds no reservation.</summary>
+    public ulong ReservationKey => _reservationKey;
+
+    /// <summary>
+    /// Breaks the persistent reservation on <paramref name="url"/> (a host that died holding it), using
+    /// <see cref="IscsiOptions.ReservationKey"/> or, when none is configured, a one-off key. Returns the
+    /// holder it broke, or null when the LUN was not reserved.
+    /// </summary>
+    public static IscsiReservationHolder? BreakReservation(IscsiUrl url, IscsiOptions options)
+    {
+        using IscsiSession session = IscsiSession.Connect(url, options);
+        ulong key = options.ReservationKey != 0 ? options.ReservationKey : (ulong)Random.Shared.NextInt64(1, long.MaxValue);
+        return IscsiReservation.Break(session, key);
+    }
+
+    /// <summary>The LUN's reservation holder, or null.</summary>
+    public static IscsiReservationHolder? ReadReservation(IscsiUrl url, IscsiOptions options)
+    {
+        using IscsiSession session = IscsiSession.Connect(url, options);
+        return IscsiReservation.ReadHolder(session);
+    }
 
     /// <summary>How many times the session's connection was re-established since it was opened.</summary>
     public long Reconnects => _session.Reconnects;
@@ -80,7 +110,14 @@ public sealed unsafe class IscsiBlockDevice : IBlockDevice
                 DiscardAlignment = unmap && limits!.Value.AlignmentValid ? (int)Math.Min((long)limits.Value.UnmapGranularityAlignment * blockSize, 1 << 30) : 0,
                 Description = $"iSCSI LUN {url}",
             };
-            return new IscsiBlockDevice(session, readOnly, info, maxTransfer, unmap ? limits!.Value.MaximumUnmapLbaCount : 0);
+            IscsiBlockDevice device = new(session, readOnly, info, maxTransfer, unmap ? limits!.Value.MaximumUnmapLbaCount : 0);
+            if (!readOnly && options.ReservationKey != 0)
+            {
+                IscsiReservation.Acquire(session, options.ReservationKey);
+                device._reservationKey = options.ReservationKey;
+                device._reconnectsSeen = session.Reconnects;
+            }
+            return device;
         }
         catch
         {
@@ -104,7 +141,7 @@ public sealed unsafe class IscsiBlockDevice : IBlockDevice
         try
         {
             command.Operation = IscsiOperation.SynchronizeCache;
-            return ToIoStatus(_session.Execute(command));
+            return ToIoStatus(Execute(command));
         }
         finally
         {
@@ -139,7 +176,7 @@ public sealed unsafe class IscsiBlockDevice : IBlockDevice
                 command.Operation = IscsiOperation.Unmap;
                 command.Unmap->lba = lba;
                 command.Unmap->num = count;
-                IoStatus status = ToIoStatus(_session.Execute(command));
+                IoStatus status = ToIoStatus(Execute(command));
                 if (status != IoStatus.Ok)
                 {
                     return status;
@@ -168,8 +205,55 @@ public sealed unsafe class IscsiBlockDevice : IBlockDevice
     {
         if (Interlocked.Exchange(ref _disposed, 1) == 0)
         {
+            if (_reservationKey != 0)
+            {
+                // A clean stop hands the LUN back: another host may take it at once.
+                IscsiReservation.ReleaseQuietly(_session, _reservationKey);
+            }
             _session.Dispose();
         }
+    }
+
+    /// <summary>
+    /// A target that restarted has forgotten its reservations (tgt keeps none across a restart) and a
+    /// reconnected session is a new I_T nexus: the first command after a reconnect takes the reservation
+    /// again (checked before and after each command), so the LUN does not stay unreserved while this host writes it.
+    /// </summary>
+    private void ReassertAfterReconnect()
+    {
+        lock (_reservationLock)
+        {
+            long reconnects = _session.Reconnects;
+            if (reconnects != _reconnectsSeen)
+            {
+                IscsiReservation.Reassert(_session, _reservationKey);
+                Volatile.Write(ref _reconnectsSeen, reconnects);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Runs a command; a RESERVATION CONFLICT on a LUN this device reserved means the session came back
+    /// as a new I_T nexus (libiscsi's reconnect) or the target forgot its reservations (a restart): the
+    /// reservation is asserted again, if it is still this host's, and the command runs once more.
+    /// </summary>
+    private ScsiOutcome Execute(IscsiCommand command)
+    {
+        if (_reservationKey != 0 && _session.Reconnects != Volatile.Read(ref _reconnectsSeen))
+        {
+            ReassertAfterReconnect();
+        }
+        ScsiOutcome outcome = _session.Execute(command);
+        if (outcome.Status == ScsiStatus.RESERVATION_CONFLICT && _reservationKey != 0 && IscsiReservation.Reassert(_session, _reservationKey))
+        {
+            outcome = _session.Execute(command);
+        }
+        if (_reservationKey != 0 && _session.Reconnects != Volatile.Read(ref _reconnectsSeen))
+        {
+            // The reconnect happened under this command (the target went away while the LUN was idle).
+            ReassertAfterReconnect();
+        }
+        return outcome;
     }
 
     /// <summary>
@@ -264,7 +348,7 @@ public sealed unsafe class IscsiBlockDevice : IBlockDevice
                 command.Length = (uint)bytes;
                 command.BlockSize = blockSize;
                 command.IovCount = count;
-                IoStatus status = ToIoStatus(_session.Execute(command));
+                IoStatus status = ToIoStatus(Execute(command));
                 if (status != IoStatus.Ok)
                 {
                     return status;

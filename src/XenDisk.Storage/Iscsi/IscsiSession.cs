@@ -122,6 +122,7 @@ internal sealed unsafe class IscsiSession : IDisposable
         {
             Check(context, LibIscsi.iscsi_set_targetname(context, url.TargetName), url, "setting the target name");
             Check(context, LibIscsi.iscsi_set_session_type(context, LibIscsi.ISCSI_SESSION_NORMAL), url, "setting the session type");
+            Check(context, LibIscsi.iscsi_set_isid_random(context, (uint)Random.Shared.Next(1, 1 << 24), 0), url, "setting the session id");
             Check(context, LibIscsi.iscsi_set_header_digest(context, options.HeaderDigest ? LibIscsi.ISCSI_HEADER_DIGEST_CRC32C : LibIscsi.ISCSI_HEADER_DIGEST_NONE), url, "setting the header digest");
             if (chap != null)
             {
