@@ -64,6 +64,50 @@ public sealed class IscsiServiceTests : IDisposable
         Assert.Equal(written, File.ReadAllBytes(LunFile(1)));
     }
 
+    [TgtdFact]
+    public async Task Two_hosts_with_their_own_keys_never_both_serve_one_overlay_lun()
+    {
+        File.WriteAllBytes(LunFile(1), Pattern((int)LunSize, 3));
+        using (FileStream overlay = File.Create(LunFile(2)))
+        {
+            overlay.SetLength(LunSize + (2 << 20));
+        }
+        using TgtdTarget target = TgtdTarget.Start(Path.Combine(_work.FullName, "tgtd"),
+            new TgtdTargetDefinition(Iqn, [new TgtdLun(1, LunFile(1)), new TgtdLun(2, LunFile(2))]));
+        string description = $"cow:{target.Url(Iqn, 1)},{target.Url(Iqn, 2)},format=bitmap";
+        string workA = Directory.CreateDirectory(Path.Combine(_work.FullName, "host-a")).FullName;
+        string workB = Directory.CreateDirectory(Path.Combine(_work.FullName, "host-b")).FullName;
+        // Each host has its own image directory (its demo guest's disk) and control socket.
+        await using SimulatedService hostB = await SimulatedService.StartAsync(workB, Directory.CreateDirectory(Path.Combine(workB, "images")).FullName, Host("b", "0xb2"));
+        await using (SimulatedService hostA = await SimulatedService.StartAsync(workA, Directory.CreateDirectory(Path.Combine(workA, "images")).FullName, Host("a", "0xa1")))
+        {
+            AttachedDisk disk = await hostA.AttachAsync(description);
+            byte[] data = Pattern(8192, 4);
+            Assert.Equal(BlkifStatus.Okay, await disk.Frontend!.WriteAsync(16, data).WaitAsync(SimulatedService.Timeout));
+
+            // Host B is refused the overlay while host A serves it, and the refusal names A's key;
+            // the golden LUN alone (read-only, unreserved) it may still serve.
+            string? error = await hostB.AttachRefusedAsync(description);
+            Assert.Contains("reserved by another host (host key 0x00000000000000a1)", error ?? "(no error node)", StringComparison.Ordinal);
+            AttachedDisk golden = await hostB.AttachAsync("raw:" + target.Url(Iqn, 1), readOnly: true);
+            await hostB.DetachAsync(golden);
+            await hostA.DetachAsync(disk);
+        }
+        // Host A stopped cleanly and released the LUN: host B serves the overlay, with A's writes in it.
+        AttachedDisk taken = await hostB.AttachAsync(description);
+        byte[] back = new byte[8192];
+        Assert.Equal(BlkifStatus.Okay, await taken.Frontend!.ReadAsync(16, back).WaitAsync(SimulatedService.Timeout));
+        Assert.Equal(Pattern(8192, 4), back);
+        await hostB.DetachAsync(taken);
+    }
+
+    private static Dictionary<string, string?> Host(string name, string key) => new()
+    {
+        ["Iscsi:Enabled"] = "true",
+        ["Iscsi:InitiatorName"] = $"iqn.2026-12.org.xendisk.test:host-{name}",
+        ["Iscsi:ReservationKey"] = key,
+    };
+
     [Fact]
     public void Chap_secrets_are_matched_by_target_and_portal_and_never_printed()
     {

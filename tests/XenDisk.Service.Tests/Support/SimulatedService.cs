@@ -100,6 +100,16 @@ internal sealed class SimulatedService : IAsyncDisposable
         return disk;
     }
 
+    /// <summary>Attaches <paramref name="target"/> expecting the backend to refuse it; returns the backend's "error" node.</summary>
+    public async Task<string?> AttachRefusedAsync(string target)
+    {
+        SimulatedDomain domain = Environment.Hypervisor.CreateDomain($"refused-{_disks.Count}", memoryPages: 4096);
+        DiskAttachment attachment = _toolstack.AttachDisk(domain, GuestDeviceId, target, readOnly: false);
+        await _toolstack.WaitForBackendStateAsync(attachment, XenbusState.Closed, Timeout);
+        using var store = Environment.Hypervisor.Platform(Environment.Hypervisor.Dom0).OpenXenStore();
+        return store.Read(XenDisk.Xen.XenStoreTransaction.None, attachment.BackendPath + "/error");
+    }
+
     /// <summary>Detaches the way libxl does (Closing, wait for Closed, remove the nodes); the backend then closes the disk.</summary>
     public async Task DetachAsync(AttachedDisk disk)
     {
