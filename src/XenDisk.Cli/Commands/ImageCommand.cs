@@ -27,6 +27,7 @@ internal static class ImageCommand
             ImageCompareCommand.Create(),
             ImageResizeCommand.Create(),
             ImageMeasureCommand.Create(),
+            ImageUnlockCommand.Create(),
         };
         foreach (Command subcommand in image.Subcommands)
         {

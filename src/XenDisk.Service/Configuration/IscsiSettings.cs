@@ -1,4 +1,6 @@
 using System.Globalization;
+using Microsoft.Extensions.Configuration;
+using XenDisk.Service.Hosting;
 using XenDisk.Storage.Iscsi;
 
 namespace XenDisk.Service.Configuration;
@@ -33,6 +35,17 @@ public sealed class IscsiSettings
 
     /// <summary>CHAP credentials; the most specific entry that matches a LUN's portal and target wins.</summary>
     public List<IscsiCredentialSettings>? Credentials { get; set; }
+
+    /// <summary>
+    /// The section as the service would read it (its configuration file, then XENDISK_Iscsi__* variables),
+    /// for the command-line tools: they reach LUNs with the host's initiator name and CHAP credentials.
+    /// </summary>
+    public static IscsiSettings ReadServiceConfiguration()
+    {
+        IscsiSettings settings = new();
+        XenDiskServiceHost.BuildConfiguration(new ServeOptions()).GetSection(SectionName).Bind(settings);
+        return settings;
+    }
 
     /// <summary>Problems with the section, one sentence each naming its key.</summary>
     public IEnumerable<string> Problems()
