@@ -29,6 +29,7 @@ internal static class ImageCommand
             ImageMeasureCommand.Create(),
             ImageBitmapCommand.Create(),
             ImageAmendCommand.Create(),
+            ImageUnlockCommand.Create(),
         };
         foreach (Command subcommand in image.Subcommands)
         {

@@ -2,6 +2,7 @@ using XenDisk.Cow.Overlays;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
+using XenDisk.Storage.Iscsi;
 using static XenDisk.Cow.Overlays.OverlayAttachment;
 
 namespace XenDisk.Cow.Bitmap;
@@ -20,7 +21,7 @@ internal sealed partial class BitmapOverlayFormat
         bool readOnly = attachment.ReadOnly;
         int grainSize = attachment.GrainSize;
         bool created = false;
-        if (!File.Exists(overlayPath))
+        if (!Exists(overlayPath))
         {
             if (readOnly)
             {
@@ -40,7 +41,7 @@ internal sealed partial class BitmapOverlayFormat
         try
         {
             cow = attachment.OpenStorage(overlayPath, readOnly);
-            bool regularFile = cow is not RawBlockDevice { IsBlockDevice: true };
+            bool regularFile = cow is not RawBlockDevice { IsBlockDevice: true } and not IscsiBlockDevice;
             BitmapOverlayOptions options = new() { Policy = policy, ReadOnly = readOnly, OwnsDevices = true };
             bool blank = created || IsBlank(cow, overlayPath);
             if (!blank && !HasMagic(cow))

@@ -3,6 +3,7 @@ using XenDisk.Cow.Policies;
 using XenDisk.Cow.Provider;
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
+using XenDisk.Storage.Iscsi;
 
 namespace XenDisk.Cow.Overlays;
 
@@ -38,7 +39,16 @@ internal sealed record OverlayAttachment
 
     public static StorageException Refuse(string message, int errno = 0, Exception? inner = null) => new(message, errno, inner);
 
-    public static bool SamePath(string a, string b) => Path.GetFullPath(a) == Path.GetFullPath(b) || SymbolicLinks.Resolve(a) == SymbolicLinks.Resolve(b);
+    /// <summary>The same file, or the same iSCSI LUN (a URL names a LUN, never a path).</summary>
+    public static bool SamePath(string a, string b) => IsLun(a) || IsLun(b)
+        ? IsLun(a) && IsLun(b) && IscsiUrl.Parse(a) == IscsiUrl.Parse(b)
+        : Path.GetFullPath(a) == Path.GetFullPath(b) || SymbolicLinks.Resolve(a) == SymbolicLinks.Resolve(b);
+
+    /// <summary>An iSCSI LUN named by URL, opened through the raw provider.</summary>
+    public static bool IsLun(string path) => IscsiUrl.IsIscsi(path);
+
+    /// <summary>A LUN always "exists" here: whether it can be reached is for its login to say, in its own words.</summary>
+    public static bool Exists(string path) => IsLun(path) || File.Exists(path);
 
     /// <summary>
     /// True for a regular file, false for a block device; refuses anything else (a FIFO would block

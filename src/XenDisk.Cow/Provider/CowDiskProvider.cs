@@ -4,6 +4,7 @@ using XenDisk.Cow.Qcow2;
 using XenDisk.Cow.Storage;
 using XenDisk.Cow.Overlays;
 using XenDisk.Storage;
+using XenDisk.Storage.Iscsi;
 
 namespace XenDisk.Cow.Provider;
 
@@ -68,6 +69,10 @@ public sealed class CowDiskProvider : IDiskProvider
         {
             throw Refuse($"qcow2:{path}: policy=transient would delete the image when the disk closes; use cow:BASE,OVERLAY,policy=transient for a throw-away overlay.");
         }
+        if (IsLun(path))
+        {
+            throw Refuse($"qcow2:{path}: a qcow2 image lives in a file; on an iSCSI LUN use raw: or a bitmap overlay (cow:BASE,LUN,format=bitmap).");
+        }
         if (!File.Exists(path))
         {
             throw Refuse($"Image {path} does not exist.", Errnos.ENOENT);
@@ -81,6 +86,7 @@ public sealed class CowDiskProvider : IDiskProvider
                 ReadOnly = readOnly,
                 BackingPolicy = BackingPolicyFor(refusal),
                 Logger = _options.Logger,
+                Iscsi = _options.RawProvider.Iscsi,
             });
             return Track(RequireWritable(image, readOnly, path), image);
         }
@@ -112,7 +118,7 @@ public sealed class CowDiskProvider : IDiskProvider
         {
             throw Refuse($"cow:{basePath},{overlayPath}: policy=transient needs a writable disk (the disk is attached read-only).");
         }
-        if (basePath == overlayPath || SymbolicLinks.Resolve(basePath) == SymbolicLinks.Resolve(overlayPath))
+        if (SamePath(basePath, overlayPath))
         {
             throw Refuse($"cow:{basePath},{overlayPath}: the base and the overlay are the same file.");
         }
@@ -120,7 +126,11 @@ public sealed class CowDiskProvider : IDiskProvider
         {
             throw NotAllowed(basePath, "the base", inner: null);
         }
-        if (!File.Exists(basePath))
+        if (format == OverlayFormat.Qcow2 && IsLun(overlayPath))
+        {
+            throw Refuse($"cow:{basePath},{overlayPath}: a qcow2 overlay lives in a file; on an iSCSI LUN use format=bitmap.");
+        }
+        if (!Exists(basePath))
         {
             // A hydrated overlay holds the whole disk: the base may have been retired.
             return OpenStandaloneOverlay(format, Attachment(target, policy, readOnly, type))
@@ -154,7 +164,7 @@ public sealed class CowDiskProvider : IDiskProvider
     private IBlockDevice? OpenStandaloneOverlay(OverlayFormat format, OverlayAttachment attachment)
     {
         string overlayPath = attachment.OverlayPath;
-        if (attachment.Policy == MetadataPolicy.Transient || !File.Exists(overlayPath))
+        if (attachment.Policy == MetadataPolicy.Transient || !Exists(overlayPath))
         {
             return null;
         }
@@ -185,6 +195,10 @@ public sealed class CowDiskProvider : IDiskProvider
 
     private IBlockDevice OpenBase(string basePath, string baseFormat, string? type)
     {
+        if (baseFormat != "raw" && IsLun(basePath))
+        {
+            throw Refuse($"Base {basePath}: an iSCSI LUN is a raw base (base-format=raw).");
+        }
         if (baseFormat == "raw")
         {
             try
@@ -247,6 +261,12 @@ public sealed class CowDiskProvider : IDiskProvider
 
     private bool IsAllowed(string fullPath)
     {
+        if (IsLun(fullPath))
+        {
+            // LUNs are not under directories: they are allowed wherever iSCSI is enabled (the service's
+            // Iscsi section), and the target's own access list decides what this host may log in to.
+            return _options.RawProvider.Iscsi != null;
+        }
         string real = SymbolicLinks.Resolve(fullPath);
         foreach (string directory in _allowedDirectories)
         {
@@ -263,6 +283,12 @@ public sealed class CowDiskProvider : IDiskProvider
         string allowed = _allowedDirectories.Length == 0 ? "none are configured" : "allowed: " + string.Join(", ", _options.AllowedBaseDirectories);
         return Refuse($"Backing file {path} ({role}) is not under an allowed base directory ({allowed}); add its directory to the copy-on-write provider's AllowedBaseDirectories setting.", Errnos.EACCES, inner);
     }
+
+    private static bool SamePath(string a, string b) => OverlayAttachment.SamePath(a, b);
+
+    private static bool IsLun(string path) => OverlayAttachment.IsLun(path);
+
+    private static bool Exists(string path) => OverlayAttachment.Exists(path);
 
     private static string WithSeparator(string directory) => Path.TrimEndingDirectorySeparator(directory) + Path.DirectorySeparatorChar;
 

@@ -2,6 +2,7 @@ using System.Globalization;
 using XenDisk.Cow.Overlays;
 using XenDisk.Cow.Policies;
 using XenDisk.Storage;
+using XenDisk.Storage.Iscsi;
 
 namespace XenDisk.Cow.Provider;
 
@@ -75,6 +76,11 @@ public sealed record CowTarget
         {
             throw Refuse($"Disk target \"{target}\" is a relative path; give an absolute path, or raw:PATH, qcow2:PATH or cow:BASE,OVERLAY[,options].");
         }
+        if (IscsiUrl.IsIscsi(target) && !target.Contains(',', StringComparison.Ordinal))
+        {
+            // A bare LUN URL is a plain disk, as a bare absolute path is.
+            return new CowTarget { Kind = CowTargetKind.Raw, Path = CheckPath(target, "image", target) };
+        }
         string kind = target[..colon];
         string[] parts = target[(colon + 1)..].Split(',');
         switch (kind)
@@ -129,6 +135,18 @@ public sealed record CowTarget
         if (path.Length == 0)
         {
             throw Refuse($"Disk target \"{target}\": the {role} path is empty.");
+        }
+        if (IscsiUrl.IsIscsi(path))
+        {
+            // An iSCSI LUN (iscsi://HOST[:PORT]/IQN/LUN) stands wherever a path does; kept in canonical form.
+            try
+            {
+                return IscsiUrl.Parse(path).ToString();
+            }
+            catch (StorageException e)
+            {
+                throw Refuse($"Disk target \"{IscsiUrl.Redact(target)}\": the {role} is not a usable iSCSI URL: {e.Message}");
+            }
         }
         if (!System.IO.Path.IsPathFullyQualified(path))
         {

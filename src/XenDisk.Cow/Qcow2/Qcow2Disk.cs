@@ -72,6 +72,11 @@ public static class Qcow2Disk
     /// <summary>Resolves a backing file name the way QEMU does: relative to the directory of the image naming it.</summary>
     public static string ResolveBackingPath(string imagePath, string backingName)
     {
+        if (XenDisk.Storage.Iscsi.IscsiUrl.IsIscsi(backingName))
+        {
+            // An iSCSI LUN as QEMU names it (iscsi://HOST[:PORT]/IQN/LUN): the one protocol opened, in canonical form.
+            return XenDisk.Storage.Iscsi.IscsiUrl.Parse(backingName).ToString();
+        }
         if (backingName.Contains(':') && !Path.IsPathRooted(backingName))
         {
             // Protocol prefixes (nbd:, http:, json:) are not files; refusing them keeps the policy about paths.
@@ -100,8 +105,13 @@ public static class Qcow2Disk
             $"qcow2: '{imagePath}' names the backing file '{header.BackingFile}' without a backing format; XenDisk never probes formats (set it with 'qemu-img rebase -u -F raw|qcow2')");
         switch (format)
         {
+            case "raw" when XenDisk.Storage.Iscsi.IscsiUrl.IsIscsi(backingPath):
+                return XenDisk.Storage.Iscsi.IscsiBlockDevice.Open(XenDisk.Storage.Iscsi.IscsiUrl.Parse(backingPath), readOnly: true,
+                    options.Iscsi ?? throw new StorageException($"qcow2: '{imagePath}' names the iSCSI LUN {backingPath} as its backing file, and iSCSI is not enabled"));
             case "raw":
                 return ImageLocks.OpenRaw(backingPath, readOnly: true);
+            case "qcow2" when XenDisk.Storage.Iscsi.IscsiUrl.IsIscsi(backingPath):
+                throw new StorageException($"qcow2: '{imagePath}' names the iSCSI LUN {backingPath} as a qcow2 backing file; a LUN serves as a raw base only");
             case "qcow2":
                 FileImageDevice file = FileImageDevice.Open(backingPath, readOnly: true);
                 IBlockDevice? next = null;

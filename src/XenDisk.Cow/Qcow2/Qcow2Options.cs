@@ -33,6 +33,9 @@ public sealed record Qcow2OpenOptions
     /// <summary>Which backing files <see cref="Qcow2Disk.Open"/> may follow.</summary>
     public BackingFilePolicy BackingPolicy { get; init; } = BackingFilePolicy.None;
 
+    /// <summary>How a raw backing file named as an iSCSI LUN (iscsi://HOST[:PORT]/IQN/LUN) is reached; null refuses such a backing file.</summary>
+    public XenDisk.Storage.Iscsi.IscsiOptions? Iscsi { get; init; }
+
     /// <summary>Where the image reports what it cannot say in an <c>IoStatus</c>: a corruption found, the image marked corrupt. Null: nowhere.</summary>
     public ILogger? Logger { get; init; }
 

@@ -53,6 +53,7 @@ public static partial class ServiceConfiguration
         Add<TelemetrySettings, TelemetrySettingsValidator>(services, rules, o => configuration.GetSection(TelemetrySettings.SectionName).Bind(o, binding));
         Add<ControlSettings, ControlSettingsValidator>(services, rules, o => configuration.GetSection(ControlSettings.SectionName).Bind(o, binding));
         Add<SimulationSettings, SimulationSettingsValidator>(services, null, o => configuration.GetSection(SimulationSettings.SectionName).Bind(o, binding));
+        Add<IscsiSettings>(services, rules, o => configuration.GetSection(IscsiSettings.SectionName).Bind(o, binding));
         return services;
     }
 
@@ -91,6 +92,7 @@ public static partial class ServiceConfiguration
             Check<TelemetrySettings>(services, problems, Lenient);
             Check<ControlSettings>(services, problems, Lenient);
             Check<SimulationSettings>(services, problems, Lenient);
+            Check<IscsiSettings>(services, problems, Lenient);
         }
         finally
         {

@@ -14,8 +14,15 @@ internal sealed partial class SettingsRules :
     IValidateOptions<BackendSettings>,
     IValidateOptions<StorageSettings>,
     IValidateOptions<TelemetrySettings>,
-    IValidateOptions<ControlSettings>
+    IValidateOptions<ControlSettings>,
+    IValidateOptions<IscsiSettings>
 {
+    public ValidateOptionsResult Validate(string? name, IscsiSettings options)
+    {
+        List<string> errors = [.. options.Problems()];
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+
     /// <summary>sun_path in struct sockaddr_un is 108 bytes including the terminating NUL.</summary>
     internal const int MaxSocketPathBytes = 107;
 

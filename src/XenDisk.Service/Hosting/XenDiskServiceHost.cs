@@ -180,7 +180,12 @@ public static class XenDiskServiceHost
 
         // The one registration that decides how disk targets are opened: raw, qcow2 and cow targets.
         services.AddSingleton<IDiskProvider>(sp => new ImageDiskProvider(sp.GetRequiredService<ImageDirectoryPolicy>(),
-            new CowProviderOptions { Logger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("XenDisk.Cow") }));
+            new CowProviderOptions
+            {
+                Logger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("XenDisk.Cow"),
+                // iSCSI LUNs only when the Iscsi section enables them, with its initiator name and CHAP credentials.
+                RawProvider = new RawDiskProvider(new RawDiskProviderOptions { Iscsi = sp.GetRequiredService<IOptions<IscsiSettings>>().Value.ToOptions() }),
+            }));
 
         services.AddSingleton(sp =>
         {

@@ -1,3 +1,5 @@
+using XenDisk.Storage.Iscsi;
+
 namespace XenDisk.Storage;
 
 /// <summary>
@@ -5,6 +7,8 @@ namespace XenDisk.Storage;
 /// regular file (a raw image) or a block device. Refuses, with a <see cref="StorageException"/> an operator
 /// can act on: an empty target, a relative path (unless <see cref="RawDiskProviderOptions.AllowRelativePaths"/>),
 /// a missing path, a directory, a character device (such as /dev/null), FIFOs and sockets.
+/// An <c>iscsi://HOST[:PORT]/IQN/LUN</c> target opens an <see cref="IscsiBlockDevice"/> when
+/// <see cref="RawDiskProviderOptions.Iscsi"/> is set, and is refused otherwise.
 /// </summary>
 public sealed class RawDiskProvider : IDiskProvider
 {
@@ -14,6 +18,9 @@ public sealed class RawDiskProvider : IDiskProvider
     {
         _options = options ?? new RawDiskProviderOptions();
     }
+
+    /// <summary>How iSCSI LUNs are reached, or null when they are refused.</summary>
+    public IscsiOptions? Iscsi => _options.Iscsi;
 
     public IBlockDevice Open(DiskSpecification specification)
     {
@@ -26,6 +33,12 @@ public sealed class RawDiskProvider : IDiskProvider
         if (target.Contains('\0', StringComparison.Ordinal))
         {
             throw new StorageException("The disk path contains a NUL character; refusing it.");
+        }
+        if (IscsiUrl.IsIscsi(target))
+        {
+            IscsiOptions iscsi = _options.Iscsi ?? throw new StorageException(
+                $"Disk target \"{IscsiUrl.Redact(target)}\" is an iSCSI LUN, and iSCSI is not enabled (add an Iscsi section to the service configuration).");
+            return IscsiBlockDevice.Open(IscsiUrl.Parse(target), specification.ReadOnly, iscsi);
         }
         if (!System.IO.Path.IsPathRooted(target) && !_options.AllowRelativePaths)
         {
@@ -43,4 +56,7 @@ public sealed record RawDiskProviderOptions
 
     /// <summary>How each device is opened.</summary>
     public RawDeviceOptions Device { get; init; } = new();
+
+    /// <summary>How iSCSI LUNs are reached (initiator name, CHAP from the configuration); null refuses iscsi:// targets.</summary>
+    public IscsiOptions? Iscsi { get; init; }
 }

@@ -45,7 +45,7 @@ internal sealed class SimulatedService : IAsyncDisposable
     public LogCapture HydrationLog { get; }
 
     /// <summary>Starts a service whose allowed image directory is <paramref name="images"/>.</summary>
-    public static async Task<SimulatedService> StartAsync(string work, string images)
+    public static async Task<SimulatedService> StartAsync(string work, string images, IReadOnlyDictionary<string, string?>? settings = null)
     {
         string socket = Path.Combine(work, "control.sock");
         var hydrationLog = new LogCapture("XenDisk.Service.");
@@ -55,7 +55,7 @@ internal sealed class SimulatedService : IAsyncDisposable
             UseEnvironment = false,
             ConfigPath = Path.Combine(work, "absent.json"),
             MinimumLogLevel = LogLevel.Warning,
-            ConfigurationOverrides = new Dictionary<string, string?>
+            ConfigurationOverrides = new Dictionary<string, string?>(settings ?? new Dictionary<string, string?>())
             {
                 ["Control:SocketPath"] = socket,
                 ["Telemetry:Prometheus:Enabled"] = "false",
@@ -98,6 +98,16 @@ internal sealed class SimulatedService : IAsyncDisposable
         var disk = new AttachedDisk(domain, attachment, frontend);
         _disks.Add(disk);
         return disk;
+    }
+
+    /// <summary>Attaches <paramref name="target"/> expecting the backend to refuse it; returns the backend's "error" node.</summary>
+    public async Task<string?> AttachRefusedAsync(string target)
+    {
+        SimulatedDomain domain = Environment.Hypervisor.CreateDomain($"refused-{_disks.Count}", memoryPages: 4096);
+        DiskAttachment attachment = _toolstack.AttachDisk(domain, GuestDeviceId, target, readOnly: false);
+        await _toolstack.WaitForBackendStateAsync(attachment, XenbusState.Closed, Timeout);
+        using var store = Environment.Hypervisor.Platform(Environment.Hypervisor.Dom0).OpenXenStore();
+        return store.Read(XenDisk.Xen.XenStoreTransaction.None, attachment.BackendPath + "/error");
     }
 
     /// <summary>Detaches the way libxl does (Closing, wait for Closed, remove the nodes); the backend then closes the disk.</summary>

@@ -7,6 +7,7 @@ using XenDisk.Cow.Provider;
 using XenDisk.Cow.Qcow2;
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
+using XenDisk.Storage.Iscsi;
 
 namespace XenDisk.Cli.Commands.Image;
 
@@ -42,6 +43,25 @@ internal static class ImageFiles
         {
             exitCode = CommandErrors.Invalid(parse, $"unknown image format '{formatName}' (use {ImageFormats.Names})");
             return false;
+        }
+        if (ImageLuns.IsLun(path))
+        {
+            try
+            {
+                ImageFormat probed = ImageLuns.Probe(path);
+                format = formatName == null ? probed : format;
+                if (format == ImageFormat.Qcow2)
+                {
+                    exitCode = CommandErrors.Failed(parse, $"'{IscsiUrl.Redact(path)}': qcow2 images live in files; a LUN holds a raw disk or a bitmap overlay");
+                    return false;
+                }
+                return true;
+            }
+            catch (StorageException e)
+            {
+                exitCode = CommandErrors.Failed(parse, e.Message);
+                return false;
+            }
         }
         if (Directory.Exists(path))
         {
@@ -129,8 +149,37 @@ internal static class ImageFiles
 
     private static IBlockDevice OpenThroughProvider(string path, ImageFormat format, IEnumerable<string>? allowBase, bool readOnly, ILogger? logger)
     {
-        string fullPath = Path.GetFullPath(path);
-        CowDiskProvider provider = new(new CowProviderOptions { AllowedBaseDirectories = AllowedDirectories(fullPath, allowBase), Logger = logger });
+        bool lun = ImageLuns.IsLun(path);
+        string fullPath = lun ? IscsiUrl.Parse(path).ToString() : Path.GetFullPath(path);
+        CowDiskProvider provider = new(new CowProviderOptions
+        {
+            AllowedBaseDirectories = lun ? [.. (allowBase ?? []).Select(Path.GetFullPath)] : AllowedDirectories(fullPath, allowBase),
+            Logger = logger,
+            RawProvider = new RawDiskProvider(new RawDiskProviderOptions { Iscsi = ImageLuns.Options() }),
+        });
+        if (lun && format == ImageFormat.Bitmap)
+        {
+            // A bitmap overlay on a LUN: its header names its base (a file or another LUN).
+            BitmapHeader lunHeader;
+            using (IBlockDevice probe = IscsiBlockDevice.Open(IscsiUrl.Parse(fullPath), readOnly: true, ImageLuns.Options()))
+            {
+                lunHeader = BitmapOverlay.ReadHeader(probe);
+            }
+            if (lunHeader.IsStandalone)
+            {
+                IBlockDevice cow = IscsiBlockDevice.Open(IscsiUrl.Parse(fullPath), readOnly, ImageLuns.Options());
+                try
+                {
+                    return BitmapOverlay.Open(cow, null, new BitmapOverlayOptions { ReadOnly = readOnly, OwnsDevices = true });
+                }
+                catch
+                {
+                    cow.Dispose();
+                    throw;
+                }
+            }
+            return provider.Open(new DiskSpecification($"cow:{lunHeader.BaseName},{fullPath},format=bitmap", readOnly));
+        }
         switch (format)
         {
             case ImageFormat.Qcow2:

@@ -1,0 +1,56 @@
+using System.CommandLine;
+using Microsoft.Extensions.Logging;
+using XenDisk.Storage;
+using XenDisk.Storage.Iscsi;
+
+namespace XenDisk.Cli.Commands.Image;
+
+/// <summary>
+/// `xendisk image unlock [--force] URL`: shows, and with --force breaks, the SCSI-3 persistent
+/// reservation a host holds on an iSCSI LUN. Breaking is for a host that died holding it: the holder
+/// loses its registration (it can write no more, should it come back) and the LUN is left unreserved
+/// for the next host to take. Every break is logged, naming the key that was preempted.
+/// </summary>
+internal static class ImageUnlockCommand
+{
+    public static Command Create()
+    {
+        var force = new Option<bool>("--force") { Description = "Break the reservation (preempt the holder's key); without it, only show the holder" };
+        var target = new Argument<string>("URL") { Description = "The LUN, iscsi://HOST[:PORT]/IQN/LUN" };
+        var command = new Command("unlock", "Show or break the persistent reservation a host holds on an iSCSI LUN") { force, target };
+        command.SetAction((parse, cancellationToken) => CommandRunner.RunAsync(parse, cancellationToken, () =>
+        {
+            string text = parse.GetValue(target)!;
+            IscsiUrl url;
+            try
+            {
+                url = IscsiUrl.Parse(text);
+            }
+            catch (StorageException e)
+            {
+                return CommandErrors.Invalid(parse, e.Message);
+            }
+            IscsiOptions options = ImageLuns.HostOptions();
+            if (!parse.GetValue(force))
+            {
+                IscsiReservationHolder? holder = IscsiBlockDevice.ReadReservation(url, options);
+                parse.Out().WriteLine(holder is { } held ? $"{url}: reserved by {held}" : $"{url}: not reserved");
+                return 0;
+            }
+            IscsiReservationHolder? broken = IscsiBlockDevice.BreakReservation(url, options);
+            using ILoggerFactory logs = CommandLogging.Create(verbose: false);
+            ILogger logger = logs.CreateLogger("xendisk");
+            if (broken is { } was)
+            {
+                logger.LogWarning("Broke the persistent reservation of {Holder} on {Url} (unlock --force)", was, url);
+                parse.Out().WriteLine($"{url}: broke the reservation of {was}; the LUN is unreserved");
+            }
+            else
+            {
+                parse.Out().WriteLine($"{url}: not reserved; nothing to break");
+            }
+            return 0;
+        }));
+        return command;
+    }
+}

@@ -1,0 +1,487 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using XenDisk.Storage.Iscsi.Interop;
+using Tmds.Linux;
+using static Tmds.Linux.LibC;
+
+namespace XenDisk.Storage.Iscsi;
+
+/// <summary>
+/// One logged-in iSCSI session to one LUN, driven through libiscsi's asynchronous interface by one
+/// event-loop thread that owns the libiscsi context: it polls the context's socket (whose descriptor
+/// changes when libiscsi reconnects) and an eventfd that callers write when they queue a command, issues
+/// queued commands, runs libiscsi's completions, and cancels any command older than
+/// <see cref="IscsiOptions.CommandTimeout"/>. Callers (the ring's I/O threads, tools) block only on their
+/// own pooled <see cref="IscsiCommand"/>; many commands are in flight at once, up to the queue depth.
+/// <para>
+/// A lost connection is libiscsi's to repair: it logs in again on a fresh socket with the same
+/// parameters and re-sends every command still in flight (the context pointer stays the same). Commands
+/// that a reconnect cannot save fail with their deadline, so a caller always gets an answer.
+/// UNIT ATTENTION (reported after a target restart or a LUN resize), BUSY and TASK SET FULL are retried
+/// until the deadline (SAM-5 5.3: the command was not executed).
+/// </para>
+/// Thread-safety: every libiscsi call after the login is made on the loop thread; <see cref="Execute"/>,
+/// <see cref="Rent"/> and <see cref="Return"/> may be called from any thread.
+/// </summary>
+internal sealed unsafe class IscsiSession : IDisposable
+{
+    /// <summary>iovecs per command: a blkif request has at most 256 indirect segments (blkif.h), and tools use one.</summary>
+    internal const int MaxSegments = 256;
+
+    /// <summary>The loop's tick while commands are in flight: how late a deadline may be noticed.</summary>
+    private const int TickMilliseconds = 100;
+
+    /// <summary>iscsi_which_events returns 0 while a reconnect waits; iscsi.h asks for at least 100 ms before asking again.</summary>
+    private const int ReconnectWaitMilliseconds = 100;
+
+    /// <summary>A BUSY or TASK SET FULL target is asked again after this long, not in a tight loop.</summary>
+    private static readonly long BusyRetryTicks = Stopwatch.Frequency / 100;
+
+    private readonly nint _context;
+    private readonly int _lun;
+    private readonly long _timeoutTicks;
+    private readonly IscsiCommand[] _commands;
+    private readonly object _lock = new();
+    private readonly int[] _free;
+    private int _freeCount;
+    private readonly int[] _queue;
+    private int _queueHead;
+    private int _queueCount;
+    private readonly int[] _retries;
+    private int _retryCount;
+    private readonly int _eventFd;
+    private readonly Thread _thread;
+    private volatile bool _stopping;
+    private bool _closed;
+    private int _inFlight;
+    private bool _loggedIn = true;
+    private long _reconnects;
+
+    private IscsiSession(nint context, IscsiUrl url, IscsiOptions options)
+    {
+        _context = context;
+        _lun = url.Lun;
+        Url = url;
+        _timeoutTicks = (long)(options.CommandTimeout.TotalSeconds * Stopwatch.Frequency);
+        int depth = options.QueueDepth;
+        _commands = new IscsiCommand[depth];
+        _free = new int[depth];
+        _queue = new int[depth];
+        _retries = new int[depth];
+        for (int i = 0; i < depth; i++)
+        {
+            _commands[i] = new IscsiCommand(this, i, MaxSegments);
+            _free[i] = depth - 1 - i;
+        }
+        _freeCount = depth;
+        _eventFd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (_eventFd < 0)
+        {
+            int error = errno;
+            foreach (IscsiCommand command in _commands)
+            {
+                command.Dispose();
+            }
+            throw new StorageException($"{url}: cannot create the session's eventfd ({XenDisk.Storage.Interop.Errno.Describe(error)}).", error);
+        }
+        _thread = new Thread(Run) { IsBackground = true, Name = $"iscsi {url.TargetName}/{url.Lun}" };
+        _thread.Start();
+    }
+
+    public IscsiUrl Url { get; }
+
+    /// <summary>How many times libiscsi re-established the session (a new connection and login) since the first login.</summary>
+    public long Reconnects => Interlocked.Read(ref _reconnects);
+
+    /// <summary>
+    /// Logs in to the LUN (TCP connect, iSCSI login with CHAP when configured, LUN check) on the calling
+    /// thread, then starts the event loop. Throws <see cref="StorageException"/> with one line for the
+    /// operator: the URL, what failed, never a credential.
+    /// </summary>
+    public static IscsiSession Connect(IscsiUrl url, IscsiOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(url);
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        IscsiChap? chap = options.Credentials(url);
+        nint context;
+        try
+        {
+            context = LibIscsi.iscsi_create_context(options.InitiatorName);
+        }
+        catch (DllNotFoundException e)
+        {
+            throw new StorageException($"{url}: {LibIscsi.LibraryName} is not installed (Debian package {LibIscsi.PackageName}).", inner: e);
+        }
+        if (context == 0)
+        {
+            throw new StorageException($"{url}: cannot create an iSCSI context (initiator name \"{options.InitiatorName}\").");
+        }
+        try
+        {
+            Check(context, LibIscsi.iscsi_set_targetname(context, url.TargetName), url, "setting the target name");
+            Check(context, LibIscsi.iscsi_set_session_type(context, LibIscsi.ISCSI_SESSION_NORMAL), url, "setting the session type");
+            Check(context, LibIscsi.iscsi_set_isid_random(context, (uint)Random.Shared.Next(1, 1 << 24), 0), url, "setting the session id");
+            Check(context, LibIscsi.iscsi_set_header_digest(context, options.HeaderDigest ? LibIscsi.ISCSI_HEADER_DIGEST_CRC32C : LibIscsi.ISCSI_HEADER_DIGEST_NONE), url, "setting the header digest");
+            if (chap != null)
+            {
+                Check(context, LibIscsi.iscsi_set_initiator_username_pwd(context, chap.User, chap.Secret), url, "setting the CHAP credentials");
+            }
+            // The login runs libiscsi's own poll loop; its PDU timeout bounds it. I/O commands get the
+            // session's own deadlines instead (0: libiscsi sets none).
+            LibIscsi.iscsi_set_timeout(context, (int)Math.Ceiling(options.ConnectTimeout.TotalSeconds));
+            if (LibIscsi.iscsi_full_connect_sync(context, url.Portal, url.Lun) != 0)
+            {
+                throw new StorageException(IscsiErrors.DescribeLoginFailure(url, Error(context, chap), chap, options.InitiatorName));
+            }
+            LibIscsi.iscsi_set_timeout(context, 0);
+            LibIscsi.iscsi_set_reconnect_max_retries(context, -1);
+            return new IscsiSession(context, url, options);
+        }
+        catch
+        {
+            LibIscsi.iscsi_destroy_context(context);
+            throw;
+        }
+    }
+
+    /// <summary>Takes a free command slot, waiting while all are in use (back-pressure, not allocation).</summary>
+    public IscsiCommand Rent()
+    {
+        lock (_lock)
+        {
+            while (_freeCount == 0)
+            {
+                Monitor.Wait(_lock);
+            }
+            return _commands[_free[--_freeCount]];
+        }
+    }
+
+    public void Return(IscsiCommand command)
+    {
+        lock (_lock)
+        {
+            _free[_freeCount++] = command.Index;
+            Monitor.Pulse(_lock);
+        }
+    }
+
+    /// <summary>Queues <paramref name="command"/> for the loop and waits for its outcome (bounded by the command timeout).</summary>
+    public ScsiOutcome Execute(IscsiCommand command)
+    {
+        command.Done.Reset();
+        command.Attempts = 0;
+        command.ControlDataLength = 0;
+        command.DeadlineTimestamp = Stopwatch.GetTimestamp() + _timeoutTicks;
+        bool wake;
+        lock (_lock)
+        {
+            if (_closed)
+            {
+                return new ScsiOutcome(ScsiStatus.CANCELLED, 0, 0);
+            }
+            _queue[(_queueHead + _queueCount) % _queue.Length] = command.Index;
+            wake = _queueCount++ == 0;
+        }
+        if (wake)
+        {
+            // The loop empties the whole queue when it wakes, so only the first command queued since
+            // then needs to write the eventfd: one system call per batch, not per command.
+            ulong one = 1;
+            write(_eventFd, &one, sizeof(ulong));
+        }
+        command.Done.Wait();
+        return command.Outcome;
+    }
+
+    private void Run()
+    {
+        pollfd* fds = stackalloc pollfd[2];
+        long nextScan = Stopwatch.GetTimestamp() + Stopwatch.Frequency;
+        while (true)
+        {
+            IssueQueued();
+            IssueRetries(Stopwatch.GetTimestamp());
+            if (_stopping)
+            {
+                break;
+            }
+            int events = LibIscsi.iscsi_which_events(_context);
+            int fd = events != 0 ? LibIscsi.iscsi_get_fd(_context) : -1;
+            fds[0] = new pollfd { fd = _eventFd, events = PollEvents.POLLIN };
+            fds[1] = new pollfd { fd = fd, events = (short)events };
+            int timeout = events == 0 ? ReconnectWaitMilliseconds
+                : _retryCount > 0 ? 10
+                : _inFlight > 0 ? TickMilliseconds
+                : 1000;
+            int ready = poll(fds, 2, timeout);
+            if (ready < 0 && errno != EINTR)
+            {
+                // Nothing sane is left to wait on; fail what is in flight rather than spin.
+                break;
+            }
+            if ((fds[0].revents & PollEvents.POLLIN) != 0)
+            {
+                ulong value;
+                read(_eventFd, &value, sizeof(ulong));
+            }
+            if (fd >= 0 && fds[1].revents != 0)
+            {
+                // A failed service (the target closed the socket) starts libiscsi's reconnect; the
+                // commands in flight stay queued in the context and are re-sent after the new login.
+                LibIscsi.iscsi_service(_context, fds[1].revents);
+                NoteReconnect();
+            }
+            long now = Stopwatch.GetTimestamp();
+            if (events == 0 || now >= nextScan)
+            {
+                // Timer work: libiscsi's timeout scan and a deferred reconnect's retry both run in
+                // iscsi_service with no events (iscsi.h, "Timeout Handling").
+                LibIscsi.iscsi_service(_context, 0);
+                NoteReconnect();
+                nextScan = now + Stopwatch.Frequency;
+            }
+            if (_inFlight > 0)
+            {
+                CancelExpired(now);
+            }
+        }
+        Shutdown();
+    }
+
+    /// <summary>Counts a completed reconnect: the session was seen logged out (libiscsi replaced the connection) and is logged in again.</summary>
+    private void NoteReconnect()
+    {
+        bool loggedIn = LibIscsi.iscsi_is_logged_in(_context) != 0;
+        if (loggedIn && !_loggedIn)
+        {
+            Interlocked.Increment(ref _reconnects);
+        }
+        _loggedIn = loggedIn;
+    }
+
+    private void IssueQueued()
+    {
+        while (true)
+        {
+            int index;
+            lock (_lock)
+            {
+                if (_queueCount == 0)
+                {
+                    return;
+                }
+                index = _queue[_queueHead];
+                _queueHead = (_queueHead + 1) % _queue.Length;
+                _queueCount--;
+            }
+            Issue(_commands[index]);
+        }
+    }
+
+    private void IssueRetries(long now)
+    {
+        for (int i = 0; i < _retryCount;)
+        {
+            IscsiCommand command = _commands[_retries[i]];
+            if (!_stopping && now < command.DeadlineTimestamp && command.RetryAt > now)
+            {
+                i++;
+                continue;
+            }
+            _retries[i] = _retries[--_retryCount];
+            command.RetryPending = false;
+            if (_stopping || now >= command.DeadlineTimestamp)
+            {
+                Finish(command, command.Outcome);
+            }
+            else
+            {
+                Issue(command);
+            }
+        }
+    }
+
+    private void Issue(IscsiCommand command)
+    {
+        if (_stopping)
+        {
+            Finish(command, new ScsiOutcome(ScsiStatus.CANCELLED, 0, 0));
+            return;
+        }
+        command.Attempts++;
+        delegate* unmanaged<nint, int, nint, nint, void> callback = &OnCompleted;
+        nint data = GCHandle.ToIntPtr(command.Handle);
+        nint task = command.Operation switch
+        {
+            IscsiOperation.Read => LibIscsi.iscsi_read16_iov_task(_context, _lun, command.Lba, command.Length, command.BlockSize,
+                0, 0, 0, 0, 0, callback, data, command.Iov, command.IovCount),
+            IscsiOperation.Write => LibIscsi.iscsi_write16_iov_task(_context, _lun, command.Lba, null, command.Length, command.BlockSize,
+                0, 0, 0, 0, 0, callback, data, command.Iov, command.IovCount),
+            IscsiOperation.SynchronizeCache => LibIscsi.iscsi_synchronizecache16_task(_context, _lun, 0, 0, 0, 0, callback, data),
+            IscsiOperation.Unmap => LibIscsi.iscsi_unmap_task(_context, _lun, 0, 0, command.Unmap, 1, callback, data),
+            IscsiOperation.ReadCapacity => LibIscsi.iscsi_readcapacity16_task(_context, _lun, callback, data),
+            IscsiOperation.Inquiry => LibIscsi.iscsi_inquiry_task(_context, _lun, command.Code >= 0 ? 1 : 0, Math.Max(command.Code, 0), 255, callback, data),
+            IscsiOperation.PersistentReserveIn => LibIscsi.iscsi_persistent_reserve_in_task(_context, _lun, command.Code, IscsiCommand.ControlDataCapacity, callback, data),
+            IscsiOperation.PersistentReserveOut => LibIscsi.iscsi_persistent_reserve_out_task(_context, _lun, command.Code, 0, command.Type, command.ReserveOut, callback, data),
+            _ => 0,
+        };
+        if (task == 0)
+        {
+            // libiscsi refused to queue it (not logged in and no reconnect pending, out of memory).
+            Finish(command, new ScsiOutcome(ScsiStatus.ERROR, 0, 0));
+            return;
+        }
+        command.Task = task;
+        command.InFlight = true;
+        _inFlight++;
+    }
+
+    [UnmanagedCallersOnly]
+    private static void OnCompleted(nint iscsi, int status, nint commandData, nint privateData)
+    {
+        IscsiCommand command = (IscsiCommand)GCHandle.FromIntPtr(privateData).Target!;
+        try
+        {
+            command.Session.Completed(command, status, commandData);
+        }
+        catch (Exception e)
+        {
+            // An exception must not unwind through libiscsi's C frames; the command fails instead.
+            Trace.WriteLine($"iSCSI completion failed: {e}");
+            command.Outcome = new ScsiOutcome(ScsiStatus.ERROR, 0, 0);
+            command.Done.Set();
+        }
+    }
+
+    /// <summary>Runs on the loop thread inside iscsi_service (or iscsi_scsi_cancel_task).</summary>
+    private void Completed(IscsiCommand command, int status, nint task)
+    {
+        int senseKey = 0;
+        int ascq = 0;
+        if (task != 0)
+        {
+            if (status == ScsiStatus.CHECK_CONDITION)
+            {
+                senseKey = ScsiTask.SenseKey(task);
+                ascq = ScsiTask.SenseAscq(task);
+            }
+            else if (status == ScsiStatus.GOOD && command.Operation is IscsiOperation.ReadCapacity or IscsiOperation.Inquiry or IscsiOperation.PersistentReserveIn)
+            {
+                ReadOnlySpan<byte> dataIn = ScsiTask.DataIn(task);
+                int length = Math.Min(dataIn.Length, command.ControlData.Length);
+                dataIn[..length].CopyTo(command.ControlData);
+                command.ControlDataLength = length;
+            }
+            LibIscsi.scsi_free_scsi_task(task);
+        }
+        if (command.InFlight)
+        {
+            command.InFlight = false;
+            _inFlight--;
+        }
+        command.Task = 0;
+        ScsiOutcome outcome = new(status, senseKey, ascq);
+        long now = Stopwatch.GetTimestamp();
+        bool retry = !_stopping && now < command.DeadlineTimestamp && status switch
+        {
+            ScsiStatus.CHECK_CONDITION => senseKey == ScsiSenseKey.UNIT_ATTENTION,
+            ScsiStatus.BUSY or ScsiStatus.TASK_SET_FULL => true,
+            _ => false,
+        };
+        if (retry)
+        {
+            command.Outcome = outcome;
+            command.RetryPending = true;
+            command.RetryAt = status == ScsiStatus.CHECK_CONDITION ? now : now + BusyRetryTicks;
+            _retries[_retryCount++] = command.Index;
+            return;
+        }
+        Finish(command, outcome);
+    }
+
+    private static void Finish(IscsiCommand command, ScsiOutcome outcome)
+    {
+        command.Outcome = outcome;
+        command.Done.Set();
+    }
+
+    /// <summary>Cancels every command past its deadline; libiscsi runs its callback at once with SCSI_STATUS_CANCELLED.</summary>
+    private void CancelExpired(long now)
+    {
+        foreach (IscsiCommand command in _commands)
+        {
+            if (command.InFlight && now >= command.DeadlineTimestamp)
+            {
+                Cancel(command);
+            }
+        }
+    }
+
+    private void Cancel(IscsiCommand command)
+    {
+        nint task = command.Task;
+        if (LibIscsi.iscsi_scsi_cancel_task(_context, task) != 0 && command.InFlight)
+        {
+            // libiscsi no longer holds the command (so it will not touch its buffers again) yet never
+            // completed it: answer it here. The task is left, not freed: freeing what libiscsi may
+            // have freed would be worse than one leaked task.
+            command.InFlight = false;
+            command.Task = 0;
+            _inFlight--;
+            Finish(command, new ScsiOutcome(ScsiStatus.CANCELLED, 0, 0));
+        }
+    }
+
+    private void Shutdown()
+    {
+        foreach (IscsiCommand command in _commands)
+        {
+            if (command.InFlight)
+            {
+                Cancel(command);
+            }
+        }
+        IssueRetries(long.MaxValue);
+        lock (_lock)
+        {
+            _closed = true;
+        }
+        IssueQueued();
+    }
+
+    public void Dispose()
+    {
+        if (_stopping)
+        {
+            return;
+        }
+        _stopping = true;
+        ulong one = 1;
+        write(_eventFd, &one, sizeof(ulong));
+        _thread.Join();
+        LibIscsi.iscsi_destroy_context(_context);
+        close(_eventFd);
+        foreach (IscsiCommand command in _commands)
+        {
+            command.Dispose();
+        }
+    }
+
+    private static void Check(nint context, int result, IscsiUrl url, string what)
+    {
+        if (result != 0)
+        {
+            throw new StorageException($"{url}: libiscsi refused {what}: {Error(context, chap: null)}.");
+        }
+    }
+
+    /// <summary>libiscsi's last error text, with the CHAP secret masked should it ever appear there.</summary>
+    private static string Error(nint context, IscsiChap? chap)
+    {
+        string text = Marshal.PtrToStringUTF8(LibIscsi.iscsi_get_error(context)) ?? "";
+        return chap != null && chap.Secret.Length > 0 ? text.Replace(chap.Secret, "***", StringComparison.Ordinal) : text;
+    }
+}
