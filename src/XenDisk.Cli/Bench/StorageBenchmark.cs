@@ -171,7 +171,7 @@ internal static class StorageBenchmark
             }
 
             return new StorageBenchReport(settings.SizeBytes, FileSystemOf(work.FullName), settings.Rounds, settings.Duration.TotalSeconds,
-                syscallCounting, "fio --ioengine=io_uring --direct=1 --time_based (rw, bs, iodepth per configuration)", results);
+                syscallCounting, "fio --ioengine=io_uring --direct=1 (rw, bs, iodepth per configuration; --time_based except first writes, which make one pass)", results);
         }
         finally
         {
