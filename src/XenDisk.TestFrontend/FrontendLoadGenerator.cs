@@ -27,6 +27,21 @@ public sealed record LoadGeneratorOptions
     public long? SectorCount { get; init; }
 
     public ulong Seed { get; init; } = 1;
+
+    /// <summary>4 KiB pages per read or write: one segment each, an indirect request beyond
+    /// BLKIF_MAX_SEGMENTS_PER_REQUEST (the frontend must have negotiated that many).</summary>
+    public int PagesPerRequest { get; init; } = 1;
+
+    /// <summary>
+    /// Null: each request at a uniformly random offset aligned to its size. Otherwise requests go at
+    /// ascending offsets this many sectors apart, shared by all slots as fio's sequential jobs do
+    /// (the request size for a sequential stream; more than that leaves holes, as fio's rw=write:N),
+    /// wrapping at the end of the region.
+    /// </summary>
+    public long? StrideSectors { get; init; }
+
+    /// <summary>Stop each slot once the stream has passed the end of the region (one pass), instead of wrapping.</summary>
+    public bool SinglePass { get; init; }
 }
 
 /// <summary>The outcome of a run.</summary>
@@ -47,12 +62,13 @@ public sealed record LoadGeneratorResult(
 }
 
 /// <summary>
-/// A closed-loop driver for one queue: keeps <see cref="LoadGeneratorOptions.Depth"/> 4 KiB
-/// requests in flight, each slot resubmitting from the completion thread as soon as its answer
-/// arrives. Every slot owns one page, granted once (from the persistent pool), so the steady
-/// state allocates nothing on the frontend side.
-/// The verifying mode gives each slot its own part of the region and, per 4 KiB block, writes a
-/// pattern derived from (sector, generation), reads it back and compares.
+/// A closed-loop driver for one queue: keeps <see cref="LoadGeneratorOptions.Depth"/> requests of
+/// <see cref="LoadGeneratorOptions.PagesPerRequest"/> pages in flight, at random offsets or in one
+/// ascending stream, each slot resubmitting from the completion thread as soon as its answer
+/// arrives. Every slot owns its pages, granted once (from the persistent pool), and its segment
+/// list, so the steady state allocates nothing on the frontend side.
+/// The verifying mode (single-page requests) gives each slot its own part of the region and, per
+/// 4 KiB block, writes a pattern derived from (sector, generation), reads it back and compares.
 /// Ownership: the pages go back to the frontend's pool on <see cref="Dispose"/>; the pool ends
 /// their grants when the frontend disconnects. One run at a time.
 /// </summary>
@@ -66,6 +82,9 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
     private readonly LoadGeneratorOptions _options;
     private readonly Slot[] _slots;
     private readonly long _blocks;
+    private readonly int _sectorsPerRequest;
+    private readonly long _regionSectors;
+    private long _streamCursor;
     private bool _verifying;
     private volatile bool _stopRequested;
     private int _active;
@@ -99,17 +118,36 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
             throw new ArgumentOutOfRangeException(nameof(options), $"Depth must be 1..{_ring.Entries}.");
         }
 
-        long sectors = _options.SectorCount ?? ((long)frontend.Sectors - _options.FirstSector);
-        _blocks = sectors / SectorsPerBlock;
+        int pages = _options.PagesPerRequest;
+        if (pages < 1 || pages > frontend.NegotiatedFrontendFeatures.MaxSegmentsPerRequest)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), $"PagesPerRequest must be 1..{frontend.NegotiatedFrontendFeatures.MaxSegmentsPerRequest} (the negotiated segments per request).");
+        }
+
+        if (_options.StrideSectors is <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), "StrideSectors must be positive.");
+        }
+
+        _sectorsPerRequest = pages * SectorsPerBlock;
+        _regionSectors = _options.SectorCount ?? ((long)frontend.Sectors - _options.FirstSector);
+        _blocks = _regionSectors / _sectorsPerRequest;
         if (_blocks < depth)
         {
-            throw new ArgumentOutOfRangeException(nameof(options), "The region needs at least one 4 KiB block per slot.");
+            throw new ArgumentOutOfRangeException(nameof(options), "The region needs at least one request's worth of blocks per slot.");
         }
 
         _slots = new Slot[depth];
         for (int i = 0; i < depth; i++)
         {
-            _slots[i].Page = frontend.Pool.Rent();
+            _slots[i].Pages = new GrantedPage[pages];
+            _slots[i].Segments = new BlkifRequestSegment[pages];
+            for (int p = 0; p < pages; p++)
+            {
+                _slots[i].Pages[p] = frontend.Pool.Rent();
+                _slots[i].Segments[p] = new BlkifRequestSegment { GrantRef = _slots[i].Pages[p].GrantRef, FirstSector = 0, LastSector = SectorsPerBlock - 1 };
+            }
+
             _slots[i].Random = SlotStream(_options.Seed, i);
         }
     }
@@ -121,8 +159,15 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
         RunCoreAsync(duration, verifying: false, cancellationToken);
 
     /// <summary>Write-then-read-back of patterns for <paramref name="duration"/>; mismatches are counted.</summary>
-    public Task<LoadGeneratorResult> RunVerifyingAsync(TimeSpan duration, CancellationToken cancellationToken = default) =>
-        RunCoreAsync(duration, verifying: true, cancellationToken);
+    public Task<LoadGeneratorResult> RunVerifyingAsync(TimeSpan duration, CancellationToken cancellationToken = default)
+    {
+        if (_options.PagesPerRequest != 1 || _options.StrideSectors is not null)
+        {
+            throw new InvalidOperationException("The verifying mode issues single-page requests over each slot's own share of the region.");
+        }
+
+        return RunCoreAsync(duration, verifying: true, cancellationToken);
+    }
 
     public void Dispose()
     {
@@ -133,7 +178,10 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
 
         foreach (Slot slot in _slots)
         {
-            _frontend.Pool.Return(slot.Page);
+            foreach (GrantedPage page in slot.Pages)
+            {
+                _frontend.Pool.Return(page);
+            }
         }
     }
 
@@ -151,7 +199,7 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
         switch (slot.Operation)
         {
             case BlkifOperation.Read when ok:
-                _bytesRead += XenPage.Size;
+                _bytesRead += (long)_sectorsPerRequest * BlkifLimits.SectorSize;
                 if (_verifying)
                 {
                     Verify(ref slot);
@@ -159,7 +207,7 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
 
                 break;
             case BlkifOperation.Write when ok:
-                _bytesWritten += XenPage.Size;
+                _bytesWritten += (long)_sectorsPerRequest * BlkifLimits.SectorSize;
                 break;
             case BlkifOperation.FlushDiskCache:
                 _flushes++;
@@ -178,7 +226,7 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
         if (_verifying && slot.Operation == BlkifOperation.Write && ok)
         {
             // Read the block just written back into the same page, poisoned first so that a read that moves no data cannot pass.
-            slot.Page.Page.Span.Fill(VerifyPoison);
+            slot.Pages[0].Page.Span.Fill(VerifyPoison);
             Submit(token, BlkifOperation.Read);
         }
         else
@@ -195,6 +243,7 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
         }
 
         ResetCounters();
+        _streamCursor = 0;
         _verifying = verifying;
         _stopRequested = false;
         long start = Stopwatch.GetTimestamp();
@@ -205,12 +254,11 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
             SubmitNext(i);
         }
 
-        try
+        // Until the time is up, or until every slot has finished on its own (a single pass that reached the end).
+        using (var timer = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
         {
-            await Task.Delay(duration, cancellationToken).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException)
-        {
+            await Task.WhenAny(Task.Delay(duration, timer.Token), _done.Task).ConfigureAwait(false);
+            timer.Cancel();
         }
 
         _stopRequested = true;
@@ -230,7 +278,7 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
             long block = (index * share) + (slot.Cursor++ % share);
             slot.Sector = _options.FirstSector + (block * SectorsPerBlock);
             slot.Generation++;
-            FillPattern(slot.Page.Page.Span, slot.Sector, slot.Generation);
+            FillPattern(slot.Pages[0].Page.Span, slot.Sector, slot.Generation);
             Submit(index, BlkifOperation.Write);
             return;
         }
@@ -241,7 +289,25 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
             : pick < _options.ReadPercent + _options.WritePercent ? BlkifOperation.Write
             : pick < _options.ReadPercent + _options.WritePercent + _options.FlushPercent ? BlkifOperation.FlushDiskCache
             : BlkifOperation.Discard;
-        slot.Sector = _options.FirstSector + ((long)(NextRandom(ref slot.Random) % (ulong)_blocks) * SectorsPerBlock);
+        if (_options.StrideSectors is long stride)
+        {
+            // Slots complete on the frontend's one completion thread, but the first submissions come from
+            // the caller's: take the next position atomically.
+            long position = (Interlocked.Increment(ref _streamCursor) - 1) * stride;
+            if (position + _sectorsPerRequest > _regionSectors && _options.SinglePass)
+            {
+                Finish();
+                return;
+            }
+
+            long positions = Math.Max(1, (_regionSectors - _sectorsPerRequest) / stride + 1);
+            slot.Sector = _options.FirstSector + ((position / stride % positions) * stride);
+        }
+        else
+        {
+            slot.Sector = _options.FirstSector + ((long)(NextRandom(ref slot.Random) % (ulong)_blocks) * _sectorsPerRequest);
+        }
+
         Submit(index, operation);
     }
 
@@ -249,11 +315,9 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
     {
         ref Slot slot = ref _slots[index];
         slot.Operation = operation;
-        Span<BlkifRequestSegment> segment = stackalloc BlkifRequestSegment[1];
-        segment[0] = new BlkifRequestSegment { GrantRef = slot.Page.GrantRef, FirstSector = 0, LastSector = SectorsPerBlock - 1 };
-        ReadOnlySpan<BlkifRequestSegment> segments = operation is BlkifOperation.Read or BlkifOperation.Write ? segment : [];
+        ReadOnlySpan<BlkifRequestSegment> segments = operation is BlkifOperation.Read or BlkifOperation.Write ? slot.Segments : [];
         slot.StartTimestamp = Stopwatch.GetTimestamp();
-        if (!_ring.TrySubmit(operation, slot.Sector, segments, SectorsPerBlock, this, index))
+        if (!_ring.TrySubmit(operation, slot.Sector, segments, _sectorsPerRequest, this, index))
         {
             Interlocked.Increment(ref _submitFailures);
             Finish();
@@ -262,7 +326,7 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
 
     private void Verify(ref Slot slot)
     {
-        ReadOnlySpan<ulong> words = MemoryMarshal.Cast<byte, ulong>(slot.Page.Page.Span);
+        ReadOnlySpan<ulong> words = MemoryMarshal.Cast<byte, ulong>(slot.Pages[0].Page.Span);
         ulong seed = PatternSeed(slot.Sector, slot.Generation);
         for (int i = 0; i < words.Length; i++)
         {
@@ -329,7 +393,8 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
 
     private struct Slot
     {
-        public GrantedPage Page;
+        public GrantedPage[] Pages;
+        public BlkifRequestSegment[] Segments;
         public long Sector;
         public long StartTimestamp;
         public ulong Random;

@@ -184,6 +184,11 @@ internal sealed class FrontendRing
         {
             PushDiscard(shadow, sector, discardSectors, 0);
         }
+        else if (segments.Length > BlkifLimits.MaxSegmentsPerRequest)
+        {
+            // blkfront's way past 11 pages: the segment list goes in indirect pages (from the pool).
+            PushIndirect(shadow, operation, sector, segments);
+        }
         else
         {
             PushDirect(shadow, operation, sector, segments);

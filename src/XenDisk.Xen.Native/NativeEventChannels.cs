@@ -200,6 +200,19 @@ public sealed class NativeEventChannels : IEventChannels
         return port >= 0 ? port : -NativeErrno.Last();
     }
 
+    /// <summary>The evtchn device's read returns pending ports as evtchn_port_t (uint32), as many as fit.</summary>
+    public int PendingReadSize => sizeof(uint);
+
+    public int PendingFromRead(ReadOnlySpan<byte> data) =>
+        data.Length >= sizeof(uint) ? (int)System.Runtime.InteropServices.MemoryMarshal.Read<uint>(data) : -1;
+
+    /// <summary>The evtchn device's write unmasks each evtchn_port_t written (what xenevtchn_unmask does).</summary>
+    public bool TryFormatUnmask(uint localPort, Span<byte> destination, out int length)
+    {
+        length = sizeof(uint);
+        return System.Runtime.InteropServices.MemoryMarshal.TryWrite(destination, in localPort);
+    }
+
     public void Interrupt() => _wake.Signal();
 
     public void Dispose()

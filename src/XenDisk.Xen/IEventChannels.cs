@@ -43,6 +43,33 @@ public interface IEventChannels : IDisposable
     /// </summary>
     int TakePending();
 
+    /// <summary>
+    /// Bytes one read of <see cref="FileDescriptor"/> takes to deliver one pending port, for a thread that
+    /// reads the descriptor through its own io_uring instead of polling it and calling
+    /// <see cref="TakePending"/> (two system calls fewer per wake-up): Linux's evtchn device returns the
+    /// pending ports as evtchn_port_t, 4 bytes each. 0 when the descriptor can only be polled.
+    /// </summary>
+    int PendingReadSize => 0;
+
+    /// <summary>
+    /// A read of <see cref="FileDescriptor"/> of <see cref="PendingReadSize"/> bytes completed with
+    /// <paramref name="data"/>: the pending port it delivered, or -1. Like <see cref="TakePending"/>, the
+    /// port stays masked until it is unmasked.
+    /// </summary>
+    int PendingFromRead(ReadOnlySpan<byte> data) => -1;
+
+    /// <summary>
+    /// Linux's evtchn device unmasks the ports written to its descriptor (an array of evtchn_port_t), so
+    /// the unmask can be queued as a write on the caller's io_uring instead of a system call of its own.
+    /// True with the bytes to write to <see cref="FileDescriptor"/>; false when the descriptor takes no
+    /// writes: call <see cref="Unmask"/>.
+    /// </summary>
+    bool TryFormatUnmask(uint localPort, Span<byte> destination, out int length)
+    {
+        length = 0;
+        return false;
+    }
+
     /// <summary>Wakes a thread blocked in <see cref="WaitPending"/> so that it can see a stop request.</summary>
     void Interrupt();
 

@@ -7,19 +7,27 @@ using static Tmds.Linux.LibC;
 namespace XenDisk.Backend.DataPlane;
 
 // The ring thread's engine: one io_uring per ring thread that carries the fast path's reads, writes
-// and fdatasyncs and also the thread's sleep (a poll on the event channel and on the ring's wake-up),
-// so that one io_uring_enter per loop iteration submits the batch taken off the blkif ring and waits
-// for whichever comes first, a guest kick or a completion. Without io_uring the thread waits in
-// poll(2) and every request goes to the I/O threads.
+// and fdatasyncs and also the thread's sleep (a read of the event channel's descriptor, which
+// delivers the pending port itself, and a poll on the ring's wake-up), so that one io_uring_enter per
+// loop iteration submits the batch taken off the blkif ring, the late unmask (a write of the port to
+// the evtchn descriptor), and waits for whichever comes first, a guest kick or a completion. Without
+// io_uring the thread waits in poll(2) and every request goes to the I/O threads.
 public sealed unsafe partial class BlkifRing
 {
     /// <summary>Extents one request may be remapped into before it takes the slow path instead: an
     /// overlay range of 1 MiB (the largest indirect request) over 64 KiB clusters is at most 17.</summary>
     private const int MaxExtentsPerRequest = 32;
 
-    /// <summary>Non-data operations a ring can have armed at once: the event-channel poll, the wake-up
-    /// poll, the idle-grant timeout and a cancellation.</summary>
-    private const int ControlOperations = 4;
+    /// <summary>Non-data operations a ring can have armed at once: the event-channel read (or poll), the
+    /// wake-up poll, the idle-grant timeout, the unmask write and a cancellation.</summary>
+    private const int ControlOperations = 5;
+
+    /// <summary>The native block behind <see cref="_controlMemory"/>: the timeout's timespec, the event
+    /// read's buffer, the unmask write's buffer.</summary>
+    private const int TimespecOffset = 0;
+    private const int EventReadOffset = 16;
+    private const int UnmaskOffset = 24;
+    private const int ControlMemoryBytes = 32;
 
     // io_uring user_data: the tag in the top 4 bits; for data operations the expected byte count in
     // bits 32-59 (requests are at most 1 MiB) and the context index in the low 32 bits.
@@ -29,6 +37,8 @@ public sealed unsafe partial class BlkifRing
     private const ulong TagWakePoll = 3;
     private const ulong TagTimeout = 4;
     private const ulong TagCancel = 5;
+    private const ulong TagEventRead = 6;
+    private const ulong TagUnmask = 7;
     private const ulong ExpectedMask = (1UL << 28) - 1;
 
     // linux/io_uring.h, absent from the binding's older header: cancel every matching request (5.19+).
@@ -46,7 +56,10 @@ public sealed unsafe partial class BlkifRing
     private int[] _fileDescriptors = [];
     private bool _fixedFiles;
     private int _iovecCapacity;
-    private nint _timespec;
+    private nint _controlMemory;
+    private int _eventFd;
+    private int _eventReadSize;
+    private bool _eventReadArmed;
     private bool _eventPollArmed;
     private bool _wakePollArmed;
     private bool _timeoutArmed;
@@ -101,7 +114,13 @@ public sealed unsafe partial class BlkifRing
         }
 
         _uring = uring;
-        _timespec = (nint)NativeMemory.AllocZeroed((nuint)sizeof(long) * 2);
+        _controlMemory = (nint)NativeMemory.AllocZeroed(ControlMemoryBytes);
+        _eventFd = Setup.EventChannels.FileDescriptor;
+
+        // Reading the port through the io_uring spares the poll's wake-up a read(2) of its own; a handle
+        // whose descriptor can only be polled keeps the poll and TakePending.
+        int readSize = Setup.EventChannels.PendingReadSize;
+        _eventReadSize = readSize is > 0 and <= UnmaskOffset - EventReadOffset ? readSize : 0;
         if (_remap is null)
         {
             return;
@@ -125,6 +144,7 @@ public sealed unsafe partial class BlkifRing
     /// <summary>After the thread has exited and nothing is in flight: closes the io_uring and frees its memory.</summary>
     private void ReleaseEngine()
     {
+        CancelEventRead();
         _uring?.Dispose();
         _uring = null;
         foreach (RequestContext context in _contexts)
@@ -136,11 +156,14 @@ public sealed unsafe partial class BlkifRing
             }
         }
 
-        if (_timespec != 0)
+        // The kernel writes into the event read's buffer until that read completes or is cancelled
+        // (CancelEventRead); if that could not be seen, the few bytes stay allocated rather than reused.
+        if (_controlMemory != 0 && !_eventReadArmed)
         {
-            NativeMemory.Free((void*)_timespec);
-            _timespec = 0;
+            NativeMemory.Free((void*)_controlMemory);
         }
+
+        _controlMemory = 0;
     }
 
     /// <summary>
@@ -387,6 +410,19 @@ public sealed unsafe partial class BlkifRing
                     _eventPollArmed = false;
                     TakeEvent();
                     break;
+                case TagEventRead:
+                    _eventReadArmed = false;
+                    EventRead(cqe.res);
+                    break;
+                case TagUnmask:
+                    if (cqe.res < 0)
+                    {
+                        // The port would stay masked and the guest's kicks unheard: unmask the slow way,
+                        // which reports a broken handle as the rest of the loop does.
+                        Setup.EventChannels.Unmask(Setup.LocalPort);
+                    }
+
+                    break;
                 case TagWakePoll:
                     _wakePollArmed = false;
                     _waker!.Drain();
@@ -447,6 +483,88 @@ public sealed unsafe partial class BlkifRing
         }
     }
 
+    /// <summary>The read of the event channel's descriptor completed: the port it delivered stays masked
+    /// until the late unmask. A descriptor that refuses to wait in a read (EAGAIN: a kernel that does not
+    /// poll a non-blocking file for io_uring) is polled from then on.</summary>
+    private void EventRead(int result)
+    {
+        if (result > 0)
+        {
+            int port = Setup.EventChannels.PendingFromRead(new ReadOnlySpan<byte>((void*)(_controlMemory + EventReadOffset), result));
+            if (port >= 0 && (uint)port == Setup.LocalPort)
+            {
+                _portMasked = true;
+            }
+        }
+        else if (result == -EAGAIN)
+        {
+            _eventReadSize = 0;
+        }
+        else if (result != -EINTR && result != -ECANCELED)
+        {
+            throw new InvalidOperationException($"Reading the event channel failed: {Marshal.GetPInvokeErrorMessage(-result)} (errno {-result}).");
+        }
+    }
+
+    /// <summary>
+    /// The late unmask: queued as a write of the port to the evtchn descriptor, submitted by the loop's
+    /// next io_uring_enter, where the handle takes writes; otherwise xenevtchn_unmask at once. An event
+    /// that arrived while the port was masked is delivered when the unmask lands, so a later unmask
+    /// only delays a wake-up, never loses one.
+    /// </summary>
+    private void UnmaskPort()
+    {
+        if (_uring is not null && _eventReadSize > 0
+            && Setup.EventChannels.TryFormatUnmask(Setup.LocalPort, new Span<byte>((void*)(_controlMemory + UnmaskOffset), ControlMemoryBytes - UnmaskOffset), out int length))
+        {
+            io_uring_sqe* sqe = NextControlSubmission();
+            sqe->opcode = IORING_OP_WRITE;
+            sqe->fd = _eventFd;
+            sqe->addr = (ulong)(_controlMemory + UnmaskOffset);
+            sqe->len = (uint)length;
+            sqe->off = ulong.MaxValue;
+            sqe->user_data = TagUnmask << TagShift;
+            _uringOperations++;
+            return;
+        }
+
+        Setup.EventChannels.Unmask(Setup.LocalPort);
+    }
+
+    /// <summary>Before the io_uring closes: cancel the armed event read and see its completion, so that
+    /// the kernel is done with its buffer before the buffer is freed.</summary>
+    private void CancelEventRead()
+    {
+        IoUring? uring = _uring;
+        if (uring is null || !_eventReadArmed)
+        {
+            return;
+        }
+
+        io_uring_sqe* sqe = NextControlSubmission();
+        sqe->opcode = IORING_OP_ASYNC_CANCEL;
+        sqe->addr = TagEventRead << TagShift;
+        sqe->user_data = TagCancel << TagShift;
+        _uringOperations++;
+        for (int attempt = 0; attempt < 100 && _eventReadArmed; attempt++)
+        {
+            int result = uring.SubmitAndWait(1);
+            if (result < 0 && result != -EINTR && result != -EAGAIN && result != -EBUSY)
+            {
+                return;
+            }
+
+            while (uring.TryPeekCompletion(out io_uring_cqe cqe))
+            {
+                uring.AdvanceCompletion();
+                if (cqe.user_data >> TagShift == TagEventRead)
+                {
+                    _eventReadArmed = false;
+                }
+            }
+        }
+    }
+
     /// <summary>
     /// Sleeps until a guest kick, a completion, a wake-up or <paramref name="timeoutMilliseconds"/>: with
     /// io_uring, one io_uring_enter that also submits what is queued; otherwise one poll(2).
@@ -460,9 +578,24 @@ public sealed unsafe partial class BlkifRing
             return;
         }
 
-        if (!_eventPollArmed)
+        if (_eventReadSize > 0)
         {
-            ArmPoll(Setup.EventChannels.FileDescriptor, TagEventPoll);
+            if (!_eventReadArmed && !_eventPollArmed)
+            {
+                io_uring_sqe* sqe = NextControlSubmission();
+                sqe->opcode = IORING_OP_READ;
+                sqe->fd = _eventFd;
+                sqe->addr = (ulong)(_controlMemory + EventReadOffset);
+                sqe->len = (uint)_eventReadSize;
+                sqe->off = ulong.MaxValue;
+                sqe->user_data = TagEventRead << TagShift;
+                _uringOperations++;
+                _eventReadArmed = true;
+            }
+        }
+        else if (!_eventPollArmed && !_eventReadArmed)
+        {
+            ArmPoll(_eventFd, TagEventPoll);
             _eventPollArmed = true;
         }
 
@@ -476,12 +609,12 @@ public sealed unsafe partial class BlkifRing
         {
             // The deadline of idle persistent grants only moves later, so a timeout armed earlier can
             // only fire early, and the loop then re-arms it: no cancellation is needed.
-            long* ts = (long*)_timespec;
+            long* ts = (long*)(_controlMemory + TimespecOffset);
             ts[0] = timeoutMilliseconds / 1000;
             ts[1] = (timeoutMilliseconds % 1000) * 1_000_000L;
             io_uring_sqe* sqe = NextControlSubmission();
             sqe->opcode = IORING_OP_TIMEOUT;
-            sqe->addr = (ulong)_timespec;
+            sqe->addr = (ulong)(_controlMemory + TimespecOffset);
             sqe->len = 1;
             sqe->user_data = TagTimeout << TagShift;
             _uringOperations++;

@@ -120,7 +120,7 @@ public sealed partial class BlkifRing
                 // masked stays pending and is delivered by the next wait.
                 if (_portMasked)
                 {
-                    Setup.EventChannels.Unmask(Setup.LocalPort);
+                    UnmaskPort();
                     _portMasked = false;
                 }
             }

@@ -15,7 +15,7 @@ internal enum BenchDisk
     Memory,
 }
 
-internal sealed record RingBenchSettings(TimeSpan Duration, TimeSpan Warmup, int RingPageOrder, int ReadPercent, BenchDisk Disk, bool PersistentGrants);
+internal sealed record RingBenchSettings(TimeSpan Duration, TimeSpan Warmup, int RingPageOrder, int ReadPercent, BenchDisk Disk, bool PersistentGrants, bool Telemetry = false, bool InflightRecord = false);
 
 internal sealed record RingBenchResult(
     string Disk,
@@ -36,7 +36,11 @@ internal sealed record RingBenchResult(
     double P99Microseconds,
     long NotificationsSent,
     long NotificationsSuppressed,
-    double AverageBatch);
+    double AverageBatch,
+    bool Telemetry,
+    long? HistogramRequests,
+    double? HistogramRecordNanoseconds,
+    bool InflightRecord);
 
 /// <summary>
 /// The data plane alone: one guest, one queue, 4 KiB requests kept at full ring depth by the
@@ -54,7 +58,14 @@ internal static class RingBenchmark
         using var hypervisor = new SimulatedHypervisor();
         using var toolstack = new SimulatedToolstack(hypervisor);
         var provider = new BenchDiskProvider(settings.Disk);
-        await using var backend = new BlockBackend(hypervisor.Platform(hypervisor.Dom0), provider, new BackendOptions { MaxQueues = 1 }, loggerFactory);
+
+        // The in-flight record lives on tmpfs, as under systemd (/run/xendisk/inflight).
+        string? inflight = settings.InflightRecord
+            ? Directory.CreateDirectory($"/dev/shm/xendisk-bench-inflight-{Environment.ProcessId}").FullName
+            : null;
+        using var removeInflight = new DirectoryRemoval(inflight);
+        await using var backend = new BlockBackend(hypervisor.Platform(hypervisor.Dom0), provider,
+            new BackendOptions { MaxQueues = 1, InflightDirectory = inflight }, loggerFactory);
         await backend.StartAsync(cancellationToken).ConfigureAwait(false);
 
         var guest = hypervisor.CreateDomain("bench", memoryPages: 8192);
@@ -67,6 +78,9 @@ internal static class RingBenchmark
             UsePersistentGrants = settings.PersistentGrants,
         });
         await frontend.ConnectAsync(cancellationToken).ConfigureAwait(false);
+
+        // The service's histograms, offered before the first request, as the service does within 250 ms.
+        using BenchTelemetry? telemetry = settings.Telemetry ? BenchTelemetry.Attach(backend) : null;
 
         var options = new LoadGeneratorOptions { ReadPercent = settings.ReadPercent, WritePercent = 100 - settings.ReadPercent };
         using (var warmup = new FrontendLoadGenerator(frontend, options))
@@ -103,12 +117,24 @@ internal static class RingBenchmark
             processCpu.TotalNanoseconds / completions, allocated / completions,
             result.Latency.Percentile(0.50).TotalMicroseconds, result.Latency.Percentile(0.99).TotalMicroseconds,
             rings.Sum(r => r.NotificationsSent) - notifiedBefore, rings.Sum(r => r.NotificationsSuppressed) - suppressedBefore,
-            batches == 0 ? 0 : (double)requests / batches);
+            batches == 0 ? 0 : (double)requests / batches,
+            settings.Telemetry, telemetry?.CollectRequestCount(), telemetry?.MeasureRecordNanoseconds(2_000_000), settings.InflightRecord);
 
         await frontend.DisconnectAsync().ConfigureAwait(false);
         await toolstack.DetachDiskAsync(attachment, TimeSpan.FromSeconds(10)).ConfigureAwait(false);
         await backend.StopAsync(cancellationToken).ConfigureAwait(false);
         return benchResult;
+    }
+
+    private sealed class DirectoryRemoval(string? path) : IDisposable
+    {
+        public void Dispose()
+        {
+            if (path is not null && Directory.Exists(path))
+            {
+                Directory.Delete(path, recursive: true);
+            }
+        }
     }
 
     /// <summary>Every target opens the benchmark's in-memory disk.</summary>

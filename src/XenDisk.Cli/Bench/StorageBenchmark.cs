@@ -60,18 +60,33 @@ internal static class StorageBenchmark
     private const int DeviceId = 51712;
     private const string BackendThreadPrefix = "blkif";
 
-    /// <summary>What XenDisk serves: the raw file itself, or an overlay whose every cluster or grain is allocated.</summary>
+    /// <summary>What XenDisk serves: the raw file itself, an overlay whose every cluster or grain is
+    /// allocated, or an empty overlay over the raw file (made afresh for every round).</summary>
     private enum DiskKind
     {
         Raw,
         Bitmap,
         Qcow2,
+        EmptyBitmap,
+        EmptyQcow2,
     }
 
-    private sealed record Workload(string Name, string Description, int QueueDepth, int ReadPercent, DiskKind Disk = DiskKind.Raw);
+    /// <summary>
+    /// One configuration. <paramref name="Pages"/>: 4 KiB pages per request (16 is 64 KiB, an indirect
+    /// request). <paramref name="StrideSectors"/>: null for random offsets, else ascending offsets that
+    /// far apart (fio's sequential rw=read/write, or rw=write:N for holes). <paramref name="FioRw"/>:
+    /// fio's rw for the same pattern. First writes make one pass over the disk, for both sides.
+    /// </summary>
+    private sealed record Workload(string Name, string Description, int QueueDepth, int ReadPercent, DiskKind Disk = DiskKind.Raw,
+        int Pages = 1, long? StrideSectors = null, string FioRw = "randrw")
+    {
+        public bool FirstWrite => Disk is DiskKind.EmptyBitmap or DiskKind.EmptyQcow2;
 
-    // The test frontend's load generator issues single-page requests, so 64 KiB sequential writes and
-    // first writes into overlays are not here yet (bench cow measures those against qemu-img bench).
+        public int BlockBytes => Pages * 4096;
+    }
+
+    private const long Sectors64K = 65536 / 512;
+
     private static readonly Workload[] Workloads =
     [
         new("raw-randrw-4k-qd32", "4 KiB random, 50% read / 50% write", 32, 50),
@@ -79,6 +94,12 @@ internal static class StorageBenchmark
         new("raw-randread-4k-qd32", "4 KiB random reads", 32, 100),
         new("bitmap-allocated-randrw-4k-qd32", "4 KiB random, 50/50, bitmap overlay with every grain allocated", 32, 50, DiskKind.Bitmap),
         new("qcow2-allocated-randrw-4k-qd32", "4 KiB random, 50/50, qcow2 image with every cluster allocated", 32, 50, DiskKind.Qcow2),
+        new("raw-seqread-64k-qd32", "64 KiB sequential reads (16 segments, indirect)", 32, 100, Pages: 16, StrideSectors: Sectors64K, FioRw: "read"),
+        new("raw-seqwrite-64k-qd32", "64 KiB sequential writes (16 segments, indirect)", 32, 0, Pages: 16, StrideSectors: Sectors64K, FioRw: "write"),
+        new("qcow2-firstwrite-4k-qd32", "first writes: 4 KiB into each 64 KiB cluster in turn of an empty qcow2 overlay (qemu-img, extended_l2) over the raw file; fio: the same writes on the raw file", 32, 0,
+            DiskKind.EmptyQcow2, StrideSectors: Sectors64K, FioRw: "write:60k"),
+        new("bitmap-firstwrite-4k-qd32", "first writes: 4 KiB every 64 KiB into an empty bitmap overlay over the raw file; fio: the same writes on the raw file", 32, 0,
+            DiskKind.EmptyBitmap, StrideSectors: Sectors64K, FioRw: "write:60k"),
     ];
 
     private sealed record Side(double Iops, double CpuUsPerRequest, double? SyscallsPerRequest, double ContextSwitchesPerRequest, double FastPathShare = 0);
@@ -112,7 +133,7 @@ internal static class StorageBenchmark
                     continue;
                 }
 
-                if (!images.ContainsKey(workload.Disk))
+                if (!workload.FirstWrite && !images.ContainsKey(workload.Disk))
                 {
                     progress($"preparing a fully allocated {workload.Disk.ToString().ToLowerInvariant()} image");
                     images[workload.Disk] = PrepareImage(workload.Disk, file, work.FullName, settings.SizeBytes);
@@ -123,7 +144,13 @@ internal static class StorageBenchmark
                 for (int round = 0; round < settings.Rounds; round++)
                 {
                     cancellationToken.ThrowIfCancellationRequested();
-                    Side x = RunXenDisk(images[workload.Disk], file, settings, workload, perf, loggerFactory, cancellationToken);
+                    string image = workload.FirstWrite ? PrepareImage(workload.Disk, file, work.FullName, settings.SizeBytes) : images[workload.Disk];
+                    Side x = RunXenDisk(image, file, settings, workload, perf, loggerFactory, cancellationToken);
+                    if (workload.FirstWrite)
+                    {
+                        File.Delete(image);
+                    }
+
                     progress(Invariant($"{workload.Name} round {round + 1}: xendisk {x.Iops:F0} IOPS, {x.CpuUsPerRequest:F1} us CPU, {x.SyscallsPerRequest:F2} syscalls, {x.ContextSwitchesPerRequest:F2} cs per request"));
                     xendisk.Add(x);
                     Side f = RunFio(fio, perf, file, settings, workload, work.FullName);
@@ -135,7 +162,7 @@ internal static class StorageBenchmark
                 Side fm = Median(peer);
 
                 // Overlays are held against XenDisk's own raw figure at the same depth and mix.
-                double? vsRaw = workload.Disk == DiskKind.Raw ? null
+                double? vsRaw = workload.Disk == DiskKind.Raw || workload.FirstWrite ? null
                     : results.FirstOrDefault(r => r.Name == "raw-randrw-4k-qd32") is { } raw ? Ratio(xm.Iops, raw.XendiskIops) : null;
                 results.Add(new StorageBenchConfiguration(workload.Name, workload.Description, workload.QueueDepth, settings.Engine.ToString(),
                     Round(xm.Iops), Round(fm.Iops), Ratio(xm.Iops, fm.Iops), Round(xm.CpuUsPerRequest), Round(fm.CpuUsPerRequest),
@@ -144,7 +171,7 @@ internal static class StorageBenchmark
             }
 
             return new StorageBenchReport(settings.SizeBytes, FileSystemOf(work.FullName), settings.Rounds, settings.Duration.TotalSeconds,
-                syscallCounting, "fio --ioengine=io_uring --direct=1 --time_based (rw, bs, iodepth per configuration)", results);
+                syscallCounting, "fio --ioengine=io_uring --direct=1 (rw, bs, iodepth per configuration; --time_based except first writes, which make one pass)", results);
         }
         finally
         {
@@ -176,9 +203,15 @@ internal static class StorageBenchmark
             Depth = workload.QueueDepth,
             ReadPercent = workload.ReadPercent,
             WritePercent = 100 - workload.ReadPercent,
+            PagesPerRequest = workload.Pages,
+            StrideSectors = workload.StrideSectors,
+            SinglePass = workload.FirstWrite,
         };
-        using (var warmup = new FrontendLoadGenerator(frontend, load))
+
+        // A warm-up would allocate what a first-write run is there to measure: that run starts cold.
+        if (!workload.FirstWrite)
         {
+            using var warmup = new FrontendLoadGenerator(frontend, load);
             await warmup.RunAsync(TimeSpan.FromSeconds(1), cancellationToken).ConfigureAwait(false);
         }
 
@@ -214,12 +247,19 @@ internal static class StorageBenchmark
         string perfOutput = Path.Combine(directory, "perf.txt");
         List<string> fioArgs =
         [
-            "--name=peer", "--filename=" + file, "--direct=1", "--ioengine=io_uring", "--time_based",
+            "--name=peer", "--filename=" + file, "--direct=1", "--ioengine=io_uring",
             "--runtime=" + ((int)Math.Ceiling(settings.Duration.TotalSeconds)).ToString(CultureInfo.InvariantCulture),
-            "--ramp_time=1", "--iodepth=" + workload.QueueDepth.ToString(CultureInfo.InvariantCulture),
+            "--iodepth=" + workload.QueueDepth.ToString(CultureInfo.InvariantCulture),
             "--output-format=json", "--output=" + output, "--randrepeat=0",
+            "--rw=" + workload.FioRw, "--bs=" + (workload.BlockBytes / 1024).ToString(CultureInfo.InvariantCulture) + "k",
         ];
-        fioArgs.AddRange(["--rw=randrw", "--rwmixread=" + workload.ReadPercent.ToString(CultureInfo.InvariantCulture), "--bs=4k"]);
+
+        // First writes: one pass over the file, as XenDisk's run makes one pass over the empty overlay.
+        fioArgs.AddRange(workload.FirstWrite ? [] : ["--time_based", "--ramp_time=1"]);
+        if (workload.FioRw == "randrw")
+        {
+            fioArgs.Add("--rwmixread=" + workload.ReadPercent.ToString(CultureInfo.InvariantCulture));
+        }
 
         (int exit, _, string error) = perf is null
             ? ProcessRunner.Run(fio, fioArgs)
@@ -369,6 +409,28 @@ internal static class StorageBenchmark
     /// </summary>
     private static string PrepareImage(DiskKind kind, string baseFile, string directory, long size)
     {
+        if (kind == DiskKind.EmptyBitmap)
+        {
+            string overlay = Path.Combine(directory, "empty.bitmap");
+            XenDisk.Cow.Storage.OverlayFiles.CreateBitmapFile(overlay, XenDisk.Cow.Bitmap.BitmapOverlay.RequiredCowSize(size), XenDisk.Cow.Storage.FilePreallocation.Falloc);
+            XenDisk.Cow.Bitmap.BitmapOverlay.Create(RawBlockDevice.Open(overlay, readOnly: false), RawBlockDevice.Open(baseFile, readOnly: true)).Dispose();
+            return overlay;
+        }
+
+        if (kind == DiskKind.EmptyQcow2)
+        {
+            string qemu = ProcessRunner.Find("qemu-img") ?? throw new InvalidOperationException("qemu-img is not installed (Debian package qemu-utils)");
+            string overlay = Path.Combine(directory, "empty.qcow2");
+            (int status, _, string message) = ProcessRunner.Run(qemu,
+                ["create", "-q", "-f", "qcow2", "-b", baseFile, "-F", "raw", "-o", "cluster_size=64k,extended_l2=on", overlay, size.ToString(CultureInfo.InvariantCulture)]);
+            if (status != 0)
+            {
+                throw new InvalidOperationException($"qemu-img create failed: {message.Trim()}");
+            }
+
+            return overlay;
+        }
+
         if (kind == DiskKind.Bitmap)
         {
             string overlay = Path.Combine(directory, "overlay.bitmap");
@@ -398,8 +460,12 @@ internal static class StorageBenchmark
     {
         public IBlockDevice Open(DiskSpecification specification) => kind switch
         {
-            DiskKind.Bitmap => XenDisk.Cow.Bitmap.BitmapOverlay.Open(RawBlockDevice.Open(path, specification.ReadOnly), RawBlockDevice.Open(baseFile, readOnly: true)),
-            DiskKind.Qcow2 => XenDisk.Cow.Qcow2.Qcow2Disk.Open(path, new XenDisk.Cow.Qcow2.Qcow2OpenOptions { ReadOnly = specification.ReadOnly }),
+            DiskKind.Bitmap or DiskKind.EmptyBitmap => XenDisk.Cow.Bitmap.BitmapOverlay.Open(RawBlockDevice.Open(path, specification.ReadOnly), RawBlockDevice.Open(baseFile, readOnly: true)),
+            DiskKind.Qcow2 or DiskKind.EmptyQcow2 => XenDisk.Cow.Qcow2.Qcow2Disk.Open(path, new XenDisk.Cow.Qcow2.Qcow2OpenOptions
+            {
+                ReadOnly = specification.ReadOnly,
+                BackingPolicy = XenDisk.Cow.Policies.BackingFilePolicy.InDirectories(Path.GetDirectoryName(baseFile)!),
+            }),
             _ => RawBlockDevice.Open(path, specification.ReadOnly),
         };
     }

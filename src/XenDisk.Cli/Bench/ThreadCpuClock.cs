@@ -38,6 +38,9 @@ internal static class ThreadCpuClock
         return TimeSpan.FromSeconds(seconds);
     }
 
+    /// <summary>The calling thread's CPU time so far, in nanoseconds (/proc/thread-self/schedstat).</summary>
+    public static long CurrentThreadNanoseconds() => (long)(ReadSeconds("/proc/thread-self") * 1e9);
+
     private static double ReadSeconds(string task)
     {
         try

@@ -62,10 +62,12 @@ internal static class BenchCommand
         var readPercent = new Option<int>("--read-percent") { Description = "Share of reads; the rest are writes", DefaultValueFactory = _ => 100 };
         var disk = new Option<BenchDisk>("--disk") { Description = "null (no data touched) or memory (a memcpy per request)", DefaultValueFactory = _ => BenchDisk.Null };
         var noPersistent = new Option<bool>("--no-persistent") { Description = "Map and unmap every request's pages instead of persistent grants" };
+        var telemetry = new Option<bool>("--telemetry") { Description = "Record the request-duration and batch-size histograms into an OpenTelemetry meter provider, as the service does" };
+        var inflight = new Option<bool>("--inflight-record") { Description = "Keep each ring's in-flight record (on tmpfs under /dev/shm, as the service keeps it under /run)" };
         var json = new Option<bool>("--json") { Description = "Print the result as JSON" };
         var command = new Command("ring", "The data plane alone: 4 KiB requests at full ring depth, one queue, storage that completes at once")
         {
-            seconds, warmup, order, readPercent, disk, noPersistent, json,
+            seconds, warmup, order, readPercent, disk, noPersistent, telemetry, inflight, json,
         };
         command.SetAction(async (parse, cancellationToken) =>
         {
@@ -87,7 +89,7 @@ internal static class BenchCommand
             using var loggerFactory = CommandLogging.Create(verbose: false);
             var settings = new RingBenchSettings(
                 TimeSpan.FromSeconds(parse.GetValue(seconds)), TimeSpan.FromSeconds(parse.GetValue(warmup)), parse.GetValue(order),
-                parse.GetValue(readPercent), parse.GetValue(disk), !parse.GetValue(noPersistent));
+                parse.GetValue(readPercent), parse.GetValue(disk), !parse.GetValue(noPersistent), parse.GetValue(telemetry), parse.GetValue(inflight));
             var r = await RingBenchmark.RunAsync(settings, loggerFactory, cancellationToken).ConfigureAwait(false);
             if (parse.GetValue(json))
             {
@@ -95,12 +97,16 @@ internal static class BenchCommand
             }
             else
             {
-                Console.WriteLine(Invariant($"ring bench: {r.Mix}, {r.Disk} disk, ring order {r.RingPageOrder} ({r.RingEntries} slots, depth {r.Depth}), persistent grants {(r.PersistentGrants ? "on" : "off")}"));
+                Console.WriteLine(Invariant($"ring bench: {r.Mix}, {r.Disk} disk, ring order {r.RingPageOrder} ({r.RingEntries} slots, depth {r.Depth}), persistent grants {(r.PersistentGrants ? "on" : "off")}, telemetry {(r.Telemetry ? "on" : "off")}, in-flight record {(r.InflightRecord ? "on" : "off")}"));
                 Console.WriteLine(Invariant($"  {r.RequestsPerSecond:N0} requests/s over {r.Seconds:F1} s ({r.Requests:N0} requests, {r.Errors} errors)"));
                 Console.WriteLine(Invariant($"  backend ring thread: {r.BackendCpuNanosecondsPerRequest:F0} ns CPU per request ({r.BackendCpuUtilisation:P0} of one core)"));
                 Console.WriteLine(Invariant($"  whole process (backend + test frontend): {r.ProcessCpuNanosecondsPerRequest:F0} ns CPU per request"));
                 Console.WriteLine(Invariant($"  allocated: {r.AllocatedBytesPerRequest:F3} bytes per request (whole process, steady state)"));
                 Console.WriteLine(Invariant($"  latency p50 {r.P50Microseconds:F1} us, p99 {r.P99Microseconds:F1} us; {r.AverageBatch:F1} requests per batch; notifications {r.NotificationsSent:N0} sent, {r.NotificationsSuppressed:N0} suppressed"));
+                if (r.HistogramRequests is { } recorded)
+                {
+                    Console.WriteLine(Invariant($"  telemetry: {recorded:N0} requests in the request-duration histogram (warm-up included); one recording costs {r.HistogramRecordNanoseconds:F0} ns of CPU"));
+                }
             }
 
             return r.Errors == 0 ? 0 : 1;

@@ -9,12 +9,17 @@ namespace XenDisk.Xen.Simulated;
 /// again. So a burst of notifies coalesces into one delivery, and a notify that races with the
 /// consumer is never lost: it is redelivered on unmask.
 /// Hot path (<see cref="Notify"/>, <see cref="WaitPending"/>, <see cref="Unmask"/>): no allocation,
-/// one short lock each; the waiter sleeps in Monitor.Wait.
+/// one short lock each; the waiter sleeps in poll(2) on the descriptor, as on the evtchn device.
 /// <para>
 /// Like the evtchn device, the handle has a descriptor (<see cref="FileDescriptor"/>, an eventfd)
 /// that polls readable exactly while a port is queued, so that the data plane waits on it through
 /// io_uring or poll(2) here as it does on real Xen. The eventfd's counter is set when the queue
-/// becomes non-empty and cleared when it empties, both under the handle's lock.
+/// becomes non-empty (by the notifier, just after it leaves the lock) and cleared under the lock when
+/// it empties; a reader woken by a write that landed after its port was taken finds nothing queued and
+/// clears the counter again (a spurious wake-up, never a lost one). A reader that reads
+/// the eventfd itself (through io_uring) clears it and then takes the port with
+/// <see cref="PendingFromRead"/>. Until the descriptor is first used (asked for, or waited on) the
+/// eventfd is not kept in step, so a handle that only notifies costs no system call to deliver to.
 /// </para>
 /// </summary>
 public sealed unsafe class SimulatedEventChannels : IEventChannels
@@ -34,6 +39,12 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
     private long _deliveries;
 
     private readonly int _readyFd;
+    private readonly int _interruptFd;
+    private bool _descriptorInUse;
+    // Pollers in WaitPending and notifiers writing the eventfd outside the lock; the last one out after
+    // Dispose closes the descriptors, so no write or poll can reach a descriptor number reused since.
+    private int _descriptorUsers;
+    private bool _closed;
 
     internal SimulatedEventChannels(SimulatedHypervisor hypervisor, SimulatedDomain domain)
     {
@@ -44,15 +55,55 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
         {
             throw new XenException("eventfd", Tmds.Linux.LibC.errno, "cannot create the simulated evtchn descriptor");
         }
+
+        _interruptFd = Tmds.Linux.LibC.eventfd(0, Tmds.Linux.LibC.EFD_NONBLOCK | Tmds.Linux.LibC.EFD_CLOEXEC);
+        if (_interruptFd < 0)
+        {
+            int errno = Tmds.Linux.LibC.errno;
+            Tmds.Linux.LibC.close(_readyFd);
+            throw new XenException("eventfd", errno, "cannot create the simulated evtchn interrupt descriptor");
+        }
     }
 
-    public int FileDescriptor => _readyFd;
+    public int FileDescriptor
+    {
+        get
+        {
+            lock (_sync)
+            {
+                UseDescriptorLocked();
+            }
+
+            return _readyFd;
+        }
+    }
 
     public int TakePending()
     {
         lock (_sync)
         {
             return DequeueLocked();
+        }
+    }
+
+    /// <summary>A read of the eventfd returns its 8-byte counter.</summary>
+    public int PendingReadSize => sizeof(ulong);
+
+    /// <summary>
+    /// The caller's read of the eventfd cleared its counter: take the next port, and set the counter
+    /// again when more remain queued (a port queued while the queue was non-empty wrote nothing).
+    /// </summary>
+    public int PendingFromRead(ReadOnlySpan<byte> data)
+    {
+        lock (_sync)
+        {
+            int result = TakeQueuedLocked();
+            if (_queueCount > 0)
+            {
+                SetReady(true);
+            }
+
+            return result;
         }
     }
 
@@ -102,19 +153,29 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
         return 0;
     }
 
+    /// <summary>
+    /// Sleeps in poll(2) on the descriptor (and on the interrupt's eventfd), as a reader of the evtchn
+    /// device sleeps in the kernel, and takes the port under the lock. So a notify costs the notifier
+    /// one eventfd write, as xenevtchn_notify costs one ioctl, and no monitor hand-off.
+    /// </summary>
     public int WaitPending(int timeoutMilliseconds)
     {
         long deadline = timeoutMilliseconds < 0 ? long.MaxValue : Environment.TickCount64 + timeoutMilliseconds;
-        lock (_sync)
+        Tmds.Linux.pollfd* fds = stackalloc Tmds.Linux.pollfd[2];
+        bool woken = false;
+        while (true)
         {
-            while (true)
+            lock (_sync)
             {
                 if (_interruptRequested)
                 {
                     _interruptRequested = false;
+                    ulong value;
+                    Tmds.Linux.LibC.read(_interruptFd, &value, sizeof(ulong));
                     return -1;
                 }
 
+                UseDescriptorLocked();
                 int pending = DequeueLocked();
                 if (pending >= 0)
                 {
@@ -126,23 +187,38 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
                     return -1;
                 }
 
-                int wait;
-                if (timeoutMilliseconds < 0)
+                if (woken)
                 {
-                    wait = Timeout.Infinite;
-                }
-                else
-                {
-                    long remaining = deadline - Environment.TickCount64;
-                    if (remaining <= 0)
-                    {
-                        return -1;
-                    }
-
-                    wait = (int)remaining;
+                    // Readable with nothing queued: a notifier's write landed after its port was taken.
+                    ulong stale;
+                    Tmds.Linux.LibC.read(_readyFd, &stale, sizeof(ulong));
                 }
 
-                Monitor.Wait(_sync, wait);
+                _descriptorUsers++;
+            }
+
+            int wait = Timeout.Infinite;
+            if (timeoutMilliseconds >= 0)
+            {
+                wait = (int)Math.Max(0, deadline - Environment.TickCount64);
+            }
+
+            fds[0] = new Tmds.Linux.pollfd { fd = _readyFd, events = Tmds.Linux.LibC.POLLIN };
+            fds[1] = new Tmds.Linux.pollfd { fd = _interruptFd, events = Tmds.Linux.LibC.POLLIN };
+            int ready = Tmds.Linux.LibC.poll(fds, 2, wait);
+            woken = ready > 0 && fds[0].revents != 0;
+            lock (_sync)
+            {
+                // The descriptors outlive Dispose while a waiter polls them; the last waiter closes them.
+                if (--_descriptorUsers == 0 && _disposed)
+                {
+                    CloseDescriptorsLocked();
+                }
+            }
+
+            if (ready == 0 && timeoutMilliseconds >= 0 && Environment.TickCount64 >= deadline)
+            {
+                return -1;
             }
         }
     }
@@ -153,12 +229,17 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
         lock (_sync)
         {
             _interruptRequested = true;
-            Monitor.PulseAll(_sync);
+            if (!_closed)
+            {
+                ulong one = 1;
+                Tmds.Linux.LibC.write(_interruptFd, &one, sizeof(ulong));
+            }
         }
     }
 
     public int Unmask(uint localPort)
     {
+        bool signal = false;
         lock (_sync)
         {
             if (!_ports.TryGetValue(localPort, out EventPort? port))
@@ -170,11 +251,16 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
             if (port.Pending)
             {
                 port.Pending = false;
-                DeliverLocked(port);
+                signal = DeliverLocked(port);
             }
-
-            return 0;
         }
+
+        if (signal)
+        {
+            SignalReady();
+        }
+
+        return 0;
     }
 
     public void Dispose()
@@ -187,16 +273,44 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
             }
 
             _disposed = true;
-            Monitor.PulseAll(_sync);
+            ulong one = 1;
+            Tmds.Linux.LibC.write(_interruptFd, &one, sizeof(ulong));
+            if (_descriptorUsers == 0)
+            {
+                CloseDescriptorsLocked();
+            }
         }
 
         _hypervisor.EventSwitch.UnbindAll(this, _domain);
-        Tmds.Linux.LibC.close(_readyFd);
+    }
+
+    private void CloseDescriptorsLocked()
+    {
+        if (!_closed)
+        {
+            _closed = true;
+            Tmds.Linux.LibC.close(_readyFd);
+            Tmds.Linux.LibC.close(_interruptFd);
+        }
+    }
+
+    /// <summary>From the first use of the descriptor on, its eventfd follows the queue.</summary>
+    private void UseDescriptorLocked()
+    {
+        if (!_descriptorInUse)
+        {
+            _descriptorInUse = true;
+            if (_queueCount > 0)
+            {
+                SetReady(true);
+            }
+        }
     }
 
     /// <summary>An event arrives on <paramref name="port"/>, one of this handle's ports.</summary>
     internal void Raise(EventPort port)
     {
+        bool signal;
         lock (_sync)
         {
             if (port.Owner != this || _disposed)
@@ -210,7 +324,29 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
                 return;
             }
 
-            DeliverLocked(port);
+            signal = DeliverLocked(port);
+        }
+
+        if (signal)
+        {
+            SignalReady();
+        }
+    }
+
+    /// <summary>
+    /// Makes the descriptor readable for a port just queued: outside the lock, so that the woken
+    /// reader does not find the lock still held by the notifier's system call.
+    /// </summary>
+    private void SignalReady()
+    {
+        ulong one = 1;
+        Tmds.Linux.LibC.write(_readyFd, &one, sizeof(ulong));
+        lock (_sync)
+        {
+            if (--_descriptorUsers == 0 && _disposed)
+            {
+                CloseDescriptorsLocked();
+            }
         }
     }
 
@@ -262,7 +398,9 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
         }
     }
 
-    private void DeliverLocked(EventPort port)
+    /// <summary>Queues <paramref name="port"/> (masked until unmasked). True when the caller must make the
+    /// descriptor readable (<see cref="SignalReady"/>) once it has left the lock.</summary>
+    private bool DeliverLocked(EventPort port)
     {
         port.Masked = true;
         if (_queueCount == _queue.Length)
@@ -272,34 +410,22 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
 
         _queue[(_queueHead + _queueCount) % _queue.Length] = port;
         _queueCount++;
-        if (_queueCount == 1)
-        {
-            SetReady(true);
-        }
-
         _deliveries++;
         _domain.CountNotificationDelivered();
-        Monitor.Pulse(_sync);
+        if (_queueCount == 1 && _descriptorInUse && !_closed)
+        {
+            _descriptorUsers++;
+            return true;
+        }
+
+        return false;
     }
 
     /// <summary>The next queued port still owned by this handle, or -1; clears the descriptor's readiness when the queue empties.</summary>
     private int DequeueLocked()
     {
-        int result = -1;
         bool dequeued = _queueCount > 0;
-        while (_queueCount > 0)
-        {
-            EventPort port = _queue[_queueHead];
-            _queue[_queueHead] = null!;
-            _queueHead = (_queueHead + 1) % _queue.Length;
-            _queueCount--;
-            if (port.Owner == this)
-            {
-                result = (int)port.Number;
-                break;
-            }
-        }
-
+        int result = TakeQueuedLocked();
         if (dequeued && _queueCount == 0)
         {
             SetReady(false);
@@ -308,10 +434,28 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
         return result;
     }
 
+    /// <summary>The next queued port still owned by this handle, or -1; leaves the descriptor alone.</summary>
+    private int TakeQueuedLocked()
+    {
+        while (_queueCount > 0)
+        {
+            EventPort port = _queue[_queueHead];
+            _queue[_queueHead] = null!;
+            _queueHead = (_queueHead + 1) % _queue.Length;
+            _queueCount--;
+            if (port.Owner == this)
+            {
+                return (int)port.Number;
+            }
+        }
+
+        return -1;
+    }
+
     /// <summary>Readable while the queue holds a port: a write sets the counter, a read (non-blocking) clears it.</summary>
     private void SetReady(bool ready)
     {
-        if (_disposed)
+        if (_closed || !_descriptorInUse)
         {
             return;
         }
