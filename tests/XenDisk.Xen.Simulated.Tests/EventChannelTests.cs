@@ -1,5 +1,6 @@
 using XenDisk.Xen;
 using XenDisk.Xen.Simulated;
+using Tmds.Linux;
 
 namespace XenDisk.Xen.Simulated.Tests;
 
@@ -122,7 +123,7 @@ public sealed class EventChannelTests : IDisposable
         using SimulatedEventChannels otherChannels = _hypervisor.OpenEventChannels(other);
         uint forSomeoneElse = _frontend.BindUnboundPort(other.Id);
 
-        Assert.Equal(Errnos.EINVAL, Assert.Throws<XenException>(() => _backend.BindInterdomain(_guest.Id, forSomeoneElse)).Errno);
+        Assert.Equal(LibC.EINVAL, Assert.Throws<XenException>(() => _backend.BindInterdomain(_guest.Id, forSomeoneElse)).Errno);
         Assert.Throws<XenException>(() => _backend.BindInterdomain(_guest.Id, _frontendPort));
         Assert.Throws<XenException>(() => _backend.BindInterdomain(_guest.Id, 999));
         Assert.Equal((int)otherChannels.BindInterdomain(_guest.Id, forSomeoneElse), otherChannels.WaitPending(0));
@@ -132,8 +133,8 @@ public sealed class EventChannelTests : IDisposable
     public void Ports_of_another_handle_cannot_be_used()
     {
         using SimulatedEventChannels second = _hypervisor.OpenEventChannels(_hypervisor.Dom0);
-        Assert.Equal(-Errnos.EINVAL, second.Notify(_backendPort));
-        Assert.Equal(-Errnos.EINVAL, second.Unmask(_backendPort));
+        Assert.Equal(-LibC.EINVAL, second.Notify(_backendPort));
+        Assert.Equal(-LibC.EINVAL, second.Unmask(_backendPort));
         Assert.Throws<XenException>(() => second.Unbind(_backendPort));
     }
 

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Tmds.Linux;
 using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Qcow2;
@@ -73,7 +74,7 @@ public sealed class CowDiskProvider : IDiskProvider
         }
         if (!File.Exists(path))
         {
-            throw Refuse($"Image {path} does not exist.", Errnos.ENOENT);
+            throw Refuse($"Image {path} does not exist.", LibC.ENOENT);
         }
         BackingRefusal refusal = new();
         try
@@ -127,7 +128,7 @@ public sealed class CowDiskProvider : IDiskProvider
         {
             // A hydrated overlay holds the whole disk: the base may have been retired.
             return OpenStandaloneOverlay(target, format, policy, readOnly, type)
-                ?? throw Refuse($"Base image {basePath} does not exist.", Errnos.ENOENT);
+                ?? throw Refuse($"Base image {basePath} does not exist.", LibC.ENOENT);
         }
 
         IBlockDevice baseDevice = OpenBase(basePath, target.BaseFormat, type);
@@ -237,7 +238,7 @@ public sealed class CowDiskProvider : IDiskProvider
         {
             if (readOnly)
             {
-                throw Refuse($"Overlay {overlayPath} does not exist, and a read-only disk creates nothing.", Errnos.ENOENT);
+                throw Refuse($"Overlay {overlayPath} does not exist, and a read-only disk creates nothing.", LibC.ENOENT);
             }
             try
             {
@@ -338,7 +339,7 @@ public sealed class CowDiskProvider : IDiskProvider
         {
             if (readOnly)
             {
-                throw Refuse($"Overlay {overlayPath} does not exist, and a read-only disk creates nothing.", Errnos.ENOENT);
+                throw Refuse($"Overlay {overlayPath} does not exist, and a read-only disk creates nothing.", LibC.ENOENT);
             }
             try
             {
@@ -420,7 +421,7 @@ public sealed class CowDiskProvider : IDiskProvider
         }
         string reason = (device as Qcow2Image)?.ReadOnlyReason ?? "the storage is read-only";
         device.Dispose();
-        throw Refuse($"Image {path} cannot be written: {reason}. Attach it read-only, or repair it first.", Errnos.EROFS);
+        throw Refuse($"Image {path} cannot be written: {reason}. Attach it read-only, or repair it first.", LibC.EROFS);
     }
 
     /// <summary>The backing file policy for images: allowed base directories after following symbolic links; records the first refused path.</summary>
@@ -453,7 +454,7 @@ public sealed class CowDiskProvider : IDiskProvider
     private StorageException NotAllowed(string path, string role, Exception? inner)
     {
         string allowed = _allowedDirectories.Length == 0 ? "none are configured" : "allowed: " + string.Join(", ", _options.AllowedBaseDirectories);
-        return Refuse($"Backing file {path} ({role}) is not under an allowed base directory ({allowed}); add its directory to the copy-on-write provider's AllowedBaseDirectories setting.", Errnos.EACCES, inner);
+        return Refuse($"Backing file {path} ({role}) is not under an allowed base directory ({allowed}); add its directory to the copy-on-write provider's AllowedBaseDirectories setting.", LibC.EACCES, inner);
     }
 
     private static bool SamePath(string a, string b) => Path.GetFullPath(a) == Path.GetFullPath(b) || SymbolicLinks.Resolve(a) == SymbolicLinks.Resolve(b);
@@ -541,12 +542,5 @@ public sealed class CowDiskProvider : IDiskProvider
     private sealed class BackingRefusal
     {
         public string? Path;
-    }
-
-    private static class Errnos
-    {
-        public const int ENOENT = 2;
-        public const int EACCES = 13;
-        public const int EROFS = 30;
     }
 }

@@ -1,4 +1,5 @@
 using XenDisk.Xen.Simulated.EventChannels;
+using Tmds.Linux;
 
 namespace XenDisk.Xen.Simulated;
 
@@ -19,9 +20,6 @@ namespace XenDisk.Xen.Simulated;
 /// </summary>
 public sealed unsafe class SimulatedEventChannels : IEventChannels
 {
-    /// <summary>Returned by Notify on a port whose remote end has closed (Linux ENOTCONN).</summary>
-    private const int ENOTCONN = 107;
-
     private readonly SimulatedHypervisor _hypervisor;
     private readonly SimulatedDomain _domain;
     private readonly object _sync = new();
@@ -87,12 +85,12 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
         {
             if (!_ports.TryGetValue(localPort, out EventPort? port))
             {
-                return -Errnos.EINVAL;
+                return -LibC.EINVAL;
             }
 
             if (port.State != EventPortState.Interdomain || port.Peer is null)
             {
-                return -ENOTCONN;
+                return -LibC.ENOTCONN; // the remote end has closed
             }
 
             peer = port.Peer;
@@ -163,7 +161,7 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
         {
             if (!_ports.TryGetValue(localPort, out EventPort? port))
             {
-                return -Errnos.EINVAL;
+                return -LibC.EINVAL;
             }
 
             port.Masked = false;
