@@ -32,6 +32,7 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
     private long _deliveries;
 
     private readonly int _readyFd;
+    private int _blockedWaiters;
 
     internal SimulatedEventChannels(SimulatedHypervisor hypervisor, SimulatedDomain domain)
     {
@@ -140,10 +141,25 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
                     wait = (int)remaining;
                 }
 
-                Monitor.Wait(_sync, wait);
+                _blockedWaiters++;
+                try
+                {
+                    Monitor.Wait(_sync, wait);
+                }
+                finally
+                {
+                    _blockedWaiters--;
+                }
             }
         }
     }
+
+    /// <summary>
+    /// Threads asleep in <see cref="WaitPending"/> right now. Counted under the lock just before
+    /// Monitor.Wait releases it, so once a test sees it rise, a Notify or Interrupt it sends wakes a
+    /// sleeper rather than reaching a waiter that has yet to look.
+    /// </summary>
+    public int BlockedWaiters => Volatile.Read(ref _blockedWaiters);
 
     /// <summary>Sticky: a WaitPending that starts after the interrupt returns -1 at once, so a stop request cannot be missed.</summary>
     public void Interrupt()
