@@ -106,5 +106,10 @@ public sealed record BlockDeviceInfo
 public static class IoStatuses
 {
     /// <summary>ENOSPC/EDQUOT: NoSpace; EROFS: ReadOnly; EOPNOTSUPP: NotSupported; anything else: IoError.</summary>
-    public static IoStatus FromErrno(int errno) => Interop.Errno.ToIoStatus(errno);
+    /// <remarks>The one errno-to-result mapping; the data plane calls it for each failed request, so it allocates nothing.</remarks>
+    public static IoStatus FromErrno(int errno) =>
+        errno == Tmds.Linux.LibC.ENOSPC || errno == Tmds.Linux.LibC.EDQUOT ? IoStatus.NoSpace
+        : errno == Tmds.Linux.LibC.EROFS ? IoStatus.ReadOnly
+        : errno == Tmds.Linux.LibC.EOPNOTSUPP ? IoStatus.NotSupported
+        : IoStatus.IoError;
 }

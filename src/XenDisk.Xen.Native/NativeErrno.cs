@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Tmds.Linux;
 
 namespace XenDisk.Xen.Native;
 
@@ -13,7 +14,7 @@ internal static class NativeErrno
     internal static int Last()
     {
         int errno = Marshal.GetLastPInvokeError();
-        return errno > 0 ? errno : Errnos.EIO;
+        return errno > 0 ? errno : LibC.EIO;
     }
 
     /// <summary>Throws <see cref="XenException"/> for <paramref name="operation"/> with the last errno. Kept out of line so callers stay small.</summary>

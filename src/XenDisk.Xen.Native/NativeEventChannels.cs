@@ -1,3 +1,5 @@
+using Tmds.Linux;
+
 namespace XenDisk.Xen.Native;
 
 /// <summary>
@@ -81,7 +83,7 @@ public sealed class NativeEventChannels : IEventChannels
     {
         if (!SafeHandleReferences.TryAddRef(_handle))
         {
-            return -Errnos.EBADF;
+            return -LibC.EBADF;
         }
 
         try
@@ -98,7 +100,7 @@ public sealed class NativeEventChannels : IEventChannels
     {
         if (!SafeHandleReferences.TryAddRef(_handle))
         {
-            return -Errnos.EBADF;
+            return -LibC.EBADF;
         }
 
         try
@@ -144,18 +146,18 @@ public sealed class NativeEventChannels : IEventChannels
 
     private unsafe int WaitPendingCore(int timeoutMilliseconds)
     {
-        Interop.Libc.PollFd* fds = stackalloc Interop.Libc.PollFd[2];
+        pollfd* fds = stackalloc pollfd[2];
         long deadline = timeoutMilliseconds < 0 ? long.MaxValue : Environment.TickCount64 + timeoutMilliseconds;
         int timeout = timeoutMilliseconds;
         while (true)
         {
-            fds[0] = new Interop.Libc.PollFd { fd = _evtchnFd, events = Interop.Libc.POLLIN };
-            fds[1] = new Interop.Libc.PollFd { fd = _wake.FileDescriptor, events = Interop.Libc.POLLIN };
-            int ready = Interop.Libc.poll(fds, 2, timeout);
+            fds[0] = new pollfd { fd = _evtchnFd, events = LibC.POLLIN };
+            fds[1] = new pollfd { fd = _wake.FileDescriptor, events = LibC.POLLIN };
+            int ready = LibC.poll(fds, 2u, timeout);
             if (ready < 0)
             {
                 int errno = NativeErrno.Last();
-                if (errno != Interop.Libc.EINTR)
+                if (errno != LibC.EINTR)
                 {
                     return -errno;
                 }

@@ -1,3 +1,5 @@
+using Tmds.Linux;
+
 namespace XenDisk.Xen.Native;
 
 /// <summary>
@@ -46,12 +48,12 @@ public sealed class NativeGrantTable : IGrantTable
         address = 0;
         if (refs.IsEmpty)
         {
-            return -Errnos.EINVAL;
+            return -LibC.EINVAL;
         }
 
         if (!SafeHandleReferences.TryAddRef(_handle))
         {
-            return -Errnos.EBADF;
+            return -LibC.EBADF;
         }
 
         int prot = Interop.XenGntTab.PROT_READ | (writable ? Interop.XenGntTab.PROT_WRITE : 0);
@@ -78,7 +80,7 @@ public sealed class NativeGrantTable : IGrantTable
     {
         if (address == 0 || pageCount <= 0)
         {
-            return -Errnos.EINVAL;
+            return -LibC.EINVAL;
         }
 
         // No AddRef here: a live mapping already holds one, which keeps the handle open for this call.
@@ -100,7 +102,7 @@ public sealed class NativeGrantTable : IGrantTable
 
         if (!SafeHandleReferences.TryAddRef(_handle))
         {
-            return -Errnos.EBADF;
+            return -LibC.EBADF;
         }
 
         try

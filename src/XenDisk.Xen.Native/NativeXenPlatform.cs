@@ -1,4 +1,5 @@
 using System.Globalization;
+using Tmds.Linux;
 
 namespace XenDisk.Xen.Native;
 
@@ -38,7 +39,7 @@ public sealed class NativeXenPlatform : IXenPlatform
 
         if (!uint.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out uint domainId) || domainId > MaxDomainId)
         {
-            throw new XenException("xs_read", Errnos.EINVAL, $"xenstore key '{DomainIdKey}' holds '{text}', not a domain id");
+            throw new XenException("xs_read", LibC.EINVAL, $"xenstore key '{DomainIdKey}' holds '{text}', not a domain id");
         }
 
         return new NativeXenPlatform(domainId);

@@ -1,5 +1,7 @@
 using System.Runtime.ExceptionServices;
 using System.Threading.Channels;
+using Tmds.Linux;
+using System.Runtime.InteropServices;
 
 namespace XenDisk.Xen.Native;
 
@@ -104,16 +106,16 @@ public sealed partial class NativeXenStore
     private unsafe Exception? PumpWatchEvents()
     {
         nint xs = _handle.DangerousGetHandle();
-        Interop.Libc.PollFd* fds = stackalloc Interop.Libc.PollFd[2];
+        pollfd* fds = stackalloc pollfd[2];
         while (true)
         {
-            fds[0] = new Interop.Libc.PollFd { fd = _watchFd, events = Interop.Libc.POLLIN };
-            fds[1] = new Interop.Libc.PollFd { fd = _watchEventFd.FileDescriptor, events = Interop.Libc.POLLIN };
-            int ready = Interop.Libc.poll(fds, 2, ConnectionCheckIntervalMilliseconds);
+            fds[0] = new pollfd { fd = _watchFd, events = LibC.POLLIN };
+            fds[1] = new pollfd { fd = _watchEventFd.FileDescriptor, events = LibC.POLLIN };
+            int ready = LibC.poll(fds, 2u, ConnectionCheckIntervalMilliseconds);
             if (ready < 0)
             {
                 int errno = NativeErrno.Last();
-                if (errno == Interop.Libc.EINTR)
+                if (errno == LibC.EINTR)
                 {
                     continue;
                 }
@@ -133,7 +135,7 @@ public sealed partial class NativeXenStore
                 if (strings == null)
                 {
                     int errno = NativeErrno.Last();
-                    if (errno == Errnos.EAGAIN)
+                    if (errno == LibC.EAGAIN)
                     {
                         break;
                     }
@@ -150,7 +152,7 @@ public sealed partial class NativeXenStore
                 }
                 finally
                 {
-                    Interop.Libc.free(strings);
+                    NativeMemory.Free(strings);
                 }
 
                 _watchEvents.Writer.TryWrite(watchEvent);

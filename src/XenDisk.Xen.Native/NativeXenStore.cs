@@ -1,4 +1,6 @@
 using System.Text;
+using Tmds.Linux;
+using System.Runtime.InteropServices;
 
 namespace XenDisk.Xen.Native;
 
@@ -60,7 +62,7 @@ public sealed partial class NativeXenStore : IXenStore
         if (value == null)
         {
             int errno = NativeErrno.Last();
-            if (errno == Errnos.ENOENT)
+            if (errno == LibC.ENOENT)
             {
                 return null;
             }
@@ -74,7 +76,7 @@ public sealed partial class NativeXenStore : IXenStore
         }
         finally
         {
-            Interop.Libc.free(value);
+            NativeMemory.Free(value);
         }
     }
 
@@ -107,7 +109,7 @@ public sealed partial class NativeXenStore : IXenStore
             // xenstored answers ENOENT only when the parent is missing as well; either way the
             // node is gone, which is what the caller asked for.
             int errno = NativeErrno.Last();
-            if (errno != Errnos.ENOENT)
+            if (errno != LibC.ENOENT)
             {
                 NativeErrno.ThrowXenStoreException("xs_rm", path, errno);
             }
@@ -121,7 +123,7 @@ public sealed partial class NativeXenStore : IXenStore
         if (names == null)
         {
             int errno = NativeErrno.Last();
-            if (errno == Errnos.ENOENT)
+            if (errno == LibC.ENOENT)
             {
                 return null;
             }
@@ -142,7 +144,7 @@ public sealed partial class NativeXenStore : IXenStore
         finally
         {
             // Pointers and strings share one allocation.
-            Interop.Libc.free(names);
+            NativeMemory.Free(names);
         }
     }
 
@@ -153,7 +155,7 @@ public sealed partial class NativeXenStore : IXenStore
         if (permissions == null)
         {
             int errno = NativeErrno.Last();
-            if (errno == Errnos.ENOENT)
+            if (errno == LibC.ENOENT)
             {
                 return null;
             }
@@ -173,7 +175,7 @@ public sealed partial class NativeXenStore : IXenStore
         }
         finally
         {
-            Interop.Libc.free(permissions);
+            NativeMemory.Free(permissions);
         }
     }
 
@@ -184,7 +186,7 @@ public sealed partial class NativeXenStore : IXenStore
         {
             // xenstored needs at least the owner entry; an empty list would be refused as EINVAL
             // after a round trip, so refuse it here with the same errno.
-            NativeErrno.ThrowXenStoreException("xs_set_permissions", path, Errnos.EINVAL);
+            NativeErrno.ThrowXenStoreException("xs_set_permissions", path, LibC.EINVAL);
         }
 
         var native = new Interop.XenStore.XsPermissions[permissions.Count];
@@ -221,7 +223,7 @@ public sealed partial class NativeXenStore : IXenStore
         }
 
         int errno = NativeErrno.Last();
-        if (errno == Errnos.EAGAIN && !abort)
+        if (errno == LibC.EAGAIN && !abort)
         {
             // Another connection changed something this transaction read: redo it from the start.
             return false;
@@ -260,7 +262,7 @@ public sealed partial class NativeXenStore : IXenStore
         }
         finally
         {
-            Interop.Libc.free(path);
+            NativeMemory.Free(path);
         }
     }
 

@@ -1,4 +1,6 @@
 using System.Runtime.InteropServices;
+using XenDisk.Libc;
+using Tmds.Linux;
 
 namespace XenDisk.Xen.Native;
 
@@ -36,7 +38,7 @@ public static class XenEnvironment
         }
         else if (!IsReadableAndWritable(path, out int errno))
         {
-            problems.Add($"device node {path} cannot be opened for reading and writing ({Errnos.Name(errno)}): run xendisk as root (needed to {purpose})");
+            problems.Add($"device node {path} cannot be opened for reading and writing ({Errno.Name(errno)}): run xendisk as root (needed to {purpose})");
         }
     }
 
@@ -86,9 +88,14 @@ public static class XenEnvironment
 
     private static bool Exists(string path) => File.Exists(path) || System.IO.Directory.Exists(path);
 
-    private static bool IsReadableAndWritable(string path, out int errno)
+    private static unsafe bool IsReadableAndWritable(string path, out int errno)
     {
-        if (Interop.Libc.access(path, Interop.Libc.R_OK | Interop.Libc.W_OK) == 0)
+        int result;
+        fixed (byte* name = CString.Utf8(path))
+        {
+            result = LibC.access(name, LibC.R_OK | LibC.W_OK);
+        }
+        if (result == 0)
         {
             errno = 0;
             return true;

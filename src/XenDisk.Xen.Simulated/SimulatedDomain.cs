@@ -2,6 +2,7 @@ using XenDisk.Xen.Simulated.EventChannels;
 using XenDisk.Xen.Simulated.Grants;
 using XenDisk.Xen.Simulated.Memory;
 using XenDisk.Xen.Simulated.XenStore;
+using Tmds.Linux;
 
 namespace XenDisk.Xen.Simulated;
 
@@ -65,7 +66,7 @@ public sealed class SimulatedDomain
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(count);
         if (!Memory.TryAllocate(count, out uint first))
         {
-            throw new XenException("alloc_pages", Errnos.ENOMEM, $"domain {Id} has no {count} free consecutive pages");
+            throw new XenException("alloc_pages", LibC.ENOMEM, $"domain {Id} has no {count} free consecutive pages");
         }
 
         return new GuestPageRange(first, count, Memory.FrameAddress(first));

@@ -1,6 +1,7 @@
 using XenDisk.Xen.Simulated.Grants;
 using XenDisk.Xen.Simulated.EventChannels;
 using XenDisk.Xen.Simulated.XenStore;
+using Tmds.Linux;
 
 namespace XenDisk.Xen.Simulated;
 
@@ -155,7 +156,7 @@ public sealed class SimulatedHypervisor : IDisposable
         ArgumentNullException.ThrowIfNull(domain);
         if (domain.IsDestroyed)
         {
-            throw new XenException("xs_open", Errnos.ENODEV, $"domain {domain.Id} is destroyed");
+            throw new XenException("xs_open", LibC.ENODEV, $"domain {domain.Id} is destroyed");
         }
 
         return XenStore.Connect(domain);

@@ -8,8 +8,10 @@ public sealed class ProgressBarTests
     public void ShortWork_PrintsNothing()
     {
         StringWriter error = new();
-        using (ProgressBar bar = new(error, "checking"))
+        ManualClock clock = new();
+        using (ProgressBar bar = new(error, "checking", time: clock))
         {
+            clock.Ticks = TimeSpan.FromMilliseconds(400).Ticks;
             bar.Report(5, 10);
             bar.Complete();
         }
@@ -20,9 +22,10 @@ public sealed class ProgressBarTests
     public void LongWork_NotOnATerminal_PrintsALinePerTenthAndTheEnd()
     {
         StringWriter error = new();
-        using (ProgressBar bar = new(error, "hydrating"))
+        ManualClock clock = new();
+        using (ProgressBar bar = new(error, "hydrating", time: clock))
         {
-            Thread.Sleep(600);
+            clock.Ticks = TimeSpan.FromMilliseconds(600).Ticks;
             bar.Report(1, 4);
             bar.Report(26, 100);
             bar.Report(3, 4);
@@ -36,16 +39,6 @@ public sealed class ProgressBarTests
 
 public sealed class TransferProgressTests
 {
-    /// <summary>A clock the test moves by hand.</summary>
-    private sealed class ManualClock : TimeProvider
-    {
-        public long Ticks { get; set; }
-
-        public override long TimestampFrequency => TimeSpan.TicksPerSecond;
-
-        public override long GetTimestamp() => Ticks;
-    }
-
     [Fact]
     public void CopyingWork_ShowsBytesRateAndTimeLeft()
     {
@@ -62,4 +55,14 @@ public sealed class TransferProgressTests
         Assert.Equal("converting: 25.0% (256 MiB of 1 GiB, 128 MiB/s, 6 s left)", lines[0].TrimEnd('\r'));
         Assert.StartsWith("converting: 100.0% (1 GiB of 1 GiB,", lines[^1]);
     }
+}
+
+/// <summary>A clock the test moves by hand.</summary>
+internal sealed class ManualClock : TimeProvider
+{
+    public long Ticks { get; set; }
+
+    public override long TimestampFrequency => TimeSpan.TicksPerSecond;
+
+    public override long GetTimestamp() => Ticks;
 }

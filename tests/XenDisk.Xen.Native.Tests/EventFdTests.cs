@@ -1,3 +1,5 @@
+using Tmds.Linux;
+
 namespace XenDisk.Xen.Native.Tests;
 
 /// <summary>The eventfd behind <see cref="NativeEventChannels.Interrupt"/> and the xenstore watch thread's stop signal.</summary>
@@ -31,17 +33,17 @@ public sealed class EventFdTests
     public void Errno_zero_after_a_failed_call_is_reported_as_EIO_not_success()
     {
         System.Runtime.InteropServices.Marshal.SetLastPInvokeError(0);
-        Assert.Equal(Errnos.EIO, NativeErrno.Last());
+        Assert.Equal(LibC.EIO, NativeErrno.Last());
 
-        System.Runtime.InteropServices.Marshal.SetLastPInvokeError(Errnos.EAGAIN);
-        Assert.Equal(Errnos.EAGAIN, NativeErrno.Last());
+        System.Runtime.InteropServices.Marshal.SetLastPInvokeError(LibC.EAGAIN);
+        Assert.Equal(LibC.EAGAIN, NativeErrno.Last());
     }
 
     private static unsafe bool IsReadable(SafeEventFdHandle handle)
     {
-        var fd = new Interop.Libc.PollFd { fd = handle.FileDescriptor, events = Interop.Libc.POLLIN };
-        int ready = Interop.Libc.poll(&fd, 1, 0);
+        var fd = new pollfd { fd = handle.FileDescriptor, events = LibC.POLLIN };
+        int ready = LibC.poll(&fd, 1u, 0);
         Assert.True(ready >= 0);
-        return ready == 1 && (fd.revents & Interop.Libc.POLLIN) != 0;
+        return ready == 1 && (fd.revents & LibC.POLLIN) != 0;
     }
 }

@@ -56,13 +56,4 @@ public sealed class LayoutTests
         Assert.Equal(0, (int)Marshal.OffsetOf<Interop.XenStore.XsPermissions>("id"));
         Assert.Equal(4, (int)Marshal.OffsetOf<Interop.XenStore.XsPermissions>("perms"));
     }
-
-    [Fact]
-    public unsafe void Pollfd_struct_matches_poll_h()
-    {
-        // struct pollfd { int fd; short events; short revents; }
-        Assert.Equal(8, sizeof(Interop.Libc.PollFd));
-        Assert.Equal(4, (int)Marshal.OffsetOf<Interop.Libc.PollFd>("events"));
-        Assert.Equal(6, (int)Marshal.OffsetOf<Interop.Libc.PollFd>("revents"));
-    }
 }

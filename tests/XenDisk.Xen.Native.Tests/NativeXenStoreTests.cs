@@ -1,3 +1,5 @@
+using Tmds.Linux;
+
 namespace XenDisk.Xen.Native.Tests;
 
 /// <summary><see cref="NativeXenStore"/> through the real libxenstore, against <see cref="FakeXenStoreDaemon"/>.</summary>
@@ -109,7 +111,7 @@ public sealed class NativeXenStoreTests : IDisposable
 
         Assert.Equal("xs_write", error.Operation);
         Assert.Equal("/local/domain/5/device/vbd/51712/state", error.Path);
-        Assert.Equal(Errnos.EACCES, error.Errno);
+        Assert.Equal(LibC.EACCES, error.Errno);
         Assert.Contains("EACCES", error.Message, StringComparison.Ordinal);
     }
 
@@ -119,7 +121,7 @@ public sealed class NativeXenStoreTests : IDisposable
         XenStoreException error = Assert.Throws<XenStoreException>(() => _store.Unwatch("/backend/vbd", "never-registered"));
 
         Assert.Equal("xs_unwatch", error.Operation);
-        Assert.Equal(Errnos.ENOENT, error.Errno);
+        Assert.Equal(LibC.ENOENT, error.Errno);
     }
 
     [Fact]

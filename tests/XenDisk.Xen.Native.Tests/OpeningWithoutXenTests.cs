@@ -1,3 +1,5 @@
+using Tmds.Linux;
+
 namespace XenDisk.Xen.Native.Tests;
 
 /// <summary>
@@ -18,7 +20,7 @@ public sealed class OpeningWithoutXenTests
 
         XenException error = Assert.Throws<XenException>(() => NativeGrantTable.Open());
         Assert.Equal("xengnttab_open", error.Operation);
-        Assert.Equal(Errnos.ENOENT, error.Errno);
+        Assert.Equal(LibC.ENOENT, error.Errno);
         Assert.StartsWith("xengnttab_open failed: errno 2 (ENOENT)", error.Message, StringComparison.Ordinal);
     }
 
@@ -33,7 +35,7 @@ public sealed class OpeningWithoutXenTests
 
         XenException error = Assert.Throws<XenException>(() => NativeEventChannels.Open());
         Assert.Equal("xenevtchn_open", error.Operation);
-        Assert.Equal(Errnos.ENOENT, error.Errno);
+        Assert.Equal(LibC.ENOENT, error.Errno);
     }
 
     [Fact]

@@ -1,5 +1,6 @@
 using XenDisk.Xen;
 using XenDisk.Xen.Simulated;
+using Tmds.Linux;
 
 namespace XenDisk.Xen.Simulated.Tests;
 
@@ -80,7 +81,7 @@ public sealed class EventChannelTests : IDisposable
     public async Task Interrupt_wakes_a_blocked_waiter()
     {
         Task<int> waiter = Task.Factory.StartNew(() => _backend.WaitPending(-1), TaskCreationOptions.LongRunning);
-        await Task.Delay(50);
+        await WaitUntilBlockedAsync(waiter);
         _backend.Interrupt();
         Assert.Equal(-1, await waiter.WaitAsync(TimeSpan.FromSeconds(10)));
     }
@@ -96,7 +97,7 @@ public sealed class EventChannelTests : IDisposable
     public async Task Notify_from_another_thread_wakes_a_blocked_waiter()
     {
         Task<int> waiter = Task.Factory.StartNew(() => _backend.WaitPending(10_000), TaskCreationOptions.LongRunning);
-        await Task.Delay(20);
+        await WaitUntilBlockedAsync(waiter);
         Assert.Equal(0, _frontend.Notify(_frontendPort));
         Assert.Equal((int)_backendPort, await waiter.WaitAsync(TimeSpan.FromSeconds(10)));
     }
@@ -122,7 +123,7 @@ public sealed class EventChannelTests : IDisposable
         using SimulatedEventChannels otherChannels = _hypervisor.OpenEventChannels(other);
         uint forSomeoneElse = _frontend.BindUnboundPort(other.Id);
 
-        Assert.Equal(Errnos.EINVAL, Assert.Throws<XenException>(() => _backend.BindInterdomain(_guest.Id, forSomeoneElse)).Errno);
+        Assert.Equal(LibC.EINVAL, Assert.Throws<XenException>(() => _backend.BindInterdomain(_guest.Id, forSomeoneElse)).Errno);
         Assert.Throws<XenException>(() => _backend.BindInterdomain(_guest.Id, _frontendPort));
         Assert.Throws<XenException>(() => _backend.BindInterdomain(_guest.Id, 999));
         Assert.Equal((int)otherChannels.BindInterdomain(_guest.Id, forSomeoneElse), otherChannels.WaitPending(0));
@@ -132,8 +133,8 @@ public sealed class EventChannelTests : IDisposable
     public void Ports_of_another_handle_cannot_be_used()
     {
         using SimulatedEventChannels second = _hypervisor.OpenEventChannels(_hypervisor.Dom0);
-        Assert.Equal(-Errnos.EINVAL, second.Notify(_backendPort));
-        Assert.Equal(-Errnos.EINVAL, second.Unmask(_backendPort));
+        Assert.Equal(-LibC.EINVAL, second.Notify(_backendPort));
+        Assert.Equal(-LibC.EINVAL, second.Unmask(_backendPort));
         Assert.Throws<XenException>(() => second.Unbind(_backendPort));
     }
 
@@ -152,5 +153,16 @@ public sealed class EventChannelTests : IDisposable
         _frontend.Notify(_frontendPort);
         Assert.Equal((int)_backendPort, _backend.WaitPending(0));
         Assert.Equal(before + 1, _backend.Deliveries);
+    }
+
+    /// <summary>Returns once <paramref name="waiter"/> sleeps inside WaitPending, so that what follows must wake it.</summary>
+    private async Task WaitUntilBlockedAsync(Task<int> waiter)
+    {
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        while (_backend.BlockedWaiters == 0)
+        {
+            Assert.False(waiter.IsCompleted, "WaitPending returned before anything woke it");
+            await Task.Delay(1, deadline.Token);
+        }
     }
 }

@@ -2,6 +2,7 @@ using System.Runtime.InteropServices;
 using XenDisk.Abi;
 using XenDisk.Xen;
 using XenDisk.Xen.Simulated;
+using Tmds.Linux;
 
 namespace XenDisk.Xen.Simulated.Tests;
 
@@ -64,7 +65,7 @@ public sealed class GrantTableTests : IDisposable
         Assert.Equal(1, mapped[XenPage.Size]);
         Assert.Equal(2, mapped[(2 * XenPage.Size) + 17]);
         Assert.Equal(3, _hypervisor.ActiveGrantMappings);
-        Assert.Equal(-Errnos.EINVAL, _grants.Unmap(address, 2));
+        Assert.Equal(-LibC.EINVAL, _grants.Unmap(address, 2));
         Assert.Equal(0, _grants.Unmap(address, 3));
     }
 
@@ -74,7 +75,7 @@ public sealed class GrantTableTests : IDisposable
         GuestPage page = _guest.AllocatePage();
         uint grantRef = _guest.GrantAccess(0, page, readOnly: true);
 
-        Assert.Equal(-Errnos.EACCES, _grants.MapGrantRefs(_guest.Id, [grantRef], writable: true, out nint address));
+        Assert.Equal(-LibC.EACCES, _grants.MapGrantRefs(_guest.Id, [grantRef], writable: true, out nint address));
         Assert.Equal(0, address);
         Assert.False(_guest.IsMapped(grantRef));
         Assert.Equal(0, _grants.MapGrantRefs(_guest.Id, [grantRef], writable: false, out address));
@@ -103,12 +104,12 @@ public sealed class GrantTableTests : IDisposable
         uint ended = _guest.GrantAccess(0, _guest.AllocatePage(), false);
         Assert.True(_guest.EndAccess(ended));
 
-        Assert.Equal(-Errnos.ENOENT, _grants.MapGrantRefs(_guest.Id, [goodRef, 9999], true, out nint address));
+        Assert.Equal(-LibC.ENOENT, _grants.MapGrantRefs(_guest.Id, [goodRef, 9999], true, out nint address));
         Assert.Equal(0, address);
-        Assert.Equal(-Errnos.ENOENT, _grants.MapGrantRefs(_guest.Id, [goodRef, ended], true, out _));
-        Assert.Equal(-Errnos.EACCES, _grants.MapGrantRefs(_guest.Id, [goodRef, toOther], true, out _));
-        Assert.Equal(-Errnos.ENOENT, _grants.MapGrantRefs(77, [goodRef], true, out _));
-        Assert.Equal(-Errnos.EINVAL, _grants.MapGrantRefs(_guest.Id, [], true, out _));
+        Assert.Equal(-LibC.ENOENT, _grants.MapGrantRefs(_guest.Id, [goodRef, ended], true, out _));
+        Assert.Equal(-LibC.EACCES, _grants.MapGrantRefs(_guest.Id, [goodRef, toOther], true, out _));
+        Assert.Equal(-LibC.ENOENT, _grants.MapGrantRefs(77, [goodRef], true, out _));
+        Assert.Equal(-LibC.EINVAL, _grants.MapGrantRefs(_guest.Id, [], true, out _));
         Assert.Equal(0, _hypervisor.ActiveGrantMappings);
         Assert.False(_guest.IsMapped(goodRef));
         Assert.True(_guest.EndAccess(goodRef));
@@ -131,7 +132,7 @@ public sealed class GrantTableTests : IDisposable
     [Fact]
     public void Unmap_of_unknown_address_is_EINVAL()
     {
-        Assert.Equal(-Errnos.EINVAL, _grants.Unmap(0x1000, 1));
+        Assert.Equal(-LibC.EINVAL, _grants.Unmap(0x1000, 1));
     }
 
     [Fact]
@@ -140,9 +141,9 @@ public sealed class GrantTableTests : IDisposable
         _grants.SetMaxGrants(2);
         uint[] refs = [.. Enumerable.Range(0, 3).Select(_ => _guest.GrantAccess(0, _guest.AllocatePage(), false))];
 
-        Assert.Equal(-Errnos.ENOSPC, _grants.MapGrantRefs(_guest.Id, refs, true, out _));
+        Assert.Equal(-LibC.ENOSPC, _grants.MapGrantRefs(_guest.Id, refs, true, out _));
         Assert.Equal(0, _grants.MapGrantRefs(_guest.Id, refs.AsSpan(0, 2), true, out nint address));
-        Assert.Equal(-Errnos.ENOSPC, _grants.MapGrantRefs(_guest.Id, refs.AsSpan(2, 1), true, out _));
+        Assert.Equal(-LibC.ENOSPC, _grants.MapGrantRefs(_guest.Id, refs.AsSpan(2, 1), true, out _));
         Assert.Equal(0, _grants.Unmap(address, 2));
         Assert.Equal(0, _grants.MapGrantRefs(_guest.Id, refs.AsSpan(2, 1), true, out address));
         Assert.Equal(0, _grants.Unmap(address, 1));
@@ -201,7 +202,7 @@ public sealed class GrantTableTests : IDisposable
         _hypervisor.DestroyDomain(_guest);
 
         Assert.Equal(9, Marshal.ReadByte(address, 10));
-        Assert.Equal(-Errnos.ENOENT, _grants.MapGrantRefs(_guest.Id, [unmapped], true, out _));
+        Assert.Equal(-LibC.ENOENT, _grants.MapGrantRefs(_guest.Id, [unmapped], true, out _));
         Assert.Equal(0, _grants.Unmap(address, 1));
         Assert.Equal(0, _hypervisor.ActiveGrantMappings);
     }

@@ -1,5 +1,6 @@
 using XenDisk.Xen;
 using XenDisk.Xen.Simulated;
+using Tmds.Linux;
 
 namespace XenDisk.Xen.Simulated.Tests;
 
@@ -47,7 +48,7 @@ public sealed class XenStoreTests : IDisposable
     [InlineData("/a/b.c")]
     public void Malformed_paths_are_EINVAL(string path)
     {
-        Assert.Equal(Errnos.EINVAL, Assert.Throws<XenStoreException>(() => _dom0.Write(None, path, "x")).Errno);
+        Assert.Equal(LibC.EINVAL, Assert.Throws<XenStoreException>(() => _dom0.Write(None, path, "x")).Errno);
     }
 
     [Fact]
@@ -62,10 +63,10 @@ public sealed class XenStoreTests : IDisposable
     public void DomU_gets_EACCES_outside_what_it_may_touch()
     {
         _dom0.Write(None, "/local/domain/0/secret", "x");
-        Assert.Equal(Errnos.EACCES, Assert.Throws<XenStoreException>(() => _domU.Read(None, "/local/domain/0/secret")).Errno);
-        Assert.Equal(Errnos.EACCES, Assert.Throws<XenStoreException>(() => _domU.Write(None, "/local/domain/0/secret", "y")).Errno);
-        Assert.Equal(Errnos.EACCES, Assert.Throws<XenStoreException>(() => _domU.Write(None, "/local/domain/0/new", "y")).Errno);
-        Assert.Equal(Errnos.EACCES, Assert.Throws<XenStoreException>(() => _domU.Remove(None, "/local/domain/0/secret")).Errno);
+        Assert.Equal(LibC.EACCES, Assert.Throws<XenStoreException>(() => _domU.Read(None, "/local/domain/0/secret")).Errno);
+        Assert.Equal(LibC.EACCES, Assert.Throws<XenStoreException>(() => _domU.Write(None, "/local/domain/0/secret", "y")).Errno);
+        Assert.Equal(LibC.EACCES, Assert.Throws<XenStoreException>(() => _domU.Write(None, "/local/domain/0/new", "y")).Errno);
+        Assert.Equal(LibC.EACCES, Assert.Throws<XenStoreException>(() => _domU.Remove(None, "/local/domain/0/secret")).Errno);
 
         // Its own home is readable but not writable; device/ is its own.
         Assert.Equal("guest", _domU.Read(None, $"/local/domain/{_guest.Id}/name"));
@@ -73,7 +74,7 @@ public sealed class XenStoreTests : IDisposable
         _domU.Write(None, $"/local/domain/{_guest.Id}/device/x", "1");
 
         // A missing node below something unreadable is EACCES, not "missing".
-        Assert.Equal(Errnos.EACCES, Assert.Throws<XenStoreException>(() => _domU.Read(None, "/local/domain/0/missing")).Errno);
+        Assert.Equal(LibC.EACCES, Assert.Throws<XenStoreException>(() => _domU.Read(None, "/local/domain/0/missing")).Errno);
     }
 
     [Fact]
@@ -95,7 +96,7 @@ public sealed class XenStoreTests : IDisposable
         string mine = $"/local/domain/{_guest.Id}/device/mine";
         _domU.Write(None, mine, "1");
         Assert.Equal(_guest.Id, _domU.GetPermissions(None, mine)![0].DomainId);
-        Assert.Equal(Errnos.EPERM, Assert.Throws<XenStoreException>(() => _domU.SetPermissions(None, mine, [new(other.Id, XenStoreAccess.None)])).Errno);
+        Assert.Equal(LibC.EPERM, Assert.Throws<XenStoreException>(() => _domU.SetPermissions(None, mine, [new(other.Id, XenStoreAccess.None)])).Errno);
     }
 
     [Fact]
@@ -146,7 +147,7 @@ public sealed class XenStoreTests : IDisposable
     public void Unwatch_stops_events_and_duplicates_are_EEXIST()
     {
         _dom0.Watch("/w", "t");
-        Assert.Equal(Errnos.EEXIST, Assert.Throws<XenStoreException>(() => _dom0.Watch("/w", "t")).Errno);
+        Assert.Equal(LibC.EEXIST, Assert.Throws<XenStoreException>(() => _dom0.Watch("/w", "t")).Errno);
         _dom0.Unwatch("/w", "t");
         while (_dom0.TryReadWatch(out _))
         {
@@ -246,7 +247,7 @@ public sealed class XenStoreTests : IDisposable
     [Fact]
     public void Unknown_transaction_is_ENOENT()
     {
-        Assert.Equal(Errnos.ENOENT, Assert.Throws<XenStoreException>(() => _dom0.Read(new XenStoreTransaction(4242), "/x")).Errno);
+        Assert.Equal(LibC.ENOENT, Assert.Throws<XenStoreException>(() => _dom0.Read(new XenStoreTransaction(4242), "/x")).Errno);
         XenStoreTransaction t = _dom0.BeginTransaction();
         Assert.Throws<XenStoreException>(() => _domU.Read(t, "/x"));
         _dom0.EndTransaction(t, abort: true);

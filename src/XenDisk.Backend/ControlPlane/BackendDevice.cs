@@ -29,7 +29,6 @@ internal sealed partial class BackendDevice
 
     // Everything below is touched only while holding _serial.
     private bool _claimed;
-    private bool _ignoreLogged;
     private bool _firstLook = true;
     private bool _frontendWatched;
     private XenbusState _state = XenbusState.Unknown;
@@ -43,13 +42,9 @@ internal sealed partial class BackendDevice
     private XenbusState? _lastUnexpectedFrontendState;
     private string? _error;
 
-    // libxl-managed hotplug (a "script" key in the backend directory): see docs/E2E.md "Hotplug contract".
-    private bool _hotplugManaged;
     private bool _settingUp;
     private bool _setUpFailed;
     private bool _refusedFrontendLogged;
-    private bool _hotplugWaitLogged;
-    private bool _hotplugErrorLogged;
 
     private volatile DeviceStatus _status;
 
@@ -360,30 +355,6 @@ internal sealed partial class BackendDevice
         }
     }
 
-    /// <summary>Applies the hotplug-script filter; a device that fails it is left entirely alone.</summary>
-    private bool TryClaim()
-    {
-        string? filter = _context.Options.HotplugScriptFilter;
-        if (filter is not null)
-        {
-            string script = ReadBackend(BlkifKeys.Script) ?? "";
-            if (!string.Equals(Path.GetFileName(script), filter, StringComparison.Ordinal))
-            {
-                if (!_ignoreLogged)
-                {
-                    _ignoreLogged = true;
-                    ControlPlaneLog.DeviceIgnored(_context.Logger, Name, DeviceConfiguration.Printable(script), filter);
-                }
-
-                return false;
-            }
-        }
-
-        Volatile.Write(ref _claimed, true);
-        ControlPlaneLog.DeviceDiscovered(_context.Logger, Name, FrontendDomainId, DeviceId);
-        return true;
-    }
-
     /// <summary>
     /// Turns any failure into what operators and the toolstack can see: a log line, the "error"
     /// node, and Closed, after releasing the connection. Never throws.
@@ -432,35 +403,6 @@ internal sealed partial class BackendDevice
         }
     }
 
-    /// <summary>
-    /// A script-managed device whose setup failed: the "error" node and then InitWait, in one
-    /// transaction. libxl runs the hotplug script only once it sees exactly InitWait; the script
-    /// finds the reason there and hands it to xl, and libxl then removes the device. Closed instead
-    /// would leave libxl waiting out its 10 s with no reason given. Returns false (and the caller
-    /// closes the device as usual) when the toolstack is removing it already.
-    /// </summary>
-    private bool FailIntoInitWait(string reason)
-    {
-        bool written = CommitState(XenbusState.InitWait, t =>
-        {
-            if (IsBeingRemoved(t) || _context.Store.Directory(t, BackendPath) is null)
-            {
-                return false;
-            }
-
-            Write(t, BlkifKeys.Error, reason);
-            Write(t, BlkifKeys.State, XenbusStateText.ToWire(XenbusState.InitWait));
-            return true;
-        });
-        if (written)
-        {
-            _setUpFailed = true;
-            ControlPlaneLog.FailedDeviceAwaitsHotplugScript(_context.Logger, Name);
-        }
-
-        return written;
-    }
-
     private void LogRefusedFrontendOnce()
     {
         if (_refusedFrontendLogged || _configuration is null)
@@ -474,42 +416,6 @@ internal sealed partial class BackendDevice
             _refusedFrontendLogged = true;
             ControlPlaneLog.FrontendRefusedAfterFailure(_context.Logger, Name, frontendState.Value);
         }
-    }
-
-    /// <summary>
-    /// The connect gate of a script-managed device: libxl accepts only InitWait until its hotplug
-    /// script has run, and the script reports success as hotplug-status=connected (the gate
-    /// xen-blkback keeps with the "physical-device" node that the block script writes). A device
-    /// without a script key has no gate.
-    /// </summary>
-    private bool HotplugScriptDone()
-    {
-        if (!_hotplugManaged)
-        {
-            return true;
-        }
-
-        string? status = ReadBackend(BlkifKeys.HotplugStatus);
-        if (status == "connected")
-        {
-            return true;
-        }
-
-        if (status == "error")
-        {
-            if (!_hotplugErrorLogged)
-            {
-                _hotplugErrorLogged = true;
-                ControlPlaneLog.HotplugScriptFailed(_context.Logger, Name, DeviceConfiguration.Printable(ReadBackend(HotplugErrorKey) ?? ""));
-            }
-        }
-        else if (!_hotplugWaitLogged)
-        {
-            _hotplugWaitLogged = true;
-            ControlPlaneLog.AwaitingHotplugScript(_context.Logger, Name);
-        }
-
-        return false;
     }
 
     /// <summary>The backend node is gone: release everything and leave the registry.</summary>
@@ -657,9 +563,6 @@ internal sealed partial class BackendDevice
         return !(BackendPaths.TryParseDecimal(online, out uint value) && value != 0)
             && XenbusStateText.TryParse(state, out XenbusState parsed) && parsed == XenbusState.Closing;
     }
-
-    /// <summary>Where the hotplug script leaves its reason for failing (libxl prints it as "script: ...").</summary>
-    private const string HotplugErrorKey = "hotplug-error";
 
     private string FrontendWatchToken => BackendContext.FrontendWatchTokenPrefix + BackendPath;
 

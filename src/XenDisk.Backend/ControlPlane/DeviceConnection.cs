@@ -3,6 +3,7 @@ using XenDisk.Abi;
 using XenDisk.Backend.DataPlane;
 using XenDisk.Storage;
 using XenDisk.Xen;
+using XenDisk.Libc;
 
 namespace XenDisk.Backend.ControlPlane;
 
@@ -89,7 +90,7 @@ internal sealed class DeviceConnection
             if (result != 0)
             {
                 throw new DeviceSetupException(
-                    $"mapping queue {wanted.Index}'s ring ({wanted.RingRefs.Length} page(s), first ref {wanted.RingRefs[0]}) failed: {Errnos.Name(-result)}");
+                    $"mapping queue {wanted.Index}'s ring ({wanted.RingRefs.Length} page(s), first ref {wanted.RingRefs[0]}) failed: {Errno.Name(-result)}");
             }
 
             queue.RingAddress = address;
@@ -102,7 +103,7 @@ internal sealed class DeviceConnection
             }
             catch (XenException e)
             {
-                throw new DeviceSetupException($"binding queue {wanted.Index}'s event channel {wanted.EventChannel} failed: {Errnos.Name(e.Errno)}", e);
+                throw new DeviceSetupException($"binding queue {wanted.Index}'s event channel {wanted.EventChannel} failed: {Errno.Name(e.Errno)}", e);
             }
 
             var setup = new RingSetup
@@ -174,7 +175,7 @@ internal sealed class DeviceConnection
                 int result = _grants!.Unmap(queue.RingAddress, queue.Frontend.RingRefs.Length);
                 if (result != 0)
                 {
-                    ControlPlaneLog.ReleaseFailed(_logger, _name, $"queue {queue.Frontend.Index}'s ring mapping ({Errnos.Name(-result)})", null);
+                    ControlPlaneLog.ReleaseFailed(_logger, _name, $"queue {queue.Frontend.Index}'s ring mapping ({Errno.Name(-result)})", null);
                 }
 
                 queue.RingAddress = 0;

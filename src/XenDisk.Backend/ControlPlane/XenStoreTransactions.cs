@@ -1,4 +1,5 @@
 using XenDisk.Xen;
+using Tmds.Linux;
 
 namespace XenDisk.Backend.ControlPlane;
 
@@ -25,7 +26,7 @@ internal static class XenStoreTransactions
             {
                 commit = body(transaction);
             }
-            catch (XenStoreException e) when (e.Errno == Errnos.EAGAIN && attempt < MaxAttempts)
+            catch (XenStoreException e) when (e.Errno == LibC.EAGAIN && attempt < MaxAttempts)
             {
                 store.EndTransaction(transaction, abort: true);
                 continue;
@@ -49,7 +50,7 @@ internal static class XenStoreTransactions
 
             if (attempt >= MaxAttempts)
             {
-                throw new XenStoreException("transaction_end", "(transaction)", Errnos.EAGAIN);
+                throw new XenStoreException("transaction_end", "(transaction)", LibC.EAGAIN);
             }
         }
     }

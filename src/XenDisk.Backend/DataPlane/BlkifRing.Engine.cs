@@ -45,8 +45,6 @@ public sealed unsafe partial class BlkifRing
     private const uint IORING_ASYNC_CANCEL_ALL = 1 << 0;
     private const uint IORING_ASYNC_CANCEL_ANY = 1 << 2;
 
-    private const int ETIME = 62;
-
     /// <summary>One log line per process when io_uring is unavailable and the thread engine stands in.</summary>
     private static int s_fallbackLogged;
 
@@ -377,7 +375,7 @@ public sealed unsafe partial class BlkifRing
         // of resources for a moment and completions must be reaped first. The loop goes round either way.
         if (result < 0 && result != -EINTR && result != -EAGAIN && result != -EBUSY)
         {
-            throw new InvalidOperationException($"io_uring_enter failed: {Marshal.GetPInvokeErrorMessage(-result)} (errno {-result}).");
+            throw new InvalidOperationException($"io_uring_enter failed: {XenDisk.Libc.Errno.Describe(-result)}.");
         }
     }
 

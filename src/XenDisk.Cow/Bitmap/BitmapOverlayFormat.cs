@@ -1,3 +1,4 @@
+using Tmds.Linux;
 using XenDisk.Cow.Overlays;
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
@@ -153,11 +154,11 @@ internal sealed partial class BitmapOverlayFormat : OverlayFormat
         IoStatus close = overlay.Info.ReadOnly ? IoStatus.Ok : overlay.Close();
         if (!result.Succeeded)
         {
-            throw new StorageException($"{what} '{imagePath}' failed ({result.Status.Describe()}){advice}", result.Status == IoStatus.NoSpace ? Errnos.ENOSPC : Errnos.EIO);
+            throw new StorageException($"{what} '{imagePath}' failed ({result.Status.Describe()}){advice}", result.Status == IoStatus.NoSpace ? LibC.ENOSPC : LibC.EIO);
         }
         if (close != IoStatus.Ok)
         {
-            throw new StorageException($"closing '{imagePath}' after {what} failed ({close.Describe()})", close == IoStatus.NoSpace ? Errnos.ENOSPC : Errnos.EIO);
+            throw new StorageException($"closing '{imagePath}' after {what} failed ({close.Describe()})", close == IoStatus.NoSpace ? LibC.ENOSPC : LibC.EIO);
         }
         return result;
     }

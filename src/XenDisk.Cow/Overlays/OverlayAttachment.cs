@@ -71,12 +71,3 @@ internal sealed record OverlayAttachment
 /// <summary>An overlay attached by its format, and whether its file goes when the disk closes (policy=transient).</summary>
 internal readonly record struct AttachedOverlay(IOverlayImage Image, bool DeleteFileOnClose);
 
-/// <summary>The errno values the copy-on-write layer's refusals carry (Linux asm-generic/errno-base.h).</summary>
-internal static class Errnos
-{
-    public const int ENOENT = 2;
-    public const int EIO = 5;
-    public const int EACCES = 13;
-    public const int ENOSPC = 28;
-    public const int EROFS = 30;
-}

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Tmds.Linux;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Qcow2;
 using XenDisk.Cow.Storage;
@@ -75,7 +76,7 @@ public sealed class CowDiskProvider : IDiskProvider
         }
         if (!File.Exists(path))
         {
-            throw Refuse($"Image {path} does not exist.", Errnos.ENOENT);
+            throw Refuse($"Image {path} does not exist.", LibC.ENOENT);
         }
         BackingRefusal refusal = new();
         try
@@ -134,7 +135,7 @@ public sealed class CowDiskProvider : IDiskProvider
         {
             // A hydrated overlay holds the whole disk: the base may have been retired.
             return OpenStandaloneOverlay(format, Attachment(target, policy, readOnly, type))
-                ?? throw Refuse($"Base image {basePath} does not exist.", Errnos.ENOENT);
+                ?? throw Refuse($"Base image {basePath} does not exist.", LibC.ENOENT);
         }
 
         IBlockDevice baseDevice = OpenBase(basePath, target.BaseFormat, type);
@@ -242,7 +243,7 @@ public sealed class CowDiskProvider : IDiskProvider
         }
         string reason = (device as IOverlayImage)?.ReadOnlyReason ?? "the storage is read-only";
         device.Dispose();
-        throw Refuse($"Image {path} cannot be written: {reason}. Attach it read-only, or repair it first.", Errnos.EROFS);
+        throw Refuse($"Image {path} cannot be written: {reason}. Attach it read-only, or repair it first.", LibC.EROFS);
     }
 
     /// <summary>The backing file policy for images: allowed base directories after following symbolic links; records the first refused path.</summary>
@@ -281,7 +282,7 @@ public sealed class CowDiskProvider : IDiskProvider
     private StorageException NotAllowed(string path, string role, Exception? inner)
     {
         string allowed = _allowedDirectories.Length == 0 ? "none are configured" : "allowed: " + string.Join(", ", _options.AllowedBaseDirectories);
-        return Refuse($"Backing file {path} ({role}) is not under an allowed base directory ({allowed}); add its directory to the copy-on-write provider's AllowedBaseDirectories setting.", Errnos.EACCES, inner);
+        return Refuse($"Backing file {path} ({role}) is not under an allowed base directory ({allowed}); add its directory to the copy-on-write provider's AllowedBaseDirectories setting.", LibC.EACCES, inner);
     }
 
     private static bool SamePath(string a, string b) => OverlayAttachment.SamePath(a, b);

@@ -1,3 +1,4 @@
+using Tmds.Linux;
 using XenDisk.Cow.Overlays;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Storage;
@@ -25,7 +26,7 @@ internal sealed partial class Qcow2OverlayFormat
         {
             if (readOnly)
             {
-                throw Refuse($"Overlay {overlayPath} does not exist, and a read-only disk creates nothing.", Errnos.ENOENT);
+                throw Refuse($"Overlay {overlayPath} does not exist, and a read-only disk creates nothing.", LibC.ENOENT);
             }
             try
             {

@@ -1,7 +1,8 @@
 using System.Globalization;
 using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
-using XenDisk.Cow.Storage.Interop;
+using Tmds.Linux;
+using static Tmds.Linux.LibC;
 using XenDisk.Storage;
 
 namespace XenDisk.Cow.Storage;
@@ -20,7 +21,7 @@ namespace XenDisk.Cow.Storage;
 /// other (and at worst both give up) rather than both proceeding.
 /// </para>
 /// </summary>
-public static class ImageLocks
+public static unsafe class ImageLocks
 {
     /// <summary>RAW_LOCK_PERM_BASE: the byte for permission bit i held is 100 + i (libvirt takes byte 0).</summary>
     private const long PermissionBase = 100;
@@ -43,11 +44,6 @@ public static class ImageLocks
     /// </summary>
     private static readonly TimeSpan OwnForkWait = TimeSpan.FromSeconds(2);
 
-    private const int EAGAIN = 11;
-    private const int EACCES = 13;
-    private const int EINVAL = 22;
-    private const int ENOLCK = 37;
-    private const int EOPNOTSUPP = 95;
 
     /// <summary>BLK_PERM_* (include/block/block-common.h), in bit order, with the names QEMU's messages use.</summary>
     [Flags]
@@ -166,21 +162,21 @@ public static class ImageLocks
     /// <summary>Takes the read lock on one byte; false when the file system has no OFD locks (then nothing is locked).</summary>
     private static bool TryLock(int fd, long offset, string path, Permissions permission, bool shared)
     {
-        LibC.Flock request = new() { l_type = LibC.F_RDLCK, l_whence = LibC.SEEK_SET, l_start = offset, l_len = 1 };
-        if (LibC.fcntl(fd, LibC.F_OFD_SETLK, ref request) == 0)
+        flock request = new() { l_type = (short)F_RDLCK, l_whence = (short)SEEK_SET, l_start = offset, l_len = 1 };
+        if (fcntl(fd, F_OFD_SETLK, &request) == 0)
         {
             return true;
         }
         int errno = Marshal.GetLastPInvokeError();
-        if (errno is EINVAL or ENOLCK or EOPNOTSUPP)
+        if (errno == EINVAL || errno == ENOLCK || errno == EOPNOTSUPP)
         {
             return false;
         }
         // Nobody takes write locks on these bytes, so this is a foreign locker or a failing file system.
         string name = PermissionNames[(int)Math.Log2((int)permission)];
-        throw new StorageException(errno is EAGAIN or EACCES
+        throw new StorageException(errno == EAGAIN || errno == EACCES
             ? $"Failed to lock byte {offset} of '{path}' ({(shared ? "unshared " : "")}\"{name}\"): {Describe(FindHolder(fd, path, offset))} holds a conflicting lock."
-            : $"Failed to lock byte {offset} of '{path}': {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+            : $"Failed to lock byte {offset} of '{path}': {XenDisk.Libc.Errno.Describe(errno)}", errno);
     }
 
     /// <summary>The first lock byte another open file description holds against us, with QEMU's wording for it.</summary>
@@ -207,15 +203,15 @@ public static class ImageLocks
     /// <summary>qemu_lock_fd_test: would a write lock on the byte conflict with another open file description's lock?</summary>
     private static bool IsLocked(int fd, long offset, out int posixOwner)
     {
-        LibC.Flock test = new() { l_type = LibC.F_WRLCK, l_whence = LibC.SEEK_SET, l_start = offset, l_len = 1 };
-        if (LibC.fcntl(fd, LibC.F_OFD_GETLK, ref test) != 0)
+        flock test = new() { l_type = (short)F_WRLCK, l_whence = (short)SEEK_SET, l_start = offset, l_len = 1 };
+        if (fcntl(fd, F_OFD_GETLK, &test) != 0)
         {
             int errno = Marshal.GetLastPInvokeError();
-            throw new StorageException($"Cannot test the lock byte {offset}: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+            throw new StorageException($"Cannot test the lock byte {offset}: {XenDisk.Libc.Errno.Describe(errno)}", errno);
         }
         // A POSIX lock reports its owner; an OFD lock (QEMU's, ours) reports -1, to be looked for in /proc.
         posixOwner = test.l_pid;
-        return test.l_type != LibC.F_UNLCK;
+        return test.l_type != F_UNLCK;
     }
 
     /// <summary>

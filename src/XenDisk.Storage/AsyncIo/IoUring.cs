@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Tmds.Linux;
+using XenDisk.Libc;
 using static Tmds.Linux.LibC;
 
 namespace XenDisk.Storage.AsyncIo;
@@ -107,7 +108,7 @@ public sealed unsafe class IoUring : IDisposable
             int error = errno;
             reason = error == EPERM ? "io_uring is disabled on this host (sysctl kernel.io_uring_disabled, or a security policy) (errno 1)"
                 : error == ENOSYS ? "this kernel or its seccomp filter does not allow io_uring (errno 38)"
-                : "io_uring_setup failed: " + Marshal.GetPInvokeErrorMessage(error) + $" (errno {error})";
+                : "io_uring_setup failed: " + Errno.Describe(error);
             return false;
         }
 
@@ -147,7 +148,7 @@ public sealed unsafe class IoUring : IDisposable
             }
 
             close(fd);
-            reason = "cannot map the io_uring rings: " + Marshal.GetPInvokeErrorMessage(error) + $" (errno {error})";
+            reason = "cannot map the io_uring rings: " + Errno.Describe(error);
             return false;
         }
 

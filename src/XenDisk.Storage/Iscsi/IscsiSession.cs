@@ -83,7 +83,7 @@ internal sealed unsafe class IscsiSession : IDisposable
             {
                 command.Dispose();
             }
-            throw new StorageException($"{url}: cannot create the session's eventfd ({XenDisk.Storage.Interop.Errno.Describe(error)}).", error);
+            throw new StorageException($"{url}: cannot create the session's eventfd ({XenDisk.Libc.Errno.Describe(error)}).", error);
         }
         _thread = new Thread(Run) { IsBackground = true, Name = $"iscsi {url.TargetName}/{url.Lun}" };
         _thread.Start();

@@ -1,5 +1,8 @@
 using System.Runtime.InteropServices;
-using XenDisk.Storage.Interop;
+using Tmds.Linux;
+using XenDisk.Libc;
+using static Tmds.Linux.LibC;
+using static XenDisk.Libc.LibCExtra;
 
 namespace XenDisk.Storage;
 
@@ -49,7 +52,7 @@ public sealed unsafe partial class RawBlockDevice
                 long step = _options.PreallocationStep;
                 long target = step > 0 && minimumBytes <= long.MaxValue - step ? minimumBytes + step : minimumBytes;
                 int errno = Allocate(fd, info.SizeBytes, target);
-                if (errno is Errno.ENOSPC or Errno.EDQUOT && target > minimumBytes)
+                if ((errno == ENOSPC || errno == EDQUOT) && target > minimumBytes)
                 {
                     // The step does not fit; what was asked for may.
                     target = minimumBytes;
@@ -57,7 +60,7 @@ public sealed unsafe partial class RawBlockDevice
                 }
                 if (errno != 0)
                 {
-                    return Errno.ToIoStatus(errno);
+                    return IoStatuses.FromErrno(errno);
                 }
                 Volatile.Write(ref _info, info with { SizeBytes = target });
                 _largestSizeAsked = minimumBytes;
@@ -74,17 +77,17 @@ public sealed unsafe partial class RawBlockDevice
     /// <summary>Allocates [from, to) and sets the file's size to <paramref name="to"/>; 0 or an errno.</summary>
     private static int Allocate(int fd, long from, long to)
     {
-        if (Libc.fallocate(fd, 0, from, to - from) == 0)
+        if (fallocate(fd, 0, from, to - from) == 0)
         {
             return 0;
         }
         int errno = Marshal.GetLastPInvokeError();
-        if (errno != Errno.EOPNOTSUPP)
+        if (errno != EOPNOTSUPP)
         {
             return errno;
         }
         // No block allocation here (some network and FUSE file systems): a sparse extension still works.
-        return Libc.ftruncate(fd, to) == 0 ? 0 : Marshal.GetLastPInvokeError();
+        return ftruncate(fd, to) == 0 ? 0 : Marshal.GetLastPInvokeError();
     }
 
     /// <summary>Cuts the file back to the largest size asked for, returning preallocated blocks nothing uses.</summary>
@@ -98,7 +101,7 @@ public sealed unsafe partial class RawBlockDevice
             }
             try
             {
-                if (Libc.ftruncate(fd, _largestSizeAsked) == 0)
+                if (ftruncate(fd, _largestSizeAsked) == 0)
                 {
                     _grownPastAsked = false;
                     Volatile.Write(ref _info, Info with { SizeBytes = _largestSizeAsked });

@@ -1,7 +1,10 @@
 using Microsoft.Win32.SafeHandles;
 using System.Globalization;
 using System.Runtime.InteropServices;
-using XenDisk.Storage.Interop;
+using Tmds.Linux;
+using XenDisk.Libc;
+using static Tmds.Linux.LibC;
+using static XenDisk.Libc.LibCExtra;
 
 namespace XenDisk.Storage;
 
@@ -25,15 +28,15 @@ public sealed unsafe partial class RawBlockDevice
         IoRange.ValidateGeometry(0, fileLogical, filePhysical);
 
         // Look before opening: opening a FIFO would block, and a directory or character device is not a disk.
-        Statx before = StatPath(path);
+        statx before = StatPath(path);
         bool isBlockDevice = CheckIsDisk(path, before.stx_mode);
 
         (SafeFileHandle handle, bool direct, string? bufferedReason) = OpenDescriptor(path, readOnly, options.DirectIo);
         try
         {
             int fd = (int)handle.DangerousGetHandle();
-            Statx opened = StatDescriptor(fd, path);
-            if ((opened.stx_mode & Libc.S_IFMT) != (before.stx_mode & Libc.S_IFMT))
+            statx opened = StatDescriptor(fd, path);
+            if ((opened.stx_mode & S_IFMT) != (before.stx_mode & S_IFMT))
             {
                 throw new StorageException($"Disk {path} changed type while being opened; refusing it.");
             }
@@ -54,10 +57,10 @@ public sealed unsafe partial class RawBlockDevice
             {
                 // statx(STATX_DIOALIGN) (Linux 6.1+) says what O_DIRECT needs on this file. If direct I/O
                 // cannot serve requests at the sector size the disk presents, buffered I/O can.
-                if ((opened.stx_mask & Libc.STATX_DIOALIGN) != 0)
+                if ((opened.stx_mask & STATX_DIOALIGN) != 0)
                 {
-                    int offsetAlign = (int)opened.stx_dio_offset_align;
-                    int memoryAlign = (int)opened.stx_dio_mem_align;
+                    int offsetAlign = (int)stx_dio_offset_align(opened);
+                    int memoryAlign = (int)stx_dio_mem_align(opened);
                     if (offsetAlign == 0 || offsetAlign > logical || memoryAlign > AlignedBufferPool.PageSize)
                     {
                         handle.Dispose();
@@ -92,27 +95,29 @@ public sealed unsafe partial class RawBlockDevice
         }
     }
 
-    private static Statx StatPath(string path)
+    private static statx StatPath(string path)
     {
-        Statx result;
-        if (Libc.statx(Libc.AT_FDCWD, path, 0, Libc.STATX_TYPE | Libc.STATX_MODE, &result) != 0)
+        statx result;
+        int status;
+        fixed (byte* name = CString.Utf8(path))
+        {
+            status = LibC.statx(AT_FDCWD, name, 0, STATX_TYPE | STATX_MODE, &result);
+        }
+        if (status != 0)
         {
             int errno = Marshal.GetLastPInvokeError();
-            throw errno switch
-            {
-                Errno.ENOENT => new StorageException($"Disk {path} does not exist: {Errno.Describe(errno)}.", errno),
-                Errno.ENOTDIR => new StorageException($"Disk {path} does not exist (a component of the path is not a directory): {Errno.Describe(errno)}.", errno),
-                Errno.EACCES => new StorageException($"Permission denied looking up disk {path}: {Errno.Describe(errno)}.", errno),
-                _ => new StorageException($"Cannot examine disk {path}: {Errno.Describe(errno)}.", errno),
-            };
+            throw errno == ENOENT ? new StorageException($"Disk {path} does not exist: {Errno.Describe(errno)}.", errno)
+                : errno == ENOTDIR ? new StorageException($"Disk {path} does not exist (a component of the path is not a directory): {Errno.Describe(errno)}.", errno)
+                : errno == EACCES ? new StorageException($"Permission denied looking up disk {path}: {Errno.Describe(errno)}.", errno)
+                : new StorageException($"Cannot examine disk {path}: {Errno.Describe(errno)}.", errno);
         }
         return result;
     }
 
-    private static Statx StatDescriptor(int fd, string path)
+    private static statx StatDescriptor(int fd, string path)
     {
-        Statx result;
-        if (Libc.statx(fd, "", Libc.AT_EMPTY_PATH, Libc.STATX_TYPE | Libc.STATX_MODE | Libc.STATX_SIZE | Libc.STATX_DIOALIGN, &result) != 0)
+        statx result;
+        if (StatDescriptor(fd, STATX_TYPE | STATX_MODE | STATX_SIZE | STATX_DIOALIGN, &result) != 0)
         {
             int errno = Marshal.GetLastPInvokeError();
             throw new StorageException($"Cannot examine disk {path} after opening it: {Errno.Describe(errno)}.", errno);
@@ -120,30 +125,43 @@ public sealed unsafe partial class RawBlockDevice
         return result;
     }
 
+    // statx(fd, "", AT_EMPTY_PATH, ...): the open descriptor itself.
+    private static int StatDescriptor(int fd, uint mask, statx* result)
+    {
+        byte empty = 0;
+        return LibC.statx(fd, &empty, AT_EMPTY_PATH, mask, result);
+    }
+
     /// <summary>True for a block device, false for a regular file; anything else is refused.</summary>
     private static bool CheckIsDisk(string path, ushort mode)
     {
-        switch (mode & Libc.S_IFMT)
+        // Tmds.LibC's S_IF* values are properties, not constants: compared in turn rather than switched on.
+        mode_t type = mode & S_IFMT;
+        if (type == S_IFREG)
         {
-            case Libc.S_IFREG:
-                return false;
-            case Libc.S_IFBLK:
-                return true;
-            case Libc.S_IFDIR:
-                throw new StorageException($"Disk {path} is a directory; a disk must be a regular file (an image) or a block device.", Errno.EISDIR);
-            case Libc.S_IFCHR:
-                throw new StorageException($"Disk {path} is a character device; a disk must be a regular file (an image) or a block device.", Errno.EINVAL);
-            default:
-                throw new StorageException($"Disk {path} is neither a regular file nor a block device (a FIFO, socket or similar); refusing it.", Errno.EINVAL);
+            return false;
         }
+        if (type == S_IFBLK)
+        {
+            return true;
+        }
+        if (type == S_IFDIR)
+        {
+            throw new StorageException($"Disk {path} is a directory; a disk must be a regular file (an image) or a block device.", EISDIR);
+        }
+        if (type == S_IFCHR)
+        {
+            throw new StorageException($"Disk {path} is a character device; a disk must be a regular file (an image) or a block device.", EINVAL);
+        }
+        throw new StorageException($"Disk {path} is neither a regular file nor a block device (a FIFO, socket or similar); refusing it.", EINVAL);
     }
 
     private static (SafeFileHandle Handle, bool Direct, string? BufferedReason) OpenDescriptor(string path, bool readOnly, bool directIo)
     {
-        int flags = (readOnly ? Libc.O_RDONLY : Libc.O_RDWR) | Libc.O_CLOEXEC;
+        int flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC;
         string? bufferedReason = directIo ? null : "buffered: direct I/O not requested";
-        int fd = OpenRetryingOnInterrupt(path, directIo ? flags | Libc.O_DIRECT : flags, out int errno);
-        if (fd < 0 && directIo && errno == Errno.EINVAL)
+        int fd = OpenRetryingOnInterrupt(path, directIo ? flags | O_DIRECT : flags, out int errno);
+        if (fd < 0 && directIo && errno == EINVAL)
         {
             // The file system does not do O_DIRECT (ramfs, some FUSE file systems): buffered I/O still works.
             bufferedReason = "buffered: the file system refused O_DIRECT";
@@ -153,13 +171,10 @@ public sealed unsafe partial class RawBlockDevice
         if (fd < 0)
         {
             string mode = readOnly ? "read-only" : "read-write";
-            string hint = errno switch
-            {
-                Errno.EROFS => " The file system or device is read-only; attach the disk read-only (mode \"r\").",
-                Errno.EACCES or Errno.EPERM => " Check the permissions of the file and of the backend process.",
-                Errno.EBUSY => " The device is in exclusive use elsewhere (mounted, or held by another backend).",
-                _ => "",
-            };
+            string hint = errno == EROFS ? " The file system or device is read-only; attach the disk read-only (mode \"r\")."
+                : errno == EACCES || errno == EPERM ? " Check the permissions of the file and of the backend process."
+                : errno == EBUSY ? " The device is in exclusive use elsewhere (mounted, or held by another backend)."
+                : "";
             throw new StorageException($"Cannot open disk {path} {mode}: {Errno.Describe(errno)}.{hint}", errno);
         }
         return (new SafeFileHandle(fd, ownsHandle: true), directIo, bufferedReason);
@@ -169,9 +184,13 @@ public sealed unsafe partial class RawBlockDevice
     {
         while (true)
         {
-            int fd = Libc.open(path, flags, 0);
+            int fd;
+            fixed (byte* name = CString.Utf8(path))
+            {
+                fd = open(name, flags, default);
+            }
             errno = fd < 0 ? Marshal.GetLastPInvokeError() : 0;
-            if (fd >= 0 || errno != Errno.EINTR)
+            if (fd >= 0 || errno != EINTR)
             {
                 return fd;
             }
@@ -182,12 +201,12 @@ public sealed unsafe partial class RawBlockDevice
     {
         int logical;
         uint physical;
-        if (Libc.ioctl(fd, Libc.BLKSSZGET, &logical) != 0)
+        if (ioctl(fd, BLKSSZGET, &logical) != 0)
         {
             int errno = Marshal.GetLastPInvokeError();
             throw new StorageException($"Cannot read the logical sector size of {path} (BLKSSZGET): {Errno.Describe(errno)}.", errno);
         }
-        if (Libc.ioctl(fd, Libc.BLKPBSZGET, &physical) != 0)
+        if (ioctl(fd, BLKPBSZGET, &physical) != 0)
         {
             physical = (uint)logical;
         }
@@ -211,7 +230,7 @@ public sealed unsafe partial class RawBlockDevice
         ulong bytes;
         if (isBlockDevice)
         {
-            if (Libc.ioctl(fd, Libc.BLKGETSIZE64, &bytes) != 0)
+            if (ioctl(fd, BLKGETSIZE64, &bytes) != 0)
             {
                 errno = Marshal.GetLastPInvokeError();
                 return false;
@@ -219,8 +238,8 @@ public sealed unsafe partial class RawBlockDevice
         }
         else
         {
-            Statx stat;
-            if (Libc.statx(fd, "", Libc.AT_EMPTY_PATH, Libc.STATX_SIZE, &stat) != 0)
+            statx stat;
+            if (StatDescriptor(fd, STATX_SIZE, &stat) != 0)
             {
                 errno = Marshal.GetLastPInvokeError();
                 return false;
@@ -245,10 +264,10 @@ public sealed unsafe partial class RawBlockDevice
         {
             return false;
         }
-        return Libc.fallocate(fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE, (long)fileSize, AlignedBufferPool.PageSize) == 0;
+        return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (long)fileSize, AlignedBufferPool.PageSize) == 0;
     }
 
-    private static BlockDeviceInfo DescribeFile(string path, in Statx stat, bool readOnly, long size, int logical, int physical, bool direct, string? bufferedReason, bool canPunchHoles)
+    private static BlockDeviceInfo DescribeFile(string path, in statx stat, bool readOnly, long size, int logical, int physical, bool direct, string? bufferedReason, bool canPunchHoles)
     {
         // Hole punching works at any sector boundary (partial blocks are zeroed), but whole file system
         // blocks are what frees space, so the block size is the granularity offered to the guest.
@@ -273,7 +292,7 @@ public sealed unsafe partial class RawBlockDevice
         };
     }
 
-    private static BlockDeviceInfo DescribeBlockDevice(int fd, string path, in Statx stat, bool readOnly, long size, int logical, int physical, bool direct)
+    private static BlockDeviceInfo DescribeBlockDevice(int fd, string path, in statx stat, bool readOnly, long size, int logical, int physical, bool direct)
     {
         // /sys/dev/block/MAJ:MIN is the device (or partition); a partition's queue/ lives in its parent disk.
         string sysfs = string.Create(CultureInfo.InvariantCulture, $"/sys/dev/block/{stat.stx_rdev_major}:{stat.stx_rdev_minor}");
@@ -314,8 +333,8 @@ public sealed unsafe partial class RawBlockDevice
         {
             return false;
         }
-        int result = Libc.ioctl(fd, Libc.BLKSECDISCARD, null);
-        return result != 0 && Marshal.GetLastPInvokeError() == Errno.EFAULT;
+        int result = ioctl(fd, BLKSECDISCARD, null);
+        return result != 0 && Marshal.GetLastPInvokeError() == EFAULT;
     }
 
     private static long? ReadSysfsNumber(string path) =>

@@ -1,6 +1,9 @@
 using System.Buffers;
 using System.Runtime.InteropServices;
-using XenDisk.Storage.Interop;
+using Tmds.Linux;
+using XenDisk.Libc;
+using static Tmds.Linux.LibC;
+using static XenDisk.Libc.LibCExtra;
 
 namespace XenDisk.Storage;
 
@@ -50,24 +53,24 @@ public sealed unsafe partial class RawBlockDevice
     // The zero-copy path: one iovec per caller buffer, at most IOV_MAX per system call.
     private static IoStatus TransferVectored(int fd, bool write, long offset, ReadOnlySpan<IoBuffer> buffers)
     {
-        Iovec[]? rented = null;
-        Span<Iovec> iovecs = buffers.Length <= StackIovecCount
-            ? stackalloc Iovec[StackIovecCount]
-            : (rented = ArrayPool<Iovec>.Shared.Rent(Math.Min(buffers.Length, Libc.IOV_MAX)));
+        iovec[]? rented = null;
+        Span<iovec> iovecs = buffers.Length <= StackIovecCount
+            ? stackalloc iovec[StackIovecCount]
+            : (rented = ArrayPool<iovec>.Shared.Rent(Math.Min(buffers.Length, IOV_MAX)));
         try
         {
-            fixed (Iovec* iov = iovecs)
+            fixed (iovec* iov = iovecs)
             {
                 int next = 0;
                 while (next < buffers.Length)
                 {
-                    int count = Math.Min(Math.Min(buffers.Length - next, Libc.IOV_MAX), iovecs.Length);
+                    int count = Math.Min(Math.Min(buffers.Length - next, IOV_MAX), iovecs.Length);
                     long chunkLength = 0;
                     for (int i = 0; i < count; i++)
                     {
                         IoBuffer buffer = buffers[next + i];
-                        iov[i].iov_base = buffer.Address;
-                        iov[i].iov_len = (nuint)buffer.Length;
+                        iov[i].iov_base = (void*)buffer.Address;
+                        iov[i].iov_len = buffer.Length;
                         chunkLength += buffer.Length;
                     }
                     IoStatus status = TransferAll(fd, write, iov, count, offset, chunkLength);
@@ -85,7 +88,7 @@ public sealed unsafe partial class RawBlockDevice
         {
             if (rented is not null)
             {
-                ArrayPool<Iovec>.Shared.Return(rented);
+                ArrayPool<iovec>.Shared.Return(rented);
             }
         }
     }
@@ -94,22 +97,22 @@ public sealed unsafe partial class RawBlockDevice
     /// Issues preadv/pwritev until <paramref name="length"/> bytes have moved: retries on EINTR and, after
     /// a short transfer, continues from where it stopped by advancing the iovecs in place.
     /// </summary>
-    private static IoStatus TransferAll(int fd, bool write, Iovec* iov, int count, long offset, long length)
+    private static IoStatus TransferAll(int fd, bool write, iovec* iov, int count, long offset, long length)
     {
         int first = 0;
         while (length > 0)
         {
             nint moved = write
-                ? Libc.pwritev(fd, iov + first, count - first, offset)
-                : Libc.preadv(fd, iov + first, count - first, offset);
+                ? pwritev(fd, iov + first, count - first, offset)
+                : preadv(fd, iov + first, count - first, offset);
             if (moved < 0)
             {
                 int errno = Marshal.GetLastPInvokeError();
-                if (errno == Errno.EINTR)
+                if (errno == EINTR)
                 {
                     continue;
                 }
-                return Errno.ToIoStatus(errno);
+                return IoStatuses.FromErrno(errno);
             }
             if (moved == 0)
             {
@@ -118,7 +121,7 @@ public sealed unsafe partial class RawBlockDevice
             }
             offset += moved;
             length -= moved;
-            nuint left = (nuint)moved;
+            ulong left = (ulong)moved;
             while (first < count && left >= iov[first].iov_len)
             {
                 left -= iov[first].iov_len;
@@ -126,8 +129,8 @@ public sealed unsafe partial class RawBlockDevice
             }
             if (left > 0)
             {
-                iov[first].iov_base += (nint)left;
-                iov[first].iov_len -= left;
+                iov[first].iov_base = (byte*)iov[first].iov_base + left;
+                iov[first].iov_len = (size_t)((ulong)iov[first].iov_len - left);
             }
         }
         return IoStatus.Ok;
@@ -156,7 +159,7 @@ public sealed unsafe partial class RawBlockDevice
                 {
                     cursor.Gather(buffers, chunk);
                 }
-                Iovec single = new() { iov_base = bounce.Address, iov_len = (nuint)chunkLength };
+                iovec single = new() { iov_base = (void*)bounce.Address, iov_len = chunkLength };
                 IoStatus status = TransferAll(fd, write, &single, 1, offset + done, chunkLength);
                 if (status != IoStatus.Ok)
                 {

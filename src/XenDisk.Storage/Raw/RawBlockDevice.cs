@@ -1,6 +1,9 @@
 using Microsoft.Win32.SafeHandles;
 using System.Runtime.InteropServices;
-using XenDisk.Storage.Interop;
+using Tmds.Linux;
+using XenDisk.Libc;
+using static Tmds.Linux.LibC;
+using static XenDisk.Libc.LibCExtra;
 
 namespace XenDisk.Storage;
 
@@ -98,12 +101,12 @@ public sealed unsafe partial class RawBlockDevice : IGrowableBlockDevice
         }
         try
         {
-            while (Libc.fdatasync(fd) != 0)
+            while (fdatasync(fd) != 0)
             {
                 int errno = Marshal.GetLastPInvokeError();
-                if (errno != Errno.EINTR)
+                if (errno != EINTR)
                 {
-                    return Errno.ToIoStatus(errno);
+                    return IoStatuses.FromErrno(errno);
                 }
             }
             return IoStatus.Ok;
@@ -149,13 +152,13 @@ public sealed unsafe partial class RawBlockDevice : IGrowableBlockDevice
             if (IsBlockDevice)
             {
                 ulong* range = stackalloc ulong[2] { (ulong)offset, (ulong)length };
-                result = Libc.ioctl(fd, secure ? Libc.BLKSECDISCARD : Libc.BLKDISCARD, range);
+                result = ioctl(fd, secure ? BLKSECDISCARD : BLKDISCARD, range);
             }
             else
             {
-                result = Libc.fallocate(fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE, offset, length);
+                result = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
             }
-            return result == 0 ? IoStatus.Ok : Errno.ToIoStatus(Marshal.GetLastPInvokeError());
+            return result == 0 ? IoStatus.Ok : IoStatuses.FromErrno(Marshal.GetLastPInvokeError());
         }
         finally
         {

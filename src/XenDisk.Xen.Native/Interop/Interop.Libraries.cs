@@ -6,16 +6,14 @@ internal static partial class Interop
     /// The shared objects the bindings load, by their versioned soname (the name the Debian runtime
     /// packages install; the unversioned .so links come only with the -dev package), and every symbol
     /// the bindings import from each. <see cref="RequiredSymbols"/> is the one list both
-    /// <see cref="XenEnvironment.Probe()"/> and the binding tests check against.
+    /// <see cref="XenEnvironment.Probe()"/> and the binding tests check against. libc is not bound here:
+    /// it comes from Tmds.LibC (XenDisk.Libc), and memory these libraries return goes to NativeMemory.Free.
     /// </summary>
     internal static class Libraries
     {
         internal const string XenGntTab = "libxengnttab.so.1";
         internal const string XenEvtchn = "libxenevtchn.so.1";
         internal const string XenStore = "libxenstore.so.4";
-
-        // The runtime maps "libc" to the platform's C library (libc.so.6 on glibc).
-        internal const string Libc = "libc";
 
         internal static readonly IReadOnlyList<NativeLibraryRequirement> All =
         [
@@ -58,16 +56,6 @@ internal static partial class Interop
                 "xs_fileno",
                 "xs_check_watch",
                 "xs_get_domain_path",
-            ]),
-            new(Libc, "libc6",
-            [
-                "free",
-                "poll",
-                "eventfd",
-                "read",
-                "write",
-                "access",
-                "close",
             ]),
         ];
     }

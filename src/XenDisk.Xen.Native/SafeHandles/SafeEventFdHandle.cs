@@ -1,4 +1,5 @@
 using Microsoft.Win32.SafeHandles;
+using Tmds.Linux;
 
 namespace XenDisk.Xen.Native;
 
@@ -19,7 +20,7 @@ internal sealed class SafeEventFdHandle : SafeHandleMinusOneIsInvalid
     /// <summary>Creates the eventfd; throws <see cref="XenException"/> naming eventfd on failure.</summary>
     internal static SafeEventFdHandle Create()
     {
-        int fd = Interop.Libc.eventfd(0, Interop.Libc.EFD_CLOEXEC | Interop.Libc.EFD_NONBLOCK);
+        int fd = LibC.eventfd(0, LibC.EFD_CLOEXEC | LibC.EFD_NONBLOCK);
         if (fd < 0)
         {
             throw new XenException("eventfd", NativeErrno.Last());
@@ -45,7 +46,7 @@ internal sealed class SafeEventFdHandle : SafeHandleMinusOneIsInvalid
         {
             ulong one = 1;
             // EAGAIN means the counter is saturated: it is readable already, which is all a signal needs.
-            _ = Interop.Libc.write(FileDescriptor, &one, sizeof(ulong));
+            _ = LibC.write(FileDescriptor, &one, sizeof(ulong));
         }
         finally
         {
@@ -57,8 +58,8 @@ internal sealed class SafeEventFdHandle : SafeHandleMinusOneIsInvalid
     internal unsafe void Drain()
     {
         ulong value;
-        _ = Interop.Libc.read(FileDescriptor, &value, sizeof(ulong));
+        _ = LibC.read(FileDescriptor, &value, sizeof(ulong));
     }
 
-    protected override bool ReleaseHandle() => Interop.Libc.close((int)handle) == 0;
+    protected override bool ReleaseHandle() => LibC.close((int)handle) == 0;
 }

@@ -1,3 +1,5 @@
+using Tmds.Linux;
+
 namespace XenDisk.Xen.Simulated.EventChannels;
 
 /// <summary>
@@ -9,9 +11,6 @@ internal sealed class EventChannelSwitch
 {
     /// <summary>EVTCHN_2L_NR_CHANNELS for a 64-bit guest: the 2-level ABI's port limit.</summary>
     public const int MaxPortsPerDomain = 4096;
-
-    /// <summary>Linux ESRCH: no such domain.</summary>
-    private const int ESRCH = 3;
 
     private readonly SimulatedHypervisor _hypervisor;
     private readonly Lock _lock = new();
@@ -28,7 +27,7 @@ internal sealed class EventChannelSwitch
             RequireLive(domain, "xenevtchn_bind_unbound_port");
             if (_hypervisor.FindDomain(remoteDomainId) is null)
             {
-                throw new XenException("xenevtchn_bind_unbound_port", ESRCH, $"domain {remoteDomainId} does not exist");
+                throw new XenException("xenevtchn_bind_unbound_port", LibC.ESRCH, $"domain {remoteDomainId} does not exist");
             }
 
             EventPort port = AllocatePort(domain, owner, "xenevtchn_bind_unbound_port");
@@ -45,11 +44,11 @@ internal sealed class EventChannelSwitch
         {
             RequireLive(domain, "xenevtchn_bind_interdomain");
             SimulatedDomain remote = _hypervisor.FindDomain(remoteDomainId)
-                ?? throw new XenException("xenevtchn_bind_interdomain", ESRCH, $"domain {remoteDomainId} does not exist");
+                ?? throw new XenException("xenevtchn_bind_interdomain", LibC.ESRCH, $"domain {remoteDomainId} does not exist");
             EventPort? remoteEnd = remotePort < (uint)remote.EventPorts.Count ? remote.EventPorts[(int)remotePort] : null;
             if (remoteEnd?.Owner is null || remoteEnd.State != EventPortState.Unbound || remoteEnd.RemoteDomainId != domain.Id)
             {
-                throw new XenException("xenevtchn_bind_interdomain", Errnos.EINVAL,
+                throw new XenException("xenevtchn_bind_interdomain", LibC.EINVAL,
                     $"port {remotePort} of domain {remoteDomainId} is not unbound for domain {domain.Id}");
             }
 
@@ -68,7 +67,7 @@ internal sealed class EventChannelSwitch
             EventPort? port = localPort < (uint)domain.EventPorts.Count ? domain.EventPorts[(int)localPort] : null;
             if (port is null || port.Owner != owner)
             {
-                throw new XenException("xenevtchn_unbind", Errnos.EINVAL, $"port {localPort} is not bound by this handle");
+                throw new XenException("xenevtchn_unbind", LibC.EINVAL, $"port {localPort} is not bound by this handle");
             }
 
             CloseLocked(port);
@@ -133,7 +132,7 @@ internal sealed class EventChannelSwitch
 
         if (ports.Count >= MaxPortsPerDomain)
         {
-            throw new XenException(operation, Errnos.ENOSPC, "no free event-channel port");
+            throw new XenException(operation, LibC.ENOSPC, "no free event-channel port");
         }
 
         if (ports.Count == 0)
@@ -150,7 +149,7 @@ internal sealed class EventChannelSwitch
     {
         if (domain.IsDestroyed)
         {
-            throw new XenException(operation, ESRCH, $"domain {domain.Id} is destroyed");
+            throw new XenException(operation, LibC.ESRCH, $"domain {domain.Id} is destroyed");
         }
     }
 }

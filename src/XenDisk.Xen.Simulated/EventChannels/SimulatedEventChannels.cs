@@ -1,4 +1,5 @@
 using XenDisk.Xen.Simulated.EventChannels;
+using Tmds.Linux;
 
 namespace XenDisk.Xen.Simulated;
 
@@ -24,9 +25,6 @@ namespace XenDisk.Xen.Simulated;
 /// </summary>
 public sealed unsafe class SimulatedEventChannels : IEventChannels
 {
-    /// <summary>Returned by Notify on a port whose remote end has closed (Linux ENOTCONN).</summary>
-    private const int ENOTCONN = 107;
-
     private readonly SimulatedHypervisor _hypervisor;
     private readonly SimulatedDomain _domain;
     private readonly object _sync = new();
@@ -45,6 +43,7 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
     // Dispose closes the descriptors, so no write or poll can reach a descriptor number reused since.
     private int _descriptorUsers;
     private bool _closed;
+    private int _blockedWaiters;
 
     internal SimulatedEventChannels(SimulatedHypervisor hypervisor, SimulatedDomain domain)
     {
@@ -138,12 +137,12 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
         {
             if (!_ports.TryGetValue(localPort, out EventPort? port))
             {
-                return -Errnos.EINVAL;
+                return -LibC.EINVAL;
             }
 
             if (port.State != EventPortState.Interdomain || port.Peer is null)
             {
-                return -ENOTCONN;
+                return -LibC.ENOTCONN; // the remote end has closed
             }
 
             peer = port.Peer;
@@ -195,6 +194,7 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
                 }
 
                 _descriptorUsers++;
+                _blockedWaiters++;
             }
 
             int wait = Timeout.Infinite;
@@ -209,6 +209,7 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
             woken = ready > 0 && fds[0].revents != 0;
             lock (_sync)
             {
+                _blockedWaiters--;
                 // The descriptors outlive Dispose while a waiter polls them; the last waiter closes them.
                 if (--_descriptorUsers == 0 && _disposed)
                 {
@@ -222,6 +223,13 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
             }
         }
     }
+
+    /// <summary>
+    /// Threads in <see cref="WaitPending"/>'s poll right now. Counted under the lock before the poll, so
+    /// once a test sees it rise, a Notify or Interrupt it sends must wake that waiter through its
+    /// eventfd (which stays readable until taken) rather than reach a waiter that has yet to look.
+    /// </summary>
+    public int BlockedWaiters => Volatile.Read(ref _blockedWaiters);
 
     /// <summary>Sticky: a WaitPending that starts after the interrupt returns -1 at once, so a stop request cannot be missed.</summary>
     public void Interrupt()
@@ -244,7 +252,7 @@ public sealed unsafe class SimulatedEventChannels : IEventChannels
         {
             if (!_ports.TryGetValue(localPort, out EventPort? port))
             {
-                return -Errnos.EINVAL;
+                return -LibC.EINVAL;
             }
 
             port.Masked = false;

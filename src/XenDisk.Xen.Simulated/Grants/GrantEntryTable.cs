@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
 using XenDisk.Abi;
-using XenDisk.Xen.Simulated.Interop;
 using XenDisk.Xen.Simulated.Memory;
+using Tmds.Linux;
 
 namespace XenDisk.Xen.Simulated.Grants;
 
@@ -11,7 +11,7 @@ namespace XenDisk.Xen.Simulated.Grants;
 /// end a grant that is mapped (gnttab_end_foreign_access_ref fails), so <see cref="End"/> does too.
 /// One lock per granting domain guards the entries and the memfd used to map them.
 /// </summary>
-internal sealed class GrantEntryTable
+internal sealed unsafe class GrantEntryTable
 {
     /// <summary>GNTTAB_NR_RESERVED_ENTRIES: refs 0-7 are reserved for the toolstack (console, xenstore).</summary>
     public const int ReservedEntries = 8;
@@ -42,7 +42,7 @@ internal sealed class GrantEntryTable
         {
             if (_revoked)
             {
-                throw new XenException("gnttab_grant_foreign_access", Errnos.ENODEV, "the domain is destroyed");
+                throw new XenException("gnttab_grant_foreign_access", LibC.ENODEV, "the domain is destroyed");
             }
 
             int grantRef;
@@ -56,7 +56,7 @@ internal sealed class GrantEntryTable
             }
             else
             {
-                throw new XenException("gnttab_grant_foreign_access", Errnos.ENOSPC, "the grant table is full");
+                throw new XenException("gnttab_grant_foreign_access", LibC.ENOSPC, "the grant table is full");
             }
 
             ref Entry entry = ref _entries[grantRef];
@@ -133,7 +133,7 @@ internal sealed class GrantEntryTable
             int fd = _memory.FileDescriptor;
             if (_revoked || fd < 0)
             {
-                return -Errnos.ENOENT;
+                return -LibC.ENOENT;
             }
 
             for (int i = 0; i < refs.Length; i++)
@@ -141,11 +141,11 @@ internal sealed class GrantEntryTable
                 int check = CheckAccess(refs[i], mapperDomainId, writable);
                 if (check != GrantStatus.Okay)
                 {
-                    return check == GrantStatus.BadGrantRef ? -Errnos.ENOENT : -Errnos.EACCES;
+                    return check == GrantStatus.BadGrantRef ? -LibC.ENOENT : -LibC.EACCES;
                 }
             }
 
-            int protection = writable ? Libc.PROT_READ | Libc.PROT_WRITE : Libc.PROT_READ;
+            int protection = writable ? LibC.PROT_READ | LibC.PROT_WRITE : LibC.PROT_READ;
             int index = 0;
             while (index < refs.Length)
             {
@@ -158,11 +158,11 @@ internal sealed class GrantEntryTable
                 }
 
                 nint target = reservation + (index * XenPage.Size);
-                nint mapped = Libc.mmap(target, (nuint)(run * XenPage.Size), protection, Libc.MAP_SHARED | Libc.MAP_FIXED, fd, (long)firstFrame * XenPage.Size);
+                nint mapped = (nint)LibC.mmap((void*)target, (size_t)(ulong)(run * XenPage.Size), protection, LibC.MAP_SHARED | LibC.MAP_FIXED, fd, (long)firstFrame * XenPage.Size);
                 if (mapped != target)
                 {
                     int errno = Marshal.GetLastPInvokeError();
-                    return -(errno == 0 ? Errnos.ENOMEM : errno);
+                    return -(errno == 0 ? LibC.ENOMEM : errno);
                 }
 
                 index += run;

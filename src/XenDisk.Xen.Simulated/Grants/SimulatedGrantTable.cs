@@ -1,7 +1,7 @@
 using XenDisk.Abi;
 using XenDisk.Xen.Simulated.Grants;
-using XenDisk.Xen.Simulated.Interop;
 using XenDisk.Xen.Simulated.Memory;
+using Tmds.Linux;
 
 namespace XenDisk.Xen.Simulated;
 
@@ -15,7 +15,7 @@ namespace XenDisk.Xen.Simulated;
 /// <see cref="Unmap"/>; mappings outlive <see cref="Dispose"/> (as vmas outlive the gntdev fd),
 /// so Unmap still works after it.
 /// </summary>
-public sealed class SimulatedGrantTable : IGrantTable
+public sealed unsafe class SimulatedGrantTable : IGrantTable
 {
     /// <summary>The limit before SetMaxGrants is called: Linux gntdev's default of 64 Ki pages per handle.</summary>
     public const uint DefaultMaxGrants = 65536;
@@ -62,43 +62,43 @@ public sealed class SimulatedGrantTable : IGrantTable
         address = 0;
         if (refs.Length == 0 || refs.Length > MaxRefsPerMap)
         {
-            return -Errnos.EINVAL;
+            return -LibC.EINVAL;
         }
 
         SimulatedDomain? granter = _hypervisor.FindDomain(domainId);
         if (granter is null)
         {
-            return -Errnos.ENOENT;
+            return -LibC.ENOENT;
         }
 
         lock (_lock)
         {
             if (_disposed)
             {
-                return -Errnos.EBADF;
+                return -LibC.EBADF;
             }
 
             if (_mappedPages + refs.Length > _maxGrants)
             {
-                return -Errnos.ENOSPC;
+                return -LibC.ENOSPC;
             }
 
             _mappedPages += refs.Length;
         }
 
         long length = (long)refs.Length * XenPage.Size;
-        nint reservation = Libc.mmap(0, (nuint)length, Libc.PROT_NONE, Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0);
-        if (reservation == Libc.MAP_FAILED)
+        nint reservation = (nint)LibC.mmap(null, (size_t)(ulong)length, LibC.PROT_NONE, LibC.MAP_PRIVATE | LibC.MAP_ANONYMOUS | LibC.MAP_NORESERVE, -1, 0);
+        if (reservation == (nint)LibC.MAP_FAILED)
         {
             ReleaseQuota(refs.Length);
-            return -Errnos.ENOMEM;
+            return -LibC.ENOMEM;
         }
 
         uint[] generations = new uint[refs.Length];
         int result = granter.Grants.MapInto(_domain.Id, refs, writable, reservation, generations);
         if (result != 0)
         {
-            Libc.munmap(reservation, (nuint)length);
+            LibC.munmap((void*)reservation, (size_t)(ulong)length);
             ReleaseQuota(refs.Length);
             return result;
         }
@@ -120,7 +120,7 @@ public sealed class SimulatedGrantTable : IGrantTable
         {
             if (!_mappings.TryGetValue(address, out mapping) || mapping.Refs.Length != pageCount)
             {
-                return -Errnos.EINVAL;
+                return -LibC.EINVAL;
             }
 
             _mappings.Remove(address);
@@ -135,7 +135,7 @@ public sealed class SimulatedGrantTable : IGrantTable
         }
         else
         {
-            Libc.munmap(address, (nuint)length);
+            LibC.munmap((void*)address, (size_t)(ulong)length);
         }
 
         if (!mapping.Parked)
@@ -155,7 +155,7 @@ public sealed class SimulatedGrantTable : IGrantTable
     {
         if (Volatile.Read(ref _disposed))
         {
-            return -Errnos.EBADF;
+            return -LibC.EBADF;
         }
 
         byte* bounce = stackalloc byte[XenPage.Size];

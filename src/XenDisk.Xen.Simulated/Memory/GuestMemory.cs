@@ -1,6 +1,7 @@
 using System.Runtime.InteropServices;
 using XenDisk.Abi;
-using XenDisk.Xen.Simulated.Interop;
+using Tmds.Linux;
+using XenDisk.Libc;
 
 namespace XenDisk.Xen.Simulated.Memory;
 
@@ -10,7 +11,7 @@ namespace XenDisk.Xen.Simulated.Memory;
 /// time elsewhere in the process, which makes backend and guest share bytes exactly as Xen's
 /// grant mappings do. Frames are handed out by a first-fit bitmap allocator.
 /// </summary>
-internal sealed class GuestMemory
+internal sealed unsafe class GuestMemory
 {
     private readonly Lock _allocationLock = new();
     private readonly bool[] _used;
@@ -36,25 +37,29 @@ internal sealed class GuestMemory
 
     public static GuestMemory Create(string name, int pageCount)
     {
-        int fd = Libc.memfd_create("xendisk-guest-" + name, Libc.MFD_CLOEXEC);
+        int fd;
+        fixed (byte* memfdName = CString.Utf8("xendisk-guest-" + name))
+        {
+            fd = LibC.memfd_create(memfdName, LibC.MFD_CLOEXEC);
+        }
         if (fd < 0)
         {
             throw new XenException("memfd_create", Marshal.GetLastPInvokeError());
         }
 
         long length = (long)pageCount * XenPage.Size;
-        if (Libc.ftruncate(fd, length) != 0)
+        if (LibC.ftruncate(fd, length) != 0)
         {
             int errno = Marshal.GetLastPInvokeError();
-            Libc.close(fd);
+            LibC.close(fd);
             throw new XenException("ftruncate", errno);
         }
 
-        nint view = Libc.mmap(0, (nuint)length, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_SHARED, fd, 0);
-        if (view == Libc.MAP_FAILED)
+        nint view = (nint)LibC.mmap(null, (size_t)(ulong)length, LibC.PROT_READ | LibC.PROT_WRITE, LibC.MAP_SHARED, fd, 0);
+        if (view == (nint)LibC.MAP_FAILED)
         {
             int errno = Marshal.GetLastPInvokeError();
-            Libc.close(fd);
+            LibC.close(fd);
             throw new XenException("mmap", errno);
         }
 
@@ -137,7 +142,7 @@ internal sealed class GuestMemory
         int fd = Interlocked.Exchange(ref _fileDescriptor, -1);
         if (fd >= 0)
         {
-            Libc.close(fd);
+            LibC.close(fd);
         }
     }
 
@@ -154,12 +159,12 @@ internal sealed class GuestMemory
 }
 
 /// <summary>Helpers over raw address ranges.</summary>
-internal static class AddressRange
+internal static unsafe class AddressRange
 {
     /// <summary>Maps private, unreserved anonymous memory over a range (see <see cref="GuestMemory.ParkView"/>).</summary>
     public static void Park(nint address, long length)
     {
-        Libc.mmap(address, (nuint)length, Libc.PROT_READ | Libc.PROT_WRITE,
-            Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_FIXED | Libc.MAP_NORESERVE, -1, 0);
+        LibC.mmap((void*)address, (size_t)(ulong)length, LibC.PROT_READ | LibC.PROT_WRITE,
+            LibC.MAP_PRIVATE | LibC.MAP_ANONYMOUS | LibC.MAP_FIXED | LibC.MAP_NORESERVE, -1, 0);
     }
 }

@@ -1,3 +1,5 @@
+using Tmds.Linux;
+
 namespace XenDisk.Xen.Simulated.XenStore;
 
 /// <summary>Path rules of xenstored (docs/misc/xenstore.txt "Paths").</summary>
@@ -19,7 +21,7 @@ internal static class XenStorePath
         string absolute = path.StartsWith('/') ? path : DomainPath(domainId) + "/" + path;
         if (!IsValidAbsolute(absolute))
         {
-            throw new XenStoreException(operation, path, Errnos.EINVAL);
+            throw new XenStoreException(operation, path, LibC.EINVAL);
         }
 
         return absolute;

@@ -1,3 +1,5 @@
+using Tmds.Linux;
+
 namespace XenDisk.Xen.Simulated.XenStore;
 
 /// <summary>
@@ -150,7 +152,7 @@ internal sealed class XenStoreServer : IXenStoreTreeObserver
         {
             if (!_transactions.TryGetValue(transaction.Id, out TransactionState? state) || state.Owner != connection)
             {
-                throw new XenStoreException("transaction_end", string.Empty, Errnos.ENOENT);
+                throw new XenStoreException("transaction_end", string.Empty, LibC.ENOENT);
             }
 
             _transactions.Remove(transaction.Id);
@@ -189,7 +191,7 @@ internal sealed class XenStoreServer : IXenStoreTreeObserver
         string absolute;
         if (path.StartsWith('@'))
         {
-            absolute = XenStorePath.IsSpecial(path) ? path : throw new XenStoreException("watch", path, Errnos.EINVAL);
+            absolute = XenStorePath.IsSpecial(path) ? path : throw new XenStoreException("watch", path, LibC.EINVAL);
         }
         else
         {
@@ -202,7 +204,7 @@ internal sealed class XenStoreServer : IXenStoreTreeObserver
             {
                 if (existing.Connection == connection && existing.Path == absolute && existing.Token == token)
                 {
-                    throw new XenStoreException("watch", path, Errnos.EEXIST);
+                    throw new XenStoreException("watch", path, LibC.EEXIST);
                 }
             }
 
@@ -222,7 +224,7 @@ internal sealed class XenStoreServer : IXenStoreTreeObserver
             int index = _watches.FindIndex(w => w.Connection == connection && w.Path == absolute && w.Token == token);
             if (index < 0)
             {
-                throw new XenStoreException("unwatch", path, Errnos.ENOENT);
+                throw new XenStoreException("unwatch", path, LibC.ENOENT);
             }
 
             _watches.RemoveAt(index);
@@ -367,7 +369,7 @@ internal sealed class XenStoreServer : IXenStoreTreeObserver
     {
         if (!_transactions.TryGetValue(transaction.Id, out TransactionState? state) || state.Owner != connection)
         {
-            throw new XenStoreException("transaction", path, Errnos.ENOENT);
+            throw new XenStoreException("transaction", path, LibC.ENOENT);
         }
 
         return state;

@@ -1,3 +1,5 @@
+using Tmds.Linux;
+
 namespace XenDisk.Xen.Simulated.XenStore;
 
 /// <summary>What a tree operation touched: lets the live store fire watches and a transaction record its conflict set.</summary>
@@ -93,7 +95,7 @@ internal sealed class XenStoreTree
     {
         if (value.Length > XenStorePath.MaxValueLength)
         {
-            throw new XenStoreException("write", path, Errnos.E2BIG);
+            throw new XenStoreException("write", path, LibC.E2BIG);
         }
 
         XenStoreNode? node = Find(path);
@@ -129,7 +131,7 @@ internal sealed class XenStoreTree
     {
         if (path == "/")
         {
-            throw new XenStoreException("rm", path, Errnos.EINVAL);
+            throw new XenStoreException("rm", path, LibC.EINVAL);
         }
 
         XenStoreNode? node = Find(path);
@@ -148,21 +150,21 @@ internal sealed class XenStoreTree
     {
         if (permissions.Count == 0)
         {
-            throw new XenStoreException("set_permissions", path, Errnos.EINVAL);
+            throw new XenStoreException("set_permissions", path, LibC.EINVAL);
         }
 
         XenStoreNode node = FindReadable("set_permissions", domainId, path)
-            ?? throw new XenStoreException("set_permissions", path, Errnos.ENOENT);
+            ?? throw new XenStoreException("set_permissions", path, LibC.ENOENT);
 
         // Only dom0 and the owner may change permissions, and an unprivileged owner cannot give the node away.
         if (domainId != 0 && node.Permissions[0].DomainId != domainId)
         {
-            throw new XenStoreException("set_permissions", path, Errnos.EACCES);
+            throw new XenStoreException("set_permissions", path, LibC.EACCES);
         }
 
         if (domainId != 0 && permissions[0].DomainId != domainId)
         {
-            throw new XenStoreException("set_permissions", path, Errnos.EPERM);
+            throw new XenStoreException("set_permissions", path, LibC.EPERM);
         }
 
         node.Permissions = [.. permissions];
@@ -227,7 +229,7 @@ internal sealed class XenStoreTree
 
         if ((XenStoreNode.AccessFor(domainId, ancestor.Permissions) & XenStoreAccess.Read) == 0)
         {
-            throw new XenStoreException(operation, path, Errnos.EACCES);
+            throw new XenStoreException(operation, path, LibC.EACCES);
         }
 
         return null;
@@ -237,7 +239,7 @@ internal sealed class XenStoreTree
     {
         if ((XenStoreNode.AccessFor(domainId, node.Permissions) & needed) != needed)
         {
-            throw new XenStoreException(operation, node.Path, Errnos.EACCES);
+            throw new XenStoreException(operation, node.Path, LibC.EACCES);
         }
     }
 }

@@ -706,7 +706,9 @@ public class BlkifRingTests
         connection.Queue(WireSlots.ReadWrite(BlkifProtocol.X86_64, BlkifOperation.FlushDiskCache, 2, 0, []));
         connection.Publish();
         connection.Notify();
-        Thread.Sleep(50);
+        // The kick is still pending on the backend's port: no thread of the stopped ring took it, so
+        // nothing can answer the request later.
+        Assert.Equal((int)connection.BackendPort, connection.TakePendingBackendKick());
         Assert.Equal(1u, connection.ResponseProducer);
         Assert.Same(stopping, connection.Ring.StopAsync());
     }

@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using XenDisk.Storage;
 using XenDisk.Xen;
+using Tmds.Linux;
 
 namespace XenDisk.Backend.Tests.Harness;
 
@@ -43,7 +44,7 @@ public sealed class TestDiskProvider : IDiskProvider, IDisposable
     {
         if (!_disks.TryGetValue(specification.Target, out MemoryBlockDevice? disk))
         {
-            throw new StorageException($"{specification.Target}: no such file or directory", Errnos.ENOENT);
+            throw new StorageException($"{specification.Target}: no such file or directory", LibC.ENOENT);
         }
 
         Interlocked.Increment(ref _opens);

@@ -68,6 +68,7 @@ public sealed class RingConnection : IAsyncDisposable
         }
 
         uint localPort = _backendEvents.BindInterdomain(guest.Id, GuestPort);
+        BackendPort = localPort;
         Logger = new ListLogger();
         Setup = new RingSetup
         {
@@ -121,6 +122,19 @@ public sealed class RingConnection : IAsyncDisposable
     public SimulatedEventChannels GuestEvents { get; }
 
     public uint GuestPort { get; }
+
+    /// <summary>The port dom0 bound for the ring: where the guest's kicks arrive.</summary>
+    public uint BackendPort { get; }
+
+    /// <summary>
+    /// Takes a kick still pending on <see cref="BackendPort"/> (unmasking first, as the ring does after
+    /// each delivery); -1 when none is. A stopped ring leaves later kicks here, unconsumed.
+    /// </summary>
+    public int TakePendingBackendKick()
+    {
+        _ = _backendEvents.Unmask(BackendPort);
+        return _backendEvents.WaitPending(0);
+    }
 
     public int StoppedUnexpectedlyCount => Volatile.Read(ref _stoppedUnexpectedly);
 
