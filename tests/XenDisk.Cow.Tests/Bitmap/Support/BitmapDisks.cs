@@ -28,7 +28,7 @@ public enum BitmapDeviceKind
 public sealed class BitmapDisks : IDisposable
 {
     // losetup -f picks the first free device and then attaches; two at once in this process could pick the same one.
-    private static readonly Lock LosetupGate = new();
+    internal static readonly Lock LosetupGate = new();
 
     private readonly string? _directory;
     private readonly string? _loop;
