@@ -3,7 +3,7 @@ using XenDisk.Storage;
 
 namespace XenDisk.Cow.Overlays;
 
-/// <summary>What an overlay operation (hydrate, commit) did.</summary>
+/// <summary>What an overlay operation (hydrate, commit; for qcow2 also rebase) did.</summary>
 public sealed record OverlayOperationResult
 {
     public required IoStatus Status { get; init; }
@@ -11,7 +11,7 @@ public sealed record OverlayOperationResult
     /// <summary>Guest bytes looked at (the whole virtual disk when the run completed).</summary>
     public long BytesExamined { get; init; }
 
-    /// <summary>Bytes this run wrote: into the overlay (hydrate) or into the base (commit).</summary>
+    /// <summary>Bytes this run wrote: into the overlay (hydrate, rebase) or into the base (commit).</summary>
     public long BytesCopied { get; init; }
 
     /// <summary>Why the operation failed, for an operator; null on success.</summary>

@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Text;
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
+using XenDisk.Cow.Overlays;
 
 namespace XenDisk.Cow.Qcow2;
 
@@ -26,7 +27,7 @@ public sealed partial class Qcow2Image
     /// </para>
     /// Throws <see cref="ArgumentException"/> for an invalid name or format.
     /// </summary>
-    public Qcow2OperationResult Rebase(IBlockDevice? newBacking, string? newBackingFile, string? newBackingFormat, Qcow2RebaseOptions? options = null, CancellationToken cancellationToken = default)
+    public OverlayOperationResult Rebase(IBlockDevice? newBacking, string? newBackingFile, string? newBackingFormat, Qcow2RebaseOptions? options = null, CancellationToken cancellationToken = default)
     {
         options ??= new Qcow2RebaseOptions();
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
@@ -50,7 +51,7 @@ public sealed partial class Qcow2Image
         }
         lock (_maintenanceLock)
         {
-            Qcow2OperationResult copy = new() { Status = IoStatus.Ok };
+            OverlayOperationResult copy = new() { Status = IoStatus.Ok };
             if (!options.Unsafe)
             {
                 if (BackingFile != null && _backing == null)

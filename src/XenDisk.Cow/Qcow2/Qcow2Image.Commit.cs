@@ -1,5 +1,6 @@
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
+using XenDisk.Cow.Overlays;
 
 namespace XenDisk.Cow.Qcow2;
 
@@ -24,7 +25,7 @@ public sealed partial class Qcow2Image
     /// Throws <see cref="InvalidOperationException"/> when there is no writable backing image of the
     /// full size; cancellation throws <see cref="OperationCanceledException"/> between steps.
     /// </summary>
-    public Qcow2OperationResult Commit(Qcow2CommitOptions? options = null, CancellationToken cancellationToken = default)
+    public OverlayOperationResult Commit(Qcow2CommitOptions? options = null, CancellationToken cancellationToken = default)
     {
         options ??= new Qcow2CommitOptions();
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
@@ -70,7 +71,7 @@ public sealed partial class Qcow2Image
             {
                 final = Flush();
             }
-            return new Qcow2OperationResult
+            return new OverlayOperationResult
             {
                 Status = final,
                 BytesExamined = _virtualSize,

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
+using XenDisk.Cow.Overlays;
 
 namespace XenDisk.Cow.Qcow2;
 
@@ -48,7 +49,7 @@ public sealed partial class Qcow2Image
     /// backing file is already hydrated: the call returns at once.
     /// </para>
     /// </summary>
-    public Qcow2OperationResult Hydrate(Qcow2HydrateOptions? options = null, CancellationToken cancellationToken = default)
+    public OverlayOperationResult Hydrate(Qcow2HydrateOptions? options = null, CancellationToken cancellationToken = default)
     {
         options ??= new Qcow2HydrateOptions();
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
@@ -60,14 +61,14 @@ public sealed partial class Qcow2Image
         {
             if (BackingFile == null)
             {
-                return new Qcow2OperationResult { Status = IoStatus.Ok, BytesExamined = _virtualSize };
+                return new OverlayOperationResult { Status = IoStatus.Ok, BytesExamined = _virtualSize };
             }
             _statistics.ReportHydration(0, _virtualSize);
             if (_backing == null)
             {
                 return Failed(IoStatus.NotSupported, $"the backing file '{BackingFile}' is not open, so there is nothing to copy from");
             }
-            Qcow2OperationResult copy = CopyDifferences(newBacking: null, options.BytesPerSecond, options.CheckpointBytes, options.Progress, cancellationToken);
+            OverlayOperationResult copy = CopyDifferences(newBacking: null, options.BytesPerSecond, options.CheckpointBytes, options.Progress, cancellationToken);
             if (!copy.Succeeded || !options.DropBackingLink)
             {
                 return copy;
@@ -82,7 +83,7 @@ public sealed partial class Qcow2Image
     /// chain differ from its contents through <paramref name="newBacking"/> (zeros when null, and past
     /// either device's end). Afterwards the virtual disk reads the same with either backing.
     /// </summary>
-    private Qcow2OperationResult CopyDifferences(IBlockDevice? newBacking, long bytesPerSecond, long checkpointBytes, Action<long, long>? progress, CancellationToken cancellationToken)
+    private OverlayOperationResult CopyDifferences(IBlockDevice? newBacking, long bytesPerSecond, long checkpointBytes, Action<long, long>? progress, CancellationToken cancellationToken)
     {
         if (_failure != null)
         {
@@ -144,7 +145,7 @@ public sealed partial class Qcow2Image
             Throttle(clock, counters.Read, bytesPerSecond, cancellationToken);
         }
         IoStatus final = Flush();
-        return new Qcow2OperationResult
+        return new OverlayOperationResult
         {
             Status = final,
             BytesExamined = _virtualSize,
@@ -279,7 +280,7 @@ public sealed partial class Qcow2Image
         }
     }
 
-    private Qcow2OperationResult Failed(IoStatus status, string error) => new() { Status = status, Error = error };
+    private OverlayOperationResult Failed(IoStatus status, string error) => new() { Status = status, Error = error };
 
     /// <summary>The most specific explanation the image has for a failed step.</summary>
     private string Explain(IoStatus status, string what)

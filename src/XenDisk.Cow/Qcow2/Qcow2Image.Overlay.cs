@@ -9,10 +9,10 @@ public sealed partial class Qcow2Image : IOverlayImage
     OverlayFormat IOverlayImage.Format => Qcow2OverlayFormat.Instance;
 
     OverlayOperationResult IOverlayImage.Hydrate(OverlayHydrateOptions? options, CancellationToken cancellationToken) =>
-        ToOverlayResult(Hydrate(ToQcow2(options), cancellationToken));
+        Hydrate(ToQcow2(options), cancellationToken);
 
     OverlayOperationResult IOverlayImage.Commit(OverlayCommitOptions? options, CancellationToken cancellationToken) =>
-        ToOverlayResult(Commit(ToQcow2(options), cancellationToken));
+        Commit(ToQcow2(options), cancellationToken);
 
     IReadOnlyList<OverlayExtent> IOverlayImage.Map(Action<long, long>? progress) =>
         Map(progress).Select(e => new OverlayExtent(e.Offset, e.Length, e.Kind switch
@@ -23,14 +23,6 @@ public sealed partial class Qcow2Image : IOverlayImage
             Qcow2ExtentKind.Compressed => OverlayExtentKind.Compressed,
             _ => OverlayExtentKind.Unsupported,
         }, e.Kind is Qcow2ExtentKind.Data or Qcow2ExtentKind.Compressed ? e.HostOffset : null)).ToList();
-
-    internal static OverlayOperationResult ToOverlayResult(Qcow2OperationResult result) => new()
-    {
-        Status = result.Status,
-        BytesExamined = result.BytesExamined,
-        BytesCopied = result.BytesCopied,
-        Error = result.Error,
-    };
 
     internal static Qcow2HydrateOptions? ToQcow2(OverlayHydrateOptions? options) => options == null ? null : new Qcow2HydrateOptions
     {

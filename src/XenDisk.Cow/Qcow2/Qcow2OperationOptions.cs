@@ -3,23 +3,6 @@ using XenDisk.Storage;
 
 namespace XenDisk.Cow.Qcow2;
 
-/// <summary>What an image operation (hydrate, commit, rebase) did.</summary>
-public sealed record Qcow2OperationResult
-{
-    public required IoStatus Status { get; init; }
-
-    /// <summary>Guest bytes looked at (the whole virtual disk when the run completed).</summary>
-    public long BytesExamined { get; init; }
-
-    /// <summary>Bytes this run wrote: into the overlay (hydrate, rebase) or into the backing image (commit).</summary>
-    public long BytesCopied { get; init; }
-
-    /// <summary>Why the operation failed, for an operator; null on success.</summary>
-    public string? Error { get; init; }
-
-    public bool Succeeded => Status == IoStatus.Ok;
-}
-
 /// <summary>How <see cref="Qcow2Image.Hydrate"/> runs.</summary>
 public sealed record Qcow2HydrateOptions
 {

@@ -1,6 +1,7 @@
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
+using XenDisk.Cow.Overlays;
 
 namespace XenDisk.Cow.Qcow2;
 
@@ -18,11 +19,11 @@ public static class Qcow2Operations
     /// Copies everything the image still reads from its backing chain into it and removes the
     /// backing link (see <see cref="Qcow2Image.Hydrate"/>). Resumable: run it again after an interruption.
     /// </summary>
-    public static Qcow2OperationResult Hydrate(string imagePath, Qcow2HydrateOptions? options = null, Qcow2FileOptions? files = null, CancellationToken cancellationToken = default)
+    public static OverlayOperationResult Hydrate(string imagePath, Qcow2HydrateOptions? options = null, Qcow2FileOptions? files = null, CancellationToken cancellationToken = default)
     {
         files ??= new Qcow2FileOptions();
         using Qcow2Image image = Qcow2Disk.Open(imagePath, new Qcow2OpenOptions { Policy = files.Policy, BackingPolicy = files.BackingPolicy });
-        Qcow2OperationResult result = image.Hydrate(options, cancellationToken);
+        OverlayOperationResult result = image.Hydrate(options, cancellationToken);
         return Finish(image, result, "hydrating", imagePath);
     }
 
@@ -31,7 +32,7 @@ public static class Qcow2Operations
     /// chain read-only), and with <see cref="Qcow2CommitOptions.EmptyOverlay"/> empties the image
     /// (see <see cref="Qcow2Image.Commit"/>). Every other image over the same backing file sees the change.
     /// </summary>
-    public static Qcow2OperationResult Commit(string imagePath, Qcow2CommitOptions? options = null, Qcow2FileOptions? files = null, CancellationToken cancellationToken = default)
+    public static OverlayOperationResult Commit(string imagePath, Qcow2CommitOptions? options = null, Qcow2FileOptions? files = null, CancellationToken cancellationToken = default)
     {
         options ??= new Qcow2CommitOptions();
         files ??= new Qcow2FileOptions();
@@ -58,7 +59,7 @@ public static class Qcow2Operations
         }
         using (image)
         {
-            Qcow2OperationResult result;
+            OverlayOperationResult result;
             try
             {
                 result = image.Commit(options, cancellationToken);
@@ -131,7 +132,7 @@ public static class Qcow2Operations
     /// <see cref="Qcow2FileOptions.BackingPolicy"/>) and copies what differs into the image first;
     /// unsafe mode only rewrites the header (see <see cref="Qcow2Image.Rebase"/>).
     /// </summary>
-    public static Qcow2OperationResult Rebase(string imagePath, string? newBackingFile, string? newBackingFormat, Qcow2RebaseOptions? options = null, Qcow2FileOptions? files = null, CancellationToken cancellationToken = default)
+    public static OverlayOperationResult Rebase(string imagePath, string? newBackingFile, string? newBackingFormat, Qcow2RebaseOptions? options = null, Qcow2FileOptions? files = null, CancellationToken cancellationToken = default)
     {
         options ??= new Qcow2RebaseOptions();
         files ??= new Qcow2FileOptions();
@@ -181,7 +182,7 @@ public static class Qcow2Operations
                 newBacking = OpenLayer(path, format, readOnly: true, files);
             }
             using Qcow2Image image = Qcow2Disk.Open(fullPath, new Qcow2OpenOptions { Policy = files.Policy, BackingPolicy = files.BackingPolicy });
-            Qcow2OperationResult result = image.Rebase(newBacking, newBackingFile, newBackingFormat, options, cancellationToken);
+            OverlayOperationResult result = image.Rebase(newBacking, newBackingFile, newBackingFormat, options, cancellationToken);
             return Finish(image, result, "rebasing", fullPath);
         }
         finally
@@ -191,7 +192,7 @@ public static class Qcow2Operations
     }
 
     /// <summary>Closes the image cleanly and turns a failure into a <see cref="StorageException"/>.</summary>
-    private static Qcow2OperationResult Finish(Qcow2Image image, Qcow2OperationResult result, string what, string imagePath)
+    private static OverlayOperationResult Finish(Qcow2Image image, OverlayOperationResult result, string what, string imagePath)
     {
         IoStatus close = image.ReadOnly ? IoStatus.Ok : image.Close();
         if (!result.Succeeded)

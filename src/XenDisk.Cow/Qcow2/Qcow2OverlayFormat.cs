@@ -60,10 +60,10 @@ internal sealed partial class Qcow2OverlayFormat : OverlayFormat
     }
 
     public override OverlayOperationResult Hydrate(string imagePath, OverlayHydrateOptions? options = null, OverlayFileOptions? files = null, CancellationToken cancellationToken = default) =>
-        Qcow2Image.ToOverlayResult(Qcow2Operations.Hydrate(imagePath, Qcow2Image.ToQcow2(options), ToQcow2(files), cancellationToken));
+        Qcow2Operations.Hydrate(imagePath, Qcow2Image.ToQcow2(options), ToQcow2(files), cancellationToken);
 
     public override OverlayOperationResult Commit(string imagePath, OverlayCommitOptions? options = null, OverlayFileOptions? files = null, CancellationToken cancellationToken = default) =>
-        Qcow2Image.ToOverlayResult(Qcow2Operations.Commit(imagePath, Qcow2Image.ToQcow2(options), ToQcow2(files), cancellationToken));
+        Qcow2Operations.Commit(imagePath, Qcow2Image.ToQcow2(options), ToQcow2(files), cancellationToken);
 
     private static Qcow2FileOptions? ToQcow2(OverlayFileOptions? files) =>
         files == null ? null : new Qcow2FileOptions { BackingPolicy = files.BackingPolicy, Policy = files.Policy };

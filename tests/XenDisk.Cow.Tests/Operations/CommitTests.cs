@@ -2,6 +2,7 @@ using XenDisk.Cow.Qcow2;
 using XenDisk.Cow.Tests.Operations.Support;
 using XenDisk.Cow.Tests.Qcow2.Support;
 using XenDisk.Storage;
+using XenDisk.Cow.Overlays;
 
 namespace XenDisk.Cow.Tests.Operations;
 
@@ -27,7 +28,7 @@ public class CommitTests
             Assert.Equal(IoStatus.Ok, image.Close());
         }
 
-        Qcow2OperationResult result = Qcow2Operations.Commit(overlay, new Qcow2CommitOptions { EmptyOverlay = emptyOverlay }, ImageFiles.Files(directory));
+        OverlayOperationResult result = Qcow2Operations.Commit(overlay, new Qcow2CommitOptions { EmptyOverlay = emptyOverlay }, ImageFiles.Files(directory));
 
         Assert.True(result.Succeeded, result.Error);
         Assert.True(result.BytesCopied > 0);
@@ -65,7 +66,7 @@ public class CommitTests
             Assert.Equal(IoStatus.Ok, image.Close());
         }
 
-        Qcow2OperationResult result = Qcow2Operations.Commit(overlay, new Qcow2CommitOptions { EmptyOverlay = true }, ImageFiles.Files(directory));
+        OverlayOperationResult result = Qcow2Operations.Commit(overlay, new Qcow2CommitOptions { EmptyOverlay = true }, ImageFiles.Files(directory));
 
         Assert.True(result.Succeeded, result.Error);
         ImageFiles.AssertQemuCheckClean(basePath);

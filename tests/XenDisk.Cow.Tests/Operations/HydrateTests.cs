@@ -2,6 +2,7 @@ using XenDisk.Cow.Qcow2;
 using XenDisk.Cow.Tests.Operations.Support;
 using XenDisk.Cow.Tests.Qcow2.Support;
 using XenDisk.Storage;
+using XenDisk.Cow.Overlays;
 
 namespace XenDisk.Cow.Tests.Operations;
 
@@ -28,7 +29,7 @@ public class HydrateTests
         }
 
         List<(long Done, long Total)> progress = [];
-        Qcow2OperationResult result = Qcow2Operations.Hydrate(overlay, new Qcow2HydrateOptions { Progress = (done, total) => progress.Add((done, total)) }, ImageFiles.Files(directory));
+        OverlayOperationResult result = Qcow2Operations.Hydrate(overlay, new Qcow2HydrateOptions { Progress = (done, total) => progress.Add((done, total)) }, ImageFiles.Files(directory));
 
         Assert.True(result.Succeeded, result.Error);
         Assert.Equal(DiskSize, result.BytesExamined);
@@ -61,7 +62,7 @@ public class HydrateTests
         File.WriteAllBytes(directory.File("base.raw"), model);
         string overlay = ImageFiles.CreateOverlay(directory, "overlay.qcow2", "base.raw", "raw", DiskSize, 65536, extendedL2: false);
 
-        Qcow2OperationResult result = Qcow2Operations.Hydrate(overlay, files: ImageFiles.Files(directory));
+        OverlayOperationResult result = Qcow2Operations.Hydrate(overlay, files: ImageFiles.Files(directory));
 
         Assert.Equal(65536, result.BytesCopied);
         File.Delete(directory.File("base.raw"));
@@ -89,7 +90,7 @@ public class HydrateTests
         // The same image hydrated in one go, for comparison.
         string twin = directory.File("twin.qcow2");
         File.Copy(overlay, twin);
-        Qcow2OperationResult whole = Qcow2Operations.Hydrate(twin, files: ImageFiles.Files(directory));
+        OverlayOperationResult whole = Qcow2Operations.Hydrate(twin, files: ImageFiles.Files(directory));
         Assert.True(whole.Succeeded, whole.Error);
 
         using CancellationTokenSource cancel = new();
@@ -114,7 +115,7 @@ public class HydrateTests
             ImageFiles.AssertContents(model, TestData.ReadAll(image));
         }
 
-        Qcow2OperationResult rest = Qcow2Operations.Hydrate(overlay, files: ImageFiles.Files(directory));
+        OverlayOperationResult rest = Qcow2Operations.Hydrate(overlay, files: ImageFiles.Files(directory));
 
         Assert.True(rest.Succeeded, rest.Error);
         Assert.InRange(rest.BytesCopied, 1, whole.BytesCopied - 1);
@@ -140,7 +141,7 @@ public class HydrateTests
         string overlay = ImageFiles.CreateOverlay(directory, "overlay.qcow2", "base.raw", "raw", DiskSize, clusterSize, extendedL2);
         using (Qcow2Image image = ImageFiles.Open(directory, overlay))
         {
-            Qcow2OperationResult? result = null;
+            OverlayOperationResult? result = null;
             Exception? failure = null;
             // Throttled so that the guest writes for the whole run.
             Thread hydrator = new(() =>
@@ -189,14 +190,14 @@ public class HydrateTests
         using TempDirectory directory = new();
         string plain = directory.File("plain.qcow2");
         Qcow2Disk.Create(plain, new Qcow2CreateOptions { VirtualSize = DiskSize });
-        Qcow2OperationResult result = Qcow2Operations.Hydrate(plain);
+        OverlayOperationResult result = Qcow2Operations.Hydrate(plain);
         Assert.True(result.Succeeded);
         Assert.Equal(0, result.BytesCopied);
 
         File.WriteAllBytes(directory.File("base.raw"), new byte[DiskSize]);
         string overlay = ImageFiles.CreateOverlay(directory, "overlay.qcow2", "base.raw", "raw", DiskSize, 65536, extendedL2: false);
         using Qcow2Image image = ImageFiles.Open(directory, overlay, readOnly: true);
-        Qcow2OperationResult refused = image.Hydrate();
+        OverlayOperationResult refused = image.Hydrate();
         Assert.Equal(IoStatus.ReadOnly, refused.Status);
         Assert.Contains("read-only", refused.Error);
     }

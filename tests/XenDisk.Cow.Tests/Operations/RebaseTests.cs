@@ -2,6 +2,7 @@ using XenDisk.Cow.Qcow2;
 using XenDisk.Cow.Tests.Operations.Support;
 using XenDisk.Cow.Tests.Qcow2.Support;
 using XenDisk.Storage;
+using XenDisk.Cow.Overlays;
 
 namespace XenDisk.Cow.Tests.Operations;
 
@@ -35,7 +36,7 @@ public class RebaseTests
             Assert.Equal(IoStatus.Ok, image.Close());
         }
 
-        Qcow2OperationResult result = Qcow2Operations.Rebase(overlay, "new.raw", "raw", files: ImageFiles.Files(directory));
+        OverlayOperationResult result = Qcow2Operations.Rebase(overlay, "new.raw", "raw", files: ImageFiles.Files(directory));
 
         Assert.True(result.Succeeded, result.Error);
         Assert.InRange(result.BytesCopied, 1, DiskSize / 4);
@@ -71,7 +72,7 @@ public class RebaseTests
 
         // Unsafe mode opens no backing file, so no policy is needed; the old base may even be gone.
         File.Delete(directory.File("old.raw"));
-        Qcow2OperationResult result = Qcow2Operations.Rebase(overlay, "other.raw", "raw", new Qcow2RebaseOptions { Unsafe = true });
+        OverlayOperationResult result = Qcow2Operations.Rebase(overlay, "other.raw", "raw", new Qcow2RebaseOptions { Unsafe = true });
 
         Assert.True(result.Succeeded, result.Error);
         Assert.Equal(0, result.BytesCopied);
@@ -105,7 +106,7 @@ public class RebaseTests
         }
         File.WriteAllBytes(directory.File("base.raw"), TestData.Random(DiskSize, 9));
 
-        Qcow2OperationResult result = Qcow2Operations.Rebase(image, "base.raw", "raw", files: ImageFiles.Files(directory));
+        OverlayOperationResult result = Qcow2Operations.Rebase(image, "base.raw", "raw", files: ImageFiles.Files(directory));
 
         Assert.True(result.Succeeded, result.Error);
         ImageFiles.AssertQemuCheckClean(image);

@@ -269,7 +269,7 @@ public sealed class CowDiskProviderTests : IDisposable
             byte[] data = TestData.Random(4096, 3);
             Assert.Equal(IoStatus.Ok, device.WriteAt(0, data));
             data.CopyTo(expected, 0);
-            Qcow2OperationResult result = ((Qcow2Image)device).Hydrate();
+            OverlayOperationResult result = ((Qcow2Image)device).Hydrate();
             Assert.True(result.Succeeded, result.Error);
         }
         Assert.Null(ImageFiles.Header(overlay).BackingFile);

@@ -4,6 +4,7 @@ using XenDisk.Cow.Qcow2;
 using XenDisk.Cow.Tests.Bitmap.Support;
 using XenDisk.Cow.Tests.Qcow2.Support;
 using XenDisk.Storage;
+using XenDisk.Cow.Overlays;
 
 namespace XenDisk.Cow.Tests.Statistics;
 
@@ -165,7 +166,7 @@ public sealed class OverlayStatisticsTests
         long copiedBefore = image.Statistics.CopiedBytes;
 
         List<(double Expected, double? Seen)> progress = [];
-        Qcow2OperationResult result = image.Hydrate(new Qcow2HydrateOptions
+        OverlayOperationResult result = image.Hydrate(new Qcow2HydrateOptions
         {
             DropBackingLink = false,
             Progress = (done, total) => progress.Add(((double)done / total, image.Statistics.HydrationProgress)),

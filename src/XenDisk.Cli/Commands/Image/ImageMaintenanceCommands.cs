@@ -211,7 +211,7 @@ internal static class ImageMaintenanceCommands
                 }
             }
             using ProgressBar progress = new(parse.Error(), "rebasing");
-            Qcow2OperationResult result = Qcow2Operations.Rebase(path, newBase.Length == 0 ? null : newBase, newBase.Length == 0 ? null : newFormat,
+            OverlayOperationResult result = Qcow2Operations.Rebase(path, newBase.Length == 0 ? null : newBase, newBase.Length == 0 ? null : newFormat,
                 new Qcow2RebaseOptions { Unsafe = parse.GetValue(unsafeMode), Progress = progress.Callback },
                 new Qcow2FileOptions { BackingPolicy = ImageFiles.BackingPolicy(path, allowed) },
                 cancellationToken);
