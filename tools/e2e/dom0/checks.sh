@@ -16,7 +16,8 @@ ext4_steps="ext4-guest-create guest-ext4-mkfs guest-ext4-write guest-reboot gues
 restart_steps="xendisk-stop xendisk-restart restart-guest-create guest-ext4-after-restart
  guest-ext4-file-count-after-restart restart-guest-poweroff"
 crash_steps="crash-guest-create crash-kill-1 crash-kill-2 crash-kill-3 crash-kill-4 crash-kill-5
- guest-crash-io-verified guest-crash-blkfront-clean crash-guest-poweroff"
+ restart-under-io-stop restart-under-io-start guest-crash-io-verified guest-crash-blkfront-clean
+ crash-guest-poweroff restart-io-stalls"
 destroy_steps="idle-guest-create destroy-running-guest"
 overlay_steps="overlay-images overlay-guests-create guest-a-blkfront-xvda guest-b-blkfront-xvda
  guest-a-overlay-read-base guest-b-overlay-read-base guest-a-overlay-write guest-b-overlay-write
@@ -162,22 +163,68 @@ if [ "$scenario" = xendisk ]; then
 fi
 
 # 3b. (xendisk) The service is killed (SIGKILL, as an abort or the OOM killer would) five times
-#    while a two-queue guest runs verified I/O, and started again each time. Each ring's in-flight
-#    record lets the new instance redo exactly what its predecessor left unanswered: the guest must
-#    see pauses only, every verified pass intact and no blkfront error.
+#    while a two-queue guest runs verified I/O, and started again each time; then it is stopped
+#    (SIGTERM) and started once more. Each ring's in-flight record lets the new instance redo exactly
+#    what its predecessor left unanswered: the guest must see pauses only, every verified pass intact
+#    and no blkfront error. The guest records each pause in its completed I/O (io-gaps); each restart's
+#    longest pause, as the guest saw it, must end at most 10 s after the service was back.
+# restart_under_io LABEL KIND: SIGKILL (kill) or SIGTERM (term) and a new instance; appends
+# "LABEL KIND DOWN_CS READY_CS" to /tmp/restarts (wall clock, hundredths, see now_cs).
+restart_under_io() {
+    t_down=$(now_cs)
+    if [ "$2" = kill ]; then
+        kill -KILL "$xendisk_pid" 2>/dev/null
+        wait "$xendisk_pid" 2>/dev/null
+        echo "--- $1: SIGKILL (dom0 uptime $(cut -d. -f1 /proc/uptime)s)" >>/var/log/xendisk.log
+        # A killed process leaves its socket file; the readiness check must see the new one.
+        rm -f /run/xendisk/control.sock
+        start_xendisk "$1" || return 1
+    else
+        stop_xendisk "$1-stop" || return 1
+        start_xendisk "$1-start" || return 1
+    fi
+    echo "$1 $2 $t_down $(now_cs)" >>/tmp/restarts
+}
+# io_stalls STEP GUEST TARGET_S: lays each line of /tmp/restarts beside the guest's io-gaps: a
+# restart's stall is the longest gap that overlaps its down time (2 s of slack for the two clocks'
+# anchoring); fails when one exceeds the down time by more than TARGET_S seconds.
+io_stalls() {
+    gaps=$(guest_data "$2" io-gaps)
+    result=$(awk -v gaps="$gaps" -v target="$3" '
+        BEGIN { n = split(gaps, g, " ") }
+        { down = $4 - $3; stall = 0
+          for (i = 1; i <= n; i++) { split(g[i], se, ":"); if (se[1] < $4 + 200 && se[2] > $3 - 200 && se[2] - se[1] > stall) stall = se[2] - se[1] }
+          shown = stall ? sprintf("%.2f s", stall / 100) : "under 1 s"
+          printf "INFO %s (%s): down %.2f s, longest guest I/O gap %s\n", $1, $2 == "kill" ? "SIGKILL" : "SIGTERM", down / 100, shown
+          if (stall > down + target * 100) { bad = bad sprintf(" %s: gap %.2f s, down %.2f s;", $1, stall / 100, down / 100) }
+          if (stall - down > worst) worst = stall - down }
+        END { printf "WORST %.2f\n", worst / 100; if (bad != "") printf "BAD%s\n", bad }' /tmp/restarts)
+    echo "$result" | sed -n 's/^INFO //p' | while IFS= read -r line; do info "$line"; done
+    worst=$(echo "$result" | sed -n 's/^WORST //p')
+    bad=$(echo "$result" | sed -n 's/^BAD //p')
+    if [ ! -s /tmp/restarts ]; then
+        fail "$1" "no restart was recorded"
+    elif [ -n "$bad" ]; then
+        fail "$1" "a guest I/O gap exceeded the down time by more than $3 s:$bad"
+    else
+        pass "$1"
+        info "$1: the longest gap exceeded the down time by at most ${worst} s (target $3 s)"
+    fi
+}
 if [ "$scenario" = xendisk ] && alive "$xendisk_pid"; then
     main_config crash /guest/domU-fio.cpio 2
+    : >/tmp/restarts
     if create_guest $guest crash-guest-create; then
         if follow_guest $guest "GUEST: WAIT kills" 600; then
+            ok=yes
             for k in 1 2 3 4 5; do
-                sleep 5
-                kill -KILL "$xendisk_pid" 2>/dev/null
-                wait "$xendisk_pid" 2>/dev/null
-                echo "--- crash-kill-$k: SIGKILL (dom0 uptime $(cut -d. -f1 /proc/uptime)s)" >>/var/log/xendisk.log
-                # A killed process leaves its socket file; the readiness check must see the new one.
-                rm -f /run/xendisk/control.sock
-                start_xendisk "crash-kill-$k" || break
+                sleep 8
+                restart_under_io "crash-kill-$k" kill || { ok=no; break; }
             done
+            if [ $ok = yes ]; then
+                sleep 8
+                restart_under_io restart-under-io term
+            fi
             sleep 5
             # What the restarted instances found in the rings' in-flight records (event 2008).
             grep 'resumed after an unclean stop' /var/log/xendisk.log | sed 's/.*Ring /ring /' | while read -r line; do info "$line"; done
@@ -185,6 +232,7 @@ if [ "$scenario" = xendisk ] && alive "$xendisk_pid"; then
         fi
         if follow_guest $guest "GUEST: DONE" 900; then
             wait_guest_gone $guest crash-guest-poweroff
+            io_stalls restart-io-stalls $guest 10
         else
             fail crash-guest-poweroff "no final line from the guest in 900 s"
             xl destroy $guest 2>/dev/null
