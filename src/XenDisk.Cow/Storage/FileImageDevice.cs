@@ -23,7 +23,8 @@ public sealed class FileImageDevice : IGrowableBlockDevice
         _handle = handle;
         // A FileStream over the handle is the portable way to reach fsync (Flush(flushToDisk: true)).
         _syncStream = new FileStream(handle, readOnly ? FileAccess.Read : FileAccess.ReadWrite, bufferSize: 0);
-        _info = MakeInfo(RandomAccess.GetLength(handle), readOnly);
+        // Not RandomAccess.GetLength: it is fstat's st_size, 0 for a block device (an overlay on an LVM volume).
+        _info = MakeInfo(RawBlockDevice.SizeOf(handle, path), readOnly);
     }
 
     public string Path { get; }
@@ -186,7 +187,7 @@ public sealed class FileImageDevice : IGrowableBlockDevice
     {
         lock (_growLock)
         {
-            BlockDeviceInfo info = MakeInfo(RandomAccess.GetLength(_handle), Info.ReadOnly);
+            BlockDeviceInfo info = MakeInfo(RawBlockDevice.SizeOf(_handle, Path), Info.ReadOnly);
             Volatile.Write(ref _info, info);
             return info;
         }

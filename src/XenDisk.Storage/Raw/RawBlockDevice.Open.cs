@@ -203,6 +203,24 @@ public sealed unsafe partial class RawBlockDevice
         return (logical, physicalSize);
     }
 
+    /// <summary>
+    /// The size in bytes of what <paramref name="handle"/> is open on: BLKGETSIZE64 for a block device,
+    /// fstat's st_size for anything else. For code that opens images through .NET's file APIs (the
+    /// image tools' <c>FileImageDevice</c>), whose length of a block device (an LVM volume, a loop
+    /// device) is fstat's 0. Throws <see cref="StorageException"/> when the size cannot be read.
+    /// </summary>
+    public static long SizeOf(SafeFileHandle handle, string path)
+    {
+        int fd = (int)handle.DangerousGetHandle();
+        Statx stat = StatDescriptor(fd, path);
+        bool isBlockDevice = (stat.stx_mode & Libc.S_IFMT) == Libc.S_IFBLK;
+        if (!TryReadSize(fd, isBlockDevice, 1, out long size, out int errno))
+        {
+            throw new StorageException($"Cannot read the size of {path}: {Errno.Describe(errno)}.", errno);
+        }
+        return size;
+    }
+
     /// <summary>The usable size: fstat's st_size for files, BLKGETSIZE64 for block devices, rounded down to whole sectors.</summary>
     private static bool TryReadSize(int fd, bool isBlockDevice, int logicalSectorSize, out long size, out int errno)
     {

@@ -70,7 +70,10 @@ alive() { [ -r "/proc/$1/stat" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/nu
 start_xendisk() {
     if [ ! -x /opt/xendisk/xendisk ]; then fail "$1" "/opt/xendisk/xendisk is not in the image"; return 1; fi
     echo "--- $1: xendisk serve starts (dom0 uptime $(cut -d. -f1 /proc/uptime)s)" >>/var/log/xendisk.log
-    /opt/xendisk/xendisk serve --hotplug-script xendisk --verbose >>/var/log/xendisk.log 2>&1 &
+    # Images may lie in the default directory; bases also on LVM volumes, whose device-mapper nodes
+    # (/dev/mapper/VG-LV, where /dev/VG/LV leads) the copy-on-write provider must be allowed to read.
+    XENDISK_Storage__AllowedImageDirectories__0=$images XENDISK_Storage__AllowedImageDirectories__1=/dev/mapper \
+        /opt/xendisk/xendisk serve --hotplug-script xendisk --verbose >>/var/log/xendisk.log 2>&1 &
     xendisk_pid=$!
     n=0
     until [ -S /run/xendisk/control.sock ]; do
@@ -109,6 +112,13 @@ stop_xendisk() {
         return 1
     fi
     pass "$1"
+}
+
+# dom0_disk: the disk QEMU gives dom0 (see boot in tools/e2e/lib/harness.sh) as /dev/sda.
+dom0_disk() {
+    for m in ata_piix sd_mod; do modprobe "$m" || { echo "modprobe $m failed"; return 1; }; done
+    n=0
+    until [ -b /dev/sda ]; do n=$((n + 1)); [ $n -gt 60 ] && { echo "no /dev/sda 30 s after modprobe ata_piix"; return 1; }; sleep 0.5; done
 }
 
 # --- guests ---------------------------------------------------------------------------------------

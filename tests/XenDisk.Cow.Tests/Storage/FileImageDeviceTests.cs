@@ -1,0 +1,48 @@
+using System.Diagnostics;
+using XenDisk.Cow.Storage;
+using XenDisk.Storage;
+
+namespace XenDisk.Cow.Tests.Storage;
+
+/// <summary>
+/// The image tools open images through <see cref="FileImageDevice"/>; an overlay may live on a block
+/// device (an LVM volume, here a loop device), whose size fstat reports as 0.
+/// </summary>
+public sealed class FileImageDeviceTests
+{
+    [Fact]
+    public void ABlockDeviceHasTheSizeOfWhatItHoldsAndReadsBackItsBytes()
+    {
+        string directory = Path.Combine("/var/tmp", "xendisk-fileimage-tests-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(directory);
+        string file = Path.Combine(directory, "volume.img");
+        byte[] contents = new byte[3 << 20];
+        new Random(7).NextBytes(contents);
+        File.WriteAllBytes(file, contents);
+        string loop = Run("losetup", "-f", "--show", file);
+        try
+        {
+            using FileImageDevice device = FileImageDevice.Open(loop, readOnly: true);
+            Assert.Equal(contents.Length, device.Info.SizeBytes);
+            Assert.Equal(contents.Length, device.Refresh().SizeBytes);
+            byte[] tail = new byte[4096];
+            Assert.Equal(IoStatus.Ok, device.ReadAt(contents.Length - tail.Length, tail));
+            Assert.Equal(contents.AsSpan(contents.Length - tail.Length).ToArray(), tail);
+        }
+        finally
+        {
+            Run("losetup", "-d", loop);
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    private static string Run(string program, params string[] arguments)
+    {
+        using Process process = Process.Start(new ProcessStartInfo(program, arguments) { RedirectStandardOutput = true, RedirectStandardError = true })!;
+        string output = process.StandardOutput.ReadToEnd();
+        string error = process.StandardError.ReadToEnd();
+        process.WaitForExit();
+        Assert.True(process.ExitCode == 0, $"{program} {string.Join(' ', arguments)} failed: {error}");
+        return output.Trim();
+    }
+}
