@@ -22,7 +22,8 @@ internal sealed class BackendContext(
     /// <summary>The backend's one xenstore connection; thread-safe, shared by the watch loop and every device.</summary>
     public IXenStore Store { get; } = store;
 
-    public IDiskProvider Disks { get; } = disks;
+    /// <summary>The disks the devices have open, shared between the devices of one VM (see <see cref="SharedDisks"/>).</summary>
+    public SharedDisks Disks { get; } = new(disks);
 
     public BackendOptions Options { get; } = options;
 

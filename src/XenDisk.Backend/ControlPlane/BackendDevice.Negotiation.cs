@@ -36,10 +36,17 @@ internal sealed partial class BackendDevice
             _frontendWatched = true;
         }
 
+        // The frontend domain's VM (/vm/UUID), written by the toolstack: a domain that xl migrate
+        // builds on this host beside the outgoing one shares its disks (see SharedDisks).
+        string? vm = store.Read(XenStoreTransaction.None, store.GetDomainPath(configuration.FrontendDomainId) + "/vm");
         IBlockDevice disk;
         try
         {
-            disk = _context.Disks.Open(new DiskSpecification(configuration.Target, configuration.ReadOnly, configuration.Type));
+            disk = _context.Disks.Open(vm, new DiskSpecification(configuration.Target, configuration.ReadOnly, configuration.Type), out bool shared);
+            if (shared)
+            {
+                ControlPlaneLog.DiskShared(_context.Logger, Name, vm!);
+            }
         }
         catch (StorageException e)
         {
@@ -79,7 +86,10 @@ internal sealed partial class BackendDevice
         _diskInfo = null;
         _readOnly = false;
         _discardOffered = false;
-        disk.Dispose();
+        if (_context.Disks.Release(disk))
+        {
+            disk.Dispose();
+        }
     }
 
     private static void CheckDisk(BlockDeviceInfo info)

@@ -461,7 +461,11 @@ internal sealed partial class BackendDevice
                     ControlPlaneLog.FinalFlushFailed(_context.Logger, Name, status.ToString());
                 }
 
-                _disk.Dispose();
+                // A disk another device of the same VM still serves stays open (SharedDisks).
+                if (_context.Disks.Release(_disk))
+                {
+                    _disk.Dispose();
+                }
             }
             catch (Exception e)
             {

@@ -16,6 +16,13 @@ skip() { say "SKIP $1: $2"; echo "$1" >>/tmp/verdicts; }
 # reports steps that never got one as failed; these were not reached because of an earlier failure).
 skip_rest() { for step in $1; do grep -qx -- "$step" /tmp/verdicts 2>/dev/null || skip "$step" "$2"; done; }
 info() { say "INFO $*"; }
+# now_cs: the wall clock in hundredths of a second, read without a fork: dom0's uptime (hundredths)
+# anchored to the wall clock once. The guests do the same (domU/init), and both clocks come from
+# Xen, so dom0's restart times and a guest's I/O gaps can be laid side by side.
+clock_offset=$(( $(date +%s) - $(cut -d. -f1 /proc/uptime) ))
+now_cs() { read -r up _ </proc/uptime; echo $(( ${up%.*}${up#*.} + clock_offset * 100 )); }
+# cs_text CS: hundredths of a second as seconds ("1234" -> "12.34").
+cs_text() { printf '%d.%02d' $(($1 / 100)) $(($1 % 100)); }
 # show FILE LINES: copies the tail of a log to the console, each line prefixed, for the failure report.
 show() { [ -f "$1" ] && tail -n "${2:-30}" "$1" | sed "s#^#E2E-LOG $(basename "$1")| #"; }
 
@@ -63,7 +70,10 @@ alive() { [ -r "/proc/$1/stat" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/nu
 start_xendisk() {
     if [ ! -x /opt/xendisk/xendisk ]; then fail "$1" "/opt/xendisk/xendisk is not in the image"; return 1; fi
     echo "--- $1: xendisk serve starts (dom0 uptime $(cut -d. -f1 /proc/uptime)s)" >>/var/log/xendisk.log
-    /opt/xendisk/xendisk serve --hotplug-script xendisk --verbose >>/var/log/xendisk.log 2>&1 &
+    # Images may lie in the default directory; bases also on LVM volumes, whose device-mapper nodes
+    # (/dev/mapper/VG-LV, where /dev/VG/LV leads) the copy-on-write provider must be allowed to read.
+    XENDISK_Storage__AllowedImageDirectories__0=$images XENDISK_Storage__AllowedImageDirectories__1=/dev/mapper \
+        /opt/xendisk/xendisk serve --hotplug-script xendisk --verbose >>/var/log/xendisk.log 2>&1 &
     xendisk_pid=$!
     n=0
     until [ -S /run/xendisk/control.sock ]; do
@@ -71,8 +81,9 @@ start_xendisk() {
             wait "$xendisk_pid"; rc=$?
             fail "$1" "xendisk serve exited with status $rc before it was ready"; return 1
         fi
-        n=$((n + 1)); [ $n -gt 240 ] && { fail "$1" "no control socket /run/xendisk/control.sock after 240 s"; return 1; }
-        sleep 1
+        # A fine poll: the restart steps measure the time the service was down by it.
+        n=$((n + 1)); [ $n -gt 1200 ] && { fail "$1" "no control socket /run/xendisk/control.sock after 240 s"; return 1; }
+        sleep 0.2
     done
     pass "$1"
 }
@@ -101,6 +112,13 @@ stop_xendisk() {
         return 1
     fi
     pass "$1"
+}
+
+# dom0_disk: the disk QEMU gives dom0 (see boot in tools/e2e/lib/harness.sh) as /dev/sda.
+dom0_disk() {
+    for m in ata_piix sd_mod; do modprobe "$m" || { echo "modprobe $m failed"; return 1; }; done
+    n=0
+    until [ -b /dev/sda ]; do n=$((n + 1)); [ $n -gt 60 ] && { echo "no /dev/sda 30 s after modprobe ata_piix"; return 1; }; sleep 0.5; done
 }
 
 # --- guests ---------------------------------------------------------------------------------------
@@ -148,6 +166,8 @@ copy_console() {
     tr -d '\r' <"$log" >"/tmp/console-$1.now"
     total=$(wc -l <"/tmp/console-$1.now")
     copied=$(cat "/tmp/console-$1.copied" 2>/dev/null || echo 0)
+    # A log that was started afresh (a new domain of the same name) is copied from its start.
+    [ "$total" -lt "$copied" ] && copied=0
     [ "$total" -gt "$copied" ] || return 0
     echo "$total" >"/tmp/console-$1.copied"
     prefix=$(guest_prefix "$1")

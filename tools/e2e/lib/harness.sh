@@ -215,14 +215,19 @@ build_dom0() {
   local xenstore_tools=()
   mapfile -t xenstore_tools < <(cd "$root" && find usr/bin -name 'xenstore*' ! -name xenstore-control | sort)
   # qemu-img checks and reads the qcow2 overlays XenDisk wrote (QEMU is the reference qcow2 reader).
-  stage_copy "$stage" $xenbin/xl $xenbin/xenstored $xenbin/xenconsoled $xenbin/xen-init-dom0 \
+  # libxl-save-helper writes and reads a domain's memory for xl save, restore and migrate. lvm
+  # builds the volume group of the LVM checks (dmsetup shows the device-mapper tables).
+  stage_copy "$stage" $xenbin/xl $xenbin/xenstored $xenbin/xenconsoled $xenbin/xen-init-dom0 $xenbin/libxl-save-helper \
     "${xenstore_tools[@]}" bin/bash usr/bin/flock usr/bin/stat bin/dd lib/x86_64-linux-gnu/libgcc_s.so.1 \
-    usr/bin/qemu-img $(cd "$root" && ls usr/lib/x86_64-linux-gnu/libxen*.so.* | sort) || return 1
+    usr/bin/qemu-img sbin/lvm sbin/dmsetup $(cd "$root" && ls usr/lib/x86_64-linux-gnu/libxen*.so.* | sort) || return 1
   ln -sf ../lib/xen-4.17/bin/xl "$stage/usr/sbin/xl"
+  local tool
+  for tool in pvcreate vgcreate lvcreate lvextend lvs vgs pvs; do ln -sf lvm "$stage/usr/sbin/$tool"; done
   (cd "$root" && tar -cf - etc/xen) | tar -C "$stage" --keep-directory-symlink -xf - || return 1
   install -m 755 "$repo/config/xendisk-hotplug" "$stage/etc/xen/scripts/xendisk"
   install -m 755 "$e2e/dom0/e2e-phy" "$stage/etc/xen/scripts/e2e-phy"
-  stage_modules "$stage" xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd loop xen-blkback || return 1
+  # ata_piix and sd_mod for the disk QEMU gives dom0 (see boot), dm-mod for LVM on it.
+  stage_modules "$stage" xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd loop xen-blkback ata_piix sd_mod dm-mod || return 1
   mkdir -p "$stage/guest"
   cp "$root/boot/vmlinuz-$kernel_version" "$stage/guest/vmlinuz"
   cp "$build/domU.cpio" "$build/fio.cpio" "$stage/guest/"
@@ -316,8 +321,14 @@ boot() {
   note "$scenario: booting Xen under QEMU (TCG), up to ${qemu_timeout}s; serial log ${dir#"$repo"/}/serial.log"
   local t0=$SECONDS rc qemu
   : >"$dir/serial.log"
+  # A blank 1 GiB disk for dom0 (its /dev/sda through ata_piix): xl save writes a guest's memory to
+  # it (dom0's RAM file system is too small for that), then the LVM checks put their volume group on
+  # it. Sparse, and removed after the boot.
+  local disk="$build/dom0-disk-$scenario.img"
+  rm -f "$disk" && truncate -s 1G "$disk"
   timeout --kill-after=10 "$qemu_timeout" qemu-system-x86_64 -accel tcg -machine pc -m 2048 -smp 2 \
     -display none -no-reboot -monitor none -serial "file:$dir/serial.log" \
+    -drive "file=$disk,format=raw,if=ide,index=0,media=disk" \
     -kernel "$build/xen" -append "$xen_args" -initrd "$build/vmlinuz ${dom0_args% },$initrd" \
     >"$dir/qemu.log" 2>&1 &
   qemu=$!
@@ -326,6 +337,7 @@ boot() {
     grep --line-buffered -a -o $'E2E: \\(PASS\\|FAIL\\|SKIP\\) [^\r]*' | sed -u "s|^E2E: |    $scenario: |" >&2
   wait "$qemu"
   rc=$?
+  rm -f "$disk"
   tr -d '\r' <"$dir/serial.log" | grep -a -o 'E2E: .*' >"$dir/markers" || true
   local plan
   plan=$(sed -n 's/^E2E: PLAN //p' "$dir/markers" | head -n 1)

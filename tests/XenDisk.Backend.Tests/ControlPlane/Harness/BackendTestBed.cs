@@ -181,6 +181,10 @@ public sealed class BackendTestBed : IAsyncDisposable
 
     public string? Read(string path) => _dom0Store.Read(XenStoreTransaction.None, path);
 
+    /// <summary>Writes the domain's "vm" key (/vm/UUID) as libxl does when it builds a domain.</summary>
+    public void SetVm(SimulatedDomain guest, string uuid) =>
+        _dom0Store.Write(XenStoreTransaction.None, _dom0Store.GetDomainPath(guest.Id) + "/vm", "/vm/" + uuid);
+
     /// <summary>Writes a key into the frontend directory as the guest itself would (through its own connection).</summary>
     public void WriteFrontend(DiskAttachment attachment, string key, string value) =>
         GuestStore(attachment.Guest).Write(XenStoreTransaction.None, attachment.FrontendPath + "/" + key, value);
