@@ -266,7 +266,9 @@ fi
 #    incoming domain's device sharing the outgoing one's open disk, is covered by
 #    tests/XenDisk.Backend.Tests (SharedDiskTests).
 if [ "$scenario" = xendisk ] && want save && alive "$xendisk_pid"; then
-    write_config $guest crash /guest/domU-fio.cpio 320 2 "'$disk_xvda'" "e2e_label=save"
+    # 512 MiB as the crash guest: the initramfs with fio's layer (about 90 MiB) unpacks into the
+    # guest's RAM file system, and with less memory its later files (fio's libraries) are cut off.
+    write_config $guest crash /guest/domU-fio.cpio 512 2 "'$disk_xvda'" "e2e_label=save"
     if create_guest $guest save-guest-create && follow_guest $guest "GUEST: WAIT kills" 600; then
         sleep 10
         # The saved memory goes to dom0's disk (its RAM file system has no room for it); the LVM
