@@ -515,14 +515,7 @@ public sealed unsafe partial class BlkifRing
         if (_uring is not null && _eventReadSize > 0
             && Setup.EventChannels.TryFormatUnmask(Setup.LocalPort, new Span<byte>((void*)(_controlMemory + UnmaskOffset), ControlMemoryBytes - UnmaskOffset), out int length))
         {
-            io_uring_sqe* sqe = NextControlSubmission();
-            sqe->opcode = IORING_OP_WRITE;
-            sqe->fd = _eventFd;
-            sqe->addr = (ulong)(_controlMemory + UnmaskOffset);
-            sqe->len = (uint)length;
-            sqe->off = ulong.MaxValue;
-            sqe->user_data = TagUnmask << TagShift;
-            _uringOperations++;
+            QueueEventChannelIo(IORING_OP_WRITE, UnmaskOffset, length, TagUnmask);
             return;
         }
 
@@ -580,14 +573,7 @@ public sealed unsafe partial class BlkifRing
         {
             if (!_eventReadArmed && !_eventPollArmed)
             {
-                io_uring_sqe* sqe = NextControlSubmission();
-                sqe->opcode = IORING_OP_READ;
-                sqe->fd = _eventFd;
-                sqe->addr = (ulong)(_controlMemory + EventReadOffset);
-                sqe->len = (uint)_eventReadSize;
-                sqe->off = ulong.MaxValue;
-                sqe->user_data = TagEventRead << TagShift;
-                _uringOperations++;
+                QueueEventChannelIo(IORING_OP_READ, EventReadOffset, _eventReadSize, TagEventRead);
                 _eventReadArmed = true;
             }
         }
@@ -628,6 +614,22 @@ public sealed unsafe partial class BlkifRing
         sqe->opcode = IORING_OP_POLL_ADD;
         sqe->fd = fd;
         sqe->poll_events = (ushort)POLLIN;
+        sqe->user_data = tag << TagShift;
+        _uringOperations++;
+    }
+
+    /// <summary>
+    /// A read or write of the event channel's descriptor from the ring's control memory (the pending
+    /// port read, the unmask write). Offset -1: the descriptor is a stream, not a file with positions.
+    /// </summary>
+    private void QueueEventChannelIo(byte opcode, int controlOffset, int length, ulong tag)
+    {
+        io_uring_sqe* sqe = NextControlSubmission();
+        sqe->opcode = opcode;
+        sqe->fd = _eventFd;
+        sqe->addr = (ulong)(_controlMemory + controlOffset);
+        sqe->len = (uint)length;
+        sqe->off = ulong.MaxValue;
         sqe->user_data = tag << TagShift;
         _uringOperations++;
     }
