@@ -330,6 +330,57 @@ if want destroy; then
     skip_rest "$destroy_steps" "not reached: the guest was not created"
 fi
 
+# Two guests on overlays of one base at once, each writing its own region and checking that it
+# sees the base in the other's: $1 names the steps ($1-guests-create, -ready, -poweroff), $2 and $3
+# are the guests, $4 and $5 their disk targets over the base $golden; golden_md5 is left set for the
+# caller's check that the base never changed. e2e_own and e2e_peer are offsets in MiB; e2e_peer_md5
+# is the base's md5 at the peer's offset.
+overlay_pair() {
+    local steps=$1 a=$2 b=$3 g n gone create_a create_b rc_a rc_b base_at_2m base_at_8m
+    golden_md5=$(md5sum <$golden | cut -d' ' -f1)
+    base_at_2m=$(dd if=$golden bs=1M skip=2 count=2 status=none | md5sum | cut -d' ' -f1)
+    base_at_8m=$(dd if=$golden bs=1M skip=8 count=2 status=none | md5sum | cut -d' ' -f1)
+    write_config $a overlay /guest/domU.cpio 256 1 "'vdev=xvda,access=rw,script=xendisk,target=$4'" \
+        "e2e_md5=$golden_md5 e2e_own=2 e2e_peer=8 e2e_peer_md5=$base_at_8m"
+    write_config $b overlay /guest/domU.cpio 256 1 "'vdev=xvda,access=rw,script=xendisk,target=$5'" \
+        "e2e_md5=$golden_md5 e2e_own=8 e2e_peer=2 e2e_peer_md5=$base_at_2m"
+    # Both at once: two xl processes create the domains and attach their disks concurrently.
+    for g in $a $b; do forget_console $g; done
+    xl create /etc/xen/$a.cfg >/tmp/xl-create-$a.log 2>&1 &
+    create_a=$!
+    xl create /etc/xen/$b.cfg >/tmp/xl-create-$b.log 2>&1 &
+    create_b=$!
+    wait $create_a; rc_a=$?
+    wait $create_b; rc_b=$?
+    if [ $rc_a -eq 0 ] && [ $rc_b -eq 0 ]; then
+        pass $steps-guests-create
+    else
+        show /tmp/xl-create-$a.log 20
+        show /tmp/xl-create-$b.log 20
+        fail $steps-guests-create "xl create failed ($a: status $rc_a, $b: status $rc_b)"
+    fi
+
+    if [ $rc_a -eq 0 ] && [ $rc_b -eq 0 ] && follow_guests "$a $b" "GUEST: WAIT peer" 600; then
+        pass $steps-guests-ready
+        # The go-ahead lands in each guest's own data/ directory, which the guest may read.
+        for g in $a $b; do xenstore-write "/local/domain/$(xl domid $g)/data/e2e-go" 1; done
+        if follow_guests "$a $b" "GUEST: DONE" 600; then
+            gone=yes
+            for g in $a $b; do
+                n=0
+                while guest_running $g; do n=$((n + 1)); [ $n -gt 120 ] && break; sleep 1; done
+                guest_running $g && gone=no
+            done
+            if [ $gone = yes ]; then pass $steps-guests-poweroff; else fail $steps-guests-poweroff "a guest still exists 120 s after its last line"; fi
+        else
+            fail $steps-guests-poweroff "no final line from both guests in 600 s"
+        fi
+    else
+        [ $rc_a -eq 0 ] && [ $rc_b -eq 0 ] && fail $steps-guests-ready "both guests did not write their pattern within 600 s"
+    fi
+    for g in $a $b; do guest_running $g && xl destroy $g 2>/dev/null; done
+}
+
 # 5. (xendisk) Two guests at once, each on its own qcow2 overlay of one raw base: guest A's disk is
 #    `qcow2:` (the backing file comes from the overlay's header), guest B's is `cow:BASE,OVERLAY`.
 #    Each writes 2 MiB of its own at its own offset (A at 2 MiB, B at 8 MiB), waits until both have
@@ -339,9 +390,6 @@ overlay_guests="e2e-a e2e-b"
 run_overlay_guests() {
     golden=$images/golden.img
     dd if=/dev/urandom of=$golden bs=1M count=16 status=none
-    golden_md5=$(md5sum <$golden | cut -d' ' -f1)
-    base_at_2m=$(dd if=$golden bs=1M skip=2 count=2 status=none | md5sum | cut -d' ' -f1)
-    base_at_8m=$(dd if=$golden bs=1M skip=8 count=2 status=none | md5sum | cut -d' ' -f1)
     rm -f $images/overlay-a.qcow2 $images/overlay-b.qcow2
     # Both at once: dom0 has two vCPUs, and each command spends most of its time starting .NET.
     xendisk image create -f qcow2 -b $golden -F raw $images/overlay-a.qcow2 >/tmp/image-create-a.log 2>&1 &
@@ -359,46 +407,7 @@ run_overlay_guests() {
     fi
     pass overlay-images
 
-    # e2e_own and e2e_peer are offsets in MiB; e2e_peer_md5 is the base's md5 at the peer's offset.
-    write_config e2e-a overlay /guest/domU.cpio 256 1 "'vdev=xvda,access=rw,script=xendisk,target=qcow2:$images/overlay-a.qcow2'" \
-        "e2e_md5=$golden_md5 e2e_own=2 e2e_peer=8 e2e_peer_md5=$base_at_8m"
-    write_config e2e-b overlay /guest/domU.cpio 256 1 "'vdev=xvda,access=rw,script=xendisk,target=cow:$golden,$images/overlay-b.qcow2'" \
-        "e2e_md5=$golden_md5 e2e_own=8 e2e_peer=2 e2e_peer_md5=$base_at_2m"
-    # Both at once: two xl processes create the domains and attach their disks concurrently.
-    for g in $overlay_guests; do forget_console $g; done
-    xl create /etc/xen/e2e-a.cfg >/tmp/xl-create-e2e-a.log 2>&1 &
-    create_a=$!
-    xl create /etc/xen/e2e-b.cfg >/tmp/xl-create-e2e-b.log 2>&1 &
-    create_b=$!
-    wait $create_a; rc_a=$?
-    wait $create_b; rc_b=$?
-    if [ $rc_a -eq 0 ] && [ $rc_b -eq 0 ]; then
-        pass overlay-guests-create
-    else
-        show /tmp/xl-create-e2e-a.log 20
-        show /tmp/xl-create-e2e-b.log 20
-        fail overlay-guests-create "xl create failed (e2e-a: status $rc_a, e2e-b: status $rc_b)"
-    fi
-
-    if [ $rc_a -eq 0 ] && [ $rc_b -eq 0 ] && follow_guests "$overlay_guests" "GUEST: WAIT peer" 600; then
-        pass overlay-guests-ready
-        # The go-ahead lands in each guest's own data/ directory, which the guest may read.
-        for g in $overlay_guests; do xenstore-write "/local/domain/$(xl domid $g)/data/e2e-go" 1; done
-        if follow_guests "$overlay_guests" "GUEST: DONE" 600; then
-            gone=yes
-            for g in $overlay_guests; do
-                n=0
-                while guest_running $g; do n=$((n + 1)); [ $n -gt 120 ] && break; sleep 1; done
-                guest_running $g && gone=no
-            done
-            if [ $gone = yes ]; then pass overlay-guests-poweroff; else fail overlay-guests-poweroff "a guest still exists 120 s after its last line"; fi
-        else
-            fail overlay-guests-poweroff "no final line from both guests in 600 s"
-        fi
-    else
-        [ $rc_a -eq 0 ] && [ $rc_b -eq 0 ] && fail overlay-guests-ready "both guests did not write their pattern within 600 s"
-    fi
-    for g in $overlay_guests; do guest_running $g && xl destroy $g 2>/dev/null; done
+    overlay_pair overlay e2e-a e2e-b "qcow2:$images/overlay-a.qcow2" "cow:$golden,$images/overlay-b.qcow2"
 
     now_md5=$(md5sum <$golden | cut -d' ' -f1)
     if [ "$now_md5" = "$golden_md5" ]; then pass overlay-base-unchanged; else fail overlay-base-unchanged "base md5 $now_md5, was $golden_md5"; fi
@@ -466,45 +475,7 @@ run_lvm_guests() {
     info "$(lvs --noheadings -o lv_name,lv_size,devices e2e 2>&1 | tr -s ' ' | tr '\n' ';')"
     pass lvm-volume-group
     golden=/dev/e2e/golden
-    golden_md5=$(md5sum <$golden | cut -d' ' -f1)
-    base_at_2m=$(dd if=$golden bs=1M skip=2 count=2 status=none | md5sum | cut -d' ' -f1)
-    base_at_8m=$(dd if=$golden bs=1M skip=8 count=2 status=none | md5sum | cut -d' ' -f1)
-    write_config e2e-la overlay /guest/domU.cpio 256 1 "'vdev=xvda,access=rw,script=xendisk,target=cow:$golden,/dev/e2e/vm1,format=bitmap'" \
-        "e2e_md5=$golden_md5 e2e_own=2 e2e_peer=8 e2e_peer_md5=$base_at_8m"
-    write_config e2e-lb overlay /guest/domU.cpio 256 1 "'vdev=xvda,access=rw,script=xendisk,target=cow:$golden,/dev/e2e/vm2,format=bitmap'" \
-        "e2e_md5=$golden_md5 e2e_own=8 e2e_peer=2 e2e_peer_md5=$base_at_2m"
-    for g in $lvm_guests; do forget_console $g; done
-    xl create /etc/xen/e2e-la.cfg >/tmp/xl-create-e2e-la.log 2>&1 &
-    create_a=$!
-    xl create /etc/xen/e2e-lb.cfg >/tmp/xl-create-e2e-lb.log 2>&1 &
-    create_b=$!
-    wait $create_a; rc_a=$?
-    wait $create_b; rc_b=$?
-    if [ $rc_a -eq 0 ] && [ $rc_b -eq 0 ]; then
-        pass lvm-guests-create
-    else
-        show /tmp/xl-create-e2e-la.log 20
-        show /tmp/xl-create-e2e-lb.log 20
-        fail lvm-guests-create "xl create failed (e2e-la: status $rc_a, e2e-lb: status $rc_b)"
-    fi
-    if [ $rc_a -eq 0 ] && [ $rc_b -eq 0 ] && follow_guests "$lvm_guests" "GUEST: WAIT peer" 600; then
-        pass lvm-guests-ready
-        for g in $lvm_guests; do xenstore-write "/local/domain/$(xl domid $g)/data/e2e-go" 1; done
-        if follow_guests "$lvm_guests" "GUEST: DONE" 600; then
-            gone=yes
-            for g in $lvm_guests; do
-                n=0
-                while guest_running $g; do n=$((n + 1)); [ $n -gt 120 ] && break; sleep 1; done
-                guest_running $g && gone=no
-            done
-            if [ $gone = yes ]; then pass lvm-guests-poweroff; else fail lvm-guests-poweroff "a guest still exists 120 s after its last line"; fi
-        else
-            fail lvm-guests-poweroff "no final line from both guests in 600 s"
-        fi
-    else
-        [ $rc_a -eq 0 ] && [ $rc_b -eq 0 ] && fail lvm-guests-ready "both guests did not write their pattern within 600 s"
-    fi
-    for g in $lvm_guests; do guest_running $g && xl destroy $g 2>/dev/null; done
+    overlay_pair lvm e2e-la e2e-lb "cow:$golden,/dev/e2e/vm1,format=bitmap" "cow:$golden,/dev/e2e/vm2,format=bitmap"
 
     now_md5=$(md5sum <$golden | cut -d' ' -f1)
     if [ "$now_md5" = "$golden_md5" ]; then pass lvm-golden-unchanged; else fail lvm-golden-unchanged "golden LV md5 $now_md5, was $golden_md5"; fi
