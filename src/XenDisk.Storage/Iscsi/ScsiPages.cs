@@ -5,7 +5,11 @@ namespace XenDisk.Storage.Iscsi;
 /// <summary>READ CAPACITY (16) parameter data (SBC-3 5.16.2), the fields a disk needs.</summary>
 internal readonly record struct ReadCapacity16(ulong LastLba, uint BlockLength, int PhysicalBlockExponent, bool ProvisioningEnabled, bool ReadsZeroAfterUnmap)
 {
-    /// <summary>Data shorter than the 32 bytes SBC-3 defines, or a block length that is not a power of two from 512 to 64 KiB, is refused.</summary>
+    /// <summary>
+    /// Data shorter than the 32 bytes SBC-3 defines, a block length that is not a power of two from 512
+    /// to 64 KiB, or a capacity whose size in bytes does not fit a long (a target can claim any last
+    /// LBA), is refused.
+    /// </summary>
     public static ReadCapacity16? Parse(ReadOnlySpan<byte> data)
     {
         if (data.Length < 32)
@@ -17,8 +21,13 @@ internal readonly record struct ReadCapacity16(ulong LastLba, uint BlockLength, 
         {
             return null;
         }
+        ulong lastLba = BinaryPrimitives.ReadUInt64BigEndian(data);
+        if (lastLba >= (ulong)long.MaxValue / blockLength)
+        {
+            return null;
+        }
         return new ReadCapacity16(
-            LastLba: BinaryPrimitives.ReadUInt64BigEndian(data),
+            LastLba: lastLba,
             BlockLength: blockLength,
             PhysicalBlockExponent: data[13] & 0x0f,
             ProvisioningEnabled: (data[14] & 0x80) != 0,
