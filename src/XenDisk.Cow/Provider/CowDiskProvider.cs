@@ -6,6 +6,7 @@ using XenDisk.Cow.Storage;
 using XenDisk.Cow.Overlays;
 using XenDisk.Storage;
 using XenDisk.Storage.Iscsi;
+using static XenDisk.Cow.Overlays.OverlayAttachment;
 
 namespace XenDisk.Cow.Provider;
 
@@ -284,12 +285,6 @@ public sealed class CowDiskProvider : IDiskProvider
         string allowed = _allowedDirectories.Length == 0 ? "none are configured" : "allowed: " + string.Join(", ", _options.AllowedBaseDirectories);
         return Refuse($"Backing file {path} ({role}) is not under an allowed base directory ({allowed}); add its directory to the copy-on-write provider's AllowedBaseDirectories setting.", LibC.EACCES, inner);
     }
-
-    private static bool SamePath(string a, string b) => OverlayAttachment.SamePath(a, b);
-
-    private static bool IsLun(string path) => OverlayAttachment.IsLun(path);
-
-    private static bool Exists(string path) => OverlayAttachment.Exists(path);
 
     private static string WithSeparator(string directory) => Path.TrimEndingDirectorySeparator(directory) + Path.DirectorySeparatorChar;
 
