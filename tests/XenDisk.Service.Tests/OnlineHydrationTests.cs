@@ -165,7 +165,7 @@ public sealed class OnlineHydrationTests : IDisposable
         Assert.Contains("bytesPerSecond", negative.Error, StringComparison.Ordinal);
         ControlResponse unknown = await ControlClient.SendAsync(service.SocketPath, new ControlRequest("frobnicate"));
         Assert.False(unknown.Ok);
-        Assert.Contains("known: status, hydrate, hydrate-cancel", unknown.Error, StringComparison.Ordinal);
+        Assert.Contains("known: status, hydrate, hydrate-cancel, resize", unknown.Error, StringComparison.Ordinal);
 
         ServiceStatusReport status = await service.StatusAsync();
         Assert.Equal(3, status.Devices.Count);

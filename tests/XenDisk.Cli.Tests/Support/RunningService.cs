@@ -39,25 +39,32 @@ public sealed class RunningService : IAsyncDisposable
     /// <summary>The demo guest's raw disk, DOMID/DEVICE.</summary>
     public static string RawDevice => string.Create(CultureInfo.InvariantCulture, $"1/{DeviceId}");
 
-    /// <summary>Starts the service with <paramref name="images"/> as its image directory and its control socket in it.</summary>
-    public static async Task<RunningService> StartAsync(string images)
+    /// <summary>Starts the service with <paramref name="images"/> as its image directory and its control
+    /// socket in it; <paramref name="settings"/> adds or replaces configuration keys.</summary>
+    public static async Task<RunningService> StartAsync(string images, IReadOnlyDictionary<string, string?>? settings = null)
     {
         string socket = Path.Combine(images, "control.sock");
+        var configuration = new Dictionary<string, string?>
+        {
+            ["Control:SocketPath"] = socket,
+            ["Telemetry:Prometheus:Enabled"] = "false",
+            ["Simulation:Guests"] = "1",
+            ["Simulation:DiskSizeMiB"] = "16",
+            ["Simulation:PauseMilliseconds"] = "20",
+            ["Simulation:ImageDirectory"] = images,
+        };
+        foreach ((string key, string? value) in settings ?? new Dictionary<string, string?>())
+        {
+            configuration[key] = value;
+        }
+
         var options = new ServeOptions
         {
             Simulation = new SimulatedServicePlatform(),
             UseEnvironment = false,
             ConfigPath = Path.Combine(images, "absent.json"),
             MinimumLogLevel = LogLevel.Warning,
-            ConfigurationOverrides = new Dictionary<string, string?>
-            {
-                ["Control:SocketPath"] = socket,
-                ["Telemetry:Prometheus:Enabled"] = "false",
-                ["Simulation:Guests"] = "1",
-                ["Simulation:DiskSizeMiB"] = "16",
-                ["Simulation:PauseMilliseconds"] = "20",
-                ["Simulation:ImageDirectory"] = images,
-            },
+            ConfigurationOverrides = configuration,
         };
         IHost host = XenDiskServiceHost.Build(options, XenDiskServiceHost.BuildConfiguration(options), platform: null);
         await host.StartAsync().WaitAsync(Timeout);
