@@ -120,9 +120,9 @@ public sealed class OnlineHydrationTests : IDisposable
                 AssertContents(image, expected);
             }
 
-            QemuImg.Result check = QemuImg.Run("check", "-f", "qcow2", overlay);
+            ProcessResult check = ProcessRunner.Run("qemu-img", "check", "-f", "qcow2", overlay);
             Assert.True(check.ExitCode == 0, check.ToString());
-            QemuImg.Result info = QemuImg.Run("info", "--output=json", "-f", "qcow2", overlay);
+            ProcessResult info = ProcessRunner.Run("qemu-img", "info", "--output=json", "-f", "qcow2", overlay);
             Assert.True(info.ExitCode == 0, info.ToString());
             Assert.DoesNotContain("backing-filename", info.Output, StringComparison.Ordinal);
         }
@@ -216,7 +216,7 @@ public sealed class OnlineHydrationTests : IDisposable
 
         await service.StopAsync();
         File.Move(_basePath, _basePath + ".moved");
-        QemuImg.Result check = QemuImg.Run("check", "-f", "qcow2", overlay);
+        ProcessResult check = ProcessRunner.Run("qemu-img", "check", "-f", "qcow2", overlay);
         Assert.True(check.ExitCode == 0, check.ToString());
         using Qcow2Image image = Qcow2Disk.Open(overlay, new Qcow2OpenOptions { ReadOnly = true });
         Assert.Null(image.BackingFile);
@@ -248,7 +248,7 @@ public sealed class OnlineHydrationTests : IDisposable
         }
 
         // Both overlays are consistent, still over their base, and read as the base.
-        QemuImg.Result check = QemuImg.Run("check", "-f", "qcow2", qcow2);
+        ProcessResult check = ProcessRunner.Run("qemu-img", "check", "-f", "qcow2", qcow2);
         Assert.True(check.ExitCode == 0, check.ToString());
         using (Qcow2Image image = Qcow2Disk.Open(qcow2, new Qcow2OpenOptions { ReadOnly = true, BackingPolicy = AllowImages() }))
         {
