@@ -17,7 +17,7 @@ public sealed class ImageBitmapTests : IDisposable
 
     private static void QemuOk(params string[] args)
     {
-        QemuTools.ToolResult result = QemuTools.Run(args[0], args[1..]);
+        ProcessResult result = QemuTools.Run(args[0], args[1..]);
         Assert.True(result.ExitCode == 0, result.ToString());
     }
 
@@ -96,7 +96,7 @@ public sealed class ImageBitmapTests : IDisposable
 
     private static List<(string, long, string)> QemuBitmaps(string image)
     {
-        QemuTools.ToolResult info = QemuTools.Run("qemu-img", "info", "--output=json", image);
+        ProcessResult info = QemuTools.Run("qemu-img", "info", "--output=json", image);
         using JsonDocument json = JsonDocument.Parse(info.Output);
         JsonElement data = json.RootElement.GetProperty("format-specific").GetProperty("data");
         return !data.TryGetProperty("bitmaps", out JsonElement bitmaps) ? [] : bitmaps.EnumerateArray()
@@ -109,7 +109,7 @@ public sealed class ImageBitmapTests : IDisposable
     {
         string socket = _dir.File("nbd.sock");
         QemuOk("qemu-nbd", "--fork", "-r", "-f", "qcow2", "-B", bitmap, "-k", socket, image);
-        QemuTools.ToolResult map = QemuTools.Run("qemu-img", "map", "--output=json", "--image-opts",
+        ProcessResult map = QemuTools.Run("qemu-img", "map", "--output=json", "--image-opts",
             $"driver=nbd,server.type=unix,server.path={socket},x-dirty-bitmap=qemu:dirty-bitmap:{bitmap}");
         Assert.True(map.ExitCode == 0, map.ToString());
         using JsonDocument json = JsonDocument.Parse(map.Output);

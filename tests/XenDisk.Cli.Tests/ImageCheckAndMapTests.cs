@@ -50,7 +50,7 @@ public sealed class ImageCheckAndMapTests : IDisposable
         Assert.True(repaired.ExitCode == 0, repaired.ToString());
         Assert.Contains("1 leaked clusters", repaired.Output);
         Assert.Equal(0, Xendisk.Run("image", "check", image).ExitCode);
-        QemuTools.ToolResult qemu = QemuTools.Run("qemu-img", "check", image);
+        ProcessResult qemu = QemuTools.Run("qemu-img", "check", image);
         Assert.True(qemu.ExitCode == 0, qemu.ToString());
         // The untouched cluster still holds its data.
         Assert.Equal(0, Xendisk.Run("io", image, "-c", "read -P 0x62 1M 64k").ExitCode);

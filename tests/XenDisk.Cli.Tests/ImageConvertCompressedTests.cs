@@ -13,7 +13,7 @@ public sealed class ImageConvertCompressedTests : IDisposable
 
     private static string QemuOk(params string[] args)
     {
-        QemuTools.ToolResult result = QemuTools.Run(args[0], args[1..]);
+        ProcessResult result = QemuTools.Run(args[0], args[1..]);
         Assert.True(result.ExitCode == 0, result.ToString());
         return result.Output;
     }

@@ -19,7 +19,7 @@ public sealed class ImageCreateAndInfoTests : IDisposable
         Assert.True(created.ExitCode == 0, created.ToString());
         Assert.Contains("fmt=qcow2", created.Output);
 
-        QemuTools.ToolResult info = QemuTools.Run("qemu-img", "info", "--output=json", overlay);
+        ProcessResult info = QemuTools.Run("qemu-img", "info", "--output=json", overlay);
         Assert.True(info.ExitCode == 0, info.ToString());
         using JsonDocument json = JsonDocument.Parse(info.Output);
         JsonElement root = json.RootElement;
@@ -29,7 +29,7 @@ public sealed class ImageCreateAndInfoTests : IDisposable
         Assert.Equal("raw", root.GetProperty("backing-filename-format").GetString());
         Assert.Equal(_dir.File("base.raw"), root.GetProperty("full-backing-filename").GetString());
 
-        QemuTools.ToolResult check = QemuTools.Run("qemu-img", "check", overlay);
+        ProcessResult check = QemuTools.Run("qemu-img", "check", overlay);
         Assert.True(check.ExitCode == 0, check.ToString());
     }
 
@@ -41,7 +41,7 @@ public sealed class ImageCreateAndInfoTests : IDisposable
         CliResult created = Xendisk.Run("image", "create", "-f", "qcow2", "-o", "cluster_size=128k,lazy_refcounts=on", image, "1G");
         Assert.True(created.ExitCode == 0, created.ToString());
 
-        QemuTools.ToolResult info = QemuTools.Run("qemu-img", "info", "--output=json", image);
+        ProcessResult info = QemuTools.Run("qemu-img", "info", "--output=json", image);
         using JsonDocument json = JsonDocument.Parse(info.Output);
         Assert.Equal(1L << 30, json.RootElement.GetProperty("virtual-size").GetInt64());
         Assert.Equal(128 * 1024, json.RootElement.GetProperty("cluster-size").GetInt32());
@@ -55,7 +55,7 @@ public sealed class ImageCreateAndInfoTests : IDisposable
     {
         _dir.RawBase("base.raw", 4 << 20);
         string overlay = _dir.File("q.qcow2");
-        QemuTools.ToolResult made = QemuTools.Run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "-o", "extended_l2=on", overlay);
+        ProcessResult made = QemuTools.Run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "-o", "extended_l2=on", overlay);
         Assert.True(made.ExitCode == 0, made.ToString());
         Assert.Equal(0, QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 128k", overlay).ExitCode);
 

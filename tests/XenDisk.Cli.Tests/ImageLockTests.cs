@@ -18,7 +18,7 @@ public sealed class ImageLockTests : IDisposable
     private string Image()
     {
         string path = _dir.File("disk.qcow2");
-        QemuTools.ToolResult created = QemuTools.Run("qemu-img", "create", "-f", "qcow2", path, "4M");
+        ProcessResult created = QemuTools.Run("qemu-img", "create", "-f", "qcow2", path, "4M");
         Assert.True(created.ExitCode == 0, created.ToString());
         return path;
     }
@@ -29,7 +29,7 @@ public sealed class ImageLockTests : IDisposable
         string path = Image();
         using (Qcow2Image image = Qcow2Disk.Open(path))
         {
-            QemuTools.ToolResult write = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", path);
+            ProcessResult write = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", path);
 
             Assert.NotEqual(0, write.ExitCode);
             Assert.Contains("Failed to get \"write\" lock", write.Error + write.Output);
@@ -38,7 +38,7 @@ public sealed class ImageLockTests : IDisposable
         }
 
         // Closing the image releases the locks with its descriptor.
-        QemuTools.ToolResult after = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", path);
+        ProcessResult after = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", path);
         Assert.True(after.ExitCode == 0, after.ToString());
         Assert.Equal(0, QemuTools.Run("qemu-img", "check", path).ExitCode);
     }
@@ -47,14 +47,14 @@ public sealed class ImageLockTests : IDisposable
     public async Task ServedDisk_KeepsQemuIoOut_TheSharedBaseStaysReadable()
     {
         string baseImage = _dir.File("base.raw");
-        QemuTools.ToolResult created = QemuTools.Run("qemu-img", "create", "-f", "raw", baseImage, "4M");
+        ProcessResult created = QemuTools.Run("qemu-img", "create", "-f", "raw", baseImage, "4M");
         Assert.True(created.ExitCode == 0, created.ToString());
         string overlay = _dir.File("guest.qcow2");
-        await using (RunningService service = await RunningService.StartAsync(_dir.Path))
+        await using (SimulatedService service = await SimulatedService.StartAsync(_dir.Path, _dir.Path))
         {
-            await service.AttachAsync($"cow:{baseImage},{overlay},format=qcow2");
+            await service.AttachAsync($"cow:{baseImage},{overlay},format=qcow2", connect: false);
 
-            QemuTools.ToolResult write = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", overlay);
+            ProcessResult write = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", overlay);
             Assert.NotEqual(0, write.ExitCode);
             Assert.Contains("Failed to get \"write\" lock", write.Error + write.Output);
             // The base is opened read-only and shared: readers may use it, writers may not.
@@ -62,7 +62,7 @@ public sealed class ImageLockTests : IDisposable
             Assert.NotEqual(0, QemuTools.Run("qemu-io", "-f", "raw", "-c", "write 0 4k", baseImage).ExitCode);
         }
 
-        QemuTools.ToolResult after = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", overlay);
+        ProcessResult after = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", overlay);
         Assert.True(after.ExitCode == 0, after.ToString());
     }
 
@@ -92,7 +92,7 @@ public sealed class ImageLockTests : IDisposable
     {
         string held = Image();
         string source = _dir.File("source.raw");
-        QemuTools.ToolResult created = QemuTools.Run("qemu-img", "create", "-f", "raw", source, "1M");
+        ProcessResult created = QemuTools.Run("qemu-img", "create", "-f", "raw", source, "1M");
         Assert.True(created.ExitCode == 0, created.ToString());
         byte[] before = File.ReadAllBytes(held);
 
@@ -121,7 +121,7 @@ public sealed class ImageLockTests : IDisposable
 
         using (Qcow2Disk.Open(path, new Qcow2OpenOptions { ReadOnly = true }))
         {
-            QemuTools.ToolResult read = QemuTools.Run("qemu-io", "-r", "-f", "qcow2", "-c", "read 0 4k", path);
+            ProcessResult read = QemuTools.Run("qemu-io", "-r", "-f", "qcow2", "-c", "read 0 4k", path);
             Assert.True(read.ExitCode == 0, read.ToString());
             Assert.Equal(0, QemuTools.Run("qemu-img", "info", path).ExitCode);
         }

@@ -15,7 +15,7 @@ public sealed class ImageVerbTests : IDisposable
 
     private static void Qemu(string tool, params string[] args)
     {
-        QemuTools.ToolResult result = QemuTools.Run(tool, args);
+        ProcessResult result = QemuTools.Run(tool, args);
         Assert.True(result.ExitCode == 0, $"{tool} {string.Join(' ', args)}: {result}");
     }
 
@@ -33,7 +33,7 @@ public sealed class ImageVerbTests : IDisposable
 
     private static List<(long Start, long Length)> DataExtents(string image)
     {
-        QemuTools.ToolResult map = QemuTools.Run("qemu-img", "map", "--output=json", image);
+        ProcessResult map = QemuTools.Run("qemu-img", "map", "--output=json", image);
         Assert.True(map.ExitCode == 0, map.ToString());
         // Adjacent guest ranges are merged: qemu-img map splits where host offsets are not contiguous,
         // and the order clusters are allocated in is not part of the contents.
@@ -111,7 +111,7 @@ public sealed class ImageVerbTests : IDisposable
 
         Qemu("qemu-io", "-f", "raw", "-c", "write -P 0x5a 3145728 512", copy);
         CliResult different = Xendisk.Run("image", "compare", source, copy);
-        QemuTools.ToolResult theirs = QemuTools.Run("qemu-img", "compare", source, copy);
+        ProcessResult theirs = QemuTools.Run("qemu-img", "compare", source, copy);
         Assert.Equal(1, different.ExitCode);
         Assert.Equal(1, theirs.ExitCode);
         Assert.Contains("Content mismatch at offset 3145728!", different.Output);
@@ -198,7 +198,7 @@ public sealed class BackingChainInfoTests : IDisposable
         Assert.Equal(0, QemuTools.Run("qemu-img", "create", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", top, "8M").ExitCode);
 
         CliResult ours = Xendisk.Run("image", "info", "--backing-chain", "--output=json", top);
-        QemuTools.ToolResult theirs = QemuTools.Run("qemu-img", "info", "--backing-chain", "--output=json", top);
+        ProcessResult theirs = QemuTools.Run("qemu-img", "info", "--backing-chain", "--output=json", top);
 
         Assert.True(ours.ExitCode == 0, ours.ToString());
         JsonElement[] a = [.. JsonDocument.Parse(ours.Output).RootElement.EnumerateArray()];
@@ -251,7 +251,7 @@ public sealed class MeasureTests : IDisposable
     public void Size_MatchesQemuImgMeasure(string format, string size)
     {
         CliResult ours = Xendisk.Run("image", "measure", "-O", format, "--size", size, "--output=json");
-        QemuTools.ToolResult theirs = QemuTools.Run("qemu-img", "measure", "-O", format, "--size", size, "--output=json");
+        ProcessResult theirs = QemuTools.Run("qemu-img", "measure", "-O", format, "--size", size, "--output=json");
         Assert.True(ours.ExitCode == 0, ours.ToString());
         Assert.Equal(Sizes(theirs.Output), Sizes(ours.Output));
     }
@@ -264,7 +264,7 @@ public sealed class MeasureTests : IDisposable
         Assert.Equal(0, QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 1M", "-c", "write -P 0x22 33M 4k", image).ExitCode);
 
         CliResult ours = Xendisk.Run("image", "measure", "-O", "qcow2", "--output=json", image);
-        QemuTools.ToolResult theirs = QemuTools.Run("qemu-img", "measure", "-O", "qcow2", "--output=json", image);
+        ProcessResult theirs = QemuTools.Run("qemu-img", "measure", "-O", "qcow2", "--output=json", image);
 
         Assert.True(ours.ExitCode == 0, ours.ToString());
         Assert.Equal(Sizes(theirs.Output), Sizes(ours.Output));

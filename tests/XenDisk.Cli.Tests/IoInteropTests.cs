@@ -29,15 +29,15 @@ public sealed class IoInteropTests : IDisposable
         Assert.Contains("wrote 65536/65536 bytes at offset 0", wrote.Output);
         Assert.Contains("wrote 4096/4096 bytes at offset 69632", wrote.Output);
 
-        QemuTools.ToolResult read = QemuTools.Run("qemu-io", "-f", "qcow2",
+        ProcessResult read = QemuTools.Run("qemu-io", "-f", "qcow2",
             "-c", "read -P 0xab 0 64k", "-c", "read -P 0x3c 68k 4k", overlay);
         Assert.True(read.ExitCode == 0, read.ToString());
         Assert.DoesNotContain("verification failed", read.Output + read.Error, StringComparison.OrdinalIgnoreCase);
         Assert.Contains("read 65536/65536 bytes at offset 0", read.Output);
 
         // The rest of the partially written cluster still reads the base (copy-up kept it): sector 136 holds its byte.
-        byte baseByte = TempDirectory.SectorByte(72 * 1024 / 512);
-        QemuTools.ToolResult tail = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", $"read -P 0x{baseByte:x2} 72k 512", overlay);
+        byte baseByte = RawImages.SectorByte(72 * 1024 / 512);
+        ProcessResult tail = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", $"read -P 0x{baseByte:x2} 72k 512", overlay);
         Assert.True(tail.ExitCode == 0 && !tail.Output.Contains("verification failed", StringComparison.Ordinal), tail.ToString());
 
         Assert.Equal(0, QemuTools.Run("qemu-img", "check", overlay).ExitCode);
@@ -47,7 +47,7 @@ public sealed class IoInteropTests : IDisposable
     public void QemuIoWrites_XenDiskIoVerifiesThePattern()
     {
         string overlay = Qcow2OverBase();
-        QemuTools.ToolResult wrote = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 4k 8k", "-c", "write -z 1M 64k", overlay);
+        ProcessResult wrote = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 4k 8k", "-c", "write -z 1M 64k", overlay);
         Assert.True(wrote.ExitCode == 0, wrote.ToString());
 
         CliResult read = Xendisk.Run("io", overlay, "-c", "read -P 0xcd 4k 8k", "-c", "read -P 0 1M 64k");
@@ -77,7 +77,7 @@ public sealed class IoInteropTests : IDisposable
     {
         string overlay = Qcow2OverBase();
 
-        CliResult result = Xendisk.Run("io", overlay, "-c", $"read -P 0x{TempDirectory.SectorByte(8):x2} 4096 512");
+        CliResult result = Xendisk.Run("io", overlay, "-c", $"read -P 0x{RawImages.SectorByte(8):x2} 4096 512");
 
         Assert.True(result.ExitCode == 0, result.ToString());
     }
@@ -99,7 +99,7 @@ public sealed class IoInteropTests : IDisposable
         Assert.True(result.ExitCode == 0, result.ToString());
         Assert.Contains("discard 65536/65536 bytes at offset 0", result.Output);
         Assert.Contains("flush completed", result.Output);
-        QemuTools.ToolResult qemu = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "read -P 0 0 64k", "-c", "read -P 0x55 192k 64k", overlay);
+        ProcessResult qemu = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "read -P 0 0 64k", "-c", "read -P 0x55 192k 64k", overlay);
         Assert.True(qemu.ExitCode == 0 && !qemu.Output.Contains("verification failed", StringComparison.Ordinal), qemu.ToString());
     }
 
@@ -113,7 +113,7 @@ public sealed class IoInteropTests : IDisposable
         CliResult result = Xendisk.Run("io", overlay,
             "-c", "write -P 0x42 8k 4k",
             "-c", "read -P 0x42 8k 4k",
-            "-c", $"read -P 0x{TempDirectory.SectorByte(24):x2} 12k 512");
+            "-c", $"read -P 0x{RawImages.SectorByte(24):x2} 12k 512");
 
         Assert.True(result.ExitCode == 0, result.ToString());
         CliResult again = Xendisk.Run("io", "-f", "bitmap", overlay, "-c", "read -P 0x42 8k 4k");
@@ -129,7 +129,7 @@ public sealed class IoInteropTests : IDisposable
         CliResult result = Xendisk.Run("io", image, "-c", "write -P 0x9 512 1k", "-c", "read -P 9 512 1k", "-c", "read -P 0 0 512");
 
         Assert.True(result.ExitCode == 0, result.ToString());
-        QemuTools.ToolResult qemu = QemuTools.Run("qemu-io", "-f", "raw", "-c", "read -P 9 512 1k", image);
+        ProcessResult qemu = QemuTools.Run("qemu-io", "-f", "raw", "-c", "read -P 9 512 1k", image);
         Assert.True(qemu.ExitCode == 0 && !qemu.Output.Contains("verification failed", StringComparison.Ordinal), qemu.ToString());
     }
 
@@ -146,7 +146,7 @@ public sealed class IoInteropTests : IDisposable
         Assert.Contains("--allow-base", refused.Error);
         Xendisk.AssertNoStackTrace(refused);
 
-        CliResult allowed = Xendisk.Run("io", overlay, "--allow-base", baseDir.Path, "-c", $"read -P 0x{TempDirectory.SectorByte(0):x2} 0 512");
+        CliResult allowed = Xendisk.Run("io", overlay, "--allow-base", baseDir.Path, "-c", $"read -P 0x{RawImages.SectorByte(0):x2} 0 512");
         Assert.True(allowed.ExitCode == 0, allowed.ToString());
     }
 

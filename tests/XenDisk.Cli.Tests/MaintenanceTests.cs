@@ -13,7 +13,7 @@ public sealed class MaintenanceTests : IDisposable
 
     private static void QemuReads(string image, string command)
     {
-        QemuTools.ToolResult read = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", command, image);
+        ProcessResult read = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", command, image);
         Assert.True(read.ExitCode == 0 && !read.Output.Contains("verification failed", StringComparison.Ordinal), read.ToString());
     }
 
@@ -29,7 +29,7 @@ public sealed class MaintenanceTests : IDisposable
         Ok(Xendisk.Run("image", "snapshot", first, second));
         Ok(Xendisk.Run("io", second, "-c", "write -P 0x22 64k 64k"));
 
-        QemuTools.ToolResult info = QemuTools.Run("qemu-img", "info", "--output=json", second);
+        ProcessResult info = QemuTools.Run("qemu-img", "info", "--output=json", second);
         using (JsonDocument json = JsonDocument.Parse(info.Output))
         {
             Assert.Equal("first.qcow2", json.RootElement.GetProperty("backing-filename").GetString());
@@ -38,7 +38,7 @@ public sealed class MaintenanceTests : IDisposable
         QemuReads(second, "read -P 0x21 0 64k");
         QemuReads(second, "read -P 0x22 64k 64k");
         // The frozen image did not change.
-        Ok(Xendisk.Run("io", first, "-c", $"read -P 0x{TempDirectory.SectorByte(128):x2} 64k 512"));
+        Ok(Xendisk.Run("io", first, "-c", $"read -P 0x{RawImages.SectorByte(128):x2} 64k 512"));
     }
 
     [Fact]
@@ -78,7 +78,7 @@ public sealed class MaintenanceTests : IDisposable
         {
             Assert.False(json.RootElement.TryGetProperty("backingFile", out _));
         }
-        Ok(Xendisk.Run("io", overlay, "-c", "read -P 0x41 0 4k", "-c", $"read -P 0x{TempDirectory.SectorByte(2047):x2} {2047 * 512} 512"));
+        Ok(Xendisk.Run("io", overlay, "-c", "read -P 0x41 0 4k", "-c", $"read -P 0x{RawImages.SectorByte(2047):x2} {2047 * 512} 512"));
         Assert.Equal(0, QemuTools.Run("qemu-img", "check", overlay).ExitCode);
     }
 
@@ -92,10 +92,10 @@ public sealed class MaintenanceTests : IDisposable
 
         Ok(Xendisk.Run("image", "rebase", "-b", "new.raw", "-F", "raw", overlay));
         // Safe: the overlay still reads the old base's bytes, now copied into it.
-        Ok(Xendisk.Run("io", overlay, "-c", $"read -P 0x{TempDirectory.SectorByte(5):x2} {5 * 512} 512"));
+        Ok(Xendisk.Run("io", overlay, "-c", $"read -P 0x{RawImages.SectorByte(5):x2} {5 * 512} 512"));
 
         Ok(Xendisk.Run("image", "rebase", "-u", "-b", "old.raw", "-F", "raw", overlay));
-        QemuTools.ToolResult info = QemuTools.Run("qemu-img", "info", "--output=json", overlay);
+        ProcessResult info = QemuTools.Run("qemu-img", "info", "--output=json", overlay);
         using JsonDocument json = JsonDocument.Parse(info.Output);
         Assert.Equal("old.raw", json.RootElement.GetProperty("backing-filename").GetString());
     }
@@ -138,7 +138,7 @@ public sealed class MaintenanceTests : IDisposable
         string secret = elsewhere.RawBase("secret.raw", 1 << 20, fill: 0x5e);
         File.CreateSymbolicLink(_dir.File("base.raw"), secret);
         string overlay = _dir.File("over.qcow2");
-        QemuTools.ToolResult made = QemuTools.Run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay);
+        ProcessResult made = QemuTools.Run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay);
         Assert.True(made.ExitCode == 0, made.ToString());
 
         CliResult refused = Xendisk.Run("image", "hydrate", overlay);
