@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using XenDisk.Cow.Storage;
 using XenDisk.Cow.Tests.Bitmap.Support;
 using XenDisk.Storage;
@@ -23,7 +22,7 @@ public sealed class FileImageDeviceTests
         string loop;
         lock (BitmapDisks.LosetupGate)
         {
-            loop = Run("losetup", "-f", "--show", file);
+            loop = ProcessRunner.Output("losetup", "-f", "--show", file);
         }
         try
         {
@@ -38,19 +37,9 @@ public sealed class FileImageDeviceTests
         {
             lock (BitmapDisks.LosetupGate)
             {
-                Run("losetup", "-d", loop);
+                ProcessRunner.Output("losetup", "-d", loop);
             }
             Directory.Delete(directory, recursive: true);
         }
-    }
-
-    private static string Run(string program, params string[] arguments)
-    {
-        using Process process = Process.Start(new ProcessStartInfo(program, arguments) { RedirectStandardOutput = true, RedirectStandardError = true })!;
-        string output = process.StandardOutput.ReadToEnd();
-        string error = process.StandardError.ReadToEnd();
-        process.WaitForExit();
-        Assert.True(process.ExitCode == 0, $"{program} {string.Join(' ', arguments)} failed: {error}");
-        return output.Trim();
     }
 }

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using XenDisk.Cow.Bitmap;
 using XenDisk.Storage;
 
@@ -80,8 +79,8 @@ public sealed class BitmapDisks : IDisposable
                 lock (LosetupGate)
                 {
                     loop = kind == BitmapDeviceKind.Loop4K
-                        ? Run("losetup", "-f", "--show", "--sector-size", "4096", cowPath)
-                        : Run("losetup", "-f", "--show", cowPath);
+                        ? ProcessRunner.Output("losetup", "-f", "--show", "--sector-size", "4096", cowPath)
+                        : ProcessRunner.Output("losetup", "-f", "--show", cowPath);
                 }
             }
             IBlockDevice cow = RawBlockDevice.Open(loop ?? cowPath, readOnly: false);
@@ -121,31 +120,13 @@ public sealed class BitmapDisks : IDisposable
         {
             lock (LosetupGate)
             {
-                Run("losetup", "-d", _loop);
+                ProcessRunner.Output("losetup", "-d", _loop);
             }
         }
         if (_directory is not null)
         {
             Directory.Delete(_directory, recursive: true);
         }
-    }
-
-    private static string Run(string fileName, params string[] arguments)
-    {
-        var start = new ProcessStartInfo(fileName) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (string argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
-        using Process process = Process.Start(start) ?? throw new InvalidOperationException($"{fileName} did not start.");
-        string output = process.StandardOutput.ReadToEnd();
-        string error = process.StandardError.ReadToEnd();
-        process.WaitForExit();
-        if (process.ExitCode != 0)
-        {
-            throw new InvalidOperationException($"{fileName} {string.Join(' ', arguments)} failed ({process.ExitCode}): {error.Trim()}. These tests need root and loop devices.");
-        }
-        return output.Trim();
     }
 }
 
