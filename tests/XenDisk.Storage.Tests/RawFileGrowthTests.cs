@@ -23,7 +23,7 @@ public sealed class RawFileGrowthTests : IDisposable
     }
 
     /// <summary>Bytes the file system has allocated to the file (st_blocks x 512).</summary>
-    private static long AllocatedBytes(string path) => long.Parse(Commands.Run("stat", "-c", "%b", path).Trim()) * 512;
+    private static long AllocatedBytes(string path) => long.Parse(ProcessRunner.Output("stat", "-c", "%b", path).Trim()) * 512;
 
     [Fact]
     public void Growing_without_a_step_allocates_exactly_what_is_asked()

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using XenDisk.Storage.Iscsi.Interop;
 
 namespace XenDisk.Storage.Tests.Iscsi;
@@ -43,8 +42,8 @@ public sealed class ScsiTaskLayoutTests
                 }
                 """);
             string program = Path.Combine(directory, "layout");
-            Run("/usr/bin/clang", source, "-o", program);
-            long[] values = Run(program).Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(long.Parse).ToArray();
+            ProcessRunner.Output("/usr/bin/clang", source, "-o", program);
+            long[] values = ProcessRunner.Output(program).Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(long.Parse).ToArray();
             Assert.Equal(
                 [ScsiTask.StatusOffset, ScsiTask.CdbOffset, ScsiTask.SenseKeyOffset, ScsiTask.SenseAscqOffset,
                  ScsiTask.DataInSizeOffset, ScsiTask.DataInDataOffset, sizeof(ScsiIovec), sizeof(UnmapList),
@@ -55,20 +54,5 @@ public sealed class ScsiTaskLayoutTests
         {
             Directory.Delete(directory, recursive: true);
         }
-    }
-
-    private static string Run(string fileName, params string[] arguments)
-    {
-        ProcessStartInfo start = new(fileName) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (string argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
-        using Process process = Process.Start(start)!;
-        string output = process.StandardOutput.ReadToEnd();
-        string error = process.StandardError.ReadToEnd();
-        process.WaitForExit();
-        Assert.True(process.ExitCode == 0, $"{fileName} failed: {error}");
-        return output.Trim();
     }
 }

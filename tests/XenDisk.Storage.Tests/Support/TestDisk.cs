@@ -71,7 +71,7 @@ public sealed class TestDisk : IDisposable
             case DeviceKind.RamfsFile:
             {
                 string directory = CreateDirectory("/var/tmp");
-                Commands.Run("mount", "-t", "ramfs", "ramfs", directory);
+                ProcessRunner.Output("mount", "-t", "ramfs", "ramfs", directory);
                 try
                 {
                     string image = CreateImage(directory, size, withSentinel: true);
@@ -79,7 +79,7 @@ public sealed class TestDisk : IDisposable
                 }
                 catch
                 {
-                    Commands.Run("umount", directory);
+                    ProcessRunner.Output("umount", directory);
                     Directory.Delete(directory, recursive: true);
                     throw;
                 }
@@ -93,8 +93,8 @@ public sealed class TestDisk : IDisposable
                 lock (LosetupGate)
                 {
                     loop = kind == DeviceKind.LoopDevice4K
-                        ? Commands.Run("losetup", "-f", "--show", "--sector-size", "4096", image)
-                        : Commands.Run("losetup", "-f", "--show", image);
+                        ? ProcessRunner.Output("losetup", "-f", "--show", "--sector-size", "4096", image)
+                        : ProcessRunner.Output("losetup", "-f", "--show", image);
                 }
                 try
                 {
@@ -102,7 +102,7 @@ public sealed class TestDisk : IDisposable
                 }
                 catch
                 {
-                    Commands.Run("losetup", "-d", loop);
+                    ProcessRunner.Output("losetup", "-d", loop);
                     throw;
                 }
             }
@@ -111,11 +111,11 @@ public sealed class TestDisk : IDisposable
             {
                 string directory = CreateDirectory("/var/tmp");
                 string basePath = Path.Combine(directory, "base.raw");
-                Commands.Run("qemu-img", "create", "-q", "-f", "raw", basePath, size.ToString(CultureInfo.InvariantCulture));
+                ProcessRunner.Output("qemu-img", "create", "-q", "-f", "raw", basePath, size.ToString(CultureInfo.InvariantCulture));
                 string overlay = Path.Combine(directory, kind == DeviceKind.Qcow2Overlay ? "disk.qcow2" : "disk.bitmap");
                 if (kind == DeviceKind.Qcow2Overlay)
                 {
-                    Commands.Run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay);
+                    ProcessRunner.Output("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay);
                 }
                 else
                 {
@@ -187,7 +187,7 @@ public sealed class TestDisk : IDisposable
         {
             lock (LosetupGate)
             {
-                Commands.Run("losetup", "-c", _loopDevice);
+                ProcessRunner.Output("losetup", "-c", _loopDevice);
             }
         }
     }
@@ -212,12 +212,12 @@ public sealed class TestDisk : IDisposable
         {
             lock (LosetupGate)
             {
-                Commands.Run("losetup", "-d", _loopDevice);
+                ProcessRunner.Output("losetup", "-d", _loopDevice);
             }
         }
         if (_ramfsMount is not null)
         {
-            Commands.Run("umount", _ramfsMount);
+            ProcessRunner.Output("umount", _ramfsMount);
         }
         if (_directory is not null)
         {
