@@ -4,6 +4,7 @@ using XenDisk.Cli.Tests.Support;
 namespace XenDisk.Cli.Tests;
 
 /// <summary>The benchmark's shape only: it runs every configuration and reports IOPS and ratios; speed is never asserted.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class BenchCowTests
 {
     [Fact]

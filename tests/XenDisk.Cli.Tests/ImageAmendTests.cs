@@ -5,6 +5,7 @@ using XenDisk.Cli.Tests.Support;
 namespace XenDisk.Cli.Tests;
 
 /// <summary>`xendisk image amend -o compat=...,lazy_refcounts=...` on images qemu-img made, checked by qemu-img.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class ImageAmendTests : IDisposable
 {
     private readonly TempDirectory _dir = new();

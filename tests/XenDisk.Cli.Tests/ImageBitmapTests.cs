@@ -7,6 +7,7 @@ namespace XenDisk.Cli.Tests;
 /// `xendisk image bitmap` and the bitmaps in `image info`, against qemu-img bitmap and qemu-img info
 /// on the same files, both ways (docs/interop/qcow2.txt == Bitmaps ==).
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class ImageBitmapTests : IDisposable
 {
     private readonly TempDirectory _dir = new();

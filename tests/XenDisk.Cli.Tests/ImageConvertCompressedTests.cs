@@ -5,6 +5,7 @@ using XenDisk.Cli.Tests.Support;
 namespace XenDisk.Cli.Tests;
 
 /// <summary>`image convert -c`: compressed qcow2 clusters that QEMU reads back identically (== Compressed Clusters Descriptor ==).</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class ImageConvertCompressedTests : IDisposable
 {
     private readonly TempDirectory _dir = new();

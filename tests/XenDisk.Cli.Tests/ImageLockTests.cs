@@ -9,6 +9,7 @@ namespace XenDisk.Cli.Tests;
 /// permission) between XenDisk and real qemu-io processes: a writer on either side keeps the other out,
 /// readers share.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class ImageLockTests : IDisposable
 {
     private readonly TempDirectory _dir = new();

@@ -7,6 +7,7 @@ namespace XenDisk.Cli.Tests;
 /// convert, compare and resize against qemu-img on images qemu-img and qemu-io made: XenDisk's output
 /// must be `qemu-img check` clean and `qemu-img compare` identical to what qemu-img produces from the same input.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class ImageVerbTests : IDisposable
 {
     private readonly TempDirectory _dir = new();

@@ -2,6 +2,7 @@ using XenDisk.Cli.Tests.Support;
 
 namespace XenDisk.Cli.Tests;
 
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class IoInteropTests : IDisposable
 {
     private readonly TempDirectory _dir = new();

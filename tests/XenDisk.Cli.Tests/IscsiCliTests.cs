@@ -5,6 +5,7 @@ using XenDisk.TestSupport.Iscsi;
 namespace XenDisk.Cli.Tests;
 
 /// <summary>`xendisk io` and `xendisk image` on iSCSI LUNs served by a real tgtd.</summary>
+[Trait(Needs.Key, Needs.Tgtd)]
 public sealed class IscsiCliTests : IDisposable
 {
     private const string Iqn = "iqn.2026-12.org.xendisk.test:cli";

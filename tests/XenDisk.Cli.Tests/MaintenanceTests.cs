@@ -3,6 +3,7 @@ using XenDisk.Cli.Tests.Support;
 
 namespace XenDisk.Cli.Tests;
 
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class MaintenanceTests : IDisposable
 {
     private readonly TempDirectory _dir = new();

@@ -8,6 +8,7 @@ using XenDisk.TestSupport.Iscsi;
 namespace XenDisk.Service.Tests;
 
 /// <summary>The service serving iSCSI LUNs (a real tgtd on 127.0.0.1) to a guest on the simulated hypervisor.</summary>
+[Trait(Needs.Key, Needs.Tgtd)]
 [Collection(ProcessWideCollection.Name)]
 public sealed class IscsiServiceTests : IDisposable
 {

@@ -16,6 +16,7 @@ namespace XenDisk.Service.Tests;
 /// resume, and runs stopped by the disk closing. Afterwards the overlays are checked offline, with
 /// the engine and qemu-img.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class OnlineHydrationTests : IDisposable
 {
     private const int BaseSize = 8 << 20;

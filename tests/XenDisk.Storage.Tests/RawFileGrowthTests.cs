@@ -84,6 +84,8 @@ public sealed class RawFileGrowthTests : IDisposable
         Assert.Equal(Step, new FileInfo(path).Length);
     }
 
+    [Trait(Needs.Key, Needs.Root)]
+    [Trait(Needs.Key, Needs.Loop)]
     [Fact]
     public void A_block_device_cannot_grow_but_answers_within_its_size()
     {

@@ -7,6 +7,7 @@ using XenDisk.Cow.Overlays;
 namespace XenDisk.Cow.Tests.Operations;
 
 /// <summary>Commit writes the virtual disk into the backing image; emptying then makes the overlay read through again.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class CommitTests
 {
     private const int DiskSize = 4 << 20;

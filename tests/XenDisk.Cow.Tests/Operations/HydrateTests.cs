@@ -7,6 +7,7 @@ using XenDisk.Cow.Overlays;
 namespace XenDisk.Cow.Tests.Operations;
 
 /// <summary>Hydration makes an overlay standalone: same contents without its base, clean for QEMU, resumable, and safe beside guest writes.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class HydrateTests
 {
     private const int DiskSize = 4 << 20;

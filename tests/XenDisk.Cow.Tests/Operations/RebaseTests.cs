@@ -7,6 +7,7 @@ using XenDisk.Cow.Overlays;
 namespace XenDisk.Cow.Tests.Operations;
 
 /// <summary>Rebase: safe mode keeps the virtual disk identical over a different backing file; unsafe mode only rewrites the header.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class RebaseTests
 {
     private const int DiskSize = 4 << 20;

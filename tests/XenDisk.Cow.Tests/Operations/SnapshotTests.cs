@@ -6,6 +6,7 @@ using XenDisk.Storage;
 namespace XenDisk.Cow.Tests.Operations;
 
 /// <summary>External snapshots: each freezes the current top and stacks an empty overlay on it.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class SnapshotTests
 {
     private const int DiskSize = 4 << 20;

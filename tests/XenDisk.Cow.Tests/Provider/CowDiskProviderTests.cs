@@ -11,6 +11,7 @@ using XenDisk.Storage;
 namespace XenDisk.Cow.Tests.Provider;
 
 /// <summary>The provider against real files: shared bases stay untouched, overlays are private and persistent, refusals explain themselves.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class CowDiskProviderTests : IDisposable
 {
     private const int BaseSize = 2 << 20;

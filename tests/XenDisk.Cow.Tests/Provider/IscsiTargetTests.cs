@@ -6,6 +6,7 @@ using XenDisk.TestSupport.Iscsi;
 namespace XenDisk.Cow.Tests.Provider;
 
 /// <summary>iSCSI LUNs in disk targets, against a real tgtd: a plain disk, a golden base, a bitmap overlay device.</summary>
+[Trait(Needs.Key, Needs.Tgtd)]
 public sealed class IscsiTargetTests : IDisposable
 {
     private const string Iqn = "iqn.2026-12.org.xendisk.test:san";

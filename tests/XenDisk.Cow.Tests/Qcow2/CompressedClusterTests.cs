@@ -11,6 +11,7 @@ namespace XenDisk.Cow.Tests.Qcow2;
 /// qemu-img check finds the image clean (refcounts per host cluster, shared by several compressed
 /// clusters) and qemu-img compare finds it equal to the expected contents.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class CompressedClusterTests
 {
     private const int DiskSize = 8 << 20;

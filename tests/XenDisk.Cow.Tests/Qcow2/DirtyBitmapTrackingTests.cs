@@ -10,6 +10,7 @@ namespace XenDisk.Cow.Tests.Qcow2;
 /// Persistent dirty bitmaps kept up to date by the engine: bitmaps made by qemu-img, writes through
 /// XenDisk, and QEMU reading back which granules are dirty (docs/interop/qcow2.txt == Bitmaps ==).
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class DirtyBitmapTrackingTests
 {
     private const long MiB = 1 << 20;

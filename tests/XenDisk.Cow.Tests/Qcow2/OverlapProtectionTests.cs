@@ -12,6 +12,7 @@ namespace XenDisk.Cow.Tests.Qcow2;
 /// then corrupted with small byte patches. Every would-be overlap must fail its request, set the
 /// corrupt bit, log one line, and leave everything acknowledged and flushed before it readable.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class OverlapProtectionTests
 {
     /// <summary>What qemu-io writes before the image is corrupted: (offset, length, pattern).</summary>

@@ -11,6 +11,7 @@ namespace XenDisk.Cow.Tests.Qcow2;
 /// Images with persistent dirty bitmaps (qemu-img bitmap --add): the bitmap directory, tables and
 /// data are in use. The checker counts them, repair keeps them, and the engine never writes over them.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class PersistentBitmapTests
 {
     /// <summary>An image with a bitmap that has dirty bits stored (so it owns a table and data clusters).</summary>

@@ -12,6 +12,7 @@ namespace XenDisk.Cow.Tests.Qcow2;
 /// hold, in the files it names, exactly what the engine's own read returns; writes are granted only
 /// in place; a change of mapping waits for the fast path's I/O in flight.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class Qcow2RemapTests : IDisposable
 {
     private const long Size = 4 << 20;

@@ -6,6 +6,7 @@ using XenDisk.Storage;
 namespace XenDisk.Cow.Tests.Qcow2;
 
 /// <summary>Files QEMU's tools make or accept that sit at the edges of the format: truncated images, unusual but valid entries.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class QemuEdgeCaseTests
 {
     [Theory]

@@ -7,6 +7,7 @@ using XenDisk.Storage;
 namespace XenDisk.Cow.Tests.Qcow2;
 
 /// <summary>Images XenDisk writes are read back exactly by QEMU and pass qemu-img check; images QEMU writes are read back exactly by XenDisk.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class QemuInteropTests
 {
     private const int DiskSize = 8 << 20;

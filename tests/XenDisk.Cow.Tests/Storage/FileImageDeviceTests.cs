@@ -8,6 +8,8 @@ namespace XenDisk.Cow.Tests.Storage;
 /// The image tools open images through <see cref="FileImageDevice"/>; an overlay may live on a block
 /// device (an LVM volume, here a loop device), whose size fstat reports as 0.
 /// </summary>
+[Trait(Needs.Key, Needs.Root)]
+[Trait(Needs.Key, Needs.Loop)]
 public sealed class FileImageDeviceTests
 {
     [Fact]
