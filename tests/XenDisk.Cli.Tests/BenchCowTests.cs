@@ -8,7 +8,7 @@ namespace XenDisk.Cli.Tests;
 public sealed class BenchCowTests
 {
     [Fact]
-    public void TinyRun_ReportsEveryConfigurationWithRatios()
+    public void Tiny_run_reports_every_configuration_with_ratios()
     {
         QemuTools.Find("qemu-img");
 

@@ -35,7 +35,7 @@ public sealed class ImageAmendTests : IDisposable
     }
 
     [Fact]
-    public void UpgradesVersion2AndTurnsLazyRefcountsOn()
+    public void Upgrades_version_2_and_turns_lazy_refcounts_on()
     {
         string image = _dir.File("old.qcow2");
         QemuOk("qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", image, "64M");
@@ -54,7 +54,7 @@ public sealed class ImageAmendTests : IDisposable
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
-    public void DowngradesToVersion2WithoutZeroClusters(bool withBacking)
+    public void Downgrades_to_version_2_without_zero_clusters(bool withBacking)
     {
         string image = _dir.File("new.qcow2");
         if (withBacking)
@@ -81,7 +81,7 @@ public sealed class ImageAmendTests : IDisposable
     }
 
     [Fact]
-    public void RefusesWhatQemuRefusesAndWhatVersion2CannotHold()
+    public void Refuses_what_qemu_refuses_and_what_version_2_cannot_hold()
     {
         string extended = _dir.File("extended.qcow2");
         QemuOk("qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", extended, "1M");

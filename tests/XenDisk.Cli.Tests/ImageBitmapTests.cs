@@ -23,7 +23,7 @@ public sealed class ImageBitmapTests : IDisposable
     }
 
     [Fact]
-    public void BitmapsAddedByXendiskTrackQemuAndXendiskWrites()
+    public void Bitmaps_added_by_xendisk_track_qemu_and_xendisk_writes()
     {
         string image = _dir.File("disk.qcow2");
         QemuOk("qemu-img", "create", "-q", "-f", "qcow2", image, "64M");
@@ -39,7 +39,7 @@ public sealed class ImageBitmapTests : IDisposable
     }
 
     [Fact]
-    public void OperationsOnQemuBitmapsAreWhatQemuImgBitmapWouldDo()
+    public void Operations_on_qemu_bitmaps_are_what_qemu_img_bitmap_would_do()
     {
         string image = _dir.File("disk.qcow2");
         QemuOk("qemu-img", "create", "-q", "-f", "qcow2", image, "64M");
@@ -76,7 +76,7 @@ public sealed class ImageBitmapTests : IDisposable
     }
 
     [Fact]
-    public void RefusalsNameWhatIsWrong()
+    public void Refusals_name_what_is_wrong()
     {
         string image = _dir.File("disk.qcow2");
         QemuOk("qemu-img", "create", "-q", "-f", "qcow2", image, "64M");

@@ -50,7 +50,7 @@ public sealed class ImageConvertCompressedTests : IDisposable
     [Theory]
     [InlineData("zlib")]
     [InlineData("zstd")]
-    public void QemuReadsTheCompressedImageIdentically(string type)
+    public void Qemu_reads_the_compressed_image_identically(string type)
     {
         string source = Source();
         string target = _dir.File($"compressed-{type}.qcow2");

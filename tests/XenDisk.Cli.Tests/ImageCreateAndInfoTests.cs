@@ -11,7 +11,7 @@ public sealed class ImageCreateAndInfoTests : IDisposable
     public void Dispose() => _dir.Dispose();
 
     [Fact]
-    public void Qcow2OverRawBase_QemuImgInfoAgreesOnFormatSizeAndBacking()
+    public void Qcow2_over_raw_base_qemu_img_info_agrees_on_format_size_and_backing()
     {
         _dir.RawBase("base.raw", 8 << 20);
         string overlay = _dir.File("over.qcow2");
@@ -35,7 +35,7 @@ public sealed class ImageCreateAndInfoTests : IDisposable
     }
 
     [Fact]
-    public void Qcow2WithExplicitSizeAndOptions_QemuImgSeesThem()
+    public void Qcow2_with_explicit_size_and_options_qemu_img_sees_them()
     {
         string image = _dir.File("plain.qcow2");
 
@@ -52,7 +52,7 @@ public sealed class ImageCreateAndInfoTests : IDisposable
     }
 
     [Fact]
-    public void InfoJson_DescribesAQemuMadeOverlay()
+    public void Info_json_describes_a_qemu_made_overlay()
     {
         _dir.RawBase("base.raw", 4 << 20);
         string overlay = _dir.File("q.qcow2");
@@ -79,7 +79,7 @@ public sealed class ImageCreateAndInfoTests : IDisposable
     }
 
     [Fact]
-    public void BitmapOverlay_CreateThenInfoText()
+    public void Bitmap_overlay_create_then_info_text()
     {
         string basePath = _dir.RawBase("base.raw", 4 << 20);
         string overlay = _dir.File("over.bitmap");
@@ -97,7 +97,7 @@ public sealed class ImageCreateAndInfoTests : IDisposable
     }
 
     [Fact]
-    public void RawImage_InfoReportsItsSize()
+    public void Raw_image_info_reports_its_size()
     {
         string image = _dir.File("disk.raw");
         Assert.Equal(0, Xendisk.Run("image", "create", "-f", "raw", image, "3M").ExitCode);
@@ -109,7 +109,7 @@ public sealed class ImageCreateAndInfoTests : IDisposable
     }
 
     [Fact]
-    public void ExistingFile_IsNotOverwritten()
+    public void Existing_file_is_not_overwritten()
     {
         string image = _dir.RawBase("keep.raw", 1 << 20, fill: 0x77);
 

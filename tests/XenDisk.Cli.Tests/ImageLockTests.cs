@@ -25,7 +25,7 @@ public sealed class ImageLockTests : IDisposable
     }
 
     [Fact]
-    public void XenDiskWriting_QemuIoWriteIsRefusedWithTheLockMessage()
+    public void XenDisk_writing_qemu_io_write_is_refused_with_the_lock_message()
     {
         string path = Image();
         using (Qcow2Image image = Qcow2Disk.Open(path))
@@ -45,7 +45,7 @@ public sealed class ImageLockTests : IDisposable
     }
 
     [Fact]
-    public async Task ServedDisk_KeepsQemuIoOut_TheSharedBaseStaysReadable()
+    public async Task Served_disk_keeps_qemu_io_out_the_shared_base_stays_readable()
     {
         string baseImage = _dir.File("base.raw");
         ProcessResult created = QemuTools.Run("qemu-img", "create", "-f", "raw", baseImage, "4M");
@@ -68,7 +68,7 @@ public sealed class ImageLockTests : IDisposable
     }
 
     [Fact]
-    public void QemuIoHoldingTheImage_XenDiskRefusesAndNamesTheProcess()
+    public void Qemu_io_holding_the_image_XenDisk_refuses_and_names_the_process()
     {
         string path = Image();
         using QemuTools.InteractiveTool qemu = QemuTools.HoldWithQemuIo(path, readOnly: false);
@@ -89,7 +89,7 @@ public sealed class ImageLockTests : IDisposable
     }
 
     [Fact]
-    public void ConvertOntoAnImageQemuHolds_IsRefusedAndLeavesItAlone()
+    public void Convert_onto_an_image_qemu_holds_is_refused_and_leaves_it_alone()
     {
         string held = Image();
         string source = _dir.File("source.raw");
@@ -108,7 +108,7 @@ public sealed class ImageLockTests : IDisposable
     }
 
     [Fact]
-    public void ReadersShare_BothWays()
+    public void Readers_share_both_ways()
     {
         string path = Image();
         using (QemuTools.HoldWithQemuIo(path, readOnly: true))

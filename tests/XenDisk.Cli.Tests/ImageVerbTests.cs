@@ -62,7 +62,7 @@ public sealed class ImageVerbTests : IDisposable
     [Theory]
     [InlineData("qcow2")]
     [InlineData("raw")]
-    public void Convert_MatchesQemuImgConvert_AndSkipsZeros(string outputFormat)
+    public void Convert_matches_qemu_img_convert_and_skips_zeros(string outputFormat)
     {
         string source = Qcow2Chain();
         string ours = _dir.File("ours." + outputFormat);
@@ -90,7 +90,7 @@ public sealed class ImageVerbTests : IDisposable
     }
 
     [Fact]
-    public void Convert_Compressed_ToRaw_IsRefusedAsQemuImgRefusesIt()
+    public void Convert_compressed_to_raw_is_refused_as_qemu_img_refuses_it()
     {
         string source = Qcow2Chain();
         CliResult result = Xendisk.Run("image", "convert", "-c", "-O", "raw", source, _dir.File("c.raw"));
@@ -138,7 +138,7 @@ public sealed class ImageVerbTests : IDisposable
     }
 
     [Fact]
-    public void Resize_Qcow2Grows_AsQemuImgResizeDoes()
+    public void Resize_qcow2_grows_as_qemu_img_resize_does()
     {
         string ours = Qcow2Chain();
         string theirs = _dir.File("theirs.qcow2");
@@ -173,7 +173,7 @@ public sealed class ImageVerbTests : IDisposable
     }
 
     [Fact]
-    public void Info_OnA39ByteFile_Reports39Bytes()
+    public void Info_on_a_39_byte_file_reports_39_bytes()
     {
         string tiny = _dir.File("tiny.img");
         File.WriteAllBytes(tiny, new byte[39]);
@@ -190,7 +190,7 @@ public sealed class BackingChainInfoTests : IDisposable
     public void Dispose() => _dir.Dispose();
 
     [Fact]
-    public void BackingChain_ListsTheImagesQemuImgLists()
+    public void Backing_chain_lists_the_images_qemu_img_lists()
     {
         string baseImage = _dir.File("base.raw");
         Assert.Equal(0, QemuTools.Run("qemu-img", "create", "-f", "raw", baseImage, "4M").ExitCode);
@@ -217,7 +217,7 @@ public sealed class BackingChainInfoTests : IDisposable
     }
 
     [Fact]
-    public void BackingChain_OutsideTheImageDirectory_NeedsAllowBase()
+    public void Backing_chain_outside_the_image_directory_needs_allow_base()
     {
         using TempDirectory other = new();
         string baseImage = other.File("base.raw");

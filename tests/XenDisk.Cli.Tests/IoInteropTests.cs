@@ -21,7 +21,7 @@ public sealed class IoInteropTests : IDisposable
     [Theory]
     [InlineData("on")]
     [InlineData("off")]
-    public void XenDiskWrites_QemuIoVerifiesThePattern(string extendedL2)
+    public void XenDisk_writes_qemu_io_verifies_the_pattern(string extendedL2)
     {
         string overlay = Qcow2OverBase(extendedL2: extendedL2);
 
@@ -45,7 +45,7 @@ public sealed class IoInteropTests : IDisposable
     }
 
     [Fact]
-    public void QemuIoWrites_XenDiskIoVerifiesThePattern()
+    public void Qemu_io_writes_XenDisk_io_verifies_the_pattern()
     {
         string overlay = Qcow2OverBase();
         ProcessResult wrote = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 4k 8k", "-c", "write -z 1M 64k", overlay);
@@ -59,7 +59,7 @@ public sealed class IoInteropTests : IDisposable
     }
 
     [Fact]
-    public void ReadPatternMismatch_ExitsNonZeroWithTheFirstMismatchingOffset()
+    public void Read_pattern_mismatch_exits_non_zero_with_the_first_mismatching_offset()
     {
         string image = _dir.File("plain.qcow2");
         Assert.Equal(0, Xendisk.Run("image", "create", "-f", "qcow2", image, "1M").ExitCode);
@@ -74,7 +74,7 @@ public sealed class IoInteropTests : IDisposable
     }
 
     [Fact]
-    public void ReadOfUnwrittenOverlay_ReturnsTheBase()
+    public void Read_of_unwritten_overlay_returns_the_base()
     {
         string overlay = Qcow2OverBase();
 
@@ -84,7 +84,7 @@ public sealed class IoInteropTests : IDisposable
     }
 
     [Fact]
-    public void DiscardAndZeroWrite_ReadBackAsZeros_AndQemuAgrees()
+    public void Discard_and_zero_write_read_back_as_zeros_and_qemu_agrees()
     {
         string overlay = Qcow2OverBase();
 
@@ -105,7 +105,7 @@ public sealed class IoInteropTests : IDisposable
     }
 
     [Fact]
-    public void BitmapOverlay_WritesAndReadsThroughItsBase()
+    public void Bitmap_overlay_writes_and_reads_through_its_base()
     {
         _dir.RawBase("base.raw", 2 << 20);
         string overlay = _dir.File("over.bitmap");
@@ -122,7 +122,7 @@ public sealed class IoInteropTests : IDisposable
     }
 
     [Fact]
-    public void RawImage_WriteThenRead()
+    public void Raw_image_write_then_read()
     {
         string image = _dir.File("disk.raw");
         Assert.Equal(0, Xendisk.Run("image", "create", "-f", "raw", image, "1M").ExitCode);
@@ -135,7 +135,7 @@ public sealed class IoInteropTests : IDisposable
     }
 
     [Fact]
-    public void BackingFileOutsideTheImageDirectory_IsFollowedOnlyWithAllowBase()
+    public void Backing_file_outside_the_image_directory_is_followed_only_with_allow_base()
     {
         using TempDirectory baseDir = new();
         string basePath = baseDir.RawBase("golden.raw", 1 << 20);
@@ -152,7 +152,7 @@ public sealed class IoInteropTests : IDisposable
     }
 
     [Fact]
-    public void OneFailingCommand_FailsTheRunButTheOthersStillRun()
+    public void One_failing_command_fails_the_run_but_the_others_still_run()
     {
         string image = _dir.File("disk.raw");
         Assert.Equal(0, Xendisk.Run("image", "create", "-f", "raw", image, "1M").ExitCode);
@@ -165,7 +165,7 @@ public sealed class IoInteropTests : IDisposable
     }
 
     [Fact]
-    public void AWriteOntoMetadataFailsWithItsReasonAndTheCorruptImageStillReads()
+    public void A_write_onto_metadata_fails_with_its_reason_and_the_corrupt_image_still_reads()
     {
         // The L1 table's refcount set to 0 (qemu-img's layout: refcount block at 0x20000, L1 table in cluster 3).
         string image = _dir.File("img.qcow2");

@@ -19,7 +19,7 @@ public sealed class MaintenanceTests : IDisposable
     }
 
     [Fact]
-    public void Snapshot_StacksANewOverlay_ThatQemuFollows()
+    public void Snapshot_stacks_a_new_overlay_that_qemu_follows()
     {
         _dir.RawBase("base.raw", 2 << 20);
         string first = _dir.File("first.qcow2");
@@ -43,7 +43,7 @@ public sealed class MaintenanceTests : IDisposable
     }
 
     [Fact]
-    public void Commit_WritesTheOverlayIntoItsBase_AndEmptiesIt()
+    public void Commit_writes_the_overlay_into_its_base_and_empties_it()
     {
         string basePath = _dir.RawBase("base.raw", 2 << 20);
         string overlay = _dir.File("over.qcow2");
@@ -64,7 +64,7 @@ public sealed class MaintenanceTests : IDisposable
     }
 
     [Fact]
-    public void Hydrate_MakesTheOverlayStandalone_WithTheSameContents()
+    public void Hydrate_makes_the_overlay_standalone_with_the_same_contents()
     {
         _dir.RawBase("base.raw", 2 << 20);
         string overlay = _dir.File("over.qcow2");
@@ -84,7 +84,7 @@ public sealed class MaintenanceTests : IDisposable
     }
 
     [Fact]
-    public void Rebase_Unsafe_OnlyRewritesTheName_Safe_CopiesTheDifference()
+    public void Rebase_unsafe_only_rewrites_the_name_safe_copies_the_difference()
     {
         _dir.RawBase("old.raw", 1 << 20);
         _dir.RawBase("new.raw", 1 << 20, fill: 0xee);
@@ -102,7 +102,7 @@ public sealed class MaintenanceTests : IDisposable
     }
 
     [Fact]
-    public void BitmapOverlay_HydrateThenCommit()
+    public void Bitmap_overlay_hydrate_then_commit()
     {
         string basePath = _dir.RawBase("base.raw", 1 << 20);
         string overlay = _dir.File("over.bitmap");
@@ -120,7 +120,7 @@ public sealed class MaintenanceTests : IDisposable
     }
 
     [Fact]
-    public void Snapshot_OfABitmapOverlay_IsRefused()
+    public void Snapshot_of_a_bitmap_overlay_is_refused()
     {
         _dir.RawBase("base.raw", 1 << 20);
         string overlay = _dir.File("over.bitmap");

@@ -33,7 +33,7 @@ public class PersistentBitmapTests
     }
 
     [Fact]
-    public void TheCheckerCountsBitmapClustersAndRepairKeepsThem()
+    public void The_checker_counts_bitmap_clusters_and_repair_keeps_them()
     {
         using TempDirectory directory = new();
         string image = ImageWithBitmap(directory);
@@ -69,7 +69,7 @@ public class PersistentBitmapTests
     }
 
     [Fact]
-    public void WritesNeverLandOnBitmapClusters()
+    public void Writes_never_land_on_bitmap_clusters()
     {
         using TempDirectory directory = new();
         string image = ImageWithBitmap(directory);

@@ -25,7 +25,7 @@ public class RefusedRequestTests
     }
 
     [Fact]
-    public void RefusedRequestsLeaveTheImageWritable()
+    public void Refused_requests_leave_the_image_writable()
     {
         using TempDirectory directory = new();
         string path = directory.File("img.qcow2");

@@ -13,7 +13,7 @@ namespace XenDisk.Cow.Tests.Storage;
 public sealed class FileImageDeviceTests
 {
     [Fact]
-    public void ABlockDeviceHasTheSizeOfWhatItHoldsAndReadsBackItsBytes()
+    public void A_block_device_has_the_size_of_what_it_holds_and_reads_back_its_bytes()
     {
         string directory = Path.Combine("/var/tmp", "xendisk-fileimage-tests-" + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(directory);
