@@ -69,14 +69,20 @@ public static class QemuTools
     /// The dirty ranges of a persistent bitmap as QEMU reads them from the file: qemu-nbd exports the
     /// image with the bitmap (-B), and qemu-img map reads the bitmap's NBD metadata context through
     /// the client's x-dirty-bitmap option, which reports dirty ranges as holes ("data": false).
-    /// qemu-nbd --fork returns once it listens, and the server ends after its one client.
+    /// qemu-nbd --fork returns once it listens, and the server ends after its one client; this waits
+    /// for that end, because until then the server holds the image's lock and a writer that comes
+    /// next (qemu-img bitmap, qemu-io) would be refused.
     /// </summary>
     public static List<(long Offset, long Length)> DirtyRanges(string image, string bitmap)
     {
-        string socket = Path.Combine(Path.GetDirectoryName(image)!, "nbd.sock");
-        RunOk(QemuNbd, "--fork", "-r", "-f", "qcow2", "-B", bitmap, "-k", socket, image);
+        string directory = Path.GetDirectoryName(image)!;
+        string socket = Path.Combine(directory, "nbd.sock");
+        string pidFile = Path.Combine(directory, "nbd.pid");
+        RunOk(QemuNbd, "--fork", "--pid-file", pidFile, "-r", "-f", "qcow2", "-B", bitmap, "-k", socket, image);
+        using Process server = Process.GetProcessById(int.Parse(File.ReadAllText(pidFile).Trim()));
         string map = RunOk(QemuImg, "map", "--output=json", "--image-opts",
             $"driver=nbd,server.type=unix,server.path={socket},x-dirty-bitmap=qemu:dirty-bitmap:{bitmap}");
+        Assert.True(server.WaitForExit(60_000), "qemu-nbd did not exit after its one client");
         List<(long, long)> ranges = [];
         using JsonDocument document = JsonDocument.Parse(map);
         foreach (JsonElement extent in document.RootElement.EnumerateArray())
