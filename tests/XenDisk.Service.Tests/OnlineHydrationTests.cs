@@ -31,14 +31,14 @@ public sealed class OnlineHydrationTests : IDisposable
 
     private const int MaxRacingWrites = 5000;
 
-    private readonly DirectoryInfo _work = Directory.CreateTempSubdirectory("xendisk-hydrate-");
+    private readonly TempDirectory _work = new("xendisk-hydrate-");
     private readonly string _images;
     private readonly string _basePath;
     private readonly byte[] _base;
 
     public OnlineHydrationTests()
     {
-        _images = Directory.CreateDirectory(Path.Combine(_work.FullName, "images")).FullName;
+        _images = Directory.CreateDirectory(Path.Combine(_work.Path, "images")).FullName;
         _basePath = Path.Combine(_images, "golden.img");
         _base = new byte[BaseSize];
         new Random(7).NextBytes(_base);
@@ -46,7 +46,7 @@ public sealed class OnlineHydrationTests : IDisposable
         File.WriteAllBytes(_basePath, _base);
     }
 
-    public void Dispose() => _work.Delete(recursive: true);
+    public void Dispose() => _work.Dispose();
 
     [Theory]
     [InlineData("qcow2")]
@@ -55,7 +55,7 @@ public sealed class OnlineHydrationTests : IDisposable
     {
         string overlay = Path.Combine(_images, "guest." + format);
         byte[] expected = (byte[])_base.Clone();
-        await using SimulatedService service = await SimulatedService.StartAsync(_work.FullName, _images);
+        await using SimulatedService service = await SimulatedService.StartAsync(_work.Path, _images);
         AttachedDisk disk = await service.AttachAsync($"cow:{_basePath},{overlay},format={format}");
         var guest = new Guest(disk.Frontend!, expected);
         var random = new Random(format.Length);
@@ -141,7 +141,7 @@ public sealed class OnlineHydrationTests : IDisposable
     {
         string existing = Path.Combine(_images, "readonly.qcow2");
         Qcow2Disk.Create(existing, new Qcow2CreateOptions { VirtualSize = BaseSize, BackingFile = _basePath, BackingFormat = "raw" });
-        await using SimulatedService service = await SimulatedService.StartAsync(_work.FullName, _images);
+        await using SimulatedService service = await SimulatedService.StartAsync(_work.Path, _images);
         DeviceReport raw = Assert.Single((await service.StatusAsync()).Devices);
         AttachedDisk readOnly = await service.AttachAsync($"cow:{_basePath},{existing}", readOnly: true, connect: false);
         AttachedDisk transient = await service.AttachAsync($"cow:{_basePath},{Path.Combine(_images, "scratch.qcow2")},policy=transient", connect: false);
@@ -178,7 +178,7 @@ public sealed class OnlineHydrationTests : IDisposable
     public async Task One_hydration_per_device_and_a_cancelled_one_resumes_where_it_stopped()
     {
         string overlay = Path.Combine(_images, "resume.qcow2");
-        await using SimulatedService service = await SimulatedService.StartAsync(_work.FullName, _images);
+        await using SimulatedService service = await SimulatedService.StartAsync(_work.Path, _images);
         AttachedDisk disk = await service.AttachAsync($"cow:{_basePath},{overlay},format=qcow2", connect: false);
 
         (_, HydrationReport first) = await ControlClient.StartHydrationAsync(service.SocketPath, disk.Name, 1L << 20);
@@ -229,7 +229,7 @@ public sealed class OnlineHydrationTests : IDisposable
     {
         string qcow2 = Path.Combine(_images, "removed.qcow2");
         string bitmap = Path.Combine(_images, "stopped.cow");
-        SimulatedService service = await SimulatedService.StartAsync(_work.FullName, _images);
+        SimulatedService service = await SimulatedService.StartAsync(_work.Path, _images);
         await using (service)
         {
             AttachedDisk removed = await service.AttachAsync($"cow:{_basePath},{qcow2},format=qcow2", connect: false);

@@ -10,13 +10,13 @@ namespace XenDisk.Storage.Tests;
 public sealed class RawFileGrowthTests : IDisposable
 {
     private const int Step = 1 << 20;
-    private readonly string _directory = Directory.CreateTempSubdirectory("xendisk-growth-").FullName;
+    private readonly TempDirectory _directory = new("xendisk-growth-");
 
-    public void Dispose() => Directory.Delete(_directory, recursive: true);
+    public void Dispose() => _directory.Dispose();
 
     private string EmptyFile(long length = 0)
     {
-        string path = Path.Combine(_directory, $"image-{Guid.NewGuid():N}");
+        string path = _directory.File($"image-{Guid.NewGuid():N}");
         using var handle = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite);
         RandomAccess.SetLength(handle, length);
         return path;

@@ -15,9 +15,8 @@ public sealed class FileImageDeviceTests
     [Fact]
     public void A_block_device_has_the_size_of_what_it_holds_and_reads_back_its_bytes()
     {
-        string directory = Path.Combine("/var/tmp", "xendisk-fileimage-tests-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(directory);
-        string file = Path.Combine(directory, "volume.img");
+        using TempDirectory directory = new("xendisk-fileimage-tests-", "/var/tmp");
+        string file = directory.File("volume.img");
         byte[] contents = new byte[3 << 20];
         new Random(7).NextBytes(contents);
         File.WriteAllBytes(file, contents);
@@ -41,7 +40,6 @@ public sealed class FileImageDeviceTests
             {
                 ProcessRunner.Output("losetup", "-d", loop);
             }
-            Directory.Delete(directory, recursive: true);
         }
     }
 }

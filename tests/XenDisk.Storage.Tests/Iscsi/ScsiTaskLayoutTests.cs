@@ -20,10 +20,10 @@ public sealed class ScsiTaskLayoutTests
             // The headers come with libiscsi-dev, which the service does not need; say so instead of passing quietly.
             Assert.Fail($"{Header} or clang is missing: install libiscsi-dev and clang (tools/setup --for-tests does).");
         }
-        string directory = Directory.CreateTempSubdirectory("xendisk-layout-").FullName;
+        TempDirectory directory = new("xendisk-layout-");
         try
         {
-            string source = Path.Combine(directory, "layout.c");
+            string source = directory.File("layout.c");
             File.WriteAllText(source, """
                 #include <stdio.h>
                 #include <stddef.h>
@@ -41,7 +41,7 @@ public sealed class ScsiTaskLayoutTests
                     return 0;
                 }
                 """);
-            string program = Path.Combine(directory, "layout");
+            string program = directory.File("layout");
             ProcessRunner.Output("/usr/bin/clang", source, "-o", program);
             long[] values = ProcessRunner.Output(program).Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(long.Parse).ToArray();
             Assert.Equal(
@@ -52,7 +52,7 @@ public sealed class ScsiTaskLayoutTests
         }
         finally
         {
-            Directory.Delete(directory, recursive: true);
+            directory.Dispose();
         }
     }
 }

@@ -21,11 +21,11 @@ public sealed class TestDisk : IDisposable
     // losetup -f picks the first free device and then attaches; two at once can pick the same one.
     private static readonly Lock LosetupGate = new();
 
-    private readonly string? _directory;
+    private readonly TempDirectory? _directory;
     private readonly string? _ramfsMount;
     private readonly string? _loopDevice;
 
-    private TestDisk(DeviceKind kind, IBlockDevice device, string? imagePath, string? directory, string? ramfsMount, string? loopDevice, string? basePath = null)
+    private TestDisk(DeviceKind kind, IBlockDevice device, string? imagePath, TempDirectory? directory, string? ramfsMount, string? loopDevice, string? basePath = null)
     {
         BasePath = basePath;
         Kind = kind;
@@ -64,30 +64,30 @@ public sealed class TestDisk : IDisposable
             case DeviceKind.DiskFile:
             case DeviceKind.TmpfsFile:
             {
-                string directory = CreateDirectory(kind == DeviceKind.DiskFile ? "/var/tmp" : "/dev/shm");
+                TempDirectory directory = CreateDirectory(kind == DeviceKind.DiskFile ? "/var/tmp" : "/dev/shm");
                 string image = CreateImage(directory, size, withSentinel: true);
                 return Open(kind, image, directory, null, null, readOnly);
             }
             case DeviceKind.RamfsFile:
             {
-                string directory = CreateDirectory("/var/tmp");
-                ProcessRunner.Output("mount", "-t", "ramfs", "ramfs", directory);
+                TempDirectory directory = CreateDirectory("/var/tmp");
+                ProcessRunner.Output("mount", "-t", "ramfs", "ramfs", directory.Path);
                 try
                 {
                     string image = CreateImage(directory, size, withSentinel: true);
-                    return Open(kind, image, directory, directory, null, readOnly);
+                    return Open(kind, image, directory, directory.Path, null, readOnly);
                 }
                 catch
                 {
-                    ProcessRunner.Output("umount", directory);
-                    Directory.Delete(directory, recursive: true);
+                    ProcessRunner.Output("umount", directory.Path);
+                    directory.Dispose();
                     throw;
                 }
             }
             case DeviceKind.LoopDevice:
             case DeviceKind.LoopDevice4K:
             {
-                string directory = CreateDirectory("/var/tmp");
+                TempDirectory directory = CreateDirectory("/var/tmp");
                 string image = CreateImage(directory, size, withSentinel: false);
                 string loop;
                 lock (LosetupGate)
@@ -109,10 +109,10 @@ public sealed class TestDisk : IDisposable
             case DeviceKind.Qcow2Overlay:
             case DeviceKind.BitmapOverlay:
             {
-                string directory = CreateDirectory("/var/tmp");
-                string basePath = Path.Combine(directory, "base.raw");
+                TempDirectory directory = CreateDirectory("/var/tmp");
+                string basePath = directory.File("base.raw");
                 ProcessRunner.Output("qemu-img", "create", "-q", "-f", "raw", basePath, size.ToString(CultureInfo.InvariantCulture));
-                string overlay = Path.Combine(directory, kind == DeviceKind.Qcow2Overlay ? "disk.qcow2" : "disk.bitmap");
+                string overlay = directory.File(kind == DeviceKind.Qcow2Overlay ? "disk.qcow2" : "disk.bitmap");
                 if (kind == DeviceKind.Qcow2Overlay)
                 {
                     ProcessRunner.Output("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay);
@@ -219,28 +219,20 @@ public sealed class TestDisk : IDisposable
         {
             ProcessRunner.Output("umount", _ramfsMount);
         }
-        if (_directory is not null)
-        {
-            Directory.Delete(_directory, recursive: true);
-        }
+        _directory?.Dispose();
     }
 
-    private static TestDisk Open(DeviceKind kind, string image, string directory, string? ramfs, string? loop, bool readOnly)
+    private static TestDisk Open(DeviceKind kind, string image, TempDirectory directory, string? ramfs, string? loop, bool readOnly)
     {
         IBlockDevice device = RawBlockDevice.Open(loop ?? image, readOnly);
         return new TestDisk(kind, device, image, directory, ramfs, loop);
     }
 
-    private static string CreateDirectory(string parent)
-    {
-        string directory = Path.Combine(parent, "xendisk-storage-tests-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(directory);
-        return directory;
-    }
+    private static TempDirectory CreateDirectory(string parent) => new("xendisk-storage-tests-", parent);
 
-    private static string CreateImage(string directory, long size, bool withSentinel)
+    private static string CreateImage(TempDirectory directory, long size, bool withSentinel)
     {
-        string image = Path.Combine(directory, "disk.img");
+        string image = directory.File("disk.img");
         using var stream = new FileStream(image, FileMode.CreateNew, FileAccess.Write);
         stream.SetLength(size);
         if (withSentinel)
