@@ -5,23 +5,24 @@ using XenDisk.TestSupport.Iscsi;
 namespace XenDisk.Cli.Tests;
 
 /// <summary>`xendisk io` and `xendisk image` on iSCSI LUNs served by a real tgtd.</summary>
+[Trait(Needs.Key, Needs.Tgtd)]
 public sealed class IscsiCliTests : IDisposable
 {
     private const string Iqn = "iqn.2026-12.org.xendisk.test:cli";
     private const long Size = 8L << 20;
 
-    private readonly DirectoryInfo _work = Directory.CreateTempSubdirectory("xendisk-cli-iscsi-");
+    private readonly TempDirectory _work = new("xendisk-cli-iscsi-");
 
-    public void Dispose() => _work.Delete(recursive: true);
+    public void Dispose() => _work.Dispose();
 
     private TgtdTarget Start()
     {
-        string lun = Path.Combine(_work.FullName, "lun1.img");
+        string lun = Path.Combine(_work.Path, "lun1.img");
         using (FileStream file = File.Create(lun))
         {
             file.SetLength(Size);
         }
-        return TgtdTarget.Start(Path.Combine(_work.FullName, "tgtd"), new TgtdTargetDefinition(Iqn, [new TgtdLun(1, lun)]));
+        return TgtdTarget.Start(Path.Combine(_work.Path, "tgtd"), new TgtdTargetDefinition(Iqn, [new TgtdLun(1, lun)]));
     }
 
     [TgtdFact]
@@ -31,7 +32,7 @@ public sealed class IscsiCliTests : IDisposable
         string url = target.Url(Iqn, 1);
         CliResult wrote = Xendisk.Run("io", url, "-c", "write -P 0xab 64k 64k", "-c", "flush", "-c", "read -P 0xab 64k 64k", "-c", "read -P 0 0 64k");
         Assert.True(wrote.ExitCode == 0, wrote.Error);
-        byte[] file = File.ReadAllBytes(Path.Combine(_work.FullName, "lun1.img"));
+        byte[] file = File.ReadAllBytes(Path.Combine(_work.Path, "lun1.img"));
         Assert.All(file.AsSpan(64 << 10, 64 << 10).ToArray(), b => Assert.Equal(0xab, b));
         CliResult wrong = Xendisk.Run("io", url, "-c", "read -P 0xcd 64k 4k");
         Assert.NotEqual(0, wrong.ExitCode);

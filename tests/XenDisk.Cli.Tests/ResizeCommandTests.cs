@@ -17,8 +17,8 @@ public sealed class ResizeCommandTests : IDisposable
     {
         string disk = _dir.RawBase("disk.img", 8L << 20);
         // The periodic look is off so that the command, not the timer, finds the change.
-        await using RunningService service = await RunningService.StartAsync(_dir.Path, new Dictionary<string, string?> { ["Backend:SizeCheckSeconds"] = "0" });
-        string device = await service.AttachAsync($"raw:{disk}");
+        await using SimulatedService service = await SimulatedService.StartAsync(_dir.Path, _dir.Path, new Dictionary<string, string?> { ["Backend:SizeCheckSeconds"] = "0" });
+        string device = (await service.AttachAsync($"raw:{disk}", connect: false)).Name;
 
         CliResult unchanged = Xendisk.Run("resize", device, "--socket", Socket);
         Assert.True(unchanged.ExitCode == 0, unchanged.ToString());
@@ -48,7 +48,7 @@ public sealed class ResizeCommandTests : IDisposable
     [Fact]
     public async Task Resize_of_a_device_the_service_does_not_serve_is_one_clear_error()
     {
-        await using RunningService service = await RunningService.StartAsync(_dir.Path);
+        await using SimulatedService service = await SimulatedService.StartAsync(_dir.Path, _dir.Path);
 
         CliResult result = Xendisk.Run("resize", "9/xvdc", "--socket", Socket);
 

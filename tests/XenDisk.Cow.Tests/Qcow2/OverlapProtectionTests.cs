@@ -12,6 +12,7 @@ namespace XenDisk.Cow.Tests.Qcow2;
 /// then corrupted with small byte patches. Every would-be overlap must fail its request, set the
 /// corrupt bit, log one line, and leave everything acknowledged and flushed before it readable.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class OverlapProtectionTests
 {
     /// <summary>What qemu-io writes before the image is corrupted: (offset, length, pattern).</summary>
@@ -50,7 +51,7 @@ public class OverlapProtectionTests
     [InlineData(Damage.DataEntryPointsAtRefcountBlock)]
     [InlineData(Damage.DataEntryPointsAtL1Table)]
     [InlineData(Damage.RefcountTablePointsAtL2Table)]
-    public void AWriteOntoMetadataFailsMarksTheImageCorruptAndKeepsFlushedData(Damage damage)
+    public void A_write_onto_metadata_fails_marks_the_image_corrupt_and_keeps_flushed_data(Damage damage)
     {
         using TempDirectory directory = new();
         string path = MakeImage(directory);
@@ -104,7 +105,7 @@ public class OverlapProtectionTests
     }
 
     [Fact]
-    public void TheIssueReproductionFailsSafelyAndTheDataStaysReadable()
+    public void The_issue_reproduction_fails_safely_and_the_data_stays_readable()
     {
         using TempDirectory directory = new();
         string path = MakeImage(directory);
@@ -122,7 +123,7 @@ public class OverlapProtectionTests
     }
 
     [Fact]
-    public void AnImageWithoutDamageIsServedAsBefore()
+    public void An_image_without_damage_is_served_as_before()
     {
         using TempDirectory directory = new();
         string path = MakeImage(directory);

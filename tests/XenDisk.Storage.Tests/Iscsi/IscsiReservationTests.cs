@@ -4,6 +4,7 @@ using XenDisk.TestSupport.Iscsi;
 namespace XenDisk.Storage.Tests.Iscsi;
 
 /// <summary>SCSI-3 persistent reservations keep two hosts (two host keys) from writing one LUN; tgtd is the target.</summary>
+[Trait(Needs.Key, Needs.Tgtd)]
 public sealed class IscsiReservationTests
 {
     private const long Size = 16L << 20;
