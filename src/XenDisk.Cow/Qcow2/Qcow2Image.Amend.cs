@@ -44,7 +44,7 @@ public sealed partial class Qcow2Image
         {
             return IoStatus.Ok;
         }
-        if (_refcountOrder != 4)
+        if (_refcounts.RefcountOrder != 4)
         {
             return RefuseRequest("compat=0.10 requires refcount_bits=16");
         }

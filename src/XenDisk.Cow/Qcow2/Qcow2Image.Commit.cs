@@ -269,7 +269,7 @@ public sealed partial class Qcow2Image
         if (entry.HostOffset != 0)
         {
             // Reused only after the cleared entry is on disk (see WriteBackCore).
-            _pendingFrees.Add(entry.HostOffset);
+            _refcounts.FreeAfterWriteBack(entry.HostOffset);
         }
         return IoStatus.Ok;
     }

@@ -141,7 +141,7 @@ public sealed partial class Qcow2Image
             }
             lock (_metadataLock)
             {
-                status = AllocateCluster(out host);
+                status = _refcounts.AllocateCluster(out host);
             }
             if (status != IoStatus.Ok)
             {
@@ -163,7 +163,7 @@ public sealed partial class Qcow2Image
                         return IoStatus.Ok;
                     }
                 }
-                ReleaseUnreferenced(host);
+                _refcounts.ReleaseUnreferenced(host);
                 return status;
             }
         }
@@ -179,7 +179,7 @@ public sealed partial class Qcow2Image
         CompressedExtent extent = DecodeCompressed(entry);
         for (long c = extent.FirstCluster; c <= extent.LastCluster; c++)
         {
-            _pendingFrees.Add(c << _clusterBits);
+            _refcounts.FreeAfterWriteBack(c << _clusterBits);
         }
     }
 }

@@ -188,7 +188,7 @@ public sealed partial class Qcow2Image
         {
             return WriteBack(forGuestFlush: true);
         }
-        if (_l2Cache.NeedsWriteBack || _refcountCache.NeedsWriteBack)
+        if (_l2Cache.NeedsWriteBack || _refcounts.CacheNeedsWriteBack)
         {
             IoStatus writeBack = WriteBack(forGuestFlush: false);
             if (status == IoStatus.Ok)
@@ -252,7 +252,7 @@ public sealed partial class Qcow2Image
         {
             lock (_metadataLock)
             {
-                status = AllocateCluster(out host);
+                status = _refcounts.AllocateCluster(out host);
             }
             if (status != IoStatus.Ok)
             {
@@ -321,7 +321,7 @@ public sealed partial class Qcow2Image
                 if (newCluster)
                 {
                     // Nothing references the cluster yet, so it can be released at once.
-                    ReleaseUnreferenced(host);
+                    _refcounts.ReleaseUnreferenced(host);
                 }
                 return status;
             }
@@ -331,7 +331,7 @@ public sealed partial class Qcow2Image
             {
                 if (newCluster)
                 {
-                    ReleaseUnreferenced(host);
+                    _refcounts.ReleaseUnreferenced(host);
                 }
                 return status;
             }
@@ -370,7 +370,7 @@ public sealed partial class Qcow2Image
         {
             return status;
         }
-        status = GetRefcount(host >> _clusterBits, out ulong refcount);
+        status = _refcounts.GetRefcount(host >> _clusterBits, out ulong refcount);
         if (status != IoStatus.Ok)
         {
             return status;
@@ -576,7 +576,7 @@ public sealed partial class Qcow2Image
         }
         if (host(entry) != 0 && !entry.Copied)
         {
-            status = GetRefcount(host(entry) >> _clusterBits, out ulong refcount);
+            status = _refcounts.GetRefcount(host(entry) >> _clusterBits, out ulong refcount);
             if (status != IoStatus.Ok)
             {
                 return status;
@@ -623,7 +623,7 @@ public sealed partial class Qcow2Image
         if (freed != 0)
         {
             // Reused only after the cleared entry is on disk (see WriteBackCore).
-            _pendingFrees.Add(freed);
+            _refcounts.FreeAfterWriteBack(freed);
         }
         return IoStatus.Ok;
 

@@ -64,7 +64,7 @@ public sealed partial class Qcow2Image
             {
                 return IoStatus.Ok;
             }
-            IoStatus status = AllocateCluster(out long newTable);
+            IoStatus status = _refcounts.AllocateCluster(out long newTable);
             if (status != IoStatus.Ok)
             {
                 return status;
@@ -92,7 +92,7 @@ public sealed partial class Qcow2Image
         if (allocate && (l1Entry & Qcow2Format.OflagCopied) == 0)
         {
             // The table may be shared (internal snapshots): writing it in place needs its refcount to be one.
-            IoStatus status = GetRefcount(offset >> _clusterBits, out ulong refcount);
+            IoStatus status = _refcounts.GetRefcount(offset >> _clusterBits, out ulong refcount);
             if (status != IoStatus.Ok)
             {
                 return status;

@@ -47,8 +47,6 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
     private readonly int _unitSize;
     private readonly int _l2Bits;
     private readonly int _l2EntrySize;
-    private readonly int _refcountOrder;
-    private readonly int _refBlockBits;
     private readonly int _metadataSector;
     private readonly ReaderWriterLockSlim[] _stripes;
     private readonly object _metadataLock = new();
@@ -57,19 +55,10 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
     private readonly AlignedBlock _zeros;
     private readonly AlignedBufferPool _scratch;
     private readonly MetadataCache _l2Cache;
-    private readonly MetadataCache _refcountCache;
+    private readonly RefcountAllocator _refcounts;
     private readonly OverlayStatistics _statistics;
 
     private L1Table _l1;
-    private AlignedBlock _refTable;
-    private long _refTableOffset;
-    private int _refTableClusters;
-    private DirtySectors _refTableDirty;
-    private bool _refTableMoved;
-    private readonly List<long> _pendingFrees = [];
-    private readonly List<(long Offset, int Clusters)> _retiredTables = [];
-    private long _endCluster;
-    private long _freeHint;
     private long _virtualSize;
     private ulong _incompatible;
     private ulong _compatible;
@@ -93,8 +82,6 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         _unitSize = 1 << _unitBits;
         _l2EntrySize = header.L2EntrySize;
         _l2Bits = _clusterBits - (_extendedL2 ? 4 : 3);
-        _refcountOrder = header.RefcountOrder;
-        _refBlockBits = _clusterBits + 3 - _refcountOrder;
         _metadataSector = Math.Max(512, overlay.Info.LogicalSectorSize);
         _virtualSize = header.VirtualSize;
         _incompatible = header.IncompatibleFeatures;
@@ -119,17 +106,15 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         }
         long refcountBudget = options.RefcountCacheBytes > 0 ? options.RefcountCacheBytes : Math.Max(l2Budget / 4, 4L * _clusterSize);
         _l2Cache = new MetadataCache(_clusterSize, l2Budget);
-        _refcountCache = new MetadataCache(_clusterSize, refcountBudget);
 
         _l1 = new L1Table(header.L1Size, header.L1TableOffset, RoundUpToSector((long)header.L1Size * 8), _metadataSector);
-        _refTableOffset = header.RefcountTableOffset;
-        _refTableClusters = header.RefcountTableClusters;
-        _refTable = new AlignedBlock(_refTableClusters << _clusterBits);
-        _refTableDirty = new DirtySectors(_refTable.Length, _metadataSector);
-        _endCluster = (overlay.Info.SizeBytes + _clusterSize - 1) >> _clusterBits;
         _info = MakeInfo();
-        _statistics = new OverlayStatistics(() => Volatile.Read(ref _endCluster) << _clusterBits, () => BackingFile == null);
+        _statistics = new OverlayStatistics(() => FileBytes, () => BackingFile == null);
+        _refcounts = new RefcountAllocator(overlay, header, _metadataSector, refcountBudget, _metadata, _statistics, Corrupt, RefuseRequest);
     }
+
+    /// <summary>The clusters up to the end of the file, as the allocator knows it.</summary>
+    private long FileBytes => _refcounts.EndCluster << _clusterBits;
 
     /// <summary>Size and capabilities as the guest sees them: the virtual disk.</summary>
     public BlockDeviceInfo Info => Volatile.Read(ref _info);
@@ -172,7 +157,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         {
             lock (_metadataLock)
             {
-                return _l1.MemoryBytes + _refTable.Length + _l2Cache.BytesInUse + _refcountCache.BytesInUse;
+                return _l1.MemoryBytes + _l2Cache.BytesInUse + _refcounts.MemoryBytes;
             }
         }
     }
@@ -260,7 +245,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
             ThrowIfFailed(ReadMetadata(_l1.Offset, _l1.Block, l1.Length), "reading the L1 table");
             _l1.ClearTail();
         }
-        ThrowIfFailed(DeviceIo.ReadClamped(_overlay, _refTableOffset, _refTable), "reading the refcount table");
+        ThrowIfFailed(_refcounts.Load(), "reading the refcount table");
     }
 
     private IoStatus ReadMetadata(long offset, AlignedBlock block, int length)
@@ -328,8 +313,8 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         BinaryPrimitives.WriteUInt64BigEndian(h[24..], (ulong)_virtualSize);
         BinaryPrimitives.WriteUInt32BigEndian(h[36..], (uint)_l1.Size);
         BinaryPrimitives.WriteUInt64BigEndian(h[40..], (ulong)_l1.Offset);
-        BinaryPrimitives.WriteUInt64BigEndian(h[48..], (ulong)_refTableOffset);
-        BinaryPrimitives.WriteUInt32BigEndian(h[56..], (uint)_refTableClusters);
+        BinaryPrimitives.WriteUInt64BigEndian(h[48..], (ulong)_refcounts.TableOffset);
+        BinaryPrimitives.WriteUInt32BigEndian(h[56..], (uint)_refcounts.TableClusters);
         if (_openedHeader.Version >= 3)
         {
             BinaryPrimitives.WriteUInt64BigEndian(h[72..], _incompatible);
@@ -397,7 +382,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
                 int newClusters = ClustersFor(needed * 8);
                 lock (_metadataLock)
                 {
-                    status = AllocateContiguous(newClusters, out long first);
+                    status = _refcounts.AllocateContiguous(newClusters, out long first);
                     if (status != IoStatus.Ok)
                     {
                         return status;
@@ -454,7 +439,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
                         _metadata.Remove(oldOffset >> _clusterBits, oldClusters, MetadataKind.L1Table);
                         for (int i = 0; i < oldClusters; i++)
                         {
-                            _pendingFrees.Add(oldOffset + ((long)i << _clusterBits));
+                            _refcounts.FreeAfterWriteBack(oldOffset + ((long)i << _clusterBits));
                         }
                     }
                 }
@@ -556,9 +541,8 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
             CloseMetadata();
         }
         _l2Cache.Dispose();
-        _refcountCache.Dispose();
+        _refcounts.Dispose();
         _l1.Dispose();
-        _refTable.Dispose();
         _header.Dispose();
         _zeros.Dispose();
         _scratch.Dispose();
