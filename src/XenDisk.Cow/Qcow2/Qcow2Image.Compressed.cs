@@ -157,7 +157,7 @@ public sealed partial class Qcow2Image
                     {
                         // Every subcluster now holds data (the copy-up wrote the whole cluster).
                         ulong bitmap = _extendedL2 ? Qcow2Format.SubclusterAllocationMask : 0;
-                        WriteEntry(table!, index, new L2Entry((ulong)host | Qcow2Format.OflagCopied, bitmap));
+                        _l2.Write(table!, index, new L2Entry((ulong)host | Qcow2Format.OflagCopied, bitmap));
                         QueueCompressedFree(entry);
                         metadataChanged = true;
                         return IoStatus.Ok;

@@ -169,7 +169,7 @@ public sealed partial class Qcow2Image
                     // x = 62 - (cluster_bits - 8): the host offset below bit x, the additional 512-byte sectors from bit x to 61.
                     int x = 62 - (_clusterBits - 8);
                     ulong sectors = (ulong)(((host + compressed.Length - 1) >> 9) - (host >> 9));
-                    WriteEntry(table!, index, new L2Entry(Qcow2Format.OflagCompressed | (sectors << x) | (ulong)host, 0));
+                    _l2.Write(table!, index, new L2Entry(Qcow2Format.OflagCompressed | (sectors << x) | (ulong)host, 0));
                     metadataChanged = true;
                     return IoStatus.Ok;
                 }

@@ -188,7 +188,7 @@ public sealed partial class Qcow2Image
         {
             return WriteBack(forGuestFlush: true);
         }
-        if (_l2Cache.NeedsWriteBack || _refcounts.CacheNeedsWriteBack)
+        if (_l2.NeedsWriteBack || _refcounts.CacheNeedsWriteBack)
         {
             IoStatus writeBack = WriteBack(forGuestFlush: false);
             if (status == IoStatus.Ok)
@@ -347,7 +347,7 @@ public sealed partial class Qcow2Image
             {
                 updated = new L2Entry((ulong)host | Qcow2Format.OflagCopied, 0);
             }
-            WriteEntry(table!, index, updated);
+            _l2.Write(table!, index, updated);
             metadataChanged = true;
         }
         return IoStatus.Ok;
@@ -554,7 +554,7 @@ public sealed partial class Qcow2Image
         {
             return IoStatus.Ok; // unallocated without a backing file already reads as zeros
         }
-        L2Entry entry = table != null ? ReadEntry(table, index) : default;
+        L2Entry entry = table != null ? _l2.Read(table, index) : default;
         if (entry.Compressed)
         {
             // The whole cluster (a partial discard was turned into zeroing by DiscardInCluster):
@@ -562,7 +562,7 @@ public sealed partial class Qcow2Image
             L2Entry dropped = _extendedL2
                 ? new L2Entry(0, hasBacking ? (ulong)uint.MaxValue << 32 : 0)
                 : new L2Entry(hasBacking ? Qcow2Format.OflagZero : 0, 0);
-            WriteEntry(table!, index, dropped);
+            _l2.Write(table!, index, dropped);
             QueueCompressedFree(entry);
             metadataChanged = true;
             return IoStatus.Ok;
@@ -618,7 +618,7 @@ public sealed partial class Qcow2Image
                 return status;
             }
         }
-        WriteEntry(table!, index, updated);
+        _l2.Write(table!, index, updated);
         metadataChanged = true;
         if (freed != 0)
         {

@@ -1,5 +1,3 @@
-using System.Buffers.Binary;
-using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 
 namespace XenDisk.Cow.Qcow2;
@@ -31,8 +29,6 @@ internal readonly record struct L2Entry(ulong Word, ulong Bitmap)
 
 public sealed partial class Qcow2Image
 {
-    private int L2EntriesPerTable => 1 << _l2Bits;
-
     private ulong ReadL1(long index) => _l1.Read(index);
 
     private void WriteL1(long index, ulong value) => _l1.Write(index, value);
@@ -44,8 +40,8 @@ public sealed partial class Qcow2Image
     /// </summary>
     private IoStatus GetL2Table(long guestCluster, bool allocate, out MetadataCache.Entry? table, out int index)
     {
-        long l1Index = guestCluster >> _l2Bits;
-        index = (int)(guestCluster & (L2EntriesPerTable - 1));
+        long l1Index = guestCluster >> _l2.IndexBits;
+        index = _l2.IndexOf(guestCluster);
         table = null;
         if (l1Index >= _l1.Size)
         {
@@ -70,7 +66,7 @@ public sealed partial class Qcow2Image
                 return status;
             }
             _metadata.Add(newTable >> _clusterBits, 1, MetadataKind.L2Table);
-            table = _l2Cache.Add(newTable, _l2Cache.RentBlock(), dirty: true);
+            table = _l2.AddNew(newTable);
             WriteL1(l1Index, (ulong)newTable | Qcow2Format.OflagCopied);
             return IoStatus.Ok;
         }
@@ -107,44 +103,9 @@ public sealed partial class Qcow2Image
             }
             WriteL1(l1Index, l1Entry | Qcow2Format.OflagCopied);
         }
-        if (_l2Cache.TryGet(offset, out MetadataCache.Entry? cached))
-        {
-            _statistics.CountCacheHit();
-            table = cached;
-            return IoStatus.Ok;
-        }
-        _statistics.CountCacheMiss();
-        AlignedBlock block = _l2Cache.RentBlock();
-        IoStatus read = DeviceIo.ReadClamped(_overlay, offset, block);
-        if (read != IoStatus.Ok)
-        {
-            _l2Cache.ReturnBlock(block);
-            return read;
-        }
-        table = _l2Cache.Add(offset, block, dirty: false);
-        return IoStatus.Ok;
+        return _l2.Load(offset, out table);
     }
 
-    private L2Entry ReadEntry(MetadataCache.Entry table, int index)
-    {
-        ReadOnlySpan<byte> span = table.Block.Span[(index * _l2EntrySize)..];
-        ulong word = BinaryPrimitives.ReadUInt64BigEndian(span);
-        ulong bitmap = _extendedL2 ? BinaryPrimitives.ReadUInt64BigEndian(span[8..]) : 0;
-        return new L2Entry(word, bitmap);
-    }
-
-    private void WriteEntry(MetadataCache.Entry table, int index, L2Entry entry)
-    {
-        Span<byte> span = table.Block.Span[(index * _l2EntrySize)..];
-        BinaryPrimitives.WriteUInt64BigEndian(span, entry.Word);
-        if (_extendedL2)
-        {
-            BinaryPrimitives.WriteUInt64BigEndian(span[8..], entry.Bitmap);
-        }
-        table.Dirty = true;
-    }
-
-    /// <summary>Looks up the entry of <paramref name="guestCluster"/> (under the metadata lock); an absent L2 table reads as an empty entry.</summary>
     /// <summary><see cref="LookupEntry"/> under the metadata lock, for paths that hold only a cluster stripe.</summary>
     private IoStatus LookupEntryLocked(long guestCluster, out L2Entry entry)
     {
@@ -154,10 +115,11 @@ public sealed partial class Qcow2Image
         }
     }
 
+    /// <summary>Looks up the entry of <paramref name="guestCluster"/> (under the metadata lock); an absent L2 table reads as an empty entry.</summary>
     private IoStatus LookupEntry(long guestCluster, out L2Entry entry)
     {
         IoStatus status = GetL2Table(guestCluster, allocate: false, out MetadataCache.Entry? table, out int index);
-        entry = table != null && status == IoStatus.Ok ? ReadEntry(table, index) : default;
+        entry = table != null && status == IoStatus.Ok ? _l2.Read(table, index) : default;
         return status;
     }
 

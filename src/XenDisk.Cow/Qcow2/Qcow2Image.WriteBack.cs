@@ -87,7 +87,7 @@ public sealed partial class Qcow2Image
                 UpdateHeaderFields();
                 batch.Header = CopyOf(_header, 0, HeaderWriteLength);
             }
-            _l2Cache.CaptureDirty(batch.L2Tables, RentCopy);
+            _l2.CaptureDirty(batch.L2Tables, RentCopy);
             foreach ((int start, int length) in _l1.TakeDirtyRuns())
             {
                 batch.L1Runs.Add((_l1.Offset + start, CopyOf(_l1.Block, start, length)));
@@ -176,7 +176,7 @@ public sealed partial class Qcow2Image
     private void ApplyFrees(Batch batch)
     {
         _refcounts.ApplyFrees(batch.Frees, batch.RetiredTables);
-        _l2Cache.Trim();
+        _l2.Trim();
         _refcounts.Trim();
     }
 

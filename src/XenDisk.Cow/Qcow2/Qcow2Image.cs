@@ -45,8 +45,6 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
     private readonly bool _extendedL2;
     private readonly int _unitBits;
     private readonly int _unitSize;
-    private readonly int _l2Bits;
-    private readonly int _l2EntrySize;
     private readonly int _metadataSector;
     private readonly ReaderWriterLockSlim[] _stripes;
     private readonly object _metadataLock = new();
@@ -54,7 +52,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
     private readonly AlignedBlock _header;
     private readonly AlignedBlock _zeros;
     private readonly AlignedBufferPool _scratch;
-    private readonly MetadataCache _l2Cache;
+    private readonly L2TableCache _l2;
     private readonly RefcountAllocator _refcounts;
     private readonly OverlayStatistics _statistics;
 
@@ -80,8 +78,6 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         _extendedL2 = header.ExtendedL2;
         _unitBits = _extendedL2 ? _clusterBits - 5 : _clusterBits;
         _unitSize = 1 << _unitBits;
-        _l2EntrySize = header.L2EntrySize;
-        _l2Bits = _clusterBits - (_extendedL2 ? 4 : 3);
         _metadataSector = Math.Max(512, overlay.Info.LogicalSectorSize);
         _virtualSize = header.VirtualSize;
         _incompatible = header.IncompatibleFeatures;
@@ -105,11 +101,11 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
             l2Budget = Math.Min(tables * _clusterSize, Qcow2OpenOptions.DefaultMaximumL2CacheBytes);
         }
         long refcountBudget = options.RefcountCacheBytes > 0 ? options.RefcountCacheBytes : Math.Max(l2Budget / 4, 4L * _clusterSize);
-        _l2Cache = new MetadataCache(_clusterSize, l2Budget);
 
         _l1 = new L1Table(header.L1Size, header.L1TableOffset, RoundUpToSector((long)header.L1Size * 8), _metadataSector);
         _info = MakeInfo();
         _statistics = new OverlayStatistics(() => FileBytes, () => BackingFile == null);
+        _l2 = new L2TableCache(overlay, header, l2Budget, _statistics);
         _refcounts = new RefcountAllocator(overlay, header, _metadataSector, refcountBudget, _metadata, _statistics, Corrupt, RefuseRequest);
     }
 
@@ -157,7 +153,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         {
             lock (_metadataLock)
             {
-                return _l1.MemoryBytes + _l2Cache.BytesInUse + _refcounts.MemoryBytes;
+                return _l1.MemoryBytes + _l2.BytesInUse + _refcounts.MemoryBytes;
             }
         }
     }
@@ -166,7 +162,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
     public double MetadataBytesPerGiB => _virtualSize == 0 ? 0 : MetadataMemoryBytes / (_virtualSize / (double)(1L << 30));
 
     /// <summary>How many L2 tables the cache may hold before it writes back.</summary>
-    public int L2CacheCapacity => _l2Cache.Capacity;
+    public int L2CacheCapacity => _l2.Capacity;
 
     /// <summary>
     /// Opens a qcow2 overlay. <paramref name="backing"/> is the already opened base (resolving and
@@ -540,7 +536,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         {
             CloseMetadata();
         }
-        _l2Cache.Dispose();
+        _l2.Dispose();
         _refcounts.Dispose();
         _l1.Dispose();
         _header.Dispose();
