@@ -134,7 +134,7 @@ public sealed partial class Qcow2Image
             {
                 throw new StorageException("qcow2: the version 3 header does not fit in the header cluster");
             }
-            BinaryPrimitives.WriteUInt64BigEndian(cluster.Span[80..], lazyRefcounts ? Qcow2Format.CompatibleLazyRefcounts : 0);
+            BinaryPrimitives.WriteUInt64BigEndian(cluster.Span[Qcow2HeaderField.CompatibleFeatures..], lazyRefcounts ? Qcow2Format.CompatibleLazyRefcounts : 0);
             int sector = Math.Max(512, device.Info.LogicalSectorSize);
             int length = Math.Min(cluster.Length, (changed + sector - 1) / sector * sector);
             ThrowIfFailed(DeviceIo.Write(device, 0, cluster, 0, length), "writing the version 3 header");

@@ -129,7 +129,7 @@ public sealed partial class Qcow2Image
         lock (_metadataLock)
         {
             _incompatible |= Qcow2Format.IncompatibleCorrupt;
-            BinaryPrimitives.WriteUInt64BigEndian(_header.Span[72..], _incompatible);
+            BinaryPrimitives.WriteUInt64BigEndian(_header.Span[Qcow2HeaderField.IncompatibleFeatures..], _incompatible);
         }
         IoStatus status = DeviceIo.Write(_overlay, 0, _header, 0, HeaderWriteLength);
         _statistics.CountMetadataWrites(1);

@@ -306,16 +306,16 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
     private void UpdateHeaderFields()
     {
         Span<byte> h = _header.Span;
-        BinaryPrimitives.WriteUInt64BigEndian(h[24..], (ulong)_virtualSize);
-        BinaryPrimitives.WriteUInt32BigEndian(h[36..], (uint)_l1.Size);
-        BinaryPrimitives.WriteUInt64BigEndian(h[40..], (ulong)_l1.Offset);
-        BinaryPrimitives.WriteUInt64BigEndian(h[48..], (ulong)_refcounts.TableOffset);
-        BinaryPrimitives.WriteUInt32BigEndian(h[56..], (uint)_refcounts.TableClusters);
+        BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.Size..], (ulong)_virtualSize);
+        BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.L1Size..], (uint)_l1.Size);
+        BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.L1TableOffset..], (ulong)_l1.Offset);
+        BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.RefcountTableOffset..], (ulong)_refcounts.TableOffset);
+        BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.RefcountTableClusters..], (uint)_refcounts.TableClusters);
         if (_openedHeader.Version >= 3)
         {
-            BinaryPrimitives.WriteUInt64BigEndian(h[72..], _incompatible);
-            BinaryPrimitives.WriteUInt64BigEndian(h[80..], _compatible);
-            BinaryPrimitives.WriteUInt64BigEndian(h[88..], _autoclear);
+            BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.IncompatibleFeatures..], _incompatible);
+            BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.CompatibleFeatures..], _compatible);
+            BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.AutoclearFeatures..], _autoclear);
         }
     }
 
