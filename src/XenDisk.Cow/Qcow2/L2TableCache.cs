@@ -42,6 +42,9 @@ internal sealed class L2TableCache : IDisposable
     /// <summary>log2 of the entries in one table: a guest cluster's L1 index is its number shifted right by this.</summary>
     public int IndexBits => _indexBits;
 
+    /// <summary>Entries in one table.</summary>
+    public int EntriesPerTable => 1 << _indexBits;
+
     /// <summary>How many tables the budget allows.</summary>
     public int Capacity => _tables.Capacity;
 
@@ -81,9 +84,27 @@ internal sealed class L2TableCache : IDisposable
     /// <summary>A new, zeroed (all entries unallocated) table at <paramref name="offset"/>, dirty until written back.</summary>
     public MetadataCache.Entry AddNew(long offset) => _tables.Add(offset, _tables.RentBlock(), dirty: true);
 
-    public L2Entry Read(MetadataCache.Entry table, int index)
+    /// <summary>
+    /// The table at <paramref name="offset"/> as it is now: the cached copy (which may be newer than
+    /// the file), or else read from the file into <paramref name="scratch"/> without caching it, so
+    /// that a walk over every table neither evicts the working set nor reorders it.
+    /// </summary>
+    public IoStatus Peek(long offset, AlignedBlock scratch, out AlignedBlock table)
     {
-        ReadOnlySpan<byte> span = table.Block.Span[(index * _entrySize)..];
+        if (_tables.TryPeek(offset, out MetadataCache.Entry cached))
+        {
+            table = cached.Block;
+            return IoStatus.Ok;
+        }
+        table = scratch;
+        return DeviceIo.ReadClamped(_device, offset, scratch);
+    }
+
+    public L2Entry Read(MetadataCache.Entry table, int index) => Read(table.Block.Span, index);
+
+    public L2Entry Read(ReadOnlySpan<byte> table, int index)
+    {
+        ReadOnlySpan<byte> span = table[(index * _entrySize)..];
         ulong word = BinaryPrimitives.ReadUInt64BigEndian(span);
         ulong bitmap = _extendedL2 ? BinaryPrimitives.ReadUInt64BigEndian(span[8..]) : 0;
         return new L2Entry(word, bitmap);

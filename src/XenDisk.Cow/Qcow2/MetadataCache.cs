@@ -58,6 +58,9 @@ internal sealed class MetadataCache : IDisposable
         return false;
     }
 
+    /// <summary>The block at <paramref name="offset"/> if cached, without counting it as used (a scan must not reorder the cache).</summary>
+    public bool TryPeek(long offset, out Entry entry) => _entries.TryGetValue(offset, out entry!);
+
     /// <summary>A zeroed block to fill, reused from evicted entries when possible.</summary>
     public AlignedBlock RentBlock()
     {

@@ -1,3 +1,4 @@
+using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 
 namespace XenDisk.Cow.Qcow2;
@@ -104,6 +105,70 @@ public sealed partial class Qcow2Image
             WriteL1(l1Index, l1Entry | Qcow2Format.OflagCopied);
         }
         return _l2.Load(offset, out table);
+    }
+
+    /// <summary>
+    /// Proves that the refcounts can be trusted to find free clusters: every host cluster an active
+    /// L2 entry references (a data cluster, or each cluster a compressed cluster's sectors span) has
+    /// a refcount above 0. Called by the allocator, under the metadata lock, once per open and only
+    /// before it first hands out a cluster from a hole (a refcount of 0 below the end of the file):
+    /// appending needs no proof, and from this walk on every reference XenDisk makes or drops keeps
+    /// the refcounts in step. A referenced cluster with refcount 0 is corruption (== Host cluster
+    /// management ==; QEMU's checker reports it as "refcount=0 reference=1"): handing it out would
+    /// put new data over live guest data, so the allocation fails and the image is marked corrupt.
+    /// Tables are taken from the cache when there (newer than the file), else read without caching.
+    /// </summary>
+    private IoStatus ProveFreeClustersUnreferenced()
+    {
+        using AlignedBlock scratch = new(_clusterSize);
+        long fileSize = _overlay.Info.SizeBytes;
+        for (long l1Index = 0; l1Index < _l1.Size; l1Index++)
+        {
+            ulong l1Entry = ReadL1(l1Index);
+            long tableOffset = (long)(l1Entry & Qcow2Format.OffsetMask);
+            if (tableOffset == 0 || (l1Entry & Qcow2Format.L1ReservedMask) != 0 || (tableOffset & (_clusterSize - 1)) != 0 || tableOffset >= fileSize)
+            {
+                continue; // no table, or one that fails whatever uses it (GetL2Table)
+            }
+            IoStatus status = _l2.Peek(tableOffset, scratch, out AlignedBlock table);
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+            for (int index = 0; index < _l2.EntriesPerTable; index++)
+            {
+                L2Entry entry = _l2.Read(table.Span, index);
+                long first, last;
+                if (entry.Compressed)
+                {
+                    CompressedExtent extent = DecodeCompressed(entry);
+                    (first, last) = (extent.FirstCluster, extent.LastCluster);
+                }
+                else
+                {
+                    long host = entry.HostOffset;
+                    if (host == 0 || (host & (_clusterSize - 1)) != 0 || host >= fileSize)
+                    {
+                        continue; // unallocated, or an entry that fails whatever uses it (CheckDataCluster)
+                    }
+                    first = last = host >> _clusterBits;
+                }
+                for (long cluster = first; cluster <= last; cluster++)
+                {
+                    status = _refcounts.GetRefcount(cluster, out ulong refcount);
+                    if (status != IoStatus.Ok)
+                    {
+                        return status;
+                    }
+                    if (refcount == 0)
+                    {
+                        long guestCluster = (l1Index << _l2.IndexBits) + index;
+                        return Corrupt($"host cluster 0x{cluster << _clusterBits:x} has refcount 0 but holds guest cluster {guestCluster}'s data; the allocator would hand it out and overwrite it");
+                    }
+                }
+            }
+        }
+        return IoStatus.Ok;
     }
 
     /// <summary><see cref="LookupEntry"/> under the metadata lock, for paths that hold only a cluster stripe.</summary>

@@ -106,7 +106,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         _info = MakeInfo();
         _statistics = new OverlayStatistics(() => FileBytes, () => BackingFile == null);
         _l2 = new L2TableCache(overlay, header, l2Budget, _statistics);
-        _refcounts = new RefcountAllocator(overlay, header, _metadataSector, refcountBudget, _metadata, _statistics, Corrupt, RefuseRequest);
+        _refcounts = new RefcountAllocator(overlay, header, _metadataSector, refcountBudget, _metadata, _statistics, Corrupt, RefuseRequest, ProveFreeClustersUnreferenced);
     }
 
     /// <summary>The clusters up to the end of the file, as the allocator knows it.</summary>

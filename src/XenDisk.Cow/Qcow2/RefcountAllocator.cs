@@ -28,6 +28,7 @@ internal sealed class RefcountAllocator : IDisposable
     private readonly OverlayStatistics _statistics;
     private readonly Func<string, IoStatus> _corrupt;
     private readonly Func<string, IoStatus> _refuse;
+    private readonly Func<IoStatus> _proveHolesUnreferenced;
     private readonly int _clusterBits;
     private readonly int _clusterSize;
     private readonly int _refcountOrder;
@@ -44,6 +45,7 @@ internal sealed class RefcountAllocator : IDisposable
     private bool _tableMoved;
     private long _endCluster;
     private long _freeHint;
+    private bool _holesProven;
 
     /// <param name="device">The image file (borrowed).</param>
     /// <param name="header">Supplies cluster_bits, refcount_order, refcount_table_offset and refcount_table_clusters.</param>
@@ -52,14 +54,19 @@ internal sealed class RefcountAllocator : IDisposable
     /// <param name="metadata">Where metadata lives (borrowed, kept current by the image and by this allocator).</param>
     /// <param name="corrupt">Records an inconsistency of the image (fails the request and marks the image corrupt).</param>
     /// <param name="refuse">Fails one request the engine cannot carry out, leaving the image usable.</param>
+    /// <param name="proveHolesUnreferenced">
+    /// Checks, once, that no guest data lies in a cluster whose refcount is 0 (the mapping knows what
+    /// it references; the allocator knows only counts). Run before the first hole is handed out.
+    /// </param>
     public RefcountAllocator(IBlockDevice device, Qcow2Header header, int metadataSector, long cacheBytes, MetadataClusters metadata,
-        OverlayStatistics statistics, Func<string, IoStatus> corrupt, Func<string, IoStatus> refuse)
+        OverlayStatistics statistics, Func<string, IoStatus> corrupt, Func<string, IoStatus> refuse, Func<IoStatus> proveHolesUnreferenced)
     {
         _device = device;
         _metadata = metadata;
         _statistics = statistics;
         _corrupt = corrupt;
         _refuse = refuse;
+        _proveHolesUnreferenced = proveHolesUnreferenced;
         _clusterBits = header.ClusterBits;
         _clusterSize = header.ClusterSize;
         _refcountOrder = header.RefcountOrder;
@@ -344,6 +351,13 @@ internal sealed class RefcountAllocator : IDisposable
             if (refcount == 0)
             {
                 status = CheckAllocation(c, 1);
+                if (status == IoStatus.Ok && !_holesProven)
+                {
+                    // A hole: free by its count, but an image's counts may be wrong. Images are
+                    // untrusted, so the first hole waits for proof that no L2 entry still uses one.
+                    status = _proveHolesUnreferenced();
+                    _holesProven = status == IoStatus.Ok;
+                }
                 if (status != IoStatus.Ok)
                 {
                     return status;
