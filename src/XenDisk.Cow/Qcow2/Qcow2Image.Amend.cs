@@ -80,16 +80,14 @@ public sealed partial class Qcow2Image
 
     private IoStatus WriteZeros(long offset, long length)
     {
-        for (long done = 0; done < length;)
+        foreach (GuestClusterRange.Step step in new GuestClusterRange(offset, length, _clusterBits))
         {
-            int chunk = (int)Math.Min(_clusterSize - ((offset + done) & (_clusterSize - 1)), length - done);
-            IoBuffer zeros = _zeros.AsIoBuffer(0, chunk);
-            IoStatus status = Write(offset + done, new ReadOnlySpan<IoBuffer>(in zeros));
+            IoBuffer zeros = _zeros.AsIoBuffer(0, step.Length);
+            IoStatus status = Write(offset + step.Done, new ReadOnlySpan<IoBuffer>(in zeros));
             if (status != IoStatus.Ok)
             {
                 return status;
             }
-            done += chunk;
         }
         return IoStatus.Ok;
     }

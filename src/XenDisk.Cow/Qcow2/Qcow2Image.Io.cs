@@ -29,20 +29,14 @@ public sealed partial class Qcow2Image
             return status;
         }
         Span<IoBuffer> slice = buffers.Length + 2 <= StackSliceLimit ? stackalloc IoBuffer[buffers.Length + 2] : new IoBuffer[buffers.Length + 2];
-        long done = 0;
-        while (done < length)
+        foreach (GuestClusterRange.Step step in new GuestClusterRange(offset, length, _clusterBits))
         {
-            long position = offset + done;
-            long guestCluster = position >> _clusterBits;
-            int start = (int)(position & (_clusterSize - 1));
-            int chunk = (int)Math.Min(_clusterSize - start, length - done);
-            int count = ScatterList.Slice(buffers, done, chunk, slice);
-            status = ReadInCluster(guestCluster, start, chunk, slice[..count]);
+            int count = ScatterList.Slice(buffers, step.Done, step.Length, slice);
+            status = ReadInCluster(step.GuestCluster, step.Start, step.Length, slice[..count]);
             if (status != IoStatus.Ok)
             {
                 return status;
             }
-            done += chunk;
         }
         return IoStatus.Ok;
     }
@@ -152,25 +146,23 @@ public sealed partial class Qcow2Image
         MarkBitmapsDirty(offset, length);
         Span<IoBuffer> slice = buffers.Length + 2 <= StackSliceLimit ? stackalloc IoBuffer[buffers.Length + 2] : new IoBuffer[buffers.Length + 2];
         bool metadataChanged = false;
-        long done = 0;
-        while (done < length && status == IoStatus.Ok)
+        foreach (GuestClusterRange.Step step in new GuestClusterRange(offset, length, _clusterBits))
         {
-            long position = offset + done;
-            long guestCluster = position >> _clusterBits;
-            int start = (int)(position & (_clusterSize - 1));
-            int chunk = (int)Math.Min(_clusterSize - start, length - done);
-            int count = ScatterList.Slice(buffers, done, chunk, slice);
-            ReaderWriterLockSlim stripe = StripeFor(guestCluster);
-            EnterExclusive(stripe, guestCluster);
+            int count = ScatterList.Slice(buffers, step.Done, step.Length, slice);
+            ReaderWriterLockSlim stripe = StripeFor(step.GuestCluster);
+            EnterExclusive(stripe, step.GuestCluster);
             try
             {
-                status = WriteInCluster(guestCluster, start, chunk, slice[..count], ref metadataChanged);
+                status = WriteInCluster(step.GuestCluster, step.Start, step.Length, slice[..count], ref metadataChanged);
             }
             finally
             {
-                ExitExclusive(stripe, guestCluster);
+                ExitExclusive(stripe, step.GuestCluster);
             }
-            done += chunk;
+            if (status != IoStatus.Ok)
+            {
+                break;
+            }
         }
         return AfterMetadataChange(status, metadataChanged);
     }
@@ -455,24 +447,22 @@ public sealed partial class Qcow2Image
         MarkBitmapsDirty(offset, length);
         bool metadataChanged = false;
         IoStatus status = IoStatus.Ok;
-        long done = 0;
-        while (done < length && status == IoStatus.Ok)
+        foreach (GuestClusterRange.Step step in new GuestClusterRange(offset, length, _clusterBits))
         {
-            long position = offset + done;
-            long guestCluster = position >> _clusterBits;
-            int start = (int)(position & (_clusterSize - 1));
-            int chunk = (int)Math.Min(_clusterSize - start, length - done);
-            ReaderWriterLockSlim stripe = StripeFor(guestCluster);
-            EnterExclusive(stripe, guestCluster);
+            ReaderWriterLockSlim stripe = StripeFor(step.GuestCluster);
+            EnterExclusive(stripe, step.GuestCluster);
             try
             {
-                status = DiscardInCluster(guestCluster, start, chunk, ref metadataChanged);
+                status = DiscardInCluster(step.GuestCluster, step.Start, step.Length, ref metadataChanged);
             }
             finally
             {
-                ExitExclusive(stripe, guestCluster);
+                ExitExclusive(stripe, step.GuestCluster);
             }
-            done += chunk;
+            if (status != IoStatus.Ok)
+            {
+                break;
+            }
         }
         return AfterMetadataChange(status, metadataChanged);
     }
