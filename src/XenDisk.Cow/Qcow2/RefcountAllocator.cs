@@ -126,7 +126,9 @@ internal sealed class RefcountAllocator : IDisposable
 
     /// <summary>
     /// Takes over a refcount structure written elsewhere (a rebuild): the cache is dropped, the table
-    /// is read from its new place, and the allocator starts from the first cluster again.
+    /// is read from its new place, and the allocator starts from the first cluster again. The new
+    /// counts were derived from the L2 tables themselves, so every referenced cluster has a count:
+    /// no hole needs proving.
     /// </summary>
     public IoStatus Replace(long tableOffset, int tableClusters, long endCluster)
     {
@@ -138,6 +140,7 @@ internal sealed class RefcountAllocator : IDisposable
         _tableDirty = new DirtySectors(_table.Length, _metadataSector);
         _endCluster = endCluster;
         _freeHint = 1;
+        _holesProven = true;
         return DeviceIo.ReadClamped(_device, tableOffset, _table);
     }
 
