@@ -18,11 +18,13 @@ public static class QemuTools
     /// The dirty ranges of a persistent bitmap as QEMU reads them from the file: qemu-nbd exports the
     /// image with the bitmap (-B), and qemu-img map reads the bitmap's NBD metadata context through
     /// the client's x-dirty-bitmap option, which reports dirty ranges as holes ("data": false).
-    /// qemu-nbd --fork returns once it listens, and the server ends after its one client.
+    /// qemu-nbd --fork returns once it listens, and the server ends after its one client. Each call
+    /// has its own socket: a server that is still ending after its client removes its socket file,
+    /// which would be the next call's if the name were shared.
     /// </summary>
     public static List<(long Offset, long Length)> DirtyRanges(string image, string bitmap)
     {
-        string socket = System.IO.Path.Combine(System.IO.Path.GetDirectoryName(image)!, "nbd.sock");
+        string socket = System.IO.Path.Combine(System.IO.Path.GetDirectoryName(image)!, $"nbd-{Guid.NewGuid():N}.sock");
         RunOk(QemuNbd, "--fork", "-r", "-f", "qcow2", "-B", bitmap, "-k", socket, image);
         string map = RunOk(QemuImg, "map", "--output=json", "--image-opts",
             $"driver=nbd,server.type=unix,server.path={socket},x-dirty-bitmap=qemu:dirty-bitmap:{bitmap}");
