@@ -76,7 +76,8 @@ public static class QemuTools
     public static List<(long Offset, long Length)> DirtyRanges(string image, string bitmap)
     {
         string directory = Path.GetDirectoryName(image)!;
-        string socket = Path.Combine(directory, "nbd.sock");
+        // Its own socket per call: a server still ending after its client removes its socket file.
+        string socket = Path.Combine(directory, $"nbd-{Guid.NewGuid():N}.sock");
         string pidFile = Path.Combine(directory, "nbd.pid");
         RunOk(QemuNbd, "--fork", "--pid-file", pidFile, "-r", "-f", "qcow2", "-B", bitmap, "-k", socket, image);
         using Process server = Process.GetProcessById(int.Parse(File.ReadAllText(pidFile).Trim()));
