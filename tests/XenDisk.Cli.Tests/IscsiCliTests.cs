@@ -155,6 +155,12 @@ public sealed class IscsiCliTests : IDisposable
         CliResult again = Xendisk.Run("image", "create", "-f", "bitmap", "-b", golden, "-F", "raw", url);
         Assert.NotEqual(0, again.ExitCode);
         Assert.Contains("already holds a bitmap overlay", again.Error, StringComparison.Ordinal);
+        // The way the refusal names: clear the first block as raw, and the LUN takes a new overlay.
+        AssertOk(Xendisk.Run("io", "-f", "raw", url, "-c", "write -z 0 4k"));
+        AssertOk(Xendisk.Run("image", "create", "-f", "bitmap", "-b", golden, "-F", "raw", url));
+        CliResult fresh = Xendisk.Run("image", "info", url);
+        AssertOk(fresh);
+        Assert.Contains("allocated: 0 B", fresh.Output, StringComparison.Ordinal);
         Assert.Equal(goldenBefore, File.ReadAllBytes(golden));
     }
 
