@@ -11,6 +11,8 @@ namespace XenDisk.Cli.Commands.Image;
 /// `xendisk image create -f qcow2|bitmap|raw [-b BASE -F raw|qcow2] [-o key=value,...] IMAGE [SIZE]`,
 /// in qemu-img create's argument style. As in QEMU, a relative BASE is relative to the new image's
 /// directory (that is how it will be resolved when the image is opened), and SIZE defaults to the base's.
+/// An iSCSI LUN may be the base (raw) of either overlay, and the device of a bitmap overlay: a LUN
+/// is made on its target, so creating one writes the overlay's header and map onto the LUN as it is.
 /// </summary>
 internal static class ImageCreateCommand
 {
@@ -92,7 +94,26 @@ internal static class ImageCreateCommand
             {
                 return CommandErrors.Invalid(parse, "a bitmap overlay's base must be raw (-F raw)");
             }
-            if (File.Exists(path) || Directory.Exists(path))
+            bool lun = ImageLuns.IsLun(path);
+            if (lun && kind != ImageFormat.Bitmap)
+            {
+                return CommandErrors.Invalid(parse, kind == ImageFormat.Qcow2
+                    ? $"'{path}': qcow2 images live in files; a LUN holds a raw disk or a bitmap overlay (-f bitmap)"
+                    : $"'{path}': a LUN is created on its target; on an existing LUN, image create makes a bitmap overlay (-f bitmap)");
+            }
+            if (lun && !string.IsNullOrEmpty(baseName) && !ImageLuns.IsLun(baseName) && !Path.IsPathFullyQualified(baseName))
+            {
+                return CommandErrors.Invalid(parse, $"the base '{baseName}' is relative, and a LUN has no directory to resolve it in: give an absolute path or a LUN's URL");
+            }
+            if (!string.IsNullOrEmpty(baseName) && ImageLuns.IsLun(baseName) && baseFormat == "qcow2")
+            {
+                return CommandErrors.Invalid(parse, $"the base '{baseName}' is a LUN, which holds a raw disk (-F raw)");
+            }
+            if (lun && ImageLuns.Probe(path) == ImageFormat.Bitmap)
+            {
+                return CommandErrors.Failed(parse, $"'{path}' already holds a bitmap overlay; xendisk does not overwrite images (clear its first block first: xendisk io -f raw {path} -c 'write -z 0 4k')");
+            }
+            if (!lun && (File.Exists(path) || Directory.Exists(path)))
             {
                 return CommandErrors.Failed(parse, $"'{path}' already exists; xendisk does not overwrite images (remove it first)");
             }
@@ -101,7 +122,7 @@ internal static class ImageCreateCommand
             if (!string.IsNullOrEmpty(baseName))
             {
                 basePath = Qcow2Disk.ResolveBackingPath(path, baseName);
-                if (!File.Exists(basePath))
+                if (!ImageFiles.Exists(basePath))
                 {
                     return CommandErrors.Failed(parse, $"the base '{baseName}' ({basePath}, relative names are relative to the new image's directory) does not exist");
                 }
@@ -244,9 +265,17 @@ internal static class ImageCreateCommand
             grainSize = (int)grain;
         }
         long cowSize = BitmapOverlay.RequiredCowSize(virtualSize, grainSize);
+        bool lun = ImageLuns.IsLun(path);
+        if (lun && settings.ContainsKey("preallocation"))
+        {
+            return CommandErrors.Invalid(parse, "preallocation= applies to overlay files; a LUN's blocks are its target's to allocate");
+        }
         try
         {
-            OverlayFiles.CreateBitmapFile(path, cowSize, preallocation);
+            if (!lun)
+            {
+                OverlayFiles.CreateBitmapFile(path, cowSize, preallocation);
+            }
         }
         catch (StorageException e)
         {
@@ -254,11 +283,13 @@ internal static class ImageCreateCommand
         }
         try
         {
-            IBlockDevice baseDevice = ImageLocks.OpenRaw(basePath, readOnly: true);
+            IBlockDevice baseDevice = ImageFiles.OpenRawImage(basePath, readOnly: true);
             IBlockDevice? cow = null;
             try
             {
-                cow = ImageLocks.OpenRaw(Path.GetFullPath(path), readOnly: false);
+                // On a LUN, BitmapOverlay.Create refuses one smaller than cowSize, naming both sizes, and
+                // zeroes the map before it writes the header: whatever the LUN held is no longer read.
+                cow = ImageFiles.OpenRawImage(path, readOnly: false);
                 BitmapOverlay.Create(cow, baseDevice, new BitmapCreateOptions { GrainSize = grainSize, VirtualSize = virtualSize, BaseName = basePath },
                     new BitmapOverlayOptions { OwnsDevices = true }).Dispose();
             }
@@ -269,7 +300,7 @@ internal static class ImageCreateCommand
                 throw;
             }
         }
-        catch
+        catch when (!lun)
         {
             File.Delete(path);
             throw;
@@ -296,7 +327,7 @@ internal static class ImageCreateCommand
             using FileImageDevice device = FileImageDevice.Open(basePath, readOnly: true);
             return Qcow2Disk.ReadHeader(device).VirtualSize;
         }
-        using RawBlockDevice raw = ImageLocks.OpenRaw(basePath, readOnly: true, new RawDeviceOptions { DirectIo = false });
+        using IBlockDevice raw = ImageFiles.OpenRawImage(basePath, readOnly: true, new RawDeviceOptions { DirectIo = false });
         return raw.Info.SizeBytes;
     }
 

@@ -54,7 +54,7 @@ internal sealed record ImageDescription
 
     private static ImageDescription ReadQcow2(string path)
     {
-        using FileImageDevice device = FileImageDevice.Open(Path.GetFullPath(path), readOnly: true);
+        using IBlockDevice device = ImageFiles.OpenImage(path, readOnly: true);
         Qcow2Info info = Qcow2Image.Describe(device);
         string? fullBacking = null;
         if (info.BackingFile != null)
@@ -110,7 +110,7 @@ internal sealed record ImageDescription
 
     private static ImageDescription ReadBitmap(string path)
     {
-        using FileImageDevice device = FileImageDevice.Open(Path.GetFullPath(path), readOnly: true);
+        using IBlockDevice device = ImageFiles.OpenImage(path, readOnly: true);
         BitmapCheckReport report = BitmapChecker.Check(device, repair: false);
         BitmapHeader header = report.Header ?? throw new StorageException($"'{path}' is not a usable bitmap overlay: {string.Join("; ", report.Problems)}");
         List<string> features = [];
@@ -128,7 +128,7 @@ internal sealed record ImageDescription
             GrainSize = header.GrainSize,
             BackingFile = header.BaseName.Length > 0 ? header.BaseName : null,
             BackingFormat = header.BaseName.Length > 0 ? "raw" : null,
-            FullBackingFilename = header.BaseName.Length > 0 ? Path.GetFullPath(header.BaseName) : null,
+            FullBackingFilename = header.BaseName.Length > 0 ? ImageFiles.FullName(header.BaseName) : null,
             AllocatedBytes = report.Counts.Mapped * header.GrainSize,
             Features = features,
             Dirty = header.IsDirty,
@@ -143,8 +143,8 @@ internal sealed record ImageDescription
     private static ImageDescription ReadRaw(string path)
     {
         // Through the page cache and byte-exact, as qemu-img info reports a raw file: a 39-byte file is
-        // 39 bytes (a sector device would round it down to none).
-        using FileImageDevice device = FileImageDevice.Open(Path.GetFullPath(path), readOnly: true);
+        // 39 bytes (a sector device would round it down to none). A LUN's size is READ CAPACITY's.
+        using IBlockDevice device = ImageFiles.OpenImage(path, readOnly: true);
         return new ImageDescription
         {
             Filename = path,

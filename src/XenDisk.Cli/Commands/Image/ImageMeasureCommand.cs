@@ -67,7 +67,9 @@ internal static class ImageMeasureCommand
                 }
                 using IBlockDevice source = ImageFiles.OpenForIo(path!, sourceKind, parse.GetValue(allowBase), readOnly: true);
                 virtualSize = source.Info.SizeBytes;
-                dataBytes = DataBytes(source, path!, kind == ImageFormat.Qcow2 ? ClusterSize : ImageChunk.ZeroBlock, cancellationToken);
+                // QEMU's raw_measure: a raw target needs the whole disk whatever it holds (its holes are
+                // the file system's business); only qcow2 leaves out the clusters that read as zeros.
+                dataBytes = kind == ImageFormat.Raw ? virtualSize : DataBytes(source, path!, ClusterSize, cancellationToken);
             }
             // qcow2_measure: the source's size rounded up to whole sectors.
             virtualSize = (virtualSize + 511) / 512 * 512;
