@@ -16,17 +16,27 @@
 # The job names, from the guest's image (domU/init runs every file in /etc/e2e/workloads).
 jobs=$(cpio -t </guest/domU.cpio 2>/dev/null | sed -n 's|^etc/e2e/workloads/\(.*\)\.fio$|\1|p' | sort)
 backends="blkback qdisk-raw qdisk-qcow2 xendisk-raw xendisk-qcow2 xendisk-bitmap"
+# e2e_backends=A+B (tools/e2e/compare --backends) keeps only those, in this order.
+wanted=$(sed -n 's/.*e2e_backends=\([^ ]*\).*/\1/p' /proc/cmdline | tr '+' ' ')
+if [ -n "$wanted" ]; then
+    kept=
+    for backend in $backends; do case " $wanted " in *" $backend "*) kept="$kept $backend" ;; esac; done
+    backends=${kept# }
+fi
+# XenDisk's service runs from its first turn to its last in each round.
+first_xendisk=$(for b in $backends; do case $b in xendisk-*) echo $b ;; esac; done | head -n 1)
+last_xendisk=$(for b in $backends; do case $b in xendisk-*) echo $b ;; esac; done | tail -n 1)
 plan="dom0-modules dom0-toolstack bench-image"
 round=1
 while [ $round -le "$rounds" ]; do
-    plan="$plan blkback-start-$round"
     for backend in $backends; do
-        [ $backend = xendisk-raw ] && plan="$plan xendisk-start-$round"
+        [ $backend = blkback ] && plan="$plan blkback-start-$round"
+        [ $backend = "$first_xendisk" ] && plan="$plan xendisk-start-$round"
         plan="$plan $backend-guest-$round guest-$backend-$round-blkfront-xvda"
         for job in $jobs; do plan="$plan guest-$backend-$round-bench-$job"; done
         plan="$plan $backend-guest-$round-poweroff"
         [ $backend = blkback ] && plan="$plan blkback-stop-$round"
-        [ $backend = xendisk-bitmap ] && plan="$plan xendisk-stop-$round"
+        [ $backend = "$last_xendisk" ] && plan="$plan xendisk-stop-$round"
     done
     round=$((round + 1))
 done
@@ -159,8 +169,8 @@ while [ $round -le "$rounds" ]; do
     for backend in $backends; do
         case $backend in
             blkback) modprobe xen-blkback && pass blkback-start-$round || { fail blkback-start-$round "modprobe xen-blkback failed"; continue; } ;;
-            xendisk-raw) start_xendisk xendisk-start-$round || break ;;
         esac
+        if [ $backend = "$first_xendisk" ]; then start_xendisk xendisk-start-$round || break; fi
         run_bench $backend $round "$(disk_of $backend $round)"
         case $backend in
             blkback)
@@ -170,8 +180,8 @@ while [ $round -le "$rounds" ]; do
                 else
                     fail blkback-stop-$round "xen-blkback could not be unloaded"; finish
                 fi ;;
-            xendisk-bitmap) stop_xendisk xendisk-stop-$round ;;
         esac
+        [ $backend = "$last_xendisk" ] && stop_xendisk xendisk-stop-$round
     done
     alive "${xendisk_pid:-0}" && stop_xendisk xendisk-stop-$round
     round=$((round + 1))
