@@ -149,8 +149,11 @@ run_bench() {
     fi
 }
 
-# disk_of BACKEND ROUND: the disk line for the backend's turn; overlays are made afresh for each.
+# disk_of BACKEND ROUND: the disk line for the backend's turn; overlays are made afresh for each,
+# and the previous turn's are removed first: dom0's image directory is a RAM file system, with room
+# for the raw file and one overlay of its size (a bitmap overlay takes its full size at once).
 disk_of() {
+    rm -f $images/bench-q.qcow2 $images/bench-x.qcow2 $images/bench-x.bitmap
     case "$1" in
         blkback) echo "vdev=xvda,access=rw,script=e2e-phy,target=/dev/loop0" ;;
         qdisk-raw) echo "vdev=xvda,access=rw,backendtype=qdisk,format=raw,target=$images/bench.img" ;;
