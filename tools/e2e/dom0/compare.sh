@@ -1,30 +1,54 @@
 # The compare scenario (busybox sh, sourced by /init with lib.sh; run by tools/e2e/compare): the
-# same fio jobs, in a guest with the same configuration, against the kernel's xen-blkback (`phy:`
-# through a loop device over a raw file) and against XenDisk (`raw:` on the same file), in
-# `e2e_rounds=N` rounds of blkback then XenDisk. Only one backend is present at a time: blkback is
-# loaded for its turn and unloaded after it (it claims every vbd device while loaded), and XenDisk's
-# service runs only for its own turn. Each job's totals become a line for the host:
-#   E2E: RESULT <backend> <round> <job> read_iops=... read_kibs=... read_lat_us=... write_iops=... write_kibs=... write_lat_us=...
+# same fio jobs, in a guest with the same configuration, against six backends, in `e2e_rounds=N`
+# rounds of:
+#   blkback        the kernel's xen-blkback, `phy:` through a loop device over the raw file
+#   qdisk-raw      QEMU's xen-block (`backendtype=qdisk`; libxl starts qemu-system-xen for the guest) on the raw file
+#   qdisk-qcow2    the same on a fresh qcow2 overlay over the raw file (qemu-img create -b)
+#   xendisk-raw    XenDisk, `raw:` on the raw file
+#   xendisk-qcow2  XenDisk, `cow:` with a fresh qcow2 overlay over the raw file
+#   xendisk-bitmap XenDisk, `cow:...,format=bitmap` with a fresh bitmap overlay over the raw file
+# Only one backend serves vbd devices at a time: blkback is loaded for its turn and unloaded after it
+# (it claims every vbd device while loaded), XenDisk's service runs for its three turns only; qdisk
+# devices live under backend/qdisk, which neither watches. Each job's totals become a line for the host:
+#   E2E: RESULT <backend> <round> <job> read_iops=... read_kibs=... read_lat_us=... read_p99_us=...
+#        write_iops=... write_kibs=... write_lat_us=... write_p99_us=... cpu_us_per_req=...
 
 # The job names, from the guest's image (domU/init runs every file in /etc/e2e/workloads).
 jobs=$(cpio -t </guest/domU.cpio 2>/dev/null | sed -n 's|^etc/e2e/workloads/\(.*\)\.fio$|\1|p' | sort)
+backends="blkback qdisk-raw qdisk-qcow2 xendisk-raw xendisk-qcow2 xendisk-bitmap"
+# e2e_backends=A+B (tools/e2e/compare --backends) keeps only those, in this order.
+wanted=$(sed -n 's/.*e2e_backends=\([^ ]*\).*/\1/p' /proc/cmdline | tr '+' ' ')
+if [ -n "$wanted" ]; then
+    kept=
+    for backend in $backends; do case " $wanted " in *" $backend "*) kept="$kept $backend" ;; esac; done
+    backends=${kept# }
+fi
+# XenDisk's service runs from its first turn to its last in each round.
+first_xendisk=$(for b in $backends; do case $b in xendisk-*) echo $b ;; esac; done | head -n 1)
+last_xendisk=$(for b in $backends; do case $b in xendisk-*) echo $b ;; esac; done | tail -n 1)
 plan="dom0-modules dom0-toolstack bench-image"
 round=1
 while [ $round -le "$rounds" ]; do
-    for backend in blkback xendisk; do
-        plan="$plan $backend-start-$round $backend-guest-$round guest-$backend-$round-blkfront-xvda"
+    for backend in $backends; do
+        [ $backend = blkback ] && plan="$plan blkback-start-$round"
+        [ $backend = "$first_xendisk" ] && plan="$plan xendisk-start-$round"
+        plan="$plan $backend-guest-$round guest-$backend-$round-blkfront-xvda"
         for job in $jobs; do plan="$plan guest-$backend-$round-bench-$job"; done
-        plan="$plan $backend-guest-$round-poweroff $backend-stop-$round"
+        plan="$plan $backend-guest-$round-poweroff"
+        [ $backend = blkback ] && plan="$plan blkback-stop-$round"
+        [ $backend = "$last_xendisk" ] && plan="$plan xendisk-stop-$round"
     done
     round=$((round + 1))
 done
 plan="$plan no-stale-backend-nodes"
 say "PLAN $plan"
-info "scenario compare, $rounds round(s), jobs: $(echo $jobs), dom0 kernel $(uname -r)"
+info "scenario compare, $rounds round(s), backends: $backends, jobs: $(echo $jobs), dom0 kernel $(uname -r)"
 
 start_toolstack
+# QEMU for qdisk starts inside emulated dom0; libxl's default of 60 s for it to come up is too short there.
+export LIBXL_DEVICE_MODEL_START_TIMEOUT=600
 
-# One raw file for both backends, written in full so that no run pays for allocating it.
+# One raw file for every backend, written in full so that no run pays for allocating it.
 mkdir -p $images
 bench_mib=128
 if dd if=/dev/zero of=$images/bench.img bs=1M count=$bench_mib status=none && losetup /dev/loop0 $images/bench.img; then
@@ -36,12 +60,19 @@ cat /guest/domU.cpio /guest/fio.cpio >/guest/domU-fio.cpio && rm /guest/fio.cpio
 
 # cpu_snapshot FILE, cpu_since FILE: dom0's CPU time (the first line of /proc/stat) now, and the share
 # of it since FILE that was busy (not idle or iowait) and stolen (runnable, but Xen ran another vCPU).
+# cpu_busy_since FILE: the busy time since FILE in hundredths of a CPU second, and the elapsed
+# time in hundredths of a second ("BUSY ELAPSED"; /proc/stat counts in hundredths of a second).
 cpu_snapshot() { head -n 1 /proc/stat >"$1"; }
 cpu_since() {
     { cat "$1"; head -n 1 /proc/stat; } | awk '
         { idle[NR] = $5 + $6; steal[NR] = $9; total[NR] = 0; for (i = 2; i <= NF; i++) total[NR] += $i }
         END { t = total[2] - total[1]; if (t <= 0) t = 1
               printf "busy %d%%, stolen %d%% of %.0f s of CPU time", 100 * (t - (idle[2] - idle[1]) - (steal[2] - steal[1])) / t, 100 * (steal[2] - steal[1]) / t, t / 100 }'
+}
+cpu_busy_since() {
+    { cat "$1"; head -n 1 /proc/stat; } | awk -v cpus="$(grep -c '^cpu[0-9]' /proc/stat)" '
+        { idle[NR] = $5 + $6; steal[NR] = $9; total[NR] = 0; for (i = 2; i <= NF; i++) total[NR] += $i }
+        END { t = total[2] - total[1]; printf "%d %d", t - (idle[2] - idle[1]) - (steal[2] - steal[1]), t / cpus }'
 }
 # thread_cpu PID: the process's threads by CPU time used (user + system, seconds), busiest first.
 thread_cpu() {
@@ -54,36 +85,46 @@ thread_cpu() {
 # XenDisk's `xendisk status` and its metrics (grant operations, persistent-grant lookups,
 # back-pressure, batch sizes), blkback's sysfs statistics.
 backend_counters() {
-    if [ "$1" = xendisk ]; then
+    case "$1" in
+    xendisk-*)
         if xendisk status >/tmp/status.log 2>&1; then
             sed 's/^/E2E-LOG xendisk-status| /' /tmp/status.log
         else
             echo "E2E-LOG xendisk-status| failed: $(tr '\n' ' ' </tmp/status.log)"
             show /var/log/xendisk.log 20
         fi
-        wget -q -O - http://127.0.0.1:9464/metrics 2>&1 | grep -v -e '^#' -e '_bucket{' | sed 's/^/E2E-LOG xendisk-metrics| /'
-    else
+        wget -q -O - http://127.0.0.1:9464/metrics 2>&1 | grep -v -e '^#' -e '_bucket{' | sed 's/^/E2E-LOG xendisk-metrics| /' ;;
+    blkback)
         for f in /sys/bus/xen-backend/devices/vbd-*-51712/statistics/*; do
             [ -f "$f" ] && echo "E2E-LOG blkback-statistics| $(basename "$f") $(cat "$f")"
-        done
-    fi
+        done ;;
+    esac
 }
 
 # run_bench BACKEND ROUND DISK: one guest (two vCPUs, like the checks' feature guest) runs every job
-# on xvda; its numbers become RESULT lines.
+# on xvda; its numbers become RESULT lines. dom0's busy CPU time is taken from the guest's "job
+# starts" line to its numbers, less what dom0 spends with the guest idle (measured for 10 s after the
+# jobs: the polling of this script, xenconsoled), and divided by the requests fio counted, scaled from
+# the measured 30 s to the 35 s with the ramp.
 run_bench() {
     name=e2e-$1-$2
     write_config $name bench /guest/domU-fio.cpio 512 2 "'$3'" ""
     create_guest $name "$1-guest-$2" || return
-    # The guest waits after its jobs while dom0 reads the backend's counters for the device, and how
-    # busy dom0 was while the jobs ran (blkback works in dom0's kernel, XenDisk in its process).
-    follow_guest $name "GUEST: INFO running the fio jobs" 600 && cpu_snapshot /tmp/cpu-jobs
+    : >/tmp/job-cpu
+    for job in $jobs; do
+        follow_guest $name "GUEST: INFO job $job starts" 900 || break
+        cpu_snapshot /tmp/cpu-job
+        follow_guest $name "GUEST: DATA bench-$job=" 900 || break
+        echo "$job $(cpu_busy_since /tmp/cpu-job)" >>/tmp/job-cpu
+    done
     if follow_guest $name "GUEST: WAIT counters" 1200; then
-        info "$1 round $2: dom0 CPU while the jobs ran: $(cpu_since /tmp/cpu-jobs)"
         cpu_snapshot /tmp/cpu-idle
         sleep 10
-        info "$1 round $2: dom0 CPU for 10 s after them, the guest idle: $(cpu_since /tmp/cpu-idle)"
-        [ "$1" = xendisk ] && info "$1 round $2: xendisk threads by CPU seconds: $(thread_cpu "$xendisk_pid")"
+        idle=$(cpu_busy_since /tmp/cpu-idle)
+        info "$1 round $2: dom0 CPU for 10 s after the jobs, the guest idle: $(cpu_since /tmp/cpu-idle)"
+        case "$1" in xendisk-*) info "$1 round $2: xendisk threads by CPU seconds: $(thread_cpu "$xendisk_pid")" ;; esac
+        qemu_pid=$(pgrep -f "xen-domid $(xl domid $name) " | head -n 1)
+        [ -n "$qemu_pid" ] && info "$1 round $2: qemu-system-xen threads by CPU seconds: $(thread_cpu "$qemu_pid")"
         # CPU seconds per domain since it started (Time(s)); a leftover domain would show here too.
         xl list 2>&1 | sed 's/^/E2E-LOG xl-list| /'
         backend_counters "$1"
@@ -92,7 +133,14 @@ run_bench() {
     if follow_guest $name "GUEST: DONE" 300; then
         for job in $jobs; do
             numbers=$(guest_data $name "bench-$job")
-            [ -n "$numbers" ] && say "RESULT $1 $2 $job $numbers"
+            [ -n "$numbers" ] || continue
+            cpu=$(awk -v job="$job" -v idle="${idle:-0 1}" -v numbers="$numbers" '
+                $1 == job {
+                    split(idle, i, " "); busy = $2 - (i[2] > 0 ? i[1] * $3 / i[2] : 0); if (busy < 0) busy = 0
+                    n = split(numbers, kv, " "); iops = 0
+                    for (k = 1; k <= n; k++) { split(kv[k], p, "="); if (p[1] == "read_iops" || p[1] == "write_iops") iops += p[2] }
+                    if (iops > 0) printf "%.0f", busy * 10000 / (iops * 35) }' /tmp/job-cpu)
+            say "RESULT $1 $2 $job $numbers${cpu:+ cpu_us_per_req=$cpu}"
         done
         wait_guest_gone $name "$1-guest-$2-poweroff"
     else
@@ -101,24 +149,44 @@ run_bench() {
     fi
 }
 
+# disk_of BACKEND ROUND: the disk line for the backend's turn; overlays are made afresh for each,
+# and the previous turn's are removed first: dom0's image directory is a RAM file system, with room
+# for the raw file and one overlay of its size (a bitmap overlay takes its full size at once).
+disk_of() {
+    rm -f $images/bench-q.qcow2 $images/bench-x.qcow2 $images/bench-x.bitmap
+    case "$1" in
+        blkback) echo "vdev=xvda,access=rw,script=e2e-phy,target=/dev/loop0" ;;
+        qdisk-raw) echo "vdev=xvda,access=rw,backendtype=qdisk,format=raw,target=$images/bench.img" ;;
+        qdisk-qcow2)
+            rm -f $images/bench-q.qcow2
+            qemu-img create -q -f qcow2 -b $images/bench.img -F raw $images/bench-q.qcow2 >&2
+            echo "vdev=xvda,access=rw,backendtype=qdisk,format=qcow2,target=$images/bench-q.qcow2" ;;
+        xendisk-raw) echo "vdev=xvda,access=rw,script=xendisk,target=raw:$images/bench.img" ;;
+        xendisk-qcow2) rm -f $images/bench-x.qcow2; echo "vdev=xvda,access=rw,script=xendisk,target=cow:$images/bench.img,$images/bench-x.qcow2" ;;
+        xendisk-bitmap) rm -f $images/bench-x.bitmap; echo "vdev=xvda,access=rw,script=xendisk,target=cow:$images/bench.img,$images/bench-x.bitmap,format=bitmap" ;;
+    esac
+}
+
 round=1
 while [ $round -le "$rounds" ]; do
-    if modprobe xen-blkback; then
-        pass blkback-start-$round
-        run_bench blkback $round "vdev=xvda,access=rw,script=e2e-phy,target=/dev/loop0"
-        # blkback must be gone before XenDisk serves vbd devices.
-        if modprobe -r xen-blkback && ! grep -q '^xen_blkback ' /proc/modules; then
-            pass blkback-stop-$round
-        else
-            fail blkback-stop-$round "xen-blkback could not be unloaded"; finish
-        fi
-    else
-        fail blkback-start-$round "modprobe xen-blkback failed"
-    fi
-    if start_xendisk xendisk-start-$round; then
-        run_bench xendisk $round "vdev=xvda,access=rw,script=xendisk,target=raw:$images/bench.img"
-        stop_xendisk xendisk-stop-$round
-    fi
+    for backend in $backends; do
+        case $backend in
+            blkback) modprobe xen-blkback && pass blkback-start-$round || { fail blkback-start-$round "modprobe xen-blkback failed"; continue; } ;;
+        esac
+        if [ $backend = "$first_xendisk" ]; then start_xendisk xendisk-start-$round || break; fi
+        run_bench $backend $round "$(disk_of $backend $round)"
+        case $backend in
+            blkback)
+                # blkback must be gone before XenDisk serves vbd devices.
+                if modprobe -r xen-blkback && ! grep -q '^xen_blkback ' /proc/modules; then
+                    pass blkback-stop-$round
+                else
+                    fail blkback-stop-$round "xen-blkback could not be unloaded"; finish
+                fi ;;
+        esac
+        [ $backend = "$last_xendisk" ] && stop_xendisk xendisk-stop-$round
+    done
+    alive "${xendisk_pid:-0}" && stop_xendisk xendisk-stop-$round
     round=$((round + 1))
 done
 no_stale_backend_nodes no-stale-backend-nodes

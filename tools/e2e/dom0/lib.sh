@@ -155,6 +155,8 @@ create_guest() {
         pass "$2"
     else
         show "/tmp/xl-create-$1.log" 40
+        # A guest with a device model (qdisk disks): QEMU's own words on why it stopped.
+        show "/var/log/xen/qemu-dm-$1.log" 40
         fail "$2" "xl create failed"
         return 1
     fi

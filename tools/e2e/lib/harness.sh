@@ -275,6 +275,16 @@ build_xendisk_layer() {
   note "xendisk layer: $(du -sh "$dir" | cut -f1) publish, $(du -h "$build/xendisk.cpio.gz" | cut -f1) compressed"
 }
 
+# build_qdisk_layer: a third archive for the compare scenario's dom0 with qemu-system-xen (QEMU's
+# xen-block, which libxl starts for a guest whose disks say `backendtype=qdisk`) at the path Debian's
+# libxl runs it from, and its shared-library closure. The other scenarios boot without it.
+build_qdisk_layer() {
+  local stage="$build/qdisk"
+  layer_begin "$stage"
+  stage_copy "$stage" usr/libexec/xen-qemu-system-i386 || return 1
+  layer_pack "$stage" "$build/dom0" "$build/qdisk.cpio.gz"
+}
+
 # --- preparation ------------------------------------------------------------------------------------
 # prepare_images: host tools, packages, the unpacked tree and both images, one step line each; stops
 # the run (exit 1) when one fails, since nothing can boot without them.
