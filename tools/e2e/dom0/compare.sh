@@ -81,6 +81,21 @@ thread_cpu() {
     done | sort -rn | head -n 12 | tr '\n' ';'
 }
 
+# sample_threads PID FILE: once a second until FILE.stop exists, one line per thread of PID that is
+# running or runnable (state R): its name and its system call number ("running": in user space).
+# perf does not run in this dom0; this says which of XenDisk's threads spend the CPU, and whether
+# in the kernel (which call) or in user space.
+sample_threads() {
+    while [ ! -e "$2.stop" ]; do
+        for task in /proc/"$1"/task/*; do
+            state=$(sed 's/^[0-9]* (.*) \([A-Z]\) .*/\1/' "$task/stat" 2>/dev/null)
+            [ "$state" = R ] || continue
+            echo "$(cat "$task/comm" 2>/dev/null)|$(cut -d' ' -f1 "$task/syscall" 2>/dev/null)"
+        done >>"$2"
+        sleep 1
+    done
+}
+
 # backend_counters BACKEND: the backend's own view of the guest's xvda, into the log (E2E-LOG lines):
 # XenDisk's `xendisk status` and its metrics (grant operations, persistent-grant lookups,
 # back-pressure, batch sizes), blkback's sysfs statistics.
@@ -114,8 +129,14 @@ run_bench() {
     for job in $jobs; do
         follow_guest $name "GUEST: INFO job $job starts" 900 || break
         cpu_snapshot /tmp/cpu-job
-        follow_guest $name "GUEST: DATA bench-$job=" 900 || break
+        case "$1" in xendisk-*) rm -f /tmp/samples.stop; sample_threads "$xendisk_pid" /tmp/samples & sampler=$! ;; esac
+        follow_guest $name "GUEST: DATA bench-$job=" 900
+        found=$?
+        [ -n "${sampler:-}" ] && { : >/tmp/samples.stop; wait $sampler; sampler=; }
+        [ $found -eq 0 ] || break
         echo "$job $(cpu_busy_since /tmp/cpu-job)" >>/tmp/job-cpu
+        [ -s /tmp/samples ] && info "$1 round $2 job $job: xendisk threads seen running or waiting, by count of one-second samples in state R (thread|system call): $(sort /tmp/samples | uniq -c | sort -rn | head -n 12 | tr -s ' ' | tr '\n' ';')"
+        rm -f /tmp/samples
     done
     if follow_guest $name "GUEST: WAIT counters" 1200; then
         cpu_snapshot /tmp/cpu-idle
