@@ -33,7 +33,7 @@ public class CorpusReplayTests
 
     [Theory]
     [MemberData(nameof(CorpusFiles))]
-    public void CorpusFileRunsThroughItsTarget(string targetName, string fileName)
+    public void Corpus_file_runs_through_its_target(string targetName, string fileName)
     {
         FuzzTarget target = FuzzTargets.Find(targetName)!;
         byte[] input = File.ReadAllBytes(Path.Combine(FuzzTargets.CorpusDirectory(target), fileName));
@@ -48,7 +48,7 @@ public class CorpusReplayTests
     }
 
     [Fact]
-    public void EveryTargetHasSeeds()
+    public void Every_target_has_seeds()
     {
         foreach (FuzzTarget target in FuzzTargets.All)
         {

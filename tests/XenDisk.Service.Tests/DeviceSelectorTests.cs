@@ -32,7 +32,7 @@ public sealed class DeviceSelectorTests
     [Theory]
     [InlineData("/local/domain/0/backend/vbd/3/51712", "/local/domain/0/backend/vbd/3/51712")]
     [InlineData("/local/domain/0/backend/vbd/3/51712/", "/local/domain/0/backend/vbd/3/51712")]
-    public void BackendPaths_AreTakenAsTheyAre(string text, string path)
+    public void Backend_paths_are_taken_as_they_are(string text, string path)
     {
         Assert.True(DeviceSelector.TryParse(text, out DeviceSelector? selector, out _));
         Assert.Equal(path, selector!.BackendPath);

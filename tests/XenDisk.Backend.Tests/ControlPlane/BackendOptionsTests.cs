@@ -6,7 +6,7 @@ namespace XenDisk.Backend.Tests.ControlPlane;
 public sealed class BackendOptionsTests
 {
     [Fact]
-    public void DefaultsAreValidAndMatchBlkback()
+    public void Defaults_are_valid_and_match_blkback()
     {
         var options = new BackendOptions();
 
@@ -41,7 +41,7 @@ public sealed class BackendOptionsTests
 
     [Theory]
     [MemberData(nameof(InvalidOptions))]
-    public void InvalidOptionsAreReportedByName(BackendOptions options, string expected)
+    public void Invalid_options_are_reported_by_name(BackendOptions options, string expected)
     {
         IReadOnlyList<string> errors = options.GetValidationErrors();
 
@@ -51,7 +51,7 @@ public sealed class BackendOptionsTests
     }
 
     [Fact]
-    public void UpperBoundsAreAccepted()
+    public void Upper_bounds_are_accepted()
     {
         var options = new BackendOptions
         {

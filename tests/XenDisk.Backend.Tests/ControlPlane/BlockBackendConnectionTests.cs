@@ -29,7 +29,7 @@ public sealed class BlockBackendConnectionTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(RingShapes))]
-    public async Task ConnectMapsEveryRingAndPublishesTheGeometry(int queues, int ringPages, RawRingKeys spelling)
+    public async Task Connect_maps_every_ring_and_publishes_the_geometry(int queues, int ringPages, RawRingKeys spelling)
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -65,7 +65,7 @@ public sealed class BlockBackendConnectionTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task CloseThenReconnectReleasesAndRemapsTheRings()
+    public async Task Close_then_reconnect_releases_and_remaps_the_rings()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -95,7 +95,7 @@ public sealed class BlockBackendConnectionTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task TheX86_32ProtocolIsNegotiated()
+    public async Task The_X86_32_protocol_is_negotiated()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         DiskAttachment disk = await bed.AttachReadyAsync(bed.CreateGuest(), FirstDevice, "disk-a");
@@ -110,7 +110,7 @@ public sealed class BlockBackendConnectionTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task AReadOnlyDeviceIsPublishedWithVdiskReadOnly()
+    public async Task A_read_only_device_is_published_with_vdisk_read_only()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         DiskAttachment disk = await bed.AttachReadyAsync(bed.CreateGuest(), FirstDevice, "disk-a", readOnly: true);
@@ -126,7 +126,7 @@ public sealed class BlockBackendConnectionTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task FourKiBSectorsArePublishedAsTheLogicalSectorSize()
+    public async Task Four_KiB_sectors_are_published_as_the_logical_sector_size()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         DiskAttachment disk = await bed.AttachReadyAsync(bed.CreateGuest(), FirstDevice, "disk-a", sizeBytes: 1 << 20, logicalSectorSize: 4096);
@@ -142,7 +142,7 @@ public sealed class BlockBackendConnectionTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task AnImpossibleProducerIndexHaltsTheRingAndClosesOnlyThatDevice()
+    public async Task An_impossible_producer_index_halts_the_ring_and_closes_only_that_device()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -175,7 +175,7 @@ public sealed class BlockBackendConnectionTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task OnlineResizeRewritesSectorsAndRetriggersTheFrontendWatch()
+    public async Task Online_resize_rewrites_sectors_and_retriggers_the_frontend_watch()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -203,7 +203,7 @@ public sealed class BlockBackendConnectionTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task ToolstackRemovalOfAConnectedDeviceReleasesEverything()
+    public async Task Toolstack_removal_of_a_connected_device_releases_everything()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -221,7 +221,7 @@ public sealed class BlockBackendConnectionTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task AFrontendThatDisappearsIsDisconnected()
+    public async Task A_frontend_that_disappears_is_disconnected()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -237,7 +237,7 @@ public sealed class BlockBackendConnectionTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task StopReleasesEverythingAndTheNextInstanceReattaches()
+    public async Task Stop_releases_everything_and_the_next_instance_reattaches()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();

@@ -17,7 +17,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
     private const int SecondDevice = 51728;
 
     [Fact]
-    public async Task ANewDeviceIsOfferedWithEveryFeatureThenInitWait()
+    public async Task A_new_device_is_offered_with_every_feature_then_init_wait()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -50,7 +50,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task OptionsShapeWhatIsPublished()
+    public async Task Options_shape_what_is_published()
     {
         BackendOptions options = BackendTestBed.DefaultOptions with { MaxQueues = 2, MaxRingPageOrder = 1, MaxIndirectSegments = 0, PersistentGrants = false, Discard = false };
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output, options);
@@ -66,7 +66,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task AReadOnlyDiskIsNotOfferedDiscard()
+    public async Task A_read_only_disk_is_not_offered_discard()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
 
@@ -77,7 +77,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task DevicesPresentBeforeStartAreFoundOnTheFirstLook()
+    public async Task Devices_present_before_start_are_found_on_the_first_look()
     {
         await using BackendTestBed bed = BackendTestBed.Create(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -105,7 +105,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(BadToolstackKeys))]
-    public async Task BadToolstackKeysCloseThatDeviceWithAnErrorAndSpareTheOthers(string key, string? value, string expectedError)
+    public async Task Bad_toolstack_keys_close_that_device_with_an_error_and_spare_the_others(string key, string? value, string expectedError)
     {
         await using BackendTestBed bed = BackendTestBed.Create(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -141,7 +141,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task AMissingDiskIsRetriedWhenTheToolstackReinitialisesTheDevice()
+    public async Task A_missing_disk_is_retried_when_the_toolstack_reinitialises_the_device()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -167,7 +167,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(ExcessiveFrontendRequests))]
-    public async Task AFrontendAskingBeyondWhatWasOfferedIsRefusedAndMayReconnect(string key, string value, string expectedError)
+    public async Task A_frontend_asking_beyond_what_was_offered_is_refused_and_may_reconnect(string key, string value, string expectedError)
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -192,7 +192,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task RingRefsThatCannotBeMappedCloseTheDeviceWithoutLeaks()
+    public async Task Ring_refs_that_cannot_be_mapped_close_the_device_without_leaks()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -211,7 +211,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task AnEventChannelThatCannotBeBoundClosesTheDeviceAndUnmapsTheRing()
+    public async Task An_event_channel_that_cannot_be_bound_closes_the_device_and_unmaps_the_ring()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -230,7 +230,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task TheScriptFilterLeavesOtherDevicesAlone()
+    public async Task The_script_filter_leaves_other_devices_alone()
     {
         BackendOptions options = BackendTestBed.DefaultOptions with { HotplugScriptFilter = "xendisk" };
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output, options);
@@ -254,7 +254,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task TheVbd3KindIsServedWhenConfigured()
+    public async Task The_vbd3_kind_is_served_when_configured()
     {
         BackendOptions options = BackendTestBed.DefaultOptions with { Kinds = ["vbd3"] };
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output, options);
@@ -272,7 +272,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task ToolstackRemovalClosesTheDeviceAndForgetsIt()
+    public async Task Toolstack_removal_closes_the_device_and_forgets_it()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -291,7 +291,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task ConflictingTransactionsAreRetried()
+    public async Task Conflicting_transactions_are_retried()
     {
         await using BackendTestBed bed = BackendTestBed.Create(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -307,7 +307,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task InvalidOptionsFailStartUp()
+    public async Task Invalid_options_fail_start_up()
     {
         await using BackendTestBed bed = BackendTestBed.Create(output, new BackendOptions { MaxRingPageOrder = 9 });
 
@@ -317,7 +317,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task ResizingAnUnknownDeviceIsRefused()
+    public async Task Resizing_an_unknown_device_is_refused()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
 

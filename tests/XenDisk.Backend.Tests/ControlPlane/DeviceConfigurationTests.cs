@@ -23,7 +23,7 @@ public sealed class DeviceConfigurationTests
     [InlineData("r", true)]
     [InlineData("w", false)]
     [InlineData("w!", false)]
-    public void ModesAreUnderstood(string mode, bool readOnly)
+    public void Modes_are_understood(string mode, bool readOnly)
     {
         Dictionary<string, string> keys = ValidKeys();
         keys["mode"] = mode;
@@ -73,7 +73,7 @@ public sealed class DeviceConfigurationTests
     }
 
     [Fact]
-    public void QuotedValuesAreBoundedAndPrintable()
+    public void Quoted_values_are_bounded_and_printable()
     {
         Dictionary<string, string> keys = ValidKeys();
         keys["mode"] = "\u0001" + new string('x', 500);

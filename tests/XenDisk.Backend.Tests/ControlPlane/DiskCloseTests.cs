@@ -16,7 +16,7 @@ public sealed class DiskCloseTests(ITestOutputHelper output)
     [Theory]
     [InlineData(false, 1)]
     [InlineData(true, 0)]
-    public async Task StoppingTheBackendFlushesOnlyWritableDisksBeforeClosingThem(bool readOnly, int expectedFlushes)
+    public async Task Stopping_the_backend_flushes_only_writable_disks_before_closing_them(bool readOnly, int expectedFlushes)
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -31,7 +31,7 @@ public sealed class DiskCloseTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task RemovingAWritableDeviceFlushesItsDiskBeforeClosingIt()
+    public async Task Removing_a_writable_device_flushes_its_disk_before_closing_it()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();

@@ -15,7 +15,7 @@ public sealed class FrontendRingsTests
     }
 
     [Fact]
-    public void SingleRingRefIsOnePageOfTheNativeProtocol()
+    public void Single_ring_ref_is_one_page_of_the_native_protocol()
     {
         FrontendRings rings = Read(("ring-ref", "8"), ("event-channel", "3"));
 
@@ -28,7 +28,7 @@ public sealed class FrontendRingsTests
     }
 
     [Fact]
-    public void RingPageOrderNamesNumberedRefs()
+    public void Ring_page_order_names_numbered_refs()
     {
         FrontendRings rings = Read(("ring-page-order", "2"), ("ring-ref0", "10"), ("ring-ref1", "11"), ("ring-ref2", "12"), ("ring-ref3", "13"),
             ("event-channel", "5"), ("protocol", "x86_32-abi"), ("feature-persistent", "1"));
@@ -40,7 +40,7 @@ public sealed class FrontendRingsTests
     }
 
     [Fact]
-    public void LegacyNumRingPagesSpellingIsAccepted()
+    public void Legacy_num_ring_pages_spelling_is_accepted()
     {
         FrontendRings rings = Read(("num-ring-pages", "2"), ("ring-ref0", "20"), ("ring-ref1", "21"), ("event-channel", "7"));
 
@@ -49,7 +49,7 @@ public sealed class FrontendRingsTests
     }
 
     [Fact]
-    public void OrderZeroWithAPlainRingRefIsAccepted()
+    public void Order_zero_with_a_plain_ring_ref_is_accepted()
     {
         FrontendRings rings = Read(("ring-page-order", "0"), ("ring-ref", "9"), ("event-channel", "7"));
 
@@ -57,7 +57,7 @@ public sealed class FrontendRingsTests
     }
 
     [Fact]
-    public void MultiQueueKeysLiveInQueueDirectories()
+    public void Multi_queue_keys_live_in_queue_directories()
     {
         FrontendRings rings = Read(("multi-queue-num-queues", "2"), ("ring-page-order", "1"),
             ("queue-0/ring-ref0", "30"), ("queue-0/ring-ref1", "31"), ("queue-0/event-channel", "4"),
@@ -71,7 +71,7 @@ public sealed class FrontendRingsTests
     }
 
     [Fact]
-    public void OneQueueAnnouncedExplicitlyUsesTheFrontendDirectory()
+    public void One_queue_announced_explicitly_uses_the_frontend_directory()
     {
         FrontendRings rings = Read(("multi-queue-num-queues", "1"), ("ring-ref", "8"), ("event-channel", "3"));
 
@@ -108,7 +108,7 @@ public sealed class FrontendRingsTests
     [Theory]
     [InlineData("event-channel")]
     [InlineData("ring-ref")]
-    public void MissingKeysAreNamed(string missing)
+    public void Missing_keys_are_named(string missing)
     {
         var keys = new Dictionary<string, string>(StringComparer.Ordinal) { ["ring-ref"] = "8", ["event-channel"] = "3" };
         keys.Remove(missing);
@@ -119,7 +119,7 @@ public sealed class FrontendRingsTests
     }
 
     [Fact]
-    public void AMissingNumberedRefIsNamed()
+    public void A_missing_numbered_ref_is_named()
     {
         DeviceSetupException error = Assert.Throws<DeviceSetupException>(() =>
             Read(("ring-page-order", "1"), ("ring-ref0", "10"), ("event-channel", "3")));
@@ -128,7 +128,7 @@ public sealed class FrontendRingsTests
     }
 
     [Fact]
-    public void AMissingQueueDirectoryIsNamed()
+    public void A_missing_queue_directory_is_named()
     {
         DeviceSetupException error = Assert.Throws<DeviceSetupException>(() =>
             Read(("multi-queue-num-queues", "2"), ("queue-0/ring-ref", "30"), ("queue-0/event-channel", "4")));
@@ -137,7 +137,7 @@ public sealed class FrontendRingsTests
     }
 
     [Fact]
-    public void MalformedFeaturePersistentMeansNotOffered()
+    public void Malformed_feature_persistent_means_not_offered()
     {
         Assert.False(Read(("ring-ref", "8"), ("event-channel", "3"), ("feature-persistent", "yes")).PersistentGrants);
         Assert.False(Read(("ring-ref", "8"), ("event-channel", "3"), ("feature-persistent", "0")).PersistentGrants);

@@ -19,7 +19,7 @@ public sealed class HotplugContractTests(ITestOutputHelper output)
     private const string Script = "/etc/xen/scripts/xendisk";
 
     [Fact]
-    public async Task AScriptDeviceWhoseDiskIsMissingWaitsInInitWaitWithItsErrorAndClosesOnRemoval()
+    public async Task A_script_device_whose_disk_is_missing_waits_in_init_wait_with_its_error_and_closes_on_removal()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -46,7 +46,7 @@ public sealed class HotplugContractTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task AHealthyScriptDeviceConnectsOnlyAfterHotplugStatusConnected()
+    public async Task A_healthy_script_device_connects_only_after_hotplug_status_connected()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -71,7 +71,7 @@ public sealed class HotplugContractTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task HotplugStatusErrorKeepsAScriptDeviceFromConnecting()
+    public async Task Hotplug_status_error_keeps_a_script_device_from_connecting()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -92,7 +92,7 @@ public sealed class HotplugContractTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task ADeviceWithoutAScriptConnectsWithoutHotplugStatusAndFailsClosed()
+    public async Task A_device_without_a_script_connects_without_hotplug_status_and_fails_closed()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();

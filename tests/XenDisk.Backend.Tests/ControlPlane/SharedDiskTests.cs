@@ -16,7 +16,7 @@ public sealed class SharedDiskTests(ITestOutputHelper output)
     private const int Device = 51712;
 
     [Fact]
-    public async Task TheIncomingDomainOfAVmSharesTheOutgoingDomainsDiskUntilTheLastDeviceGoes()
+    public async Task The_incoming_domain_of_a_vm_shares_the_outgoing_domains_disk_until_the_last_device_goes()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         bed.Disks.Add("disk", 4 << 20);
@@ -47,7 +47,7 @@ public sealed class SharedDiskTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task DevicesOfDifferentVmsOrOfDomainsWithoutAVmEachOpenTheDisk()
+    public async Task Devices_of_different_vms_or_of_domains_without_a_vm_each_open_the_disk()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         bed.Disks.Add("disk", 4 << 20);

@@ -28,7 +28,7 @@ public sealed class DataPathEndToEndTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(Shapes))]
-    public async Task WrittenDataReadsBackOverEveryRingShape(int queues, int order, RingKeySpelling spelling, BlkifProtocol protocol, bool persistent, bool indirect)
+    public async Task Written_data_reads_back_over_every_ring_shape(int queues, int order, RingKeySpelling spelling, BlkifProtocol protocol, bool persistent, bool indirect)
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -81,7 +81,7 @@ public sealed class DataPathEndToEndTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task IoBeyondTheEndOfTheDiskIsAnError()
+    public async Task Io_beyond_the_end_of_the_disk_is_an_error()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         DiskAttachment attachment = await bed.AttachReadyAsync(bed.CreateGuest(), Device, "disk", 1 << 20);
@@ -94,7 +94,7 @@ public sealed class DataPathEndToEndTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task FourKiBLogicalSectorsCarryData()
+    public async Task Four_KiB_logical_sectors_carry_data()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         DiskAttachment attachment = await bed.AttachReadyAsync(bed.CreateGuest(), Device, "disk", 2 << 20, logicalSectorSize: 4096);
@@ -111,7 +111,7 @@ public sealed class DataPathEndToEndTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task AReadOnlyDiskRefusesWritesAndServesReads()
+    public async Task A_read_only_disk_refuses_writes_and_serves_reads()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -138,7 +138,7 @@ public sealed class DataPathEndToEndTests(ITestOutputHelper output)
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
-    public async Task DiscardedSectorsReadAsZeros(bool secure)
+    public async Task Discarded_sectors_read_as_zeros(bool secure)
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         DiskAttachment attachment = await bed.AttachReadyAsync(bed.CreateGuest(), Device, "disk", 1 << 20);
@@ -160,7 +160,7 @@ public sealed class DataPathEndToEndTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task FlushAndBarrierSucceedAndKeepTheData()
+    public async Task Flush_and_barrier_succeed_and_keep_the_data()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         DiskAttachment attachment = await bed.AttachReadyAsync(bed.CreateGuest(), Device, "disk", 1 << 20);
@@ -181,7 +181,7 @@ public sealed class DataPathEndToEndTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task IndirectRequestsCarryTheLargestNegotiatedTransfers()
+    public async Task Indirect_requests_carry_the_largest_negotiated_transfers()
     {
         BackendOptions options = BackendTestBed.DefaultOptions with { MaxIndirectSegments = 256 };
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output, options);

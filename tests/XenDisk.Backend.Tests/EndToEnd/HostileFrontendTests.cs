@@ -21,7 +21,7 @@ public sealed class HostileFrontendTests(ITestOutputHelper output)
     private const string SeedVariable = "XENDISK_HOSTILE_SEED";
 
     [Fact]
-    public async Task GarbageOnOneRingNeverDisturbsAnotherDevice()
+    public async Task Garbage_on_one_ring_never_disturbs_another_device()
     {
         int seed = int.TryParse(Environment.GetEnvironmentVariable(SeedVariable), out int fixedSeed) ? fixedSeed : Random.Shared.Next();
         output.WriteLine($"hostile seed {seed} (set {SeedVariable} to replay)");

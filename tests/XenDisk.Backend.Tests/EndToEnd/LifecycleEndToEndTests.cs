@@ -18,7 +18,7 @@ public sealed class LifecycleEndToEndTests(ITestOutputHelper output)
     private const int SecondDevice = 51728;
 
     [Fact]
-    public async Task OnlineResizeShowsTheFrontendTheNewSizeAndTheNewSectorsCarryData()
+    public async Task Online_resize_shows_the_frontend_the_new_size_and_the_new_sectors_carry_data()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -45,7 +45,7 @@ public sealed class LifecycleEndToEndTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task AGrownDiskReachesTheFrontendThroughThePeriodicSizeCheck()
+    public async Task A_grown_disk_reaches_the_frontend_through_the_periodic_size_check()
     {
         BackendOptions options = BackendTestBed.DefaultOptions with { SizeCheckInterval = TimeSpan.FromMilliseconds(20) };
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output, options);
@@ -71,7 +71,7 @@ public sealed class LifecycleEndToEndTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task AFrontendReconnectsAndFindsItsData()
+    public async Task A_frontend_reconnects_and_finds_its_data()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -94,7 +94,7 @@ public sealed class LifecycleEndToEndTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task DetachReleasesEveryMappingAndForgetsTheDevice()
+    public async Task Detach_releases_every_mapping_and_forgets_the_device()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -115,7 +115,7 @@ public sealed class LifecycleEndToEndTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task ARestartedBackendPicksUpAConnectedFrontend()
+    public async Task A_restarted_backend_picks_up_a_connected_frontend()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -136,7 +136,7 @@ public sealed class LifecycleEndToEndTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task Vbd3AndTheScriptFilterServeOnlyTheirDevices()
+    public async Task Vbd3_and_the_script_filter_serve_only_their_devices()
     {
         BackendOptions options = BackendTestBed.DefaultOptions with { Kinds = ["vbd", "vbd3"], HotplugScriptFilter = "xendisk" };
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output, options);
@@ -171,7 +171,7 @@ public sealed class LifecycleEndToEndTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(ToolstackFaults))]
-    public async Task ABadlyConfiguredDeviceIsClosedWhileAnotherKeepsServing(string fault, string expectedError)
+    public async Task A_badly_configured_device_is_closed_while_another_keeps_serving(string fault, string expectedError)
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
         SimulatedDomain guest = bed.CreateGuest();
@@ -201,7 +201,7 @@ public sealed class LifecycleEndToEndTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(FrontendFaults))]
-    public async Task AFrontendAskingTooMuchIsRefusedWhileAnotherKeepsServing(int? queues, int? order, string expectedError)
+    public async Task A_frontend_asking_too_much_is_refused_while_another_keeps_serving(int? queues, int? order, string expectedError)
     {
         BackendOptions options = BackendTestBed.DefaultOptions with { MaxQueues = 4, MaxRingPageOrder = 2 };
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output, options);

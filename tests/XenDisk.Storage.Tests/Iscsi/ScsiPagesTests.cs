@@ -7,7 +7,7 @@ namespace XenDisk.Storage.Tests.Iscsi;
 public sealed class ScsiPagesTests
 {
     [Fact]
-    public void ACapacityIsItsLastLbaPlusOneTimesTheBlockLength()
+    public void A_capacity_is_its_last_lba_plus_one_times_the_block_length()
     {
         ReadCapacity16? capacity = ReadCapacity16.Parse(Data(lastLba: 2047, blockLength: 4096));
         Assert.NotNull(capacity);
@@ -19,13 +19,13 @@ public sealed class ScsiPagesTests
     [InlineData(ulong.MaxValue, 512u)]
     [InlineData((ulong)long.MaxValue, 512u)]
     [InlineData((ulong)long.MaxValue / 4096, 4096u)]
-    public void ACapacityBeyondWhatALongHoldsIsRefused(ulong lastLba, uint blockLength)
+    public void A_capacity_beyond_what_a_long_holds_is_refused(ulong lastLba, uint blockLength)
     {
         Assert.Null(ReadCapacity16.Parse(Data(lastLba, blockLength)));
     }
 
     [Fact]
-    public void TheLargestCapacityThatFitsIsAccepted()
+    public void The_largest_capacity_that_fits_is_accepted()
     {
         ulong lastLba = (ulong)long.MaxValue / 512 - 1;
         ReadCapacity16? capacity = ReadCapacity16.Parse(Data(lastLba, 512));
