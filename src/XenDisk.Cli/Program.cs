@@ -14,7 +14,7 @@ internal static class Program
 
     public static int Main(string[] args)
     {
-        var root = new RootCommand("xendisk: a userspace Xen block backend with copy-on-write disks")
+        var root = CommandLineErrors.NameUnknownTokens(new RootCommand("xendisk: a userspace Xen block backend with copy-on-write disks")
         {
             ServeCommand.Create(),
             StatusCommand.Create(),
@@ -23,7 +23,7 @@ internal static class Program
             IoCommand.Create(),
             DemoCommand.Create(),
             BenchCommand.Create(),
-        };
-        return root.Parse(args).Invoke(new InvocationConfiguration { ProcessTerminationTimeout = ShutdownAllowance });
+        });
+        return CommandLineErrors.Invoke(root, args, new InvocationConfiguration { ProcessTerminationTimeout = ShutdownAllowance });
     }
 }

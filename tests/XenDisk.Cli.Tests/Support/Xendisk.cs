@@ -17,17 +17,17 @@ public static class Xendisk
 {
     public static CliResult Run(params string[] args)
     {
-        var root = new RootCommand("xendisk (tests)")
+        var root = CommandLineErrors.NameUnknownTokens(new RootCommand("xendisk (tests)")
         {
             ImageCommand.Create(),
             IoCommand.Create(),
             StatusCommand.Create(),
             HydrateCommand.Create(),
             new Command("bench") { BenchCowCommand.CreateCow() },
-        };
+        });
         StringWriter output = new();
         StringWriter error = new();
-        int exitCode = root.Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
+        int exitCode = CommandLineErrors.Invoke(root, args, new InvocationConfiguration { Output = output, Error = error });
         return new CliResult(exitCode, output.ToString(), error.ToString());
     }
 
