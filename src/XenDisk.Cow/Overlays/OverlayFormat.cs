@@ -81,6 +81,48 @@ public abstract class OverlayFormat
     public abstract OverlayOperationResult Commit(string imagePath, OverlayCommitOptions? options = null, OverlayFileOptions? files = null, CancellationToken cancellationToken = default);
 
     /// <summary>
+    /// Describes the image on <paramref name="image"/> (stored at <paramref name="imagePath"/>) from its
+    /// header and tables, without opening it for I/O or following its base. Throws
+    /// <see cref="StorageException"/> for an image the format refuses.
+    /// </summary>
+    public abstract OverlayDescription Describe(IBlockDevice image, string imagePath);
+
+    /// <summary>Where a base recorded as <paramref name="baseName"/> in the image at <paramref name="imagePath"/> lies, by the format's rule.</summary>
+    public abstract string ResolveBasePath(string imagePath, string baseName);
+
+    /// <summary>
+    /// The refusal of a file operation this format does not have (<see cref="OverlayOperationResult.Unsupported"/>,
+    /// naming the image), or null when it has it. The operation itself refuses the same way when called.
+    /// </summary>
+    public abstract OverlayOperationResult? Refuses(OverlayFileOperation operation, string imagePath);
+
+    /// <summary>
+    /// Changes the virtual size of the image at <paramref name="imagePath"/> (which no one may have open)
+    /// to what <paramref name="newSize"/> returns for the current size; null from it leaves the image
+    /// as it is and returns Ok with nothing examined. A size the format cannot take is
+    /// <see cref="OverlayOperationResult.Invalid"/> or <see cref="OverlayOperationResult.Unsupported"/>.
+    /// </summary>
+    public abstract OverlayOperationResult Resize(string imagePath, Func<long, long?> newSize, OverlayFileOptions? files = null);
+
+    /// <summary>
+    /// Freezes the image at <paramref name="imagePath"/> by stacking a new, empty overlay on it at
+    /// <paramref name="newOverlayPath"/>. Throws <see cref="StorageException"/> when it cannot.
+    /// </summary>
+    public abstract OverlayOperationResult Snapshot(string imagePath, string newOverlayPath);
+
+    /// <summary>Points the image at a different base (or none), copying what differs first unless unsafe.</summary>
+    public abstract OverlayOperationResult Rebase(string imagePath, OverlayRebaseOptions options, OverlayFileOptions? files = null, CancellationToken cancellationToken = default);
+
+    /// <summary>The unit a new image of the format allocates: what counts as one piece of data when measuring.</summary>
+    public abstract int AllocationUnit { get; }
+
+    /// <summary>
+    /// How large a new image of this format with the default settings would be for a disk of
+    /// <paramref name="virtualSize"/> holding <paramref name="dataBytes"/> (whole <see cref="AllocationUnit"/>s).
+    /// </summary>
+    public abstract OverlaySizeEstimate Measure(long virtualSize, long dataBytes);
+
+    /// <summary>
     /// Opens the overlay <see cref="OverlayAttachment.OverlayPath"/> over the opened base, creating it
     /// over the base when it is absent, blank or transient; an existing overlay must record this base.
     /// On success the image owns <paramref name="baseDevice"/> (or has disposed it, when the overlay no

@@ -99,7 +99,7 @@ internal static class ImageFiles
         {
             return false;
         }
-        overlay = OverlayFormat.Find(ImageFormats.Name(format));
+        overlay = ImageFormats.Overlay(format);
         return true;
     }
 

@@ -1,0 +1,95 @@
+namespace XenDisk.Cow.Overlays;
+
+/// <summary>
+/// What <see cref="OverlayFormat.Describe"/> reads from an overlay file without opening it for I/O or
+/// following its base: the fields qemu-img info reports and XenDisk's additions. A member a format does
+/// not have is null.
+/// </summary>
+public sealed record OverlayDescription
+{
+    public required long VirtualSize { get; init; }
+
+    /// <summary>The image file's length (sparse files take less on disk).</summary>
+    public required long FileSize { get; init; }
+
+    public int? ClusterSize { get; init; }
+
+    public int? GrainSize { get; init; }
+
+    public string? BackingFile { get; init; }
+
+    public string? BackingFormat { get; init; }
+
+    /// <summary>Where <see cref="BackingFile"/> resolves to, by the format's rule for base names.</summary>
+    public string? FullBackingFilename { get; init; }
+
+    /// <summary>Guest data held in this image (qcow2: data clusters; bitmap: mapped grains).</summary>
+    public long? AllocatedBytes { get; init; }
+
+    public IReadOnlyList<string> Features { get; init; } = [];
+
+    public bool Dirty { get; init; }
+
+    public bool Corrupt { get; init; }
+
+    /// <summary>Memory the engine needs to keep all of one GiB's mapping metadata cached.</summary>
+    public long? MetadataBytesPerGiB { get; init; }
+
+    public int? Version { get; init; }
+
+    public int? RefcountBits { get; init; }
+
+    public bool? ExtendedL2 { get; init; }
+
+    public bool? LazyRefcounts { get; init; }
+
+    public int? Snapshots { get; init; }
+
+    /// <summary>The persistent dirty bitmaps the image holds, where the format has them.</summary>
+    public IReadOnlyList<OverlayBitmapInfo>? Bitmaps { get; init; }
+
+    /// <summary>Every unit is in the overlay (hydrated); the base is no longer read. Null where the format does not record it.</summary>
+    public bool? Standalone { get; init; }
+
+    /// <summary>The base's size when the overlay was made, where the format records it.</summary>
+    public long? BaseSize { get; init; }
+
+    /// <summary>
+    /// The format's own information as qemu-img info prints it under "Format specific information:",
+    /// one line each, indented relative to that heading.
+    /// </summary>
+    public IReadOnlyList<string> Details { get; init; } = [];
+}
+
+/// <summary>One persistent dirty bitmap: qemu-img info's name, granularity and flags ("in-use", "auto").</summary>
+public sealed record OverlayBitmapInfo(string Name, long Granularity, IReadOnlyList<string> Flags);
+
+/// <summary>How large a new image of the format would be (qemu-img measure's two figures).</summary>
+/// <param name="Required">The file size a new image holding the data needs.</param>
+/// <param name="FullyAllocated">The file size when every unit is allocated.</param>
+public readonly record struct OverlaySizeEstimate(long Required, long FullyAllocated);
+
+/// <summary>The operations on image files a format may lack; <see cref="OverlayFormat.Refuses"/> says which.</summary>
+public enum OverlayFileOperation
+{
+    Resize,
+    Snapshot,
+    Rebase,
+    Measure,
+}
+
+/// <summary>How <see cref="OverlayFormat.Rebase"/> runs.</summary>
+public sealed record OverlayRebaseOptions
+{
+    /// <summary>The new base as the image is to record it, or null to remove the base (which hydrates).</summary>
+    public string? NewBase { get; init; }
+
+    /// <summary>The new base's format (raw or qcow2); the format is never probed.</summary>
+    public string? NewBaseFormat { get; init; }
+
+    /// <summary>Only rewrite the recorded base (qemu-img rebase -u): correct only when the new base has the same contents.</summary>
+    public bool Unsafe { get; init; }
+
+    /// <summary>Called with (guest bytes examined, virtual size) while the differences are copied.</summary>
+    public Action<long, long>? Progress { get; init; }
+}
