@@ -155,7 +155,9 @@ internal sealed partial class Qcow2OverlayFormat
     public override OverlaySizeEstimate Measure(long virtualSize, long dataBytes)
     {
         long full = PreallocatedSize(virtualSize);
-        return new OverlaySizeEstimate(full - virtualSize + dataBytes, full);
+        // qcow2_measure rounds the size up to whole clusters first: the metadata is what is not data.
+        long alignedSize = (virtualSize + DefaultClusterSize - 1) / DefaultClusterSize * DefaultClusterSize;
+        return new OverlaySizeEstimate(full - alignedSize + dataBytes, full);
     }
 
     private static long PreallocatedSize(long virtualSize)
