@@ -49,6 +49,38 @@ internal sealed partial class BitmapOverlayFormat
         };
     }
 
+    /// <summary>
+    /// A bitmap overlay is opened over the base its header records (a file by absolute path, or a LUN),
+    /// as the provider opens cow:BASE,OVERLAY,format=bitmap; a hydrated (standalone) one needs no base
+    /// and is opened alone.
+    /// </summary>
+    public override IBlockDevice OpenForIo(string path, bool readOnly, IDiskProvider provider, Func<string, bool, IBlockDevice> openStorage)
+    {
+        BitmapHeader header;
+        using (IBlockDevice probe = openStorage(path, true))
+        {
+            header = BitmapOverlay.ReadHeader(probe);
+        }
+        if (header.IsStandalone)
+        {
+            IBlockDevice cow = openStorage(path, readOnly);
+            try
+            {
+                return BitmapOverlay.Open(cow, null, new BitmapOverlayOptions { ReadOnly = readOnly, OwnsDevices = true });
+            }
+            catch
+            {
+                cow.Dispose();
+                throw;
+            }
+        }
+        if (!OverlayAttachment.IsLun(header.BaseName) && (header.BaseName.Length == 0 || !Path.IsPathFullyQualified(header.BaseName)))
+        {
+            throw new StorageException($"The bitmap overlay '{path}' records no absolute base path (\"{header.BaseName}\"), so its base cannot be found.");
+        }
+        return provider.Open(new DiskSpecification($"cow:{header.BaseName},{path},format=bitmap", readOnly));
+    }
+
     /// <summary>A bitmap overlay records its base by absolute path only (docs/BITMAP-FORMAT.md, base name).</summary>
     public override string ResolveBasePath(string imagePath, string baseName) => Path.GetFullPath(baseName);
 

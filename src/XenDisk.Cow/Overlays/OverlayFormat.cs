@@ -123,6 +123,20 @@ public abstract class OverlayFormat
     public abstract OverlaySizeEstimate Measure(long virtualSize, long dataBytes);
 
     /// <summary>
+    /// Why an image of this format cannot live on an iSCSI LUN (for an operator), or null when it can.
+    /// </summary>
+    public virtual string? LunRefusal => null;
+
+    /// <summary>
+    /// Opens the image at <paramref name="path"/> (a full path, or a LUN's URL) for guest-style I/O
+    /// through <paramref name="provider"/>, the backend's disk provider, so that a tool gets the same
+    /// devices, caches and checks a guest's disk gets, with the base the image records.
+    /// <paramref name="openStorage"/> opens the image's own storage (path, read-only), locked as QEMU
+    /// locks images. The caller owns the device returned. Throws <see cref="StorageException"/>.
+    /// </summary>
+    public abstract IBlockDevice OpenForIo(string path, bool readOnly, IDiskProvider provider, Func<string, bool, IBlockDevice> openStorage);
+
+    /// <summary>
     /// Opens the overlay <see cref="OverlayAttachment.OverlayPath"/> over the opened base, creating it
     /// over the base when it is absent, blank or transient; an existing overlay must record this base.
     /// On success the image owns <paramref name="baseDevice"/> (or has disposed it, when the overlay no
