@@ -3,6 +3,7 @@ using System.Text.Json;
 using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Overlays;
 using XenDisk.Cow.Policies;
+using XenDisk.Cow.Provider;
 using XenDisk.Cow.Storage;
 using XenDisk.Cow.Tests.Qcow2.Support;
 using XenDisk.Storage;
@@ -197,5 +198,46 @@ public sealed class OverlayFileOperationTests : IDisposable
             Assert.Equal(measured.RootElement.GetProperty("fully-allocated").GetInt64(), estimate.FullyAllocated);
             Assert.Equal(measured.RootElement.GetProperty("required").GetInt64() + dataBytes, estimate.Required);
         }
+    }
+
+    [Theory]
+    [MemberData(nameof(Formats))]
+    public void OpenForIo_ServesTheImageOverItsBase_AndWritesLastAcrossAReopen(string name)
+    {
+        OverlayFormat format = OverlayFormat.Find(name)!;
+        string overlay = MakeOverlay(name);
+        byte[] baseBefore = Hash(_dir.File("base.raw"));
+        CowDiskProvider provider = new(new CowProviderOptions { AllowedBaseDirectories = [_dir.Path] });
+        byte[] written = new byte[8192];
+        Array.Fill(written, (byte)0x77);
+
+        using (IBlockDevice device = format.OpenForIo(overlay, readOnly: false, provider, (path, readOnly) => ImageLocks.OpenRaw(path, readOnly)))
+        {
+            Assert.Equal(BaseSize, device.Info.SizeBytes);
+            AssertFilled(device, 1 << 20, (int)Written, 0x5a);
+            AssertFilled(device, 0, 4096, 0x11);
+            Assert.Equal(IoStatus.Ok, device.WriteAt(3 << 20, written));
+            Assert.Equal(IoStatus.Ok, device.Flush());
+        }
+
+        Assert.Equal(baseBefore, Hash(_dir.File("base.raw")));
+        using (IBlockDevice device = format.OpenForIo(overlay, readOnly: true, provider, (path, readOnly) => ImageLocks.OpenRaw(path, readOnly)))
+        {
+            Assert.True(device.Info.ReadOnly);
+            AssertFilled(device, 3 << 20, written.Length, 0x77);
+            AssertFilled(device, 2 << 20, 4096, 0x11);
+        }
+        if (name == "qcow2")
+        {
+            QemuTools.RunOk(QemuTools.QemuIo, "-f", "qcow2", "-r", "-c", "read -P 0x77 3M 8k", "-c", "read -P 0x5a 1M 64k", overlay);
+            Assert.Contains("No errors", QemuTools.Run(QemuTools.QemuImg, "check", overlay).Output);
+        }
+    }
+
+    private static void AssertFilled(IBlockDevice device, long offset, int length, byte value)
+    {
+        byte[] data = new byte[length];
+        Assert.Equal(IoStatus.Ok, device.ReadAt(offset, data));
+        Assert.Equal(-1, data.AsSpan().IndexOfAnyExcept(value));
     }
 }
