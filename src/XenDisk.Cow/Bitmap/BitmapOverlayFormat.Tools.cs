@@ -81,8 +81,12 @@ internal sealed partial class BitmapOverlayFormat
         return provider.Open(new DiskSpecification($"cow:{header.BaseName},{path},format=bitmap", readOnly));
     }
 
-    /// <summary>A bitmap overlay records its base by absolute path only (docs/BITMAP-FORMAT.md, base name).</summary>
-    public override string ResolveBasePath(string imagePath, string baseName) => Path.GetFullPath(baseName);
+    /// <summary>
+    /// A bitmap overlay records its base by absolute path only (docs/BITMAP-FORMAT.md, base name), which
+    /// resolves to itself; a name given when one is made is relative to the new overlay's directory, as QEMU resolves backing names.
+    /// </summary>
+    public override string ResolveBasePath(string imagePath, string baseName) =>
+        Path.GetFullPath(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(imagePath)) ?? "/", baseName));
 
     public override OverlayOperationResult? Refuses(OverlayFileOperation operation, string imagePath) => operation switch
     {

@@ -93,3 +93,24 @@ public sealed record OverlayRebaseOptions
     /// <summary>Called with (guest bytes examined, virtual size) while the differences are copied.</summary>
     public Action<long, long>? Progress { get; init; }
 }
+
+/// <summary>What <see cref="OverlayFormat.Create"/> makes: the size, the base, and the format's own settings.</summary>
+public sealed record OverlayCreateOptions
+{
+    public required long VirtualSize { get; init; }
+
+    /// <summary>The base as the image is to record it, or null for none.</summary>
+    public string? BaseName { get; init; }
+
+    /// <summary>The base's format (raw or qcow2); never probed.</summary>
+    public string? BaseFormat { get; init; }
+
+    /// <summary>Where the base lies (a relative name is relative to the new image's directory), or null for none.</summary>
+    public string? BasePath { get; init; }
+
+    /// <summary>The format's options by name (qemu-img create -o key=value), validated by the format.</summary>
+    public IReadOnlyDictionary<string, string> Settings { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>How a size-valued setting (cluster_size=64k) is read, in the caller's syntax; null when it is no size.</summary>
+    public required Func<string, long?> ParseSize { get; init; }
+}

@@ -123,6 +123,19 @@ public abstract class OverlayFormat
     public abstract OverlaySizeEstimate Measure(long virtualSize, long dataBytes);
 
     /// <summary>
+    /// Why a new image of this format cannot have the base described (<paramref name="hasBase"/>, of
+    /// format <paramref name="baseFormat"/>, null when not given), for an operator; null when it can.
+    /// </summary>
+    public abstract string? BaseRefusal(bool hasBase, string? baseFormat);
+
+    /// <summary>
+    /// Creates a new image at <paramref name="imagePath"/> (which must not exist). A setting the format
+    /// does not know or cannot take is <see cref="OverlayOperationResult.Invalid"/> and nothing is left
+    /// behind; a file that cannot be made throws <see cref="StorageException"/>.
+    /// </summary>
+    public abstract OverlayOperationResult Create(string imagePath, OverlayCreateOptions options);
+
+    /// <summary>
     /// Why an image of this format cannot live on an iSCSI LUN (for an operator), or null when it can.
     /// </summary>
     public virtual string? LunRefusal => null;
