@@ -136,6 +136,19 @@ public abstract class OverlayFormat
     public abstract OverlayOperationResult Create(string imagePath, OverlayCreateOptions options);
 
     /// <summary>
+    /// Why this format cannot be a conversion's target with <paramref name="options"/>
+    /// (<see cref="OverlayOperationResult.Unsupported"/> for a format that cannot be one at all,
+    /// <see cref="OverlayOperationResult.Invalid"/> for an option it does not take), or null when it can.
+    /// </summary>
+    public abstract OverlayOperationResult? RefusesConversionTarget(OverlayConversionOptions options);
+
+    /// <summary>
+    /// Creates a standalone image of <paramref name="virtualSize"/> at <paramref name="imagePath"/>,
+    /// replacing a file there, for a conversion to write into. Throws <see cref="StorageException"/>.
+    /// </summary>
+    public abstract OverlayConversionTarget CreateConversionTarget(string imagePath, long virtualSize, OverlayConversionOptions options);
+
+    /// <summary>
     /// Why an image of this format cannot live on an iSCSI LUN (for an operator), or null when it can.
     /// </summary>
     public virtual string? LunRefusal => null;

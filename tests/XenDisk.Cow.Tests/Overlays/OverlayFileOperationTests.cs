@@ -234,6 +234,92 @@ public sealed class OverlayFileOperationTests : IDisposable
         }
     }
 
+    [Theory]
+    [MemberData(nameof(Formats))]
+    public void Create_MakesAnOverlayOverAQemuBase_AndRefusesBadSettingsLeavingNothing(string name)
+    {
+        OverlayFormat format = OverlayFormat.Find(name)!;
+        string basePath = _dir.File("base.raw");
+        QemuTools.RunOk(QemuTools.QemuImg, "create", "-q", "-f", "raw", basePath, "4M");
+        QemuTools.RunOk(QemuTools.QemuIo, "-f", "raw", "-c", "write -P 0x11 0 4M", basePath);
+        Func<string, long?> parseSize = text => long.TryParse(text, out long bytes) ? bytes : null;
+        string overlay = _dir.File("new." + name);
+
+        // Every overlay format takes a raw base named with its format.
+        Assert.Null(format.BaseRefusal(hasBase: true, "raw"));
+        OverlayOperationResult unknown = format.Create(overlay, new OverlayCreateOptions
+        {
+            VirtualSize = BaseSize, BaseName = basePath, BaseFormat = "raw", BasePath = basePath,
+            Settings = new Dictionary<string, string> { ["colour"] = "red" }, ParseSize = parseSize,
+        });
+        Assert.Equal(IoStatus.OutOfRange, unknown.Status);
+        Assert.Contains("'colour'", unknown.Error);
+        Assert.False(File.Exists(overlay));
+
+        OverlayOperationResult created = format.Create(overlay, new OverlayCreateOptions
+        {
+            VirtualSize = BaseSize, BaseName = basePath, BaseFormat = "raw", BasePath = basePath, ParseSize = parseSize,
+        });
+
+        Assert.True(created.Succeeded, created.Error);
+        OverlayDescription description = Describe(format, overlay);
+        Assert.Equal(BaseSize, description.VirtualSize);
+        Assert.Equal(basePath, description.FullBackingFilename);
+        Assert.Equal(0, description.AllocatedBytes);
+        using (IBlockDevice device = format.OpenForIo(overlay, readOnly: true, new CowDiskProvider(new CowProviderOptions { AllowedBaseDirectories = [_dir.Path] }),
+            (path, readOnly) => ImageLocks.OpenRaw(path, readOnly)))
+        {
+            AssertFilled(device, 0, 65536, 0x11);
+        }
+        if (name == "qcow2")
+        {
+            Assert.Contains("No errors", QemuTools.Run(QemuTools.QemuImg, "check", overlay).Output);
+            QemuTools.RunOk(QemuTools.QemuIo, "-f", "qcow2", "-r", "-c", "read -P 0x11 0 4M", overlay);
+        }
+    }
+
+    [Theory]
+    [InlineData("qcow2", false)]
+    [InlineData("qcow2", true)]
+    [InlineData("bitmap", false)]
+    [InlineData("bitmap", true)]
+    public void ConversionTarget_HoldsWhatIsWrittenPlainOrCompressed_OrIsRefusedByTheFormat(string name, bool compressed)
+    {
+        OverlayFormat format = OverlayFormat.Find(name)!;
+        string target = _dir.File("converted." + name);
+        var options = new OverlayConversionOptions { Compressed = compressed, Settings = compressed ? ["compression_type=zstd"] : [] };
+
+        if (format.RefusesConversionTarget(options) is { } refusal)
+        {
+            Assert.Equal(IoStatus.NotSupported, refusal.Status);
+            Assert.ThrowsAny<Exception>(() => format.CreateConversionTarget(target, BaseSize, options).Dispose());
+            Assert.False(File.Exists(target));
+            return;
+        }
+        Assert.Equal(IoStatus.OutOfRange, format.RefusesConversionTarget(options with { Settings = ["compression_type=lzo"] })?.Status);
+
+        byte[] unit;
+        using (OverlayConversionTarget converted = format.CreateConversionTarget(target, BaseSize, options))
+        {
+            unit = new byte[converted.CompressionUnit];
+            Array.Fill(unit, (byte)0x3c);
+            string? error = null;
+            IoStatus written = compressed ? converted.WriteCompressed(1 << 20, unit, out error) : converted.Device.WriteAt(1 << 20, unit);
+            Assert.True(written == IoStatus.Ok, error);
+            Assert.Equal(IoStatus.Ok, converted.Finish());
+        }
+
+        Assert.Contains("No errors", QemuTools.Run(QemuTools.QemuImg, "check", target).Output);
+        QemuTools.RunOk(QemuTools.QemuIo, "-f", name, "-r", "-c", $"read -P 0x3c 1M {unit.Length}", "-c", "read -P 0 0 1M", target);
+        if (compressed)
+        {
+            using JsonDocument info = JsonDocument.Parse(QemuTools.RunOk(QemuTools.QemuImg, "info", "--output=json", target));
+            Assert.Equal("zstd", info.RootElement.GetProperty("format-specific").GetProperty("data").GetProperty("compression-type").GetString());
+            using JsonDocument check = JsonDocument.Parse(QemuTools.RunOk(QemuTools.QemuImg, "check", "--output=json", target));
+            Assert.Equal(1, check.RootElement.GetProperty("compressed-clusters").GetInt32());
+        }
+    }
+
     private static void AssertFilled(IBlockDevice device, long offset, int length, byte value)
     {
         byte[] data = new byte[length];
