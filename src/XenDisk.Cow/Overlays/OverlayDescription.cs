@@ -76,6 +76,7 @@ public enum OverlayFileOperation
     Snapshot,
     Rebase,
     Measure,
+    Amend,
 }
 
 /// <summary>How <see cref="OverlayFormat.Rebase"/> runs.</summary>

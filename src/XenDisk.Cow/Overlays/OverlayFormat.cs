@@ -148,6 +148,16 @@ public abstract class OverlayFormat
     /// </summary>
     public abstract OverlayConversionTarget CreateConversionTarget(string imagePath, long virtualSize, OverlayConversionOptions options);
 
+    /// <summary>True when an image of this format can be another image's base (backing file).</summary>
+    public abstract bool CanBeBase { get; }
+
+    /// <summary>
+    /// Changes the format options of the image at <paramref name="imagePath"/> (which no one may have
+    /// open) as qemu-img amend -o does. An option the format does not know or cannot take is
+    /// <see cref="OverlayOperationResult.Invalid"/>, checked before anything is written.
+    /// </summary>
+    public abstract OverlayOperationResult Amend(string imagePath, IReadOnlyList<string> settings, OverlayFileOptions? files = null);
+
     /// <summary>
     /// Why an image of this format cannot live on an iSCSI LUN (for an operator), or null when it can.
     /// </summary>

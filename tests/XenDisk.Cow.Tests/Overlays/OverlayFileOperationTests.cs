@@ -320,6 +320,44 @@ public sealed class OverlayFileOperationTests : IDisposable
         }
     }
 
+    [Theory]
+    [MemberData(nameof(Formats))]
+    public void Amend_ChangesTheVersionOfAQemuImage_OrIsRefusedByTheFormat(string name)
+    {
+        OverlayFormat format = OverlayFormat.Find(name)!;
+        string overlay = MakeOverlay(name);
+        if (name == "qcow2")
+        {
+            // A version 2 image, as qemu-img makes it with compat=0.10.
+            File.Delete(overlay);
+            QemuTools.RunOk(QemuTools.QemuImg, "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "-b", "base.raw", "-F", "raw", overlay);
+            QemuTools.RunOk(QemuTools.QemuIo, "-f", "qcow2", "-c", "write -P 0x5a 1M 64k", overlay);
+        }
+        byte[] before = Hash(overlay);
+
+        if (format.Refuses(OverlayFileOperation.Amend, overlay) is { } refusal)
+        {
+            Assert.Equal(refusal, format.Amend(overlay, ["compat=1.1"], Files));
+            Assert.Equal(before, Hash(overlay));
+            return;
+        }
+
+        Assert.Equal(IoStatus.OutOfRange, format.Amend(overlay, ["cluster_size=4k"], Files).Status);
+        Assert.Equal(IoStatus.OutOfRange, format.Amend(overlay, ["compat=2.0"], Files).Status);
+        Assert.Equal(before, Hash(overlay));
+
+        OverlayOperationResult amended = format.Amend(overlay, ["compat=1.1", "lazy_refcounts=on"], Files);
+
+        Assert.True(amended.Succeeded, amended.Error);
+        using JsonDocument info = JsonDocument.Parse(QemuTools.RunOk(QemuTools.QemuImg, "info", "--output=json", overlay));
+        JsonElement data = info.RootElement.GetProperty("format-specific").GetProperty("data");
+        Assert.Equal("1.1", data.GetProperty("compat").GetString());
+        Assert.True(data.GetProperty("lazy-refcounts").GetBoolean());
+        Assert.Contains("No errors", QemuTools.Run(QemuTools.QemuImg, "check", overlay).Output);
+        QemuTools.RunOk(QemuTools.QemuIo, "-f", "qcow2", "-r", "-c", "read -P 0x5a 1M 64k", "-c", "read -P 0x11 0 64k", overlay);
+        Assert.True(format.CanBeBase);
+    }
+
     private static void AssertFilled(IBlockDevice device, long offset, int length, byte value)
     {
         byte[] data = new byte[length];
