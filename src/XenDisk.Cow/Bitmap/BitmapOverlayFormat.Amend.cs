@@ -12,4 +12,8 @@ internal sealed partial class BitmapOverlayFormat
 
     public override OverlayOperationResult Amend(string imagePath, IReadOnlyList<string> settings, OverlayFileOptions? files = null) =>
         Refuses(OverlayFileOperation.Amend, imagePath)!;
+
+    /// <summary>A bitmap overlay's own grain map is its only bitmap; it holds no persistent dirty bitmaps.</summary>
+    public override OverlayOperationResult EditBitmaps(string imagePath, OverlayBitmapEdit edit, OverlayFileOptions? files = null) =>
+        Refuses(OverlayFileOperation.Bitmaps, imagePath)!;
 }

@@ -94,6 +94,7 @@ internal sealed partial class BitmapOverlayFormat
         OverlayFileOperation.Snapshot => OverlayOperationResult.Unsupported($"'{imagePath}' is a bitmap image; snapshots stack qcow2 overlays on qcow2 images"),
         OverlayFileOperation.Rebase => OverlayOperationResult.Unsupported($"'{imagePath}' is a bitmap image; rebase changes the backing file of qcow2 images"),
         OverlayFileOperation.Measure => OverlayOperationResult.Unsupported("cannot measure for the format 'bitmap' (use raw or qcow2)"),
+        OverlayFileOperation.Bitmaps => OverlayOperationResult.Unsupported($"'{imagePath}' is not a qcow2 image; only qcow2 images hold persistent bitmaps"),
         OverlayFileOperation.Amend => OverlayOperationResult.Unsupported($"'{imagePath}' is not a qcow2 image; amend changes qcow2 images"),
         _ => null,
     };

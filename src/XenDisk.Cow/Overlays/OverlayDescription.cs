@@ -77,6 +77,40 @@ public enum OverlayFileOperation
     Rebase,
     Measure,
     Amend,
+
+    /// <summary>Persistent dirty bitmaps (qemu-img bitmap).</summary>
+    Bitmaps,
+}
+
+/// <summary>One change to a persistent dirty bitmap, as qemu-img bitmap's options name them.</summary>
+public enum OverlayBitmapOperation
+{
+    Add,
+    Remove,
+    Clear,
+    Enable,
+    Disable,
+
+    /// <summary>Mark dirty what another bitmap marks dirty.</summary>
+    Merge,
+}
+
+/// <summary>One step of <see cref="OverlayFormat.EditBitmaps"/>; <paramref name="Label"/> names it in messages (the option as given).</summary>
+/// <param name="Source">For a merge, the bitmap whose dirty clusters are added.</param>
+public readonly record struct OverlayBitmapStep(OverlayBitmapOperation Operation, string Label, string? Source = null);
+
+/// <summary>What <see cref="OverlayFormat.EditBitmaps"/> does to one bitmap, in order.</summary>
+public sealed record OverlayBitmapEdit
+{
+    public required string Bitmap { get; init; }
+
+    public required IReadOnlyList<OverlayBitmapStep> Steps { get; init; }
+
+    /// <summary>The granularity of an added bitmap in bytes; 0 for the format's default.</summary>
+    public long Granularity { get; init; }
+
+    /// <summary>The image a merge reads its source bitmap from; null for the edited image itself.</summary>
+    public string? SourceFile { get; init; }
 }
 
 /// <summary>How <see cref="OverlayFormat.Rebase"/> runs.</summary>

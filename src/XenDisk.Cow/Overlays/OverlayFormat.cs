@@ -159,6 +159,13 @@ public abstract class OverlayFormat
     public abstract OverlayOperationResult Amend(string imagePath, IReadOnlyList<string> settings, OverlayFileOptions? files = null);
 
     /// <summary>
+    /// Applies <paramref name="edit"/>'s steps in order to the persistent dirty bitmaps of the image at
+    /// <paramref name="imagePath"/> (which no one may have open) and stores them in the format QEMU reads.
+    /// A failed step stops there with a message naming the step.
+    /// </summary>
+    public abstract OverlayOperationResult EditBitmaps(string imagePath, OverlayBitmapEdit edit, OverlayFileOptions? files = null);
+
+    /// <summary>
     /// Why an image of this format cannot live on an iSCSI LUN (for an operator), or null when it can.
     /// </summary>
     public virtual string? LunRefusal => null;

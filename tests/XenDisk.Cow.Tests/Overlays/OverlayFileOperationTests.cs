@@ -358,6 +358,46 @@ public sealed class OverlayFileOperationTests : IDisposable
         Assert.True(format.CanBeBase);
     }
 
+    [Theory]
+    [MemberData(nameof(Formats))]
+    public void EditBitmaps_AddsAndMergesQemuBitmaps_OrIsRefusedByTheFormat(string name)
+    {
+        OverlayFormat format = OverlayFormat.Find(name)!;
+        string overlay = MakeOverlay(name);
+        if (name == "qcow2")
+        {
+            // A bitmap QEMU keeps: it records the write that follows.
+            QemuTools.RunOk(QemuTools.QemuImg, "bitmap", "--add", overlay, "qemu");
+            QemuTools.RunOk(QemuTools.QemuIo, "-f", "qcow2", "-c", "write -P 0x66 2M 64k", overlay);
+        }
+        byte[] before = Hash(overlay);
+        var edit = new OverlayBitmapEdit
+        {
+            Bitmap = "copy",
+            Steps = [new(OverlayBitmapOperation.Add, "--add"), new(OverlayBitmapOperation.Disable, "--disable"), new(OverlayBitmapOperation.Merge, "--merge", "qemu")],
+        };
+
+        if (format.Refuses(OverlayFileOperation.Bitmaps, overlay) is { } refusal)
+        {
+            Assert.Equal(refusal, format.EditBitmaps(overlay, edit, Files));
+            Assert.Equal(before, Hash(overlay));
+            return;
+        }
+
+        OverlayOperationResult failed = format.EditBitmaps(overlay, edit with { Bitmap = "other", Steps = [new(OverlayBitmapOperation.Remove, "--remove")] }, Files);
+        Assert.False(failed.Succeeded);
+        Assert.Contains("--remove 'other'", failed.Error);
+
+        OverlayOperationResult edited = format.EditBitmaps(overlay, edit, Files);
+
+        Assert.True(edited.Succeeded, edited.Error);
+        Assert.Contains("No errors", QemuTools.Run(QemuTools.QemuImg, "check", overlay).Output);
+        Assert.Equal([(2L << 20, 65536L)], QemuTools.DirtyRanges(overlay, "copy"));
+        OverlayDescription description = Describe(format, overlay);
+        Assert.Equal(["copy", "qemu"], description.Bitmaps!.Select(b => b.Name).Order());
+        Assert.Empty(description.Bitmaps!.Single(b => b.Name == "copy").Flags);
+    }
+
     private static void AssertFilled(IBlockDevice device, long offset, int length, byte value)
     {
         byte[] data = new byte[length];
