@@ -1,5 +1,6 @@
 using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Qcow2;
+using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 
 namespace XenDisk.Cow.Overlays;
@@ -164,6 +165,24 @@ public abstract class OverlayFormat
     /// A failed step stops there with a message naming the step.
     /// </summary>
     public abstract OverlayOperationResult EditBitmaps(string imagePath, OverlayBitmapEdit edit, OverlayFileOptions? files = null);
+
+    /// <summary>
+    /// Who holds the image file at <paramref name="imagePath"/> so that opening it for reading (or, with
+    /// <paramref name="forWriting"/>, for writing) would be refused, as QEMU would be refused: the
+    /// message naming the holder, or null when it is free. Every format answers alike, and so does a raw
+    /// image: the locks are QEMU's file locks on the image file (<see cref="ImageLocks"/>), whatever the
+    /// format inside, so this needs no format and no one has to recognise the file first.
+    /// </summary>
+    public static string? LockHolder(string imagePath, bool forWriting) => ImageLocks.Holder(imagePath, forWriting);
+
+    /// <summary>
+    /// Breaks the locks on the image file at <paramref name="imagePath"/>, which no format can: a file's
+    /// locks belong to its holder's open file description and end with it. Always the refusal, naming
+    /// the holder, or Ok when there is nothing to break.
+    /// </summary>
+    public static OverlayOperationResult BreakLock(string imagePath) => LockHolder(imagePath, forWriting: true) is { } holder
+        ? OverlayOperationResult.Unsupported($"{holder}. The locks on an image file end with the process that holds them; stop it (they cannot be broken from outside)")
+        : new OverlayOperationResult { Status = IoStatus.Ok };
 
     /// <summary>
     /// Why an image of this format cannot live on an iSCSI LUN (for an operator), or null when it can.

@@ -398,6 +398,38 @@ public sealed class OverlayFileOperationTests : IDisposable
         Assert.Empty(description.Bitmaps!.Single(b => b.Name == "copy").Flags);
     }
 
+    [Theory]
+    [MemberData(nameof(Formats))]
+    public void LockHolder_NamesWhoHoldsTheImage_AndBreakingIsRefusedWhileItIsHeld(string name)
+    {
+        OverlayFormat format = OverlayFormat.Find(name)!;
+        string overlay = MakeOverlay(name);
+        CowDiskProvider provider = new(new CowProviderOptions { AllowedBaseDirectories = [_dir.Path] });
+        Assert.Null(OverlayFormat.LockHolder(overlay, forWriting: true));
+
+        using (IBlockDevice reader = format.OpenForIo(overlay, readOnly: true, provider, (path, readOnly) => ImageLocks.OpenRaw(path, readOnly)))
+        {
+            // Readers share: another reader may open it, a writer may not.
+            Assert.Null(OverlayFormat.LockHolder(overlay, forWriting: false));
+            Assert.Contains($"pid {Environment.ProcessId}", OverlayFormat.LockHolder(overlay, forWriting: true));
+        }
+        using (IBlockDevice writer = format.OpenForIo(overlay, readOnly: false, provider, (path, readOnly) => ImageLocks.OpenRaw(path, readOnly)))
+        {
+            string? holder = OverlayFormat.LockHolder(overlay, forWriting: false);
+            Assert.Contains($"pid {Environment.ProcessId}", holder);
+            OverlayOperationResult broken = OverlayFormat.BreakLock(overlay);
+            Assert.Equal(IoStatus.NotSupported, broken.Status);
+            Assert.Contains($"pid {Environment.ProcessId}", broken.Error);
+            // QEMU is kept out by the same locks.
+            (int exitCode, string output) = QemuTools.Run(QemuTools.QemuIo, "-f", name == "qcow2" ? "qcow2" : "raw", "-c", "read 0 512", overlay);
+            Assert.NotEqual(0, exitCode);
+            Assert.Contains("lock", output);
+        }
+
+        Assert.Null(OverlayFormat.LockHolder(overlay, forWriting: true));
+        Assert.True(OverlayFormat.BreakLock(overlay).Succeeded);
+    }
+
     private static void AssertFilled(IBlockDevice device, long offset, int length, byte value)
     {
         byte[] data = new byte[length];
