@@ -13,4 +13,5 @@ namespace XenDisk.Cli;
 [JsonSerializable(typeof(DemoReport))]
 [JsonSerializable(typeof(RingBenchResult))]
 [JsonSerializable(typeof(HydrateCommand.Report))]
+[JsonSerializable(typeof(ResizeCommand.Report), TypeInfoPropertyName = "ResizeCommandReport")]
 internal sealed partial class CliJsonContext : JsonSerializerContext;

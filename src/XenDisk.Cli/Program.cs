@@ -19,6 +19,7 @@ internal static class Program
             ServeCommand.Create(),
             StatusCommand.Create(),
             HydrateCommand.Create(),
+            ResizeCommand.Create(),
             ImageCommand.Create(),
             IoCommand.Create(),
             DemoCommand.Create(),

@@ -4,10 +4,11 @@ using XenDisk.Cli.Tests.Support;
 namespace XenDisk.Cli.Tests;
 
 /// <summary>The benchmark's shape only: it runs every configuration and reports IOPS and ratios; speed is never asserted.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class BenchCowTests
 {
     [Fact]
-    public void TinyRun_ReportsEveryConfigurationWithRatios()
+    public void Tiny_run_reports_every_configuration_with_ratios()
     {
         QemuTools.Find("qemu-img");
 

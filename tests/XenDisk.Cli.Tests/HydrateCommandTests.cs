@@ -25,8 +25,8 @@ public sealed class HydrateCommandTests : IDisposable
     public async Task Hydrate_wait_draws_progress_until_the_overlay_no_longer_needs_its_base_and_status_shows_it()
     {
         string overlay = _dir.File("vm.qcow2");
-        await using RunningService service = await RunningService.StartAsync(_dir.Path);
-        string device = await service.AttachAsync($"cow:{_base},{overlay},format=qcow2");
+        await using SimulatedService service = await SimulatedService.StartAsync(_dir.Path, _dir.Path);
+        string device = (await service.AttachAsync($"cow:{_base},{overlay},format=qcow2", connect: false)).Name;
 
         // About two seconds at this rate: long enough for progress lines on stderr.
         CliResult result = Xendisk.Run("hydrate", device, "--rate", "4M", "--wait", "--socket", Socket);
@@ -61,8 +61,8 @@ public sealed class HydrateCommandTests : IDisposable
     public async Task Hydrate_runs_once_per_device_cancels_and_resumes_and_wait_fails_when_the_run_is_cancelled()
     {
         string overlay = _dir.File("vm.cow");
-        await using RunningService service = await RunningService.StartAsync(_dir.Path);
-        string device = await service.AttachAsync($"cow:{_base},{overlay},format=bitmap");
+        await using SimulatedService service = await SimulatedService.StartAsync(_dir.Path, _dir.Path);
+        string device = (await service.AttachAsync($"cow:{_base},{overlay},format=bitmap", connect: false)).Name;
 
         CliResult started = Xendisk.Run("hydrate", device, "--rate", "256k", "--socket", Socket);
         Assert.True(started.ExitCode == 0, started.ToString());
@@ -104,9 +104,9 @@ public sealed class HydrateCommandTests : IDisposable
     [Fact]
     public async Task Hydrate_refuses_raw_and_unknown_devices_with_the_services_reason()
     {
-        await using RunningService service = await RunningService.StartAsync(_dir.Path);
+        await using SimulatedService service = await SimulatedService.StartAsync(_dir.Path, _dir.Path);
 
-        CliResult raw = Xendisk.Run("hydrate", RunningService.RawDevice, "--socket", Socket);
+        CliResult raw = Xendisk.Run("hydrate", SimulatedService.RawDevice, "--socket", Socket);
         Assert.Equal(1, raw.ExitCode);
         Assert.StartsWith("xendisk: /local/domain/0/backend/vbd/1/51712 is a raw disk", raw.Error, StringComparison.Ordinal);
 

@@ -5,6 +5,7 @@ using XenDisk.Cli.Tests.Support;
 namespace XenDisk.Cli.Tests;
 
 /// <summary>`xendisk image amend -o compat=...,lazy_refcounts=...` on images qemu-img made, checked by qemu-img.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class ImageAmendTests : IDisposable
 {
     private readonly TempDirectory _dir = new();
@@ -15,7 +16,7 @@ public sealed class ImageAmendTests : IDisposable
 
     private static string QemuOk(params string[] args)
     {
-        QemuTools.ToolResult result = QemuTools.Run(args[0], args[1..]);
+        ProcessResult result = QemuTools.Run(args[0], args[1..]);
         Assert.True(result.ExitCode == 0, result.ToString());
         return result.Output;
     }
@@ -34,7 +35,7 @@ public sealed class ImageAmendTests : IDisposable
     }
 
     [Fact]
-    public void UpgradesVersion2AndTurnsLazyRefcountsOn()
+    public void Upgrades_version_2_and_turns_lazy_refcounts_on()
     {
         string image = _dir.File("old.qcow2");
         QemuOk("qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", image, "64M");
@@ -53,7 +54,7 @@ public sealed class ImageAmendTests : IDisposable
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
-    public void DowngradesToVersion2WithoutZeroClusters(bool withBacking)
+    public void Downgrades_to_version_2_without_zero_clusters(bool withBacking)
     {
         string image = _dir.File("new.qcow2");
         if (withBacking)
@@ -80,7 +81,7 @@ public sealed class ImageAmendTests : IDisposable
     }
 
     [Fact]
-    public void RefusesWhatQemuRefusesAndWhatVersion2CannotHold()
+    public void Refuses_what_qemu_refuses_and_what_version_2_cannot_hold()
     {
         string extended = _dir.File("extended.qcow2");
         QemuOk("qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", extended, "1M");

@@ -7,6 +7,7 @@ namespace XenDisk.Cli.Tests;
 /// `xendisk image bitmap` and the bitmaps in `image info`, against qemu-img bitmap and qemu-img info
 /// on the same files, both ways (docs/interop/qcow2.txt == Bitmaps ==).
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class ImageBitmapTests : IDisposable
 {
     private readonly TempDirectory _dir = new();
@@ -17,12 +18,12 @@ public sealed class ImageBitmapTests : IDisposable
 
     private static void QemuOk(params string[] args)
     {
-        QemuTools.ToolResult result = QemuTools.Run(args[0], args[1..]);
+        ProcessResult result = QemuTools.Run(args[0], args[1..]);
         Assert.True(result.ExitCode == 0, result.ToString());
     }
 
     [Fact]
-    public void BitmapsAddedByXendiskTrackQemuAndXendiskWrites()
+    public void Bitmaps_added_by_xendisk_track_qemu_and_xendisk_writes()
     {
         string image = _dir.File("disk.qcow2");
         QemuOk("qemu-img", "create", "-q", "-f", "qcow2", image, "64M");
@@ -32,13 +33,13 @@ public sealed class ImageBitmapTests : IDisposable
         Ok(Xendisk.Run("io", image, "-c", "write -P 0x22 8M 4k", "-c", "flush"));
 
         Assert.Contains("No errors", QemuTools.Run("qemu-img", "check", image).Output);
-        Assert.Equal([(1L << 20, 4096L), (8L << 20, 4096L)], DirtyRanges(image, "fine"));
-        Assert.Equal([(1L << 20, 65536L), (8L << 20, 65536L)], DirtyRanges(image, "coarse"));
+        Assert.Equal([(1L << 20, 4096L), (8L << 20, 4096L)], QemuTools.DirtyRanges(image, "fine"));
+        Assert.Equal([(1L << 20, 65536L), (8L << 20, 65536L)], QemuTools.DirtyRanges(image, "coarse"));
         Assert.Equal([("fine", 4096L, "auto"), ("coarse", 65536L, "auto")], QemuBitmaps(image));
     }
 
     [Fact]
-    public void OperationsOnQemuBitmapsAreWhatQemuImgBitmapWouldDo()
+    public void Operations_on_qemu_bitmaps_are_what_qemu_img_bitmap_would_do()
     {
         string image = _dir.File("disk.qcow2");
         QemuOk("qemu-img", "create", "-q", "-f", "qcow2", image, "64M");
@@ -56,13 +57,13 @@ public sealed class ImageBitmapTests : IDisposable
 
         Assert.Contains("No errors", QemuTools.Run("qemu-img", "check", image).Output);
         Assert.Equal([("a", 65536L, "auto"), ("b", 65536L, ""), ("copy", 65536L, "")], QemuBitmaps(image));
-        Assert.Equal([(2L << 20, 65536L), (5L << 20, 65536L)], DirtyRanges(image, "copy"));
-        Assert.Empty(DirtyRanges(image, "b"));
+        Assert.Equal([(2L << 20, 65536L), (5L << 20, 65536L)], QemuTools.DirtyRanges(image, "copy"));
+        Assert.Empty(QemuTools.DirtyRanges(image, "b"));
 
         // And back: QEMU changes what xendisk made, and xendisk's info shows it as qemu-img info does.
         QemuOk("qemu-img", "bitmap", "--enable", image, "copy");
         QemuOk("qemu-io", "-f", "qcow2", "-c", "write 9M 4k", image);
-        Assert.Equal([(2L << 20, 65536L), (5L << 20, 65536L), (9L << 20, 65536L)], DirtyRanges(image, "copy"));
+        Assert.Equal([(2L << 20, 65536L), (5L << 20, 65536L), (9L << 20, 65536L)], QemuTools.DirtyRanges(image, "copy"));
         CliResult info = Xendisk.Run("image", "info", "--output=json", image);
         Ok(info);
         using JsonDocument json = JsonDocument.Parse(info.Output);
@@ -75,7 +76,7 @@ public sealed class ImageBitmapTests : IDisposable
     }
 
     [Fact]
-    public void RefusalsNameWhatIsWrong()
+    public void Refusals_name_what_is_wrong()
     {
         string image = _dir.File("disk.qcow2");
         QemuOk("qemu-img", "create", "-q", "-f", "qcow2", image, "64M");
@@ -96,24 +97,11 @@ public sealed class ImageBitmapTests : IDisposable
 
     private static List<(string, long, string)> QemuBitmaps(string image)
     {
-        QemuTools.ToolResult info = QemuTools.Run("qemu-img", "info", "--output=json", image);
+        ProcessResult info = QemuTools.Run("qemu-img", "info", "--output=json", image);
         using JsonDocument json = JsonDocument.Parse(info.Output);
         JsonElement data = json.RootElement.GetProperty("format-specific").GetProperty("data");
         return !data.TryGetProperty("bitmaps", out JsonElement bitmaps) ? [] : bitmaps.EnumerateArray()
             .Select(b => (b.GetProperty("name").GetString()!, b.GetProperty("granularity").GetInt64(), string.Join(",", b.GetProperty("flags").EnumerateArray().Select(f => f.GetString()))))
             .ToList();
-    }
-
-    /// <summary>The bitmap as QEMU reads it: exported by qemu-nbd (-B), read by qemu-img map through x-dirty-bitmap (dirty = "data": false).</summary>
-    private List<(long, long)> DirtyRanges(string image, string bitmap)
-    {
-        string socket = _dir.File("nbd.sock");
-        QemuOk("qemu-nbd", "--fork", "-r", "-f", "qcow2", "-B", bitmap, "-k", socket, image);
-        QemuTools.ToolResult map = QemuTools.Run("qemu-img", "map", "--output=json", "--image-opts",
-            $"driver=nbd,server.type=unix,server.path={socket},x-dirty-bitmap=qemu:dirty-bitmap:{bitmap}");
-        Assert.True(map.ExitCode == 0, map.ToString());
-        using JsonDocument json = JsonDocument.Parse(map.Output);
-        return json.RootElement.EnumerateArray().Where(e => !e.GetProperty("data").GetBoolean())
-            .Select(e => (e.GetProperty("start").GetInt64(), e.GetProperty("length").GetInt64())).ToList();
     }
 }

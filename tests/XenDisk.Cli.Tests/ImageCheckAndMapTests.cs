@@ -3,6 +3,7 @@ using XenDisk.Cli.Tests.Support;
 
 namespace XenDisk.Cli.Tests;
 
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class ImageCheckAndMapTests : IDisposable
 {
     private readonly TempDirectory _dir = new();
@@ -19,7 +20,7 @@ public sealed class ImageCheckAndMapTests : IDisposable
     }
 
     [Fact]
-    public void CleanImage_ExitsZero()
+    public void Clean_image_exits_zero()
     {
         string image = ImageWithData();
 
@@ -32,7 +33,7 @@ public sealed class ImageCheckAndMapTests : IDisposable
     [Theory]
     [InlineData("off", "leaks")]
     [InlineData("on", "all")]
-    public void InjectedLeak_ExitsThree_RepairFixesIt_QemuAgrees(string extendedL2, string repairMode)
+    public void Injected_leak_exits_three_repair_fixes_it_qemu_agrees(string extendedL2, string repairMode)
     {
         string image = ImageWithData(extendedL2);
         Qcow2Surgery.LeakFirstCluster(image);
@@ -50,14 +51,14 @@ public sealed class ImageCheckAndMapTests : IDisposable
         Assert.True(repaired.ExitCode == 0, repaired.ToString());
         Assert.Contains("1 leaked clusters", repaired.Output);
         Assert.Equal(0, Xendisk.Run("image", "check", image).ExitCode);
-        QemuTools.ToolResult qemu = QemuTools.Run("qemu-img", "check", image);
+        ProcessResult qemu = QemuTools.Run("qemu-img", "check", image);
         Assert.True(qemu.ExitCode == 0, qemu.ToString());
         // The untouched cluster still holds its data.
         Assert.Equal(0, Xendisk.Run("io", image, "-c", "read -P 0x62 1M 64k").ExitCode);
     }
 
     [Fact]
-    public void EntryPointingBeyondTheFile_ExitsTwo_LikeQemuImg()
+    public void Entry_pointing_beyond_the_file_exits_two_like_qemu_img()
     {
         string image = ImageWithData();
         Qcow2Surgery.PointFirstClusterBeyondEnd(image);
@@ -70,7 +71,7 @@ public sealed class ImageCheckAndMapTests : IDisposable
     }
 
     [Fact]
-    public void RepairLeaksOnly_LeavesACorruptImageAlone()
+    public void Repair_leaks_only_leaves_a_corrupt_image_alone()
     {
         string image = ImageWithData();
         Qcow2Surgery.PointFirstClusterBeyondEnd(image);
@@ -85,7 +86,7 @@ public sealed class ImageCheckAndMapTests : IDisposable
     }
 
     [Fact]
-    public void OutputJson_IsASynonymOfJson()
+    public void Output_json_is_a_synonym_of_json()
     {
         string image = ImageWithData();
         CliResult json = Xendisk.Run("image", "check", "--json", image);
@@ -98,7 +99,7 @@ public sealed class ImageCheckAndMapTests : IDisposable
     }
 
     [Fact]
-    public void NotAQcow2Image_CouldNotCheck_ExitsOne()
+    public void Not_a_qcow2_image_could_not_check_exits_one()
     {
         string image = _dir.File("fake.qcow2");
         byte[] bytes = new byte[65536];
@@ -116,7 +117,7 @@ public sealed class ImageCheckAndMapTests : IDisposable
     }
 
     [Fact]
-    public void RawImage_HasNothingToCheck()
+    public void Raw_image_has_nothing_to_check()
     {
         string image = _dir.RawBase("disk.raw", 1 << 20);
 
@@ -127,7 +128,7 @@ public sealed class ImageCheckAndMapTests : IDisposable
     }
 
     [Fact]
-    public void BitmapOverlay_CleanCheck()
+    public void Bitmap_overlay_clean_check()
     {
         _dir.RawBase("base.raw", 1 << 20);
         string overlay = _dir.File("over.bitmap");
@@ -142,7 +143,7 @@ public sealed class ImageCheckAndMapTests : IDisposable
     }
 
     [Fact]
-    public void MapJson_ParsesAndCoversTheDisk()
+    public void Map_json_parses_and_covers_the_disk()
     {
         _dir.RawBase("base.raw", 4 << 20);
         string overlay = _dir.File("over.qcow2");
@@ -170,7 +171,7 @@ public sealed class ImageCheckAndMapTests : IDisposable
     }
 
     [Fact]
-    public void MapOfBitmapOverlay_ShowsWrittenGrainsAsData()
+    public void Map_of_bitmap_overlay_shows_written_grains_as_data()
     {
         _dir.RawBase("base.raw", 1 << 20);
         string overlay = _dir.File("over.bitmap");

@@ -5,6 +5,7 @@ using XenDisk.Cli.Tests.Support;
 namespace XenDisk.Cli.Tests;
 
 /// <summary>`image convert -c`: compressed qcow2 clusters that QEMU reads back identically (== Compressed Clusters Descriptor ==).</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class ImageConvertCompressedTests : IDisposable
 {
     private readonly TempDirectory _dir = new();
@@ -13,7 +14,7 @@ public sealed class ImageConvertCompressedTests : IDisposable
 
     private static string QemuOk(params string[] args)
     {
-        QemuTools.ToolResult result = QemuTools.Run(args[0], args[1..]);
+        ProcessResult result = QemuTools.Run(args[0], args[1..]);
         Assert.True(result.ExitCode == 0, result.ToString());
         return result.Output;
     }
@@ -49,7 +50,7 @@ public sealed class ImageConvertCompressedTests : IDisposable
     [Theory]
     [InlineData("zlib")]
     [InlineData("zstd")]
-    public void QemuReadsTheCompressedImageIdentically(string type)
+    public void Qemu_reads_the_compressed_image_identically(string type)
     {
         string source = Source();
         string target = _dir.File($"compressed-{type}.qcow2");

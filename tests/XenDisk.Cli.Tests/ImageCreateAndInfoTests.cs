@@ -3,6 +3,7 @@ using XenDisk.Cli.Tests.Support;
 
 namespace XenDisk.Cli.Tests;
 
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class ImageCreateAndInfoTests : IDisposable
 {
     private readonly TempDirectory _dir = new();
@@ -10,7 +11,7 @@ public sealed class ImageCreateAndInfoTests : IDisposable
     public void Dispose() => _dir.Dispose();
 
     [Fact]
-    public void Qcow2OverRawBase_QemuImgInfoAgreesOnFormatSizeAndBacking()
+    public void Qcow2_over_raw_base_qemu_img_info_agrees_on_format_size_and_backing()
     {
         _dir.RawBase("base.raw", 8 << 20);
         string overlay = _dir.File("over.qcow2");
@@ -19,7 +20,7 @@ public sealed class ImageCreateAndInfoTests : IDisposable
         Assert.True(created.ExitCode == 0, created.ToString());
         Assert.Contains("fmt=qcow2", created.Output);
 
-        QemuTools.ToolResult info = QemuTools.Run("qemu-img", "info", "--output=json", overlay);
+        ProcessResult info = QemuTools.Run("qemu-img", "info", "--output=json", overlay);
         Assert.True(info.ExitCode == 0, info.ToString());
         using JsonDocument json = JsonDocument.Parse(info.Output);
         JsonElement root = json.RootElement;
@@ -29,19 +30,19 @@ public sealed class ImageCreateAndInfoTests : IDisposable
         Assert.Equal("raw", root.GetProperty("backing-filename-format").GetString());
         Assert.Equal(_dir.File("base.raw"), root.GetProperty("full-backing-filename").GetString());
 
-        QemuTools.ToolResult check = QemuTools.Run("qemu-img", "check", overlay);
+        ProcessResult check = QemuTools.Run("qemu-img", "check", overlay);
         Assert.True(check.ExitCode == 0, check.ToString());
     }
 
     [Fact]
-    public void Qcow2WithExplicitSizeAndOptions_QemuImgSeesThem()
+    public void Qcow2_with_explicit_size_and_options_qemu_img_sees_them()
     {
         string image = _dir.File("plain.qcow2");
 
         CliResult created = Xendisk.Run("image", "create", "-f", "qcow2", "-o", "cluster_size=128k,lazy_refcounts=on", image, "1G");
         Assert.True(created.ExitCode == 0, created.ToString());
 
-        QemuTools.ToolResult info = QemuTools.Run("qemu-img", "info", "--output=json", image);
+        ProcessResult info = QemuTools.Run("qemu-img", "info", "--output=json", image);
         using JsonDocument json = JsonDocument.Parse(info.Output);
         Assert.Equal(1L << 30, json.RootElement.GetProperty("virtual-size").GetInt64());
         Assert.Equal(128 * 1024, json.RootElement.GetProperty("cluster-size").GetInt32());
@@ -51,11 +52,11 @@ public sealed class ImageCreateAndInfoTests : IDisposable
     }
 
     [Fact]
-    public void InfoJson_DescribesAQemuMadeOverlay()
+    public void Info_json_describes_a_qemu_made_overlay()
     {
         _dir.RawBase("base.raw", 4 << 20);
         string overlay = _dir.File("q.qcow2");
-        QemuTools.ToolResult made = QemuTools.Run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "-o", "extended_l2=on", overlay);
+        ProcessResult made = QemuTools.Run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "-o", "extended_l2=on", overlay);
         Assert.True(made.ExitCode == 0, made.ToString());
         Assert.Equal(0, QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 128k", overlay).ExitCode);
 
@@ -78,7 +79,7 @@ public sealed class ImageCreateAndInfoTests : IDisposable
     }
 
     [Fact]
-    public void BitmapOverlay_CreateThenInfoText()
+    public void Bitmap_overlay_create_then_info_text()
     {
         string basePath = _dir.RawBase("base.raw", 4 << 20);
         string overlay = _dir.File("over.bitmap");
@@ -96,7 +97,7 @@ public sealed class ImageCreateAndInfoTests : IDisposable
     }
 
     [Fact]
-    public void RawImage_InfoReportsItsSize()
+    public void Raw_image_info_reports_its_size()
     {
         string image = _dir.File("disk.raw");
         Assert.Equal(0, Xendisk.Run("image", "create", "-f", "raw", image, "3M").ExitCode);
@@ -108,7 +109,7 @@ public sealed class ImageCreateAndInfoTests : IDisposable
     }
 
     [Fact]
-    public void ExistingFile_IsNotOverwritten()
+    public void Existing_file_is_not_overwritten()
     {
         string image = _dir.RawBase("keep.raw", 1 << 20, fill: 0x77);
 

@@ -9,6 +9,7 @@ namespace XenDisk.Cli.Tests;
 /// permission) between XenDisk and real qemu-io processes: a writer on either side keeps the other out,
 /// readers share.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class ImageLockTests : IDisposable
 {
     private readonly TempDirectory _dir = new();
@@ -18,18 +19,18 @@ public sealed class ImageLockTests : IDisposable
     private string Image()
     {
         string path = _dir.File("disk.qcow2");
-        QemuTools.ToolResult created = QemuTools.Run("qemu-img", "create", "-f", "qcow2", path, "4M");
+        ProcessResult created = QemuTools.Run("qemu-img", "create", "-f", "qcow2", path, "4M");
         Assert.True(created.ExitCode == 0, created.ToString());
         return path;
     }
 
     [Fact]
-    public void XenDiskWriting_QemuIoWriteIsRefusedWithTheLockMessage()
+    public void XenDisk_writing_qemu_io_write_is_refused_with_the_lock_message()
     {
         string path = Image();
         using (Qcow2Image image = Qcow2Disk.Open(path))
         {
-            QemuTools.ToolResult write = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", path);
+            ProcessResult write = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", path);
 
             Assert.NotEqual(0, write.ExitCode);
             Assert.Contains("Failed to get \"write\" lock", write.Error + write.Output);
@@ -38,23 +39,23 @@ public sealed class ImageLockTests : IDisposable
         }
 
         // Closing the image releases the locks with its descriptor.
-        QemuTools.ToolResult after = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", path);
+        ProcessResult after = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", path);
         Assert.True(after.ExitCode == 0, after.ToString());
         Assert.Equal(0, QemuTools.Run("qemu-img", "check", path).ExitCode);
     }
 
     [Fact]
-    public async Task ServedDisk_KeepsQemuIoOut_TheSharedBaseStaysReadable()
+    public async Task Served_disk_keeps_qemu_io_out_the_shared_base_stays_readable()
     {
         string baseImage = _dir.File("base.raw");
-        QemuTools.ToolResult created = QemuTools.Run("qemu-img", "create", "-f", "raw", baseImage, "4M");
+        ProcessResult created = QemuTools.Run("qemu-img", "create", "-f", "raw", baseImage, "4M");
         Assert.True(created.ExitCode == 0, created.ToString());
         string overlay = _dir.File("guest.qcow2");
-        await using (RunningService service = await RunningService.StartAsync(_dir.Path))
+        await using (SimulatedService service = await SimulatedService.StartAsync(_dir.Path, _dir.Path))
         {
-            await service.AttachAsync($"cow:{baseImage},{overlay},format=qcow2");
+            await service.AttachAsync($"cow:{baseImage},{overlay},format=qcow2", connect: false);
 
-            QemuTools.ToolResult write = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", overlay);
+            ProcessResult write = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", overlay);
             Assert.NotEqual(0, write.ExitCode);
             Assert.Contains("Failed to get \"write\" lock", write.Error + write.Output);
             // The base is opened read-only and shared: readers may use it, writers may not.
@@ -62,12 +63,12 @@ public sealed class ImageLockTests : IDisposable
             Assert.NotEqual(0, QemuTools.Run("qemu-io", "-f", "raw", "-c", "write 0 4k", baseImage).ExitCode);
         }
 
-        QemuTools.ToolResult after = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", overlay);
+        ProcessResult after = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", overlay);
         Assert.True(after.ExitCode == 0, after.ToString());
     }
 
     [Fact]
-    public void QemuIoHoldingTheImage_XenDiskRefusesAndNamesTheProcess()
+    public void Qemu_io_holding_the_image_XenDisk_refuses_and_names_the_process()
     {
         string path = Image();
         using QemuTools.InteractiveTool qemu = QemuTools.HoldWithQemuIo(path, readOnly: false);
@@ -88,11 +89,11 @@ public sealed class ImageLockTests : IDisposable
     }
 
     [Fact]
-    public void ConvertOntoAnImageQemuHolds_IsRefusedAndLeavesItAlone()
+    public void Convert_onto_an_image_qemu_holds_is_refused_and_leaves_it_alone()
     {
         string held = Image();
         string source = _dir.File("source.raw");
-        QemuTools.ToolResult created = QemuTools.Run("qemu-img", "create", "-f", "raw", source, "1M");
+        ProcessResult created = QemuTools.Run("qemu-img", "create", "-f", "raw", source, "1M");
         Assert.True(created.ExitCode == 0, created.ToString());
         byte[] before = File.ReadAllBytes(held);
 
@@ -107,7 +108,7 @@ public sealed class ImageLockTests : IDisposable
     }
 
     [Fact]
-    public void ReadersShare_BothWays()
+    public void Readers_share_both_ways()
     {
         string path = Image();
         using (QemuTools.HoldWithQemuIo(path, readOnly: true))
@@ -121,7 +122,7 @@ public sealed class ImageLockTests : IDisposable
 
         using (Qcow2Disk.Open(path, new Qcow2OpenOptions { ReadOnly = true }))
         {
-            QemuTools.ToolResult read = QemuTools.Run("qemu-io", "-r", "-f", "qcow2", "-c", "read 0 4k", path);
+            ProcessResult read = QemuTools.Run("qemu-io", "-r", "-f", "qcow2", "-c", "read 0 4k", path);
             Assert.True(read.ExitCode == 0, read.ToString());
             Assert.Equal(0, QemuTools.Run("qemu-img", "info", path).ExitCode);
         }

@@ -7,6 +7,7 @@ namespace XenDisk.Cli.Tests;
 /// convert, compare and resize against qemu-img on images qemu-img and qemu-io made: XenDisk's output
 /// must be `qemu-img check` clean and `qemu-img compare` identical to what qemu-img produces from the same input.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class ImageVerbTests : IDisposable
 {
     private readonly TempDirectory _dir = new();
@@ -15,7 +16,7 @@ public sealed class ImageVerbTests : IDisposable
 
     private static void Qemu(string tool, params string[] args)
     {
-        QemuTools.ToolResult result = QemuTools.Run(tool, args);
+        ProcessResult result = QemuTools.Run(tool, args);
         Assert.True(result.ExitCode == 0, $"{tool} {string.Join(' ', args)}: {result}");
     }
 
@@ -33,7 +34,7 @@ public sealed class ImageVerbTests : IDisposable
 
     private static List<(long Start, long Length)> DataExtents(string image)
     {
-        QemuTools.ToolResult map = QemuTools.Run("qemu-img", "map", "--output=json", image);
+        ProcessResult map = QemuTools.Run("qemu-img", "map", "--output=json", image);
         Assert.True(map.ExitCode == 0, map.ToString());
         // Adjacent guest ranges are merged: qemu-img map splits where host offsets are not contiguous,
         // and the order clusters are allocated in is not part of the contents.
@@ -61,7 +62,7 @@ public sealed class ImageVerbTests : IDisposable
     [Theory]
     [InlineData("qcow2")]
     [InlineData("raw")]
-    public void Convert_MatchesQemuImgConvert_AndSkipsZeros(string outputFormat)
+    public void Convert_matches_qemu_img_convert_and_skips_zeros(string outputFormat)
     {
         string source = Qcow2Chain();
         string ours = _dir.File("ours." + outputFormat);
@@ -89,7 +90,7 @@ public sealed class ImageVerbTests : IDisposable
     }
 
     [Fact]
-    public void Convert_Compressed_ToRaw_IsRefusedAsQemuImgRefusesIt()
+    public void Convert_compressed_to_raw_is_refused_as_qemu_img_refuses_it()
     {
         string source = Qcow2Chain();
         CliResult result = Xendisk.Run("image", "convert", "-c", "-O", "raw", source, _dir.File("c.raw"));
@@ -111,7 +112,7 @@ public sealed class ImageVerbTests : IDisposable
 
         Qemu("qemu-io", "-f", "raw", "-c", "write -P 0x5a 3145728 512", copy);
         CliResult different = Xendisk.Run("image", "compare", source, copy);
-        QemuTools.ToolResult theirs = QemuTools.Run("qemu-img", "compare", source, copy);
+        ProcessResult theirs = QemuTools.Run("qemu-img", "compare", source, copy);
         Assert.Equal(1, different.ExitCode);
         Assert.Equal(1, theirs.ExitCode);
         Assert.Contains("Content mismatch at offset 3145728!", different.Output);
@@ -137,7 +138,7 @@ public sealed class ImageVerbTests : IDisposable
     }
 
     [Fact]
-    public void Resize_Qcow2Grows_AsQemuImgResizeDoes()
+    public void Resize_qcow2_grows_as_qemu_img_resize_does()
     {
         string ours = Qcow2Chain();
         string theirs = _dir.File("theirs.qcow2");
@@ -172,7 +173,7 @@ public sealed class ImageVerbTests : IDisposable
     }
 
     [Fact]
-    public void Info_OnA39ByteFile_Reports39Bytes()
+    public void Info_on_a_39_byte_file_reports_39_bytes()
     {
         string tiny = _dir.File("tiny.img");
         File.WriteAllBytes(tiny, new byte[39]);
@@ -189,7 +190,7 @@ public sealed class BackingChainInfoTests : IDisposable
     public void Dispose() => _dir.Dispose();
 
     [Fact]
-    public void BackingChain_ListsTheImagesQemuImgLists()
+    public void Backing_chain_lists_the_images_qemu_img_lists()
     {
         string baseImage = _dir.File("base.raw");
         Assert.Equal(0, QemuTools.Run("qemu-img", "create", "-f", "raw", baseImage, "4M").ExitCode);
@@ -198,7 +199,7 @@ public sealed class BackingChainInfoTests : IDisposable
         Assert.Equal(0, QemuTools.Run("qemu-img", "create", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", top, "8M").ExitCode);
 
         CliResult ours = Xendisk.Run("image", "info", "--backing-chain", "--output=json", top);
-        QemuTools.ToolResult theirs = QemuTools.Run("qemu-img", "info", "--backing-chain", "--output=json", top);
+        ProcessResult theirs = QemuTools.Run("qemu-img", "info", "--backing-chain", "--output=json", top);
 
         Assert.True(ours.ExitCode == 0, ours.ToString());
         JsonElement[] a = [.. JsonDocument.Parse(ours.Output).RootElement.EnumerateArray()];
@@ -216,7 +217,7 @@ public sealed class BackingChainInfoTests : IDisposable
     }
 
     [Fact]
-    public void BackingChain_OutsideTheImageDirectory_NeedsAllowBase()
+    public void Backing_chain_outside_the_image_directory_needs_allow_base()
     {
         using TempDirectory other = new();
         string baseImage = other.File("base.raw");
@@ -251,7 +252,7 @@ public sealed class MeasureTests : IDisposable
     public void Size_MatchesQemuImgMeasure(string format, string size)
     {
         CliResult ours = Xendisk.Run("image", "measure", "-O", format, "--size", size, "--output=json");
-        QemuTools.ToolResult theirs = QemuTools.Run("qemu-img", "measure", "-O", format, "--size", size, "--output=json");
+        ProcessResult theirs = QemuTools.Run("qemu-img", "measure", "-O", format, "--size", size, "--output=json");
         Assert.True(ours.ExitCode == 0, ours.ToString());
         Assert.Equal(Sizes(theirs.Output), Sizes(ours.Output));
     }
@@ -264,7 +265,7 @@ public sealed class MeasureTests : IDisposable
         Assert.Equal(0, QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 1M", "-c", "write -P 0x22 33M 4k", image).ExitCode);
 
         CliResult ours = Xendisk.Run("image", "measure", "-O", "qcow2", "--output=json", image);
-        QemuTools.ToolResult theirs = QemuTools.Run("qemu-img", "measure", "-O", "qcow2", "--output=json", image);
+        ProcessResult theirs = QemuTools.Run("qemu-img", "measure", "-O", "qcow2", "--output=json", image);
 
         Assert.True(ours.ExitCode == 0, ours.ToString());
         Assert.Equal(Sizes(theirs.Output), Sizes(ours.Output));

@@ -2,6 +2,7 @@ using XenDisk.Cli.Tests.Support;
 
 namespace XenDisk.Cli.Tests;
 
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class IoInteropTests : IDisposable
 {
     private readonly TempDirectory _dir = new();
@@ -20,7 +21,7 @@ public sealed class IoInteropTests : IDisposable
     [Theory]
     [InlineData("on")]
     [InlineData("off")]
-    public void XenDiskWrites_QemuIoVerifiesThePattern(string extendedL2)
+    public void XenDisk_writes_qemu_io_verifies_the_pattern(string extendedL2)
     {
         string overlay = Qcow2OverBase(extendedL2: extendedL2);
 
@@ -29,25 +30,25 @@ public sealed class IoInteropTests : IDisposable
         Assert.Contains("wrote 65536/65536 bytes at offset 0", wrote.Output);
         Assert.Contains("wrote 4096/4096 bytes at offset 69632", wrote.Output);
 
-        QemuTools.ToolResult read = QemuTools.Run("qemu-io", "-f", "qcow2",
+        ProcessResult read = QemuTools.Run("qemu-io", "-f", "qcow2",
             "-c", "read -P 0xab 0 64k", "-c", "read -P 0x3c 68k 4k", overlay);
         Assert.True(read.ExitCode == 0, read.ToString());
         Assert.DoesNotContain("verification failed", read.Output + read.Error, StringComparison.OrdinalIgnoreCase);
         Assert.Contains("read 65536/65536 bytes at offset 0", read.Output);
 
         // The rest of the partially written cluster still reads the base (copy-up kept it): sector 136 holds its byte.
-        byte baseByte = TempDirectory.SectorByte(72 * 1024 / 512);
-        QemuTools.ToolResult tail = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", $"read -P 0x{baseByte:x2} 72k 512", overlay);
+        byte baseByte = RawImages.SectorByte(72 * 1024 / 512);
+        ProcessResult tail = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", $"read -P 0x{baseByte:x2} 72k 512", overlay);
         Assert.True(tail.ExitCode == 0 && !tail.Output.Contains("verification failed", StringComparison.Ordinal), tail.ToString());
 
         Assert.Equal(0, QemuTools.Run("qemu-img", "check", overlay).ExitCode);
     }
 
     [Fact]
-    public void QemuIoWrites_XenDiskIoVerifiesThePattern()
+    public void Qemu_io_writes_XenDisk_io_verifies_the_pattern()
     {
         string overlay = Qcow2OverBase();
-        QemuTools.ToolResult wrote = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 4k 8k", "-c", "write -z 1M 64k", overlay);
+        ProcessResult wrote = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 4k 8k", "-c", "write -z 1M 64k", overlay);
         Assert.True(wrote.ExitCode == 0, wrote.ToString());
 
         CliResult read = Xendisk.Run("io", overlay, "-c", "read -P 0xcd 4k 8k", "-c", "read -P 0 1M 64k");
@@ -58,7 +59,7 @@ public sealed class IoInteropTests : IDisposable
     }
 
     [Fact]
-    public void ReadPatternMismatch_ExitsNonZeroWithTheFirstMismatchingOffset()
+    public void Read_pattern_mismatch_exits_non_zero_with_the_first_mismatching_offset()
     {
         string image = _dir.File("plain.qcow2");
         Assert.Equal(0, Xendisk.Run("image", "create", "-f", "qcow2", image, "1M").ExitCode);
@@ -73,17 +74,17 @@ public sealed class IoInteropTests : IDisposable
     }
 
     [Fact]
-    public void ReadOfUnwrittenOverlay_ReturnsTheBase()
+    public void Read_of_unwritten_overlay_returns_the_base()
     {
         string overlay = Qcow2OverBase();
 
-        CliResult result = Xendisk.Run("io", overlay, "-c", $"read -P 0x{TempDirectory.SectorByte(8):x2} 4096 512");
+        CliResult result = Xendisk.Run("io", overlay, "-c", $"read -P 0x{RawImages.SectorByte(8):x2} 4096 512");
 
         Assert.True(result.ExitCode == 0, result.ToString());
     }
 
     [Fact]
-    public void DiscardAndZeroWrite_ReadBackAsZeros_AndQemuAgrees()
+    public void Discard_and_zero_write_read_back_as_zeros_and_qemu_agrees()
     {
         string overlay = Qcow2OverBase();
 
@@ -99,12 +100,12 @@ public sealed class IoInteropTests : IDisposable
         Assert.True(result.ExitCode == 0, result.ToString());
         Assert.Contains("discard 65536/65536 bytes at offset 0", result.Output);
         Assert.Contains("flush completed", result.Output);
-        QemuTools.ToolResult qemu = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "read -P 0 0 64k", "-c", "read -P 0x55 192k 64k", overlay);
+        ProcessResult qemu = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", "read -P 0 0 64k", "-c", "read -P 0x55 192k 64k", overlay);
         Assert.True(qemu.ExitCode == 0 && !qemu.Output.Contains("verification failed", StringComparison.Ordinal), qemu.ToString());
     }
 
     [Fact]
-    public void BitmapOverlay_WritesAndReadsThroughItsBase()
+    public void Bitmap_overlay_writes_and_reads_through_its_base()
     {
         _dir.RawBase("base.raw", 2 << 20);
         string overlay = _dir.File("over.bitmap");
@@ -113,7 +114,7 @@ public sealed class IoInteropTests : IDisposable
         CliResult result = Xendisk.Run("io", overlay,
             "-c", "write -P 0x42 8k 4k",
             "-c", "read -P 0x42 8k 4k",
-            "-c", $"read -P 0x{TempDirectory.SectorByte(24):x2} 12k 512");
+            "-c", $"read -P 0x{RawImages.SectorByte(24):x2} 12k 512");
 
         Assert.True(result.ExitCode == 0, result.ToString());
         CliResult again = Xendisk.Run("io", "-f", "bitmap", overlay, "-c", "read -P 0x42 8k 4k");
@@ -121,7 +122,7 @@ public sealed class IoInteropTests : IDisposable
     }
 
     [Fact]
-    public void RawImage_WriteThenRead()
+    public void Raw_image_write_then_read()
     {
         string image = _dir.File("disk.raw");
         Assert.Equal(0, Xendisk.Run("image", "create", "-f", "raw", image, "1M").ExitCode);
@@ -129,12 +130,12 @@ public sealed class IoInteropTests : IDisposable
         CliResult result = Xendisk.Run("io", image, "-c", "write -P 0x9 512 1k", "-c", "read -P 9 512 1k", "-c", "read -P 0 0 512");
 
         Assert.True(result.ExitCode == 0, result.ToString());
-        QemuTools.ToolResult qemu = QemuTools.Run("qemu-io", "-f", "raw", "-c", "read -P 9 512 1k", image);
+        ProcessResult qemu = QemuTools.Run("qemu-io", "-f", "raw", "-c", "read -P 9 512 1k", image);
         Assert.True(qemu.ExitCode == 0 && !qemu.Output.Contains("verification failed", StringComparison.Ordinal), qemu.ToString());
     }
 
     [Fact]
-    public void BackingFileOutsideTheImageDirectory_IsFollowedOnlyWithAllowBase()
+    public void Backing_file_outside_the_image_directory_is_followed_only_with_allow_base()
     {
         using TempDirectory baseDir = new();
         string basePath = baseDir.RawBase("golden.raw", 1 << 20);
@@ -146,12 +147,12 @@ public sealed class IoInteropTests : IDisposable
         Assert.Contains("--allow-base", refused.Error);
         Xendisk.AssertNoStackTrace(refused);
 
-        CliResult allowed = Xendisk.Run("io", overlay, "--allow-base", baseDir.Path, "-c", $"read -P 0x{TempDirectory.SectorByte(0):x2} 0 512");
+        CliResult allowed = Xendisk.Run("io", overlay, "--allow-base", baseDir.Path, "-c", $"read -P 0x{RawImages.SectorByte(0):x2} 0 512");
         Assert.True(allowed.ExitCode == 0, allowed.ToString());
     }
 
     [Fact]
-    public void OneFailingCommand_FailsTheRunButTheOthersStillRun()
+    public void One_failing_command_fails_the_run_but_the_others_still_run()
     {
         string image = _dir.File("disk.raw");
         Assert.Equal(0, Xendisk.Run("image", "create", "-f", "raw", image, "1M").ExitCode);
@@ -164,7 +165,7 @@ public sealed class IoInteropTests : IDisposable
     }
 
     [Fact]
-    public void AWriteOntoMetadataFailsWithItsReasonAndTheCorruptImageStillReads()
+    public void A_write_onto_metadata_fails_with_its_reason_and_the_corrupt_image_still_reads()
     {
         // The L1 table's refcount set to 0 (qemu-img's layout: refcount block at 0x20000, L1 table in cluster 3).
         string image = _dir.File("img.qcow2");

@@ -3,6 +3,7 @@ using XenDisk.Cli.Tests.Support;
 
 namespace XenDisk.Cli.Tests;
 
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class MaintenanceTests : IDisposable
 {
     private readonly TempDirectory _dir = new();
@@ -13,12 +14,12 @@ public sealed class MaintenanceTests : IDisposable
 
     private static void QemuReads(string image, string command)
     {
-        QemuTools.ToolResult read = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", command, image);
+        ProcessResult read = QemuTools.Run("qemu-io", "-f", "qcow2", "-c", command, image);
         Assert.True(read.ExitCode == 0 && !read.Output.Contains("verification failed", StringComparison.Ordinal), read.ToString());
     }
 
     [Fact]
-    public void Snapshot_StacksANewOverlay_ThatQemuFollows()
+    public void Snapshot_stacks_a_new_overlay_that_qemu_follows()
     {
         _dir.RawBase("base.raw", 2 << 20);
         string first = _dir.File("first.qcow2");
@@ -29,7 +30,7 @@ public sealed class MaintenanceTests : IDisposable
         Ok(Xendisk.Run("image", "snapshot", first, second));
         Ok(Xendisk.Run("io", second, "-c", "write -P 0x22 64k 64k"));
 
-        QemuTools.ToolResult info = QemuTools.Run("qemu-img", "info", "--output=json", second);
+        ProcessResult info = QemuTools.Run("qemu-img", "info", "--output=json", second);
         using (JsonDocument json = JsonDocument.Parse(info.Output))
         {
             Assert.Equal("first.qcow2", json.RootElement.GetProperty("backing-filename").GetString());
@@ -38,11 +39,11 @@ public sealed class MaintenanceTests : IDisposable
         QemuReads(second, "read -P 0x21 0 64k");
         QemuReads(second, "read -P 0x22 64k 64k");
         // The frozen image did not change.
-        Ok(Xendisk.Run("io", first, "-c", $"read -P 0x{TempDirectory.SectorByte(128):x2} 64k 512"));
+        Ok(Xendisk.Run("io", first, "-c", $"read -P 0x{RawImages.SectorByte(128):x2} 64k 512"));
     }
 
     [Fact]
-    public void Commit_WritesTheOverlayIntoItsBase_AndEmptiesIt()
+    public void Commit_writes_the_overlay_into_its_base_and_empties_it()
     {
         string basePath = _dir.RawBase("base.raw", 2 << 20);
         string overlay = _dir.File("over.qcow2");
@@ -63,7 +64,7 @@ public sealed class MaintenanceTests : IDisposable
     }
 
     [Fact]
-    public void Hydrate_MakesTheOverlayStandalone_WithTheSameContents()
+    public void Hydrate_makes_the_overlay_standalone_with_the_same_contents()
     {
         _dir.RawBase("base.raw", 2 << 20);
         string overlay = _dir.File("over.qcow2");
@@ -78,12 +79,12 @@ public sealed class MaintenanceTests : IDisposable
         {
             Assert.False(json.RootElement.TryGetProperty("backingFile", out _));
         }
-        Ok(Xendisk.Run("io", overlay, "-c", "read -P 0x41 0 4k", "-c", $"read -P 0x{TempDirectory.SectorByte(2047):x2} {2047 * 512} 512"));
+        Ok(Xendisk.Run("io", overlay, "-c", "read -P 0x41 0 4k", "-c", $"read -P 0x{RawImages.SectorByte(2047):x2} {2047 * 512} 512"));
         Assert.Equal(0, QemuTools.Run("qemu-img", "check", overlay).ExitCode);
     }
 
     [Fact]
-    public void Rebase_Unsafe_OnlyRewritesTheName_Safe_CopiesTheDifference()
+    public void Rebase_unsafe_only_rewrites_the_name_safe_copies_the_difference()
     {
         _dir.RawBase("old.raw", 1 << 20);
         _dir.RawBase("new.raw", 1 << 20, fill: 0xee);
@@ -92,16 +93,16 @@ public sealed class MaintenanceTests : IDisposable
 
         Ok(Xendisk.Run("image", "rebase", "-b", "new.raw", "-F", "raw", overlay));
         // Safe: the overlay still reads the old base's bytes, now copied into it.
-        Ok(Xendisk.Run("io", overlay, "-c", $"read -P 0x{TempDirectory.SectorByte(5):x2} {5 * 512} 512"));
+        Ok(Xendisk.Run("io", overlay, "-c", $"read -P 0x{RawImages.SectorByte(5):x2} {5 * 512} 512"));
 
         Ok(Xendisk.Run("image", "rebase", "-u", "-b", "old.raw", "-F", "raw", overlay));
-        QemuTools.ToolResult info = QemuTools.Run("qemu-img", "info", "--output=json", overlay);
+        ProcessResult info = QemuTools.Run("qemu-img", "info", "--output=json", overlay);
         using JsonDocument json = JsonDocument.Parse(info.Output);
         Assert.Equal("old.raw", json.RootElement.GetProperty("backing-filename").GetString());
     }
 
     [Fact]
-    public void BitmapOverlay_HydrateThenCommit()
+    public void Bitmap_overlay_hydrate_then_commit()
     {
         string basePath = _dir.RawBase("base.raw", 1 << 20);
         string overlay = _dir.File("over.bitmap");
@@ -119,7 +120,7 @@ public sealed class MaintenanceTests : IDisposable
     }
 
     [Fact]
-    public void Snapshot_OfABitmapOverlay_IsRefused()
+    public void Snapshot_of_a_bitmap_overlay_is_refused()
     {
         _dir.RawBase("base.raw", 1 << 20);
         string overlay = _dir.File("over.bitmap");
@@ -138,7 +139,7 @@ public sealed class MaintenanceTests : IDisposable
         string secret = elsewhere.RawBase("secret.raw", 1 << 20, fill: 0x5e);
         File.CreateSymbolicLink(_dir.File("base.raw"), secret);
         string overlay = _dir.File("over.qcow2");
-        QemuTools.ToolResult made = QemuTools.Run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay);
+        ProcessResult made = QemuTools.Run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay);
         Assert.True(made.ExitCode == 0, made.ToString());
 
         CliResult refused = Xendisk.Run("image", "hydrate", overlay);

@@ -40,6 +40,7 @@ public sealed class ConfigurationValidationTests
     [InlineData("Backend:IoThreadsPerRing", "0", "Backend:IoThreadsPerRing")]
     [InlineData("Backend:IoThreadsPerRing", "1000", "Backend:IoThreadsPerRing")]
     [InlineData("Backend:RingDrainTimeoutSeconds", "0", "Backend:RingDrainTimeoutSeconds")]
+    [InlineData("Backend:SizeCheckSeconds", "-1", "Backend:SizeCheckSeconds")]
     [InlineData("Backend:DataPath", "GrantMapp", "Backend:DataPath")]
     [InlineData("Backend:DataPath", "1", "Backend:DataPath")]
     [InlineData("Backend:DataPath", "", "Backend:DataPath")]

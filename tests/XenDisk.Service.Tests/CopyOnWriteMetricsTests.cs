@@ -22,11 +22,11 @@ public sealed class CopyOnWriteMetricsTests : IDisposable
 {
     private const int BaseSize = 1 << 20;
 
-    private readonly DirectoryInfo _work = Directory.CreateTempSubdirectory("xendisk-cow-metrics-");
+    private readonly TempDirectory _work = new("xendisk-cow-metrics-");
 
     public CopyOnWriteMetricsTests()
     {
-        Images = Directory.CreateDirectory(Path.Combine(_work.FullName, "images")).FullName;
+        Images = Directory.CreateDirectory(Path.Combine(_work.Path, "images")).FullName;
         BasePath = Path.Combine(Images, "golden.img");
         var contents = new byte[BaseSize];
         new Random(1).NextBytes(contents);
@@ -37,7 +37,7 @@ public sealed class CopyOnWriteMetricsTests : IDisposable
 
     private string BasePath { get; }
 
-    public void Dispose() => _work.Delete(recursive: true);
+    public void Dispose() => _work.Dispose();
 
     private static void Write(IBlockDevice device, long offset, int length, int seed)
     {
@@ -89,11 +89,11 @@ public sealed class CopyOnWriteMetricsTests : IDisposable
         {
             Simulation = new SimulatedServicePlatform(),
             UseEnvironment = false,
-            ConfigPath = Path.Combine(_work.FullName, "absent.json"),
+            ConfigPath = Path.Combine(_work.Path, "absent.json"),
             MinimumLogLevel = LogLevel.Warning,
             ConfigurationOverrides = new Dictionary<string, string?>
             {
-                ["Control:SocketPath"] = Path.Combine(_work.FullName, "control.sock"),
+                ["Control:SocketPath"] = Path.Combine(_work.Path, "control.sock"),
                 ["Telemetry:Prometheus:ListenAddress"] = $"http://127.0.0.1:{port}/metrics",
                 ["Simulation:ImageDirectory"] = Images,
             },

@@ -5,19 +5,19 @@ namespace XenDisk.Service.Tests;
 
 public sealed class DiskProviderTests : IDisposable
 {
-    private readonly DirectoryInfo _work = Directory.CreateTempSubdirectory("xendisk-disks-");
+    private readonly TempDirectory _work = new("xendisk-disks-");
 
     public DiskProviderTests()
     {
-        Images = Directory.CreateDirectory(Path.Combine(_work.FullName, "images")).FullName;
-        Outside = Directory.CreateDirectory(Path.Combine(_work.FullName, "outside")).FullName;
+        Images = Directory.CreateDirectory(Path.Combine(_work.Path, "images")).FullName;
+        Outside = Directory.CreateDirectory(Path.Combine(_work.Path, "outside")).FullName;
     }
 
     private string Images { get; }
 
     private string Outside { get; }
 
-    public void Dispose() => _work.Delete(recursive: true);
+    public void Dispose() => _work.Dispose();
 
     private static string CreateImage(string directory, string name, int sizeBytes = 1 << 20)
     {

@@ -8,31 +8,32 @@ using XenDisk.TestSupport.Iscsi;
 namespace XenDisk.Service.Tests;
 
 /// <summary>The service serving iSCSI LUNs (a real tgtd on 127.0.0.1) to a guest on the simulated hypervisor.</summary>
+[Trait(Needs.Key, Needs.Tgtd)]
 [Collection(ProcessWideCollection.Name)]
 public sealed class IscsiServiceTests : IDisposable
 {
     private const string Iqn = "iqn.2026-12.org.xendisk.test:service";
     private const long LunSize = 8L << 20;
 
-    private readonly DirectoryInfo _work = Directory.CreateTempSubdirectory("xendisk-service-iscsi-");
+    private readonly TempDirectory _work = new("xendisk-service-iscsi-");
     private readonly string _images;
 
     public IscsiServiceTests()
     {
-        _images = Directory.CreateDirectory(Path.Combine(_work.FullName, "images")).FullName;
+        _images = Directory.CreateDirectory(Path.Combine(_work.Path, "images")).FullName;
     }
 
-    public void Dispose() => _work.Delete(recursive: true);
+    public void Dispose() => _work.Dispose();
 
-    private string LunFile(int lun) => Path.Combine(_work.FullName, $"lun{lun}.img");
+    private string LunFile(int lun) => Path.Combine(_work.Path, $"lun{lun}.img");
 
     [TgtdFact]
     public async Task A_raw_lun_is_served_to_a_guest_and_every_byte_is_verified()
     {
         byte[] initial = Pattern((int)LunSize, 1);
         File.WriteAllBytes(LunFile(1), initial);
-        using TgtdTarget target = TgtdTarget.Start(Path.Combine(_work.FullName, "tgtd"), new TgtdTargetDefinition(Iqn, [new TgtdLun(1, LunFile(1))]));
-        await using SimulatedService service = await SimulatedService.StartAsync(_work.FullName, _images, Enabled());
+        using TgtdTarget target = TgtdTarget.Start(Path.Combine(_work.Path, "tgtd"), new TgtdTargetDefinition(Iqn, [new TgtdLun(1, LunFile(1))]));
+        await using SimulatedService service = await SimulatedService.StartAsync(_work.Path, _images, Enabled());
         AttachedDisk disk = await service.AttachAsync("raw:" + target.Url(Iqn, 1));
         BlockFrontend guest = disk.Frontend!;
 
@@ -72,11 +73,11 @@ public sealed class IscsiServiceTests : IDisposable
         {
             overlay.SetLength(LunSize + (2 << 20));
         }
-        using TgtdTarget target = TgtdTarget.Start(Path.Combine(_work.FullName, "tgtd"),
+        using TgtdTarget target = TgtdTarget.Start(Path.Combine(_work.Path, "tgtd"),
             new TgtdTargetDefinition(Iqn, [new TgtdLun(1, LunFile(1)), new TgtdLun(2, LunFile(2))]));
         string description = $"cow:{target.Url(Iqn, 1)},{target.Url(Iqn, 2)},format=bitmap";
-        string workA = Directory.CreateDirectory(Path.Combine(_work.FullName, "host-a")).FullName;
-        string workB = Directory.CreateDirectory(Path.Combine(_work.FullName, "host-b")).FullName;
+        string workA = Directory.CreateDirectory(Path.Combine(_work.Path, "host-a")).FullName;
+        string workB = Directory.CreateDirectory(Path.Combine(_work.Path, "host-b")).FullName;
         // Each host has its own image directory (its demo guest's disk) and control socket.
         await using SimulatedService hostB = await SimulatedService.StartAsync(workB, Directory.CreateDirectory(Path.Combine(workB, "images")).FullName, Host("b", "0xb2"));
         await using (SimulatedService hostA = await SimulatedService.StartAsync(workA, Directory.CreateDirectory(Path.Combine(workA, "images")).FullName, Host("a", "0xa1")))

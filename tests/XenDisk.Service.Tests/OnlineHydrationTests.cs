@@ -16,6 +16,7 @@ namespace XenDisk.Service.Tests;
 /// resume, and runs stopped by the disk closing. Afterwards the overlays are checked offline, with
 /// the engine and qemu-img.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class OnlineHydrationTests : IDisposable
 {
     private const int BaseSize = 8 << 20;
@@ -30,14 +31,14 @@ public sealed class OnlineHydrationTests : IDisposable
 
     private const int MaxRacingWrites = 5000;
 
-    private readonly DirectoryInfo _work = Directory.CreateTempSubdirectory("xendisk-hydrate-");
+    private readonly TempDirectory _work = new("xendisk-hydrate-");
     private readonly string _images;
     private readonly string _basePath;
     private readonly byte[] _base;
 
     public OnlineHydrationTests()
     {
-        _images = Directory.CreateDirectory(Path.Combine(_work.FullName, "images")).FullName;
+        _images = Directory.CreateDirectory(Path.Combine(_work.Path, "images")).FullName;
         _basePath = Path.Combine(_images, "golden.img");
         _base = new byte[BaseSize];
         new Random(7).NextBytes(_base);
@@ -45,7 +46,7 @@ public sealed class OnlineHydrationTests : IDisposable
         File.WriteAllBytes(_basePath, _base);
     }
 
-    public void Dispose() => _work.Delete(recursive: true);
+    public void Dispose() => _work.Dispose();
 
     [Theory]
     [InlineData("qcow2")]
@@ -54,7 +55,7 @@ public sealed class OnlineHydrationTests : IDisposable
     {
         string overlay = Path.Combine(_images, "guest." + format);
         byte[] expected = (byte[])_base.Clone();
-        await using SimulatedService service = await SimulatedService.StartAsync(_work.FullName, _images);
+        await using SimulatedService service = await SimulatedService.StartAsync(_work.Path, _images);
         AttachedDisk disk = await service.AttachAsync($"cow:{_basePath},{overlay},format={format}");
         var guest = new Guest(disk.Frontend!, expected);
         var random = new Random(format.Length);
@@ -120,9 +121,9 @@ public sealed class OnlineHydrationTests : IDisposable
                 AssertContents(image, expected);
             }
 
-            QemuImg.Result check = QemuImg.Run("check", "-f", "qcow2", overlay);
+            ProcessResult check = ProcessRunner.Run("qemu-img", "check", "-f", "qcow2", overlay);
             Assert.True(check.ExitCode == 0, check.ToString());
-            QemuImg.Result info = QemuImg.Run("info", "--output=json", "-f", "qcow2", overlay);
+            ProcessResult info = ProcessRunner.Run("qemu-img", "info", "--output=json", "-f", "qcow2", overlay);
             Assert.True(info.ExitCode == 0, info.ToString());
             Assert.DoesNotContain("backing-filename", info.Output, StringComparison.Ordinal);
         }
@@ -140,7 +141,7 @@ public sealed class OnlineHydrationTests : IDisposable
     {
         string existing = Path.Combine(_images, "readonly.qcow2");
         Qcow2Disk.Create(existing, new Qcow2CreateOptions { VirtualSize = BaseSize, BackingFile = _basePath, BackingFormat = "raw" });
-        await using SimulatedService service = await SimulatedService.StartAsync(_work.FullName, _images);
+        await using SimulatedService service = await SimulatedService.StartAsync(_work.Path, _images);
         DeviceReport raw = Assert.Single((await service.StatusAsync()).Devices);
         AttachedDisk readOnly = await service.AttachAsync($"cow:{_basePath},{existing}", readOnly: true, connect: false);
         AttachedDisk transient = await service.AttachAsync($"cow:{_basePath},{Path.Combine(_images, "scratch.qcow2")},policy=transient", connect: false);
@@ -165,7 +166,7 @@ public sealed class OnlineHydrationTests : IDisposable
         Assert.Contains("bytesPerSecond", negative.Error, StringComparison.Ordinal);
         ControlResponse unknown = await ControlClient.SendAsync(service.SocketPath, new ControlRequest("frobnicate"));
         Assert.False(unknown.Ok);
-        Assert.Contains("known: status, hydrate, hydrate-cancel", unknown.Error, StringComparison.Ordinal);
+        Assert.Contains("known: status, hydrate, hydrate-cancel, resize", unknown.Error, StringComparison.Ordinal);
 
         ServiceStatusReport status = await service.StatusAsync();
         Assert.Equal(3, status.Devices.Count);
@@ -177,7 +178,7 @@ public sealed class OnlineHydrationTests : IDisposable
     public async Task One_hydration_per_device_and_a_cancelled_one_resumes_where_it_stopped()
     {
         string overlay = Path.Combine(_images, "resume.qcow2");
-        await using SimulatedService service = await SimulatedService.StartAsync(_work.FullName, _images);
+        await using SimulatedService service = await SimulatedService.StartAsync(_work.Path, _images);
         AttachedDisk disk = await service.AttachAsync($"cow:{_basePath},{overlay},format=qcow2", connect: false);
 
         (_, HydrationReport first) = await ControlClient.StartHydrationAsync(service.SocketPath, disk.Name, 1L << 20);
@@ -216,7 +217,7 @@ public sealed class OnlineHydrationTests : IDisposable
 
         await service.StopAsync();
         File.Move(_basePath, _basePath + ".moved");
-        QemuImg.Result check = QemuImg.Run("check", "-f", "qcow2", overlay);
+        ProcessResult check = ProcessRunner.Run("qemu-img", "check", "-f", "qcow2", overlay);
         Assert.True(check.ExitCode == 0, check.ToString());
         using Qcow2Image image = Qcow2Disk.Open(overlay, new Qcow2OpenOptions { ReadOnly = true });
         Assert.Null(image.BackingFile);
@@ -228,7 +229,7 @@ public sealed class OnlineHydrationTests : IDisposable
     {
         string qcow2 = Path.Combine(_images, "removed.qcow2");
         string bitmap = Path.Combine(_images, "stopped.cow");
-        SimulatedService service = await SimulatedService.StartAsync(_work.FullName, _images);
+        SimulatedService service = await SimulatedService.StartAsync(_work.Path, _images);
         await using (service)
         {
             AttachedDisk removed = await service.AttachAsync($"cow:{_basePath},{qcow2},format=qcow2", connect: false);
@@ -248,7 +249,7 @@ public sealed class OnlineHydrationTests : IDisposable
         }
 
         // Both overlays are consistent, still over their base, and read as the base.
-        QemuImg.Result check = QemuImg.Run("check", "-f", "qcow2", qcow2);
+        ProcessResult check = ProcessRunner.Run("qemu-img", "check", "-f", "qcow2", qcow2);
         Assert.True(check.ExitCode == 0, check.ToString());
         using (Qcow2Image image = Qcow2Disk.Open(qcow2, new Qcow2OpenOptions { ReadOnly = true, BackingPolicy = AllowImages() }))
         {

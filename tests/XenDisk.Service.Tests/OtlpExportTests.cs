@@ -18,20 +18,20 @@ namespace XenDisk.Service.Tests;
 public sealed class OtlpExportTests : IDisposable
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
-    private readonly DirectoryInfo _work = Directory.CreateTempSubdirectory("xendisk-otlp-");
+    private readonly TempDirectory _work = new("xendisk-otlp-");
 
-    public void Dispose() => _work.Delete(recursive: true);
+    public void Dispose() => _work.Dispose();
 
     [Fact]
     public async Task Request_duration_histograms_reach_an_OTLP_receiver_per_device_and_operation()
     {
         await using var receiver = new OtlpReceiver(ServiceHostTests.FreePort());
-        string socket = Path.Combine(_work.FullName, "control.sock");
+        string socket = Path.Combine(_work.Path, "control.sock");
         var options = new ServeOptions
         {
             Simulation = new SimulatedServicePlatform(),
             UseEnvironment = false,
-            ConfigPath = Path.Combine(_work.FullName, "absent.json"),
+            ConfigPath = Path.Combine(_work.Path, "absent.json"),
             MinimumLogLevel = LogLevel.Warning,
             ConfigurationOverrides = new Dictionary<string, string?>
             {

@@ -17,11 +17,11 @@ namespace XenDisk.Service.Tests;
 public sealed class ServiceHostTests : IDisposable
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
-    private readonly DirectoryInfo _work = Directory.CreateTempSubdirectory("xendisk-service-");
+    private readonly TempDirectory _work = new("xendisk-service-");
 
-    private string SocketPath => Path.Combine(_work.FullName, "control.sock");
+    private string SocketPath => Path.Combine(_work.Path, "control.sock");
 
-    public void Dispose() => _work.Delete(recursive: true);
+    public void Dispose() => _work.Dispose();
 
     internal static int FreePort()
     {
@@ -34,7 +34,7 @@ public sealed class ServiceHostTests : IDisposable
     {
         Simulation = new SimulatedServicePlatform(),
         UseEnvironment = false,
-        ConfigPath = Path.Combine(_work.FullName, "absent.json"),
+        ConfigPath = Path.Combine(_work.Path, "absent.json"),
         MinimumLogLevel = LogLevel.Warning,
         ConfigurationOverrides = new Dictionary<string, string?>
         {
@@ -224,7 +224,7 @@ public sealed class ServiceHostTests : IDisposable
         int code = await XenDiskServiceHost.RunAsync(new ServeOptions
         {
             UseEnvironment = false,
-            ConfigPath = Path.Combine(_work.FullName, "absent.json"),
+            ConfigPath = Path.Combine(_work.Path, "absent.json"),
             ConfigurationOverrides = new Dictionary<string, string?> { ["Control:SocketPath"] = SocketPath },
         }, errors, CancellationToken.None).WaitAsync(Timeout);
 

@@ -11,21 +11,21 @@ namespace XenDisk.Service.Tests;
 /// </summary>
 public sealed class StatusFeaturesTests : IDisposable
 {
-    private readonly DirectoryInfo _work = Directory.CreateTempSubdirectory("xendisk-status-");
+    private readonly TempDirectory _work = new("xendisk-status-");
 
-    public void Dispose() => _work.Delete(recursive: true);
+    public void Dispose() => _work.Dispose();
 
     [Fact]
     public async Task Indirect_requests_are_reported_as_offered_until_the_guest_sends_one()
     {
-        string images = Directory.CreateDirectory(Path.Combine(_work.FullName, "images")).FullName;
+        string images = Directory.CreateDirectory(Path.Combine(_work.Path, "images")).FullName;
         string image = Path.Combine(images, "disk.img");
         using (FileStream file = File.Create(image))
         {
             file.SetLength(16 << 20);
         }
 
-        await using SimulatedService service = await SimulatedService.StartAsync(_work.FullName, images);
+        await using SimulatedService service = await SimulatedService.StartAsync(_work.Path, images);
         AttachedDisk disk = await service.AttachAsync(image);
 
         // 4 KiB requests need no indirect segments, whatever the frontend could do.
@@ -48,8 +48,8 @@ public sealed class StatusFeaturesTests : IDisposable
     [Fact]
     public async Task The_stop_line_counts_every_device_the_backend_released()
     {
-        string images = Directory.CreateDirectory(Path.Combine(_work.FullName, "images")).FullName;
-        var service = await SimulatedService.StartAsync(_work.FullName, images);
+        string images = Directory.CreateDirectory(Path.Combine(_work.Path, "images")).FullName;
+        var service = await SimulatedService.StartAsync(_work.Path, images);
         try
         {
             // Two disks the toolstack attached and no guest connected to: both still served at stop

@@ -6,6 +6,9 @@ namespace XenDisk.Storage.Tests;
 /// The <see cref="IBlockDevice"/> contract, against every kind of device: raw storage, and the
 /// copy-on-write overlays (qcow2 and bitmap) the backend serves guests from, which must keep it too.
 /// </summary>
+[Trait(Needs.Key, Needs.Root)]
+[Trait(Needs.Key, Needs.Loop)]
+[Trait(Needs.Key, Needs.Qemu)]
 public class BlockDeviceContractTests
 {
     public static TheoryData<DeviceKind> AllKinds => new(Enum.GetValues<DeviceKind>());

@@ -16,6 +16,7 @@ public class RawBlockDeviceTests
         Assert.Contains("direct I/O", raw.Info.Description, StringComparison.Ordinal);
     }
 
+    [Trait(Needs.Key, Needs.Root)]
     [Fact]
     public void A_file_system_that_refuses_O_DIRECT_falls_back_to_buffered_io_and_says_so()
     {
@@ -40,6 +41,8 @@ public class RawBlockDeviceTests
         Assert.Contains(raw.UsesDirectIo ? "(direct I/O)" : "buffered:", raw.Info.Description, StringComparison.Ordinal);
     }
 
+    [Trait(Needs.Key, Needs.Root)]
+    [Trait(Needs.Key, Needs.Loop)]
     [Fact]
     public void Loop_devices_are_block_devices_with_direct_io()
     {
@@ -86,6 +89,8 @@ public class RawBlockDeviceTests
         Assert.Equal(TestDisk.DefaultSize, disk.Device.Info.SizeBytes);
     }
 
+    [Trait(Needs.Key, Needs.Root)]
+    [Trait(Needs.Key, Needs.Loop)]
     [Fact]
     public void A_shared_bounce_pool_is_used_and_every_buffer_comes_back()
     {
@@ -107,6 +112,8 @@ public class RawBlockDeviceTests
         Assert.Equal(0, pool.RentedCount);
     }
 
+    [Trait(Needs.Key, Needs.Root)]
+    [Trait(Needs.Key, Needs.Loop)]
     [Fact]
     public void A_bounce_pool_whose_buffers_are_not_whole_sectors_is_refused()
     {
@@ -122,6 +129,8 @@ public class RawBlockDeviceTests
             new RawDeviceOptions { BouncePool = pool, FileLogicalSectorSize = 8192 }));
     }
 
+    [Trait(Needs.Key, Needs.Root)]
+    [Trait(Needs.Key, Needs.Loop)]
     [Fact]
     public void Refresh_keeps_the_previous_info_object_when_nothing_changed()
     {

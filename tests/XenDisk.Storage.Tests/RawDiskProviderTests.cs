@@ -61,6 +61,8 @@ public class RawDiskProviderTests
         Assert.Equal(TestDisk.DefaultSize, device.Info.SizeBytes);
     }
 
+    [Trait(Needs.Key, Needs.Root)]
+    [Trait(Needs.Key, Needs.Loop)]
     [Theory]
     [InlineData(DeviceKind.DiskFile, true)]
     [InlineData(DeviceKind.DiskFile, false)]

@@ -10,20 +10,20 @@ namespace XenDisk.Storage.Tests;
 public sealed class RawFileGrowthTests : IDisposable
 {
     private const int Step = 1 << 20;
-    private readonly string _directory = Directory.CreateTempSubdirectory("xendisk-growth-").FullName;
+    private readonly TempDirectory _directory = new("xendisk-growth-");
 
-    public void Dispose() => Directory.Delete(_directory, recursive: true);
+    public void Dispose() => _directory.Dispose();
 
     private string EmptyFile(long length = 0)
     {
-        string path = Path.Combine(_directory, $"image-{Guid.NewGuid():N}");
+        string path = _directory.File($"image-{Guid.NewGuid():N}");
         using var handle = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite);
         RandomAccess.SetLength(handle, length);
         return path;
     }
 
     /// <summary>Bytes the file system has allocated to the file (st_blocks x 512).</summary>
-    private static long AllocatedBytes(string path) => long.Parse(Commands.Run("stat", "-c", "%b", path).Trim()) * 512;
+    private static long AllocatedBytes(string path) => long.Parse(ProcessRunner.Output("stat", "-c", "%b", path).Trim()) * 512;
 
     [Fact]
     public void Growing_without_a_step_allocates_exactly_what_is_asked()
@@ -84,6 +84,8 @@ public sealed class RawFileGrowthTests : IDisposable
         Assert.Equal(Step, new FileInfo(path).Length);
     }
 
+    [Trait(Needs.Key, Needs.Root)]
+    [Trait(Needs.Key, Needs.Loop)]
     [Fact]
     public void A_block_device_cannot_grow_but_answers_within_its_size()
     {

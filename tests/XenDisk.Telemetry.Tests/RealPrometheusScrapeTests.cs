@@ -18,6 +18,7 @@ namespace XenDisk.Telemetry.Tests;
 /// backend whose guest made a known number of requests; the values Prometheus answers must be the
 /// backend's own counters, and every query of config/grafana-dashboard.json must return data.
 /// </summary>
+[Trait(Needs.Key, Needs.Prometheus)]
 [Collection(XenDiskMeterCollection.Name)]
 public sealed class RealPrometheusScrapeTests(RealPrometheusScrapeTests.Scraped scraped, ITestOutputHelper output) : IClassFixture<RealPrometheusScrapeTests.Scraped>
 {

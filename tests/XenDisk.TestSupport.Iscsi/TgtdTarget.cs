@@ -136,7 +136,7 @@ public sealed class TgtdTarget : IDisposable
     public string Admin(params string[] arguments)
     {
         string[] all = ["-C", ControlNumber.ToString(CultureInfo.InvariantCulture), "--lld", "iscsi", .. arguments];
-        (int code, string output, string error) = Run(Tgtadm, all);
+        (int code, string output, string error) = ProcessRunner.Run(Tgtadm, all);
         if (code != 0)
         {
             throw new InvalidOperationException($"tgtadm {string.Join(' ', all)} failed ({code}): {error.Trim()} {output.Trim()}");
@@ -190,7 +190,7 @@ public sealed class TgtdTarget : IDisposable
                 throw new InvalidOperationException($"tgtd exited with {_process.ExitCode} at start: {Log}");
             }
             // Ready when the control socket answers and the portal accepts a connection.
-            (int code, _, _) = Run(Tgtadm, "-C", ControlNumber.ToString(CultureInfo.InvariantCulture), "--op", "show", "--mode", "sys");
+            (int code, _, _) = ProcessRunner.Run(Tgtadm, "-C", ControlNumber.ToString(CultureInfo.InvariantCulture), "--op", "show", "--mode", "sys");
             if (code == 0 && Accepts())
             {
                 return;
@@ -222,19 +222,5 @@ public sealed class TgtdTarget : IDisposable
         using TcpListener listener = new(IPAddress.Loopback, 0);
         listener.Start();
         return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
-
-    private static (int Code, string Output, string Error) Run(string fileName, params string[] arguments)
-    {
-        ProcessStartInfo start = new(fileName) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (string argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
-        using Process process = Process.Start(start)!;
-        Task<string> output = process.StandardOutput.ReadToEndAsync();
-        string error = process.StandardError.ReadToEnd();
-        process.WaitForExit();
-        return (process.ExitCode, output.Result, error);
     }
 }

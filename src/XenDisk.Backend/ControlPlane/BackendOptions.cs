@@ -34,6 +34,12 @@ public sealed record BackendOptions
     /// a leak reported in the log beats a write into unmapped memory.</summary>
     public static readonly TimeSpan DefaultRingDrainTimeout = TimeSpan.FromSeconds(30);
 
+    /// <summary>How often every served disk's size is looked at, so that an <c>lvextend</c>, a grown
+    /// file or a resized LUN reaches the guest as an online resize. Linux blkback looks on every pass
+    /// of its ring thread (xen_vbd_resize); one size query per disk every two seconds costs nothing
+    /// measurable and shows the change to the guest before an operator looks for it.</summary>
+    public static readonly TimeSpan DefaultSizeCheckInterval = TimeSpan.FromSeconds(2);
+
     /// <summary>Backend kinds to serve: each is watched at /local/domain/&lt;LocalDomainId&gt;/backend/&lt;kind&gt;.</summary>
     public IReadOnlyList<string> Kinds { get; init; } = [DefaultKind];
 
@@ -62,6 +68,10 @@ public sealed record BackendOptions
 
     /// <inheritdoc cref="DefaultRingDrainTimeout"/>
     public TimeSpan RingDrainTimeout { get; init; } = DefaultRingDrainTimeout;
+
+    /// <inheritdoc cref="DefaultSizeCheckInterval"/> <see cref="TimeSpan.Zero"/> turns the check off
+    /// (a resize then reaches the guest only through <see cref="BlockBackend.ResizeAsync"/>).
+    public TimeSpan SizeCheckInterval { get; init; } = DefaultSizeCheckInterval;
 
     public DataPlaneOptions DataPlane { get; init; } = new();
 
@@ -119,6 +129,11 @@ public sealed record BackendOptions
         if (RingDrainTimeout <= TimeSpan.Zero && RingDrainTimeout != Timeout.InfiniteTimeSpan)
         {
             errors.Add("RingDrainTimeout must be positive (or infinite).");
+        }
+
+        if (SizeCheckInterval < TimeSpan.Zero)
+        {
+            errors.Add("SizeCheckInterval must be positive, or zero to turn the size check off.");
         }
 
         if (DataPlane is null)

@@ -34,6 +34,7 @@ public sealed class BlockBackend : IAsyncDisposable
     private BackendContext? _context;
     private CancellationTokenSource? _stopping;
     private Task? _watchLoop;
+    private Task? _sizeCheckLoop;
     private bool _started;
     private bool _stopped;
 
@@ -99,6 +100,10 @@ public sealed class BlockBackend : IAsyncDisposable
             }
 
             _watchLoop = Task.Run(() => WatchLoopAsync(store, _stopping.Token), CancellationToken.None);
+            if (_options.SizeCheckInterval > TimeSpan.Zero)
+            {
+                _sizeCheckLoop = Task.Run(() => SizeCheckLoopAsync(_stopping.Token), CancellationToken.None);
+            }
         }
         catch
         {
@@ -146,6 +151,10 @@ public sealed class BlockBackend : IAsyncDisposable
         try
         {
             await _watchLoop!.ConfigureAwait(false);
+            if (_sizeCheckLoop is not null)
+            {
+                await _sizeCheckLoop.ConfigureAwait(false);
+            }
         }
         catch (OperationCanceledException)
         {
@@ -184,6 +193,18 @@ public sealed class BlockBackend : IAsyncDisposable
         return device.ResizeAsync(cancellationToken);
     }
 
+    /// <inheritdoc cref="ResizeAsync(uint, int, CancellationToken)"/>
+    public Task<bool> ResizeAsync(string backendPath, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(backendPath);
+        if (!_devices.TryGetValue(backendPath, out BackendDevice? device) || !device.IsClaimed)
+        {
+            throw new KeyNotFoundException($"No device {backendPath} is served by this backend.");
+        }
+
+        return device.ResizeAsync(cancellationToken);
+    }
+
     /// <summary>
     /// Starts maintenance work on the open disk of the device at <paramref name="backendPath"/>,
     /// beside its guest I/O (hydrating a copy-on-write overlay). <paramref name="prepare"/> is called
@@ -210,6 +231,47 @@ public sealed class BlockBackend : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await StopAsync(CancellationToken.None).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The online-resize watch (blkback's xen_vbd_resize, which compares the size on every pass of its
+    /// ring thread): every <see cref="BackendOptions.SizeCheckInterval"/> each served device re-reads
+    /// its disk's size, and a device whose size changed tells its connected frontend. The devices
+    /// look at once, each under its own control lock, so a device busy connecting delays only itself
+    /// by a tick. A disk whose size query fails is logged and looked at again on the next tick.
+    /// </summary>
+    private async Task SizeCheckLoopAsync(CancellationToken cancellationToken)
+    {
+        using var ticks = new PeriodicTimer(_options.SizeCheckInterval, _options.DataPlane.TimeProvider);
+        try
+        {
+            while (await ticks.WaitForNextTickAsync(cancellationToken).ConfigureAwait(false))
+            {
+                await Task.WhenAll(_devices.Values.Where(d => d.IsClaimed).Select(d => CheckSizeAsync(d, cancellationToken))).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+        }
+    }
+
+    private async Task CheckSizeAsync(BackendDevice device, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await device.ResizeAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+        }
+        catch (ObjectDisposedException)
+        {
+            // Removed between the listing and the look: nothing to resize.
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            ControlPlaneLog.SizeCheckFailed(_logger, device.BackendPath, e);
+        }
     }
 
     private BackendDevice? Find(uint frontendDomainId, int deviceId) =>

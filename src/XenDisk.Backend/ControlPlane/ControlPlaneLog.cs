@@ -46,6 +46,9 @@ internal static partial class ControlPlaneLog
     [LoggerMessage(EventId = 1011, Level = LogLevel.Information, Message = "{Device}: resized from {OldSectors} to {NewSectors} sectors")]
     public static partial void DeviceResized(ILogger logger, string device, ulong oldSectors, ulong newSectors);
 
+    [LoggerMessage(EventId = 1026, Level = LogLevel.Warning, Message = "{Device}: could not check the disk's size for an online resize")]
+    public static partial void SizeCheckFailed(ILogger logger, string device, Exception exception);
+
     [LoggerMessage(EventId = 1012, Level = LogLevel.Information, Message = "{Device}: frontend re-initialising after close; preparing for reconnect (InitWait)")]
     public static partial void DeviceReconnecting(ILogger logger, string device);
 

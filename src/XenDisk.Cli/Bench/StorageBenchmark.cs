@@ -296,14 +296,18 @@ internal static class StorageBenchmark
         stream.Flush(flushToDisk: true);
     }
 
-    private static int[] BackendThreads()
+    private static int[] BackendThreads() => ThreadsNamed(BackendThreadPrefix);
+
+    /// <summary>The ids of this process's threads whose name starts with one of <paramref name="prefixes"/>.</summary>
+    internal static int[] ThreadsNamed(params string[] prefixes)
     {
         var ids = new List<int>();
         foreach (string task in Directory.EnumerateDirectories("/proc/self/task"))
         {
             try
             {
-                if (File.ReadAllText(Path.Combine(task, "comm")).StartsWith(BackendThreadPrefix, StringComparison.Ordinal))
+                string comm = File.ReadAllText(Path.Combine(task, "comm"));
+                if (prefixes.Any(prefix => comm.StartsWith(prefix, StringComparison.Ordinal)))
                 {
                     ids.Add(int.Parse(Path.GetFileName(task), CultureInfo.InvariantCulture));
                 }
@@ -318,7 +322,7 @@ internal static class StorageBenchmark
     }
 
     /// <summary>voluntary_ctxt_switches + nonvoluntary_ctxt_switches of the given threads.</summary>
-    private static long ContextSwitches(int[] threads)
+    internal static long ContextSwitches(int[] threads)
     {
         long total = 0;
         foreach (int id in threads)
@@ -342,7 +346,7 @@ internal static class StorageBenchmark
         return total;
     }
 
-    private static bool PerfWorks(string perf)
+    internal static bool PerfWorks(string perf)
     {
         try
         {
@@ -471,7 +475,7 @@ internal static class StorageBenchmark
     }
 
     /// <summary>`perf stat -e raw_syscalls:sys_enter -t TIDS` attached for the measured window; stopped with SIGINT.</summary>
-    private sealed class PerfCounter : IDisposable
+    internal sealed class PerfCounter : IDisposable
     {
         private readonly Process _process;
         private readonly string _output;
@@ -505,14 +509,17 @@ internal static class StorageBenchmark
             return ParseCount(File.ReadAllText(_output));
         }
 
-        public static long? ParseCount(string text)
+        public static long? ParseCount(string text) => ParseEvent(text, "raw_syscalls:sys_enter") is double count ? (long)count : null;
+
+        /// <summary>One event's value from perf stat -x , output (value, unit, event, ...): a count, or msec for task-clock.</summary>
+        public static double? ParseEvent(string text, string name)
         {
             foreach (string line in text.Split('\n'))
             {
                 string[] fields = line.Split(',');
-                if (fields.Length > 2 && fields[2] == "raw_syscalls:sys_enter" && long.TryParse(fields[0], NumberStyles.None, CultureInfo.InvariantCulture, out long count))
+                if (fields.Length > 2 && fields[2] == name && double.TryParse(fields[0], NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out double value))
                 {
-                    return count;
+                    return value;
                 }
             }
 

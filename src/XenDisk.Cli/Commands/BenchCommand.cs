@@ -8,7 +8,51 @@ namespace XenDisk.Cli.Commands;
 /// <summary>`xendisk bench ...`: benchmarks that print figures for docs/BENCHMARKS.md.</summary>
 internal static class BenchCommand
 {
-    public static Command Create() => new("bench", "Measure XenDisk") { CreateRing(), BenchCowCommand.CreateCow(), CreateStorage() };
+    public static Command Create() => new("bench", "Measure XenDisk") { CreateRing(), BenchCowCommand.CreateCow(), CreateStorage(), CreateIscsi() };
+
+    private static Command CreateIscsi()
+    {
+        var url = new Argument<string>("URL") { Description = "The LUN both sides use, iscsi://HOST[:PORT]/IQN/LUN; its contents are overwritten" };
+        var overwrite = new Option<bool>("--overwrite") { Description = "Confirm that the LUN's contents may be overwritten (the write configurations write all over it)" };
+        var seconds = new Option<double>("--seconds") { Description = "Measured length of each XenDisk run (qemu-img bench issues as many requests)", DefaultValueFactory = _ => 5 };
+        var rounds = new Option<int>("--rounds") { Description = "Interleaved rounds (XenDisk, qemu-img, XenDisk, ...); the median round is reported", DefaultValueFactory = _ => 3 };
+        var ioThreads = new Option<int>("--io-threads") { Description = "XenDisk's I/O threads per ring (the service's default unless given)", DefaultValueFactory = _ => new XenDisk.Backend.DataPlane.DataPlaneOptions().IoThreadsPerRing };
+        var only = new Option<string[]>("--only") { Description = "Run only the configurations whose name contains this text (repeatable)" };
+        var json = new Option<bool>("--json") { Description = "Print the result as JSON" };
+        var command = new Command("iscsi", "The whole data path over an iSCSI LUN against qemu-img bench through QEMU's libiscsi driver on the same LUN: IOPS, CPU, system calls and context switches per request")
+        {
+            url, overwrite, seconds, rounds, ioThreads, only, json,
+        };
+        command.SetAction((parse, cancellationToken) =>
+        {
+            if (!parse.GetValue(overwrite))
+            {
+                return Task.FromResult(CommandErrors.Invalid("bench iscsi writes all over the LUN: give --overwrite to confirm"));
+            }
+
+            if (parse.GetValue(seconds) is <= 0 or > 3600 || parse.GetValue(rounds) is < 1 or > 25 || parse.GetValue(ioThreads) is < 1 or > XenDisk.Backend.DataPlane.DataPlaneOptions.MaxIoThreadsPerRing)
+            {
+                return Task.FromResult(CommandErrors.Invalid($"--seconds must be between 0 and 3600, --rounds 1 to 25 and --io-threads 1 to {XenDisk.Backend.DataPlane.DataPlaneOptions.MaxIoThreadsPerRing}"));
+            }
+
+            using var loggerFactory = CommandLogging.Create(verbose: false);
+            TextWriter error = Console.Error;
+            var report = IscsiBenchmark.Run(
+                new IscsiBenchSettings(parse.GetValue(url)!, TimeSpan.FromSeconds(parse.GetValue(seconds)), parse.GetValue(rounds), parse.GetValue(ioThreads), parse.GetValue(only)),
+                loggerFactory, line => error.WriteLine("bench iscsi: " + line), cancellationToken);
+            if (parse.GetValue(json))
+            {
+                Console.WriteLine(JsonSerializer.Serialize(report, IscsiBenchJsonContext.Default.IscsiBenchReport));
+            }
+            else
+            {
+                IscsiBenchmark.WriteText(Console.Out, report);
+            }
+
+            return Task.FromResult(0);
+        });
+        return command;
+    }
 
     private static Command CreateStorage()
     {

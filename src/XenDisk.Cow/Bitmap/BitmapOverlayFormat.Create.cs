@@ -49,14 +49,25 @@ internal sealed partial class BitmapOverlayFormat
             }
             grainSize = (int)grain;
         }
-        OverlayFiles.CreateBitmapFile(imagePath, BitmapOverlay.RequiredCowSize(options.VirtualSize, grainSize), preallocation);
+        // A LUN is made on its target: the overlay is written onto it as it is.
+        bool lun = OverlayAttachment.IsLun(imagePath);
+        if (lun && options.Settings.ContainsKey("preallocation"))
+        {
+            return OverlayOperationResult.Invalid("preallocation= applies to overlay files; a LUN's blocks are its target's to allocate");
+        }
+        if (!lun)
+        {
+            OverlayFiles.CreateBitmapFile(imagePath, BitmapOverlay.RequiredCowSize(options.VirtualSize, grainSize), preallocation);
+        }
         try
         {
-            IBlockDevice baseDevice = ImageLocks.OpenRaw(options.BasePath, readOnly: true);
+            IBlockDevice baseDevice = options.OpenStorage(options.BasePath, true);
             IBlockDevice? cow = null;
             try
             {
-                cow = ImageLocks.OpenRaw(Path.GetFullPath(imagePath), readOnly: false);
+                // On a LUN, BitmapOverlay.Create refuses one smaller than the overlay needs, naming both sizes,
+                // and zeroes the map before it writes the header: whatever the LUN held is no longer read.
+                cow = options.OpenStorage(imagePath, false);
                 // The base is recorded by its full path: a bitmap overlay names it absolutely (docs/BITMAP-FORMAT.md).
                 BitmapOverlay.Create(cow, baseDevice, new BitmapCreateOptions { GrainSize = grainSize, VirtualSize = options.VirtualSize, BaseName = options.BasePath },
                     new BitmapOverlayOptions { OwnsDevices = true }).Dispose();
@@ -68,7 +79,7 @@ internal sealed partial class BitmapOverlayFormat
                 throw;
             }
         }
-        catch
+        catch when (!lun)
         {
             File.Delete(imagePath);
             throw;

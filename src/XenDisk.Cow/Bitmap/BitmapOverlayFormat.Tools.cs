@@ -1,6 +1,7 @@
 using System.Globalization;
 using XenDisk.Cow.Overlays;
 using XenDisk.Storage;
+using XenDisk.Storage.Iscsi;
 
 namespace XenDisk.Cow.Bitmap;
 
@@ -31,7 +32,7 @@ internal sealed partial class BitmapOverlayFormat
             GrainSize = header.GrainSize,
             BackingFile = hasBase ? header.BaseName : null,
             BackingFormat = hasBase ? "raw" : null,
-            FullBackingFilename = hasBase ? Path.GetFullPath(header.BaseName) : null,
+            FullBackingFilename = hasBase ? FullName(header.BaseName) : null,
             AllocatedBytes = report.Counts.Mapped * header.GrainSize,
             Features = features,
             Dirty = header.IsDirty,
@@ -85,8 +86,12 @@ internal sealed partial class BitmapOverlayFormat
     /// A bitmap overlay records its base by absolute path only (docs/BITMAP-FORMAT.md, base name), which
     /// resolves to itself; a name given when one is made is relative to the new overlay's directory, as QEMU resolves backing names.
     /// </summary>
-    public override string ResolveBasePath(string imagePath, string baseName) =>
-        Path.GetFullPath(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(imagePath)) ?? "/", baseName));
+    public override string ResolveBasePath(string imagePath, string baseName) => OverlayAttachment.IsLun(baseName) || OverlayAttachment.IsLun(imagePath)
+        ? FullName(baseName)
+        : Path.GetFullPath(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(imagePath)) ?? "/", baseName));
+
+    /// <summary>A base as named in messages and compared: a LUN's canonical URL, or a file's full path.</summary>
+    private static string FullName(string name) => OverlayAttachment.IsLun(name) ? IscsiUrl.Parse(name).ToString() : Path.GetFullPath(name);
 
     public override OverlayOperationResult? Refuses(OverlayFileOperation operation, string imagePath) => operation switch
     {

@@ -1,3 +1,6 @@
+using XenDisk.Cow.Storage;
+using XenDisk.Storage;
+
 namespace XenDisk.Cow.Overlays;
 
 /// <summary>
@@ -148,4 +151,10 @@ public sealed record OverlayCreateOptions
 
     /// <summary>How a size-valued setting (cluster_size=64k) is read, in the caller's syntax; null when it is no size.</summary>
     public required Func<string, long?> ParseSize { get; init; }
+
+    /// <summary>
+    /// Opens raw storage (path or LUN URL, read-only) for a format that writes onto the image's storage
+    /// or reads its base directly; by default a file with QEMU's image locks.
+    /// </summary>
+    public Func<string, bool, IBlockDevice> OpenStorage { get; init; } = (path, readOnly) => ImageLocks.OpenRaw(Path.GetFullPath(path), readOnly);
 }

@@ -18,7 +18,7 @@ internal static class HeaderExtensions
     public const int Version3HeaderLength = 112;
 
     public static int HeaderLength(ReadOnlySpan<byte> h) =>
-        BinaryPrimitives.ReadUInt32BigEndian(h[4..]) >= 3 ? (int)BinaryPrimitives.ReadUInt32BigEndian(h[100..]) : Version2HeaderLength;
+        BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2HeaderField.Version..]) >= 3 ? (int)BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2HeaderField.HeaderLength..]) : Version2HeaderLength;
 
     /// <summary>The extensions in order (not the end marker), and where the area they occupy ends.</summary>
     public static List<(uint Type, byte[] Data)> Parse(ReadOnlySpan<byte> h, out int end)
@@ -49,11 +49,11 @@ internal static class HeaderExtensions
     public static int Rebuild(Span<byte> h, int version, IReadOnlyList<(uint Type, byte[] Data)> extensions)
     {
         Parse(h, out int oldEnd);
-        long backingOffset = (long)BinaryPrimitives.ReadUInt64BigEndian(h[8..]);
-        int backingSize = (int)BinaryPrimitives.ReadUInt32BigEndian(h[16..]);
+        long backingOffset = (long)BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2HeaderField.BackingFileOffset..]);
+        int backingSize = (int)BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2HeaderField.BackingFileSize..]);
         byte[] backing = backingOffset != 0 ? h.Slice((int)backingOffset, backingSize).ToArray() : [];
         oldEnd = Math.Max(oldEnd, backingOffset != 0 ? (int)backingOffset + backingSize : 0);
-        int oldVersion = (int)BinaryPrimitives.ReadUInt32BigEndian(h[4..]);
+        int oldVersion = (int)BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2HeaderField.Version..]);
         int headerLength = version < 3 ? Version2HeaderLength : oldVersion >= 3 ? HeaderLength(h) : Version3HeaderLength;
         int newEnd = headerLength + extensions.Sum(e => 8 + ((e.Data.Length + 7) & ~7)) + 8 + backing.Length;
         if (newEnd > h.Length)
@@ -63,11 +63,11 @@ internal static class HeaderExtensions
         if (version >= 3 && oldVersion < 3)
         {
             // New version 3 fields: features, refcount_order (version 2 counts in 16 bits), header_length, compression_type zlib.
-            h[72..headerLength].Clear();
-            BinaryPrimitives.WriteUInt32BigEndian(h[96..], 4);
-            BinaryPrimitives.WriteUInt32BigEndian(h[100..], (uint)headerLength);
+            h[Qcow2HeaderField.IncompatibleFeatures..headerLength].Clear();
+            BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.RefcountOrder..], 4);
+            BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.HeaderLength..], (uint)headerLength);
         }
-        BinaryPrimitives.WriteUInt32BigEndian(h[4..], (uint)version);
+        BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.Version..], (uint)version);
         h[headerLength..Math.Max(oldEnd, newEnd)].Clear();
         int position = headerLength;
         foreach ((uint type, byte[] data) in extensions)
@@ -81,7 +81,7 @@ internal static class HeaderExtensions
         if (backing.Length > 0)
         {
             backing.CopyTo(h[position..]);
-            BinaryPrimitives.WriteUInt64BigEndian(h[8..], (ulong)position);
+            BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.BackingFileOffset..], (ulong)position);
         }
         return Math.Max(oldEnd, newEnd);
     }

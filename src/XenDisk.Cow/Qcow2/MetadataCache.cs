@@ -58,6 +58,9 @@ internal sealed class MetadataCache : IDisposable
         return false;
     }
 
+    /// <summary>The block at <paramref name="offset"/> if cached, without counting it as used (a scan must not reorder the cache).</summary>
+    public bool TryPeek(long offset, out Entry entry) => _entries.TryGetValue(offset, out entry!);
+
     /// <summary>A zeroed block to fill, reused from evicted entries when possible.</summary>
     public AlignedBlock RentBlock()
     {
@@ -113,6 +116,24 @@ internal sealed class MetadataCache : IDisposable
                 yield return e;
             }
         }
+    }
+
+    /// <summary>
+    /// Copies every dirty block for a write-back pass, sorted by offset: each is marked clean and
+    /// pinned (the pass unpins it, and marks it dirty again if its write failed).
+    /// </summary>
+    public void CaptureDirty(List<(long Offset, AlignedBlock Copy, Entry Entry)> into, Func<AlignedBlock> rentCopy)
+    {
+        int first = into.Count;
+        foreach (Entry entry in DirtyEntries())
+        {
+            AlignedBlock copy = rentCopy();
+            entry.Block.Span.CopyTo(copy.Span);
+            entry.Dirty = false;
+            entry.Pins++;
+            into.Add((entry.Offset, copy, entry));
+        }
+        into.Sort(first, into.Count - first, Comparer<(long Offset, AlignedBlock Copy, Entry Entry)>.Create((a, b) => a.Offset.CompareTo(b.Offset)));
     }
 
     public int DirtyCount

@@ -59,6 +59,16 @@ internal sealed class MetadataClusters
         }
     }
 
+    /// <summary>Takes over every entry of <paramref name="other"/>, forgetting its own (the map built at open).</summary>
+    public void ReplaceWith(MetadataClusters other)
+    {
+        _kinds.Clear();
+        foreach ((long cluster, MetadataKind kind) in other._kinds)
+        {
+            _kinds[cluster] = kind;
+        }
+    }
+
     /// <summary>Forgets every cluster of the given kinds (before they are registered again from new tables).</summary>
     public void RemoveAll(MetadataKind kinds)
     {

@@ -225,13 +225,13 @@ public static class Qcow2Checker
         {
             return status;
         }
-        BinaryPrimitives.WriteUInt64BigEndian(first.Span[48..], (ulong)tableOffset);
-        BinaryPrimitives.WriteUInt32BigEndian(first.Span[56..], (uint)tableClusters);
+        BinaryPrimitives.WriteUInt64BigEndian(first.Span[Qcow2HeaderField.RefcountTableOffset..], (ulong)tableOffset);
+        BinaryPrimitives.WriteUInt32BigEndian(first.Span[Qcow2HeaderField.RefcountTableClusters..], (uint)tableClusters);
         if (header.Version >= 3)
         {
             // Refcounts are consistent again: the dirty bit's promise is kept.
-            ulong incompatible = BinaryPrimitives.ReadUInt64BigEndian(first.Span[72..]) & ~Qcow2Format.IncompatibleDirty;
-            BinaryPrimitives.WriteUInt64BigEndian(first.Span[72..], incompatible);
+            ulong incompatible = BinaryPrimitives.ReadUInt64BigEndian(first.Span[Qcow2HeaderField.IncompatibleFeatures..]) & ~Qcow2Format.IncompatibleDirty;
+            BinaryPrimitives.WriteUInt64BigEndian(first.Span[Qcow2HeaderField.IncompatibleFeatures..], incompatible);
         }
         status = DeviceIo.Write(image, 0, first, 0, 512);
         status = status == IoStatus.Ok ? image.Flush() : status;

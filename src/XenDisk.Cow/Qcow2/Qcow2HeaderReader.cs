@@ -42,17 +42,17 @@ internal static class Qcow2HeaderReader
 
     private static int ValidateClusterBits(ReadOnlySpan<byte> h)
     {
-        uint magic = BinaryPrimitives.ReadUInt32BigEndian(h);
+        uint magic = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2HeaderField.Magic..]);
         if (magic != Qcow2Format.Magic)
         {
             throw Refuse($"bad magic 0x{magic:x8} (not a qcow2 image; expected 0x{Qcow2Format.Magic:x8} \"QFI\\xfb\")");
         }
-        uint version = BinaryPrimitives.ReadUInt32BigEndian(h[4..]);
+        uint version = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2HeaderField.Version..]);
         if (version is not (2 or 3))
         {
             throw Refuse($"unsupported qcow2 version {version} (versions 2 and 3 are supported)");
         }
-        uint clusterBits = BinaryPrimitives.ReadUInt32BigEndian(h[20..]);
+        uint clusterBits = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2HeaderField.ClusterBits..]);
         if (clusterBits is < Qcow2Format.MinimumClusterBits or > Qcow2Format.MaximumClusterBits)
         {
             throw Refuse($"cluster_bits {clusterBits} is out of range (cluster sizes from 512 B to 2 MiB, cluster_bits 9 to 21)");
@@ -65,28 +65,28 @@ internal static class Qcow2HeaderReader
     {
         int clusterBits = ValidateClusterBits(h);
         int clusterSize = 1 << clusterBits;
-        int version = (int)BinaryPrimitives.ReadUInt32BigEndian(h[4..]);
-        ulong backingOffset = BinaryPrimitives.ReadUInt64BigEndian(h[8..]);
-        uint backingSize = BinaryPrimitives.ReadUInt32BigEndian(h[16..]);
-        ulong virtualSize = BinaryPrimitives.ReadUInt64BigEndian(h[24..]);
-        uint cryptMethod = BinaryPrimitives.ReadUInt32BigEndian(h[32..]);
-        uint l1Size = BinaryPrimitives.ReadUInt32BigEndian(h[36..]);
-        ulong l1Offset = BinaryPrimitives.ReadUInt64BigEndian(h[40..]);
-        ulong refcountTableOffset = BinaryPrimitives.ReadUInt64BigEndian(h[48..]);
-        uint refcountTableClusters = BinaryPrimitives.ReadUInt32BigEndian(h[56..]);
-        uint snapshotCount = BinaryPrimitives.ReadUInt32BigEndian(h[60..]);
-        ulong snapshotsOffset = BinaryPrimitives.ReadUInt64BigEndian(h[64..]);
+        int version = (int)BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2HeaderField.Version..]);
+        ulong backingOffset = BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2HeaderField.BackingFileOffset..]);
+        uint backingSize = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2HeaderField.BackingFileSize..]);
+        ulong virtualSize = BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2HeaderField.Size..]);
+        uint cryptMethod = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2HeaderField.CryptMethod..]);
+        uint l1Size = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2HeaderField.L1Size..]);
+        ulong l1Offset = BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2HeaderField.L1TableOffset..]);
+        ulong refcountTableOffset = BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2HeaderField.RefcountTableOffset..]);
+        uint refcountTableClusters = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2HeaderField.RefcountTableClusters..]);
+        uint snapshotCount = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2HeaderField.NbSnapshots..]);
+        ulong snapshotsOffset = BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2HeaderField.SnapshotsOffset..]);
 
         ulong incompatible = 0, compatible = 0, autoclear = 0;
         uint refcountOrder = Qcow2Format.DefaultRefcountOrder;
         uint headerLength = Qcow2Format.HeaderLengthV2;
         if (version >= 3)
         {
-            incompatible = BinaryPrimitives.ReadUInt64BigEndian(h[72..]);
-            compatible = BinaryPrimitives.ReadUInt64BigEndian(h[80..]);
-            autoclear = BinaryPrimitives.ReadUInt64BigEndian(h[88..]);
-            refcountOrder = BinaryPrimitives.ReadUInt32BigEndian(h[96..]);
-            headerLength = BinaryPrimitives.ReadUInt32BigEndian(h[100..]);
+            incompatible = BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2HeaderField.IncompatibleFeatures..]);
+            compatible = BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2HeaderField.CompatibleFeatures..]);
+            autoclear = BinaryPrimitives.ReadUInt64BigEndian(h[Qcow2HeaderField.AutoclearFeatures..]);
+            refcountOrder = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2HeaderField.RefcountOrder..]);
+            headerLength = BinaryPrimitives.ReadUInt32BigEndian(h[Qcow2HeaderField.HeaderLength..]);
             if (headerLength < Qcow2Format.MinimumHeaderLengthV3 || headerLength % 8 != 0 || headerLength > (uint)clusterSize)
             {
                 throw Refuse($"header_length {headerLength} is invalid (at least 104, a multiple of 8, within the first cluster)");
@@ -187,7 +187,7 @@ internal static class Qcow2HeaderReader
         if (version >= 3 && headerLength > 104)
         {
             // compression_type, byte 104: meaningful only with incompatible bit 3; without it the type is zlib.
-            compressionType = (incompatible & Qcow2Format.IncompatibleCompressionType) != 0 ? h[104] : Qcow2Format.CompressionZlib;
+            compressionType = (incompatible & Qcow2Format.IncompatibleCompressionType) != 0 ? h[Qcow2HeaderField.CompressionType] : Qcow2Format.CompressionZlib;
             if (compressionType is not (Qcow2Format.CompressionZlib or Qcow2Format.CompressionZstd))
             {
                 throw Refuse($"unknown compression_type {compressionType} (0 zlib, 1 zstd)");

@@ -44,7 +44,7 @@ public sealed partial class Qcow2Image
         {
             return IoStatus.Ok;
         }
-        if (_refcountOrder != 4)
+        if (_refcounts.RefcountOrder != 4)
         {
             return RefuseRequest("compat=0.10 requires refcount_bits=16");
         }
@@ -80,16 +80,14 @@ public sealed partial class Qcow2Image
 
     private IoStatus WriteZeros(long offset, long length)
     {
-        for (long done = 0; done < length;)
+        foreach (GuestClusterRange.Step step in new GuestClusterRange(offset, length, _clusterBits))
         {
-            int chunk = (int)Math.Min(_clusterSize - ((offset + done) & (_clusterSize - 1)), length - done);
-            IoBuffer zeros = _zeros.AsIoBuffer(0, chunk);
-            IoStatus status = Write(offset + done, new ReadOnlySpan<IoBuffer>(in zeros));
+            IoBuffer zeros = _zeros.AsIoBuffer(0, step.Length);
+            IoStatus status = Write(offset + step.Done, new ReadOnlySpan<IoBuffer>(in zeros));
             if (status != IoStatus.Ok)
             {
                 return status;
             }
-            done += chunk;
         }
         return IoStatus.Ok;
     }
@@ -134,7 +132,7 @@ public sealed partial class Qcow2Image
             {
                 throw new StorageException("qcow2: the version 3 header does not fit in the header cluster");
             }
-            BinaryPrimitives.WriteUInt64BigEndian(cluster.Span[80..], lazyRefcounts ? Qcow2Format.CompatibleLazyRefcounts : 0);
+            BinaryPrimitives.WriteUInt64BigEndian(cluster.Span[Qcow2HeaderField.CompatibleFeatures..], lazyRefcounts ? Qcow2Format.CompatibleLazyRefcounts : 0);
             int sector = Math.Max(512, device.Info.LogicalSectorSize);
             int length = Math.Min(cluster.Length, (changed + sector - 1) / sector * sector);
             ThrowIfFailed(DeviceIo.Write(device, 0, cluster, 0, length), "writing the version 3 header");

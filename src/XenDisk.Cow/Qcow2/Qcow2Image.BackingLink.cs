@@ -149,10 +149,10 @@ public sealed partial class Qcow2Image
     private static string? LayoutHeaderArea(ReadOnlySpan<byte> current, string? file, string? format, Span<byte> result, out int changedEnd)
     {
         int clusterSize = result.Length;
-        int version = (int)BinaryPrimitives.ReadUInt32BigEndian(current[4..]);
-        int headerLength = version >= 3 ? (int)BinaryPrimitives.ReadUInt32BigEndian(current[100..]) : Qcow2Format.HeaderLengthV2;
-        long oldNameOffset = (long)BinaryPrimitives.ReadUInt64BigEndian(current[8..]);
-        int oldNameLength = oldNameOffset != 0 ? (int)BinaryPrimitives.ReadUInt32BigEndian(current[16..]) : 0;
+        int version = (int)BinaryPrimitives.ReadUInt32BigEndian(current[Qcow2HeaderField.Version..]);
+        int headerLength = version >= 3 ? (int)BinaryPrimitives.ReadUInt32BigEndian(current[Qcow2HeaderField.HeaderLength..]) : Qcow2Format.HeaderLengthV2;
+        long oldNameOffset = (long)BinaryPrimitives.ReadUInt64BigEndian(current[Qcow2HeaderField.BackingFileOffset..]);
+        int oldNameLength = oldNameOffset != 0 ? (int)BinaryPrimitives.ReadUInt32BigEndian(current[Qcow2HeaderField.BackingFileSize..]) : 0;
         int limit = oldNameOffset != 0 ? (int)oldNameOffset : clusterSize;
 
         result.Clear();
@@ -205,13 +205,13 @@ public sealed partial class Qcow2Image
         if (file != null)
         {
             name.CopyTo(result[position..]);
-            BinaryPrimitives.WriteUInt64BigEndian(result[8..], (ulong)position);
-            BinaryPrimitives.WriteUInt32BigEndian(result[16..], (uint)name.Length);
+            BinaryPrimitives.WriteUInt64BigEndian(result[Qcow2HeaderField.BackingFileOffset..], (ulong)position);
+            BinaryPrimitives.WriteUInt32BigEndian(result[Qcow2HeaderField.BackingFileSize..], (uint)name.Length);
         }
         else
         {
-            BinaryPrimitives.WriteUInt64BigEndian(result[8..], 0);
-            BinaryPrimitives.WriteUInt32BigEndian(result[16..], 0);
+            BinaryPrimitives.WriteUInt64BigEndian(result[Qcow2HeaderField.BackingFileOffset..], 0);
+            BinaryPrimitives.WriteUInt32BigEndian(result[Qcow2HeaderField.BackingFileSize..], 0);
         }
         // Bytes after the used area keep nothing of the old name.
         int oldUsed = Math.Max(oldEnd, oldNameOffset != 0 ? (int)oldNameOffset + oldNameLength : 0);

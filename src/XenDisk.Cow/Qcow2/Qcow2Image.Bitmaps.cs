@@ -248,7 +248,7 @@ public sealed partial class Qcow2Image
                 long data;
                 lock (_metadataLock)
                 {
-                    status = AllocateCluster(out data);
+                    status = _refcounts.AllocateCluster(out data);
                     if (status != IoStatus.Ok)
                     {
                         break;
@@ -350,7 +350,7 @@ public sealed partial class Qcow2Image
             foreach ((long offset, MetadataKind kind) in retired)
             {
                 _metadata.Remove(offset >> _clusterBits, 1, kind);
-                _pendingFrees.Add(offset);
+                _refcounts.FreeAfterWriteBack(offset);
             }
             _droppedBitmapClusters.Clear();
             _bitmapsChanged = false;
@@ -364,7 +364,7 @@ public sealed partial class Qcow2Image
         int count = block.Length >> _clusterBits;
         lock (_metadataLock)
         {
-            IoStatus status = AllocateContiguous(count, out long first);
+            IoStatus status = _refcounts.AllocateContiguous(count, out long first);
             if (status != IoStatus.Ok)
             {
                 return status;

@@ -255,7 +255,7 @@ public sealed partial class Qcow2Image
         {
             return status;
         }
-        L2Entry entry = ReadEntry(table, index);
+        L2Entry entry = _l2.Read(table, index);
         if (entry == default)
         {
             return IoStatus.Ok;
@@ -264,12 +264,12 @@ public sealed partial class Qcow2Image
         {
             return RefuseRequest($"emptying guest cluster {guestCluster}: the data cluster may be shared (no COPIED flag)");
         }
-        WriteEntry(table, index, default);
+        _l2.Write(table, index, default);
         metadataChanged = true;
         if (entry.HostOffset != 0)
         {
             // Reused only after the cleared entry is on disk (see WriteBackCore).
-            _pendingFrees.Add(entry.HostOffset);
+            _refcounts.FreeAfterWriteBack(entry.HostOffset);
         }
         return IoStatus.Ok;
     }

@@ -141,7 +141,7 @@ public sealed partial class Qcow2Image
             }
             lock (_metadataLock)
             {
-                status = AllocateCluster(out host);
+                status = _refcounts.AllocateCluster(out host);
             }
             if (status != IoStatus.Ok)
             {
@@ -157,13 +157,13 @@ public sealed partial class Qcow2Image
                     {
                         // Every subcluster now holds data (the copy-up wrote the whole cluster).
                         ulong bitmap = _extendedL2 ? Qcow2Format.SubclusterAllocationMask : 0;
-                        WriteEntry(table!, index, new L2Entry((ulong)host | Qcow2Format.OflagCopied, bitmap));
+                        _l2.Write(table!, index, new L2Entry((ulong)host | Qcow2Format.OflagCopied, bitmap));
                         QueueCompressedFree(entry);
                         metadataChanged = true;
                         return IoStatus.Ok;
                     }
                 }
-                ReleaseUnreferenced(host);
+                _refcounts.ReleaseUnreferenced(host);
                 return status;
             }
         }
@@ -179,7 +179,7 @@ public sealed partial class Qcow2Image
         CompressedExtent extent = DecodeCompressed(entry);
         for (long c = extent.FirstCluster; c <= extent.LastCluster; c++)
         {
-            _pendingFrees.Add(c << _clusterBits);
+            _refcounts.FreeAfterWriteBack(c << _clusterBits);
         }
     }
 }

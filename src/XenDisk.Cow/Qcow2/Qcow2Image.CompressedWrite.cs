@@ -169,12 +169,12 @@ public sealed partial class Qcow2Image
                     // x = 62 - (cluster_bits - 8): the host offset below bit x, the additional 512-byte sectors from bit x to 61.
                     int x = 62 - (_clusterBits - 8);
                     ulong sectors = (ulong)(((host + compressed.Length - 1) >> 9) - (host >> 9));
-                    WriteEntry(table!, index, new L2Entry(Qcow2Format.OflagCompressed | (sectors << x) | (ulong)host, 0));
+                    _l2.Write(table!, index, new L2Entry(Qcow2Format.OflagCompressed | (sectors << x) | (ulong)host, 0));
                     metadataChanged = true;
                     return IoStatus.Ok;
                 }
             }
-            DecrementRefcount(host >> _clusterBits);
+            _refcounts.DecrementRefcount(host >> _clusterBits);
             return status;
         }
     }
@@ -189,10 +189,10 @@ public sealed partial class Qcow2Image
         if (_compressedCursor != 0 && used != 0 && used + bytes <= _clusterSize)
         {
             host = _compressedCursor;
-            IoStatus status = GetRefcount(host >> _clusterBits, out ulong refcount);
-            if (status == IoStatus.Ok && refcount < RefcountCodec.Maximum(_refcountOrder))
+            IoStatus status = _refcounts.GetRefcount(host >> _clusterBits, out ulong refcount);
+            if (status == IoStatus.Ok && refcount < _refcounts.MaximumRefcount)
             {
-                status = SetRefcount(host >> _clusterBits, refcount + 1);
+                status = _refcounts.SetRefcount(host >> _clusterBits, refcount + 1);
                 if (status == IoStatus.Ok)
                 {
                     _compressedCursor = host + bytes;
@@ -204,7 +204,7 @@ public sealed partial class Qcow2Image
                 return status;
             }
         }
-        IoStatus allocated = AllocateCluster(out host);
+        IoStatus allocated = _refcounts.AllocateCluster(out host);
         _compressedCursor = allocated == IoStatus.Ok ? host + bytes : 0;
         return allocated;
     }

@@ -68,26 +68,26 @@ public sealed partial class Qcow2Image
         }
         Check(RefcountStructure.WriteFresh(target, counts, clusterBits, options.RefcountOrder, out long tableOffset, out int tableClusters, out _), "writing the refcount structure");
 
-        BinaryPrimitives.WriteUInt32BigEndian(h, Qcow2Format.Magic);
-        BinaryPrimitives.WriteUInt32BigEndian(h[4..], 3);
-        BinaryPrimitives.WriteUInt64BigEndian(h[8..], hasBacking ? (ulong)backingOffset : 0);
-        BinaryPrimitives.WriteUInt32BigEndian(h[16..], hasBacking ? (uint)backingLength : 0);
-        BinaryPrimitives.WriteUInt32BigEndian(h[20..], (uint)clusterBits);
-        BinaryPrimitives.WriteUInt64BigEndian(h[24..], (ulong)options.VirtualSize);
-        BinaryPrimitives.WriteUInt32BigEndian(h[32..], 0);
-        BinaryPrimitives.WriteUInt32BigEndian(h[36..], (uint)l1Entries);
-        BinaryPrimitives.WriteUInt64BigEndian(h[40..], (ulong)clusterSize);
-        BinaryPrimitives.WriteUInt64BigEndian(h[48..], (ulong)tableOffset);
-        BinaryPrimitives.WriteUInt32BigEndian(h[56..], (uint)tableClusters);
-        BinaryPrimitives.WriteUInt32BigEndian(h[60..], 0);
-        BinaryPrimitives.WriteUInt64BigEndian(h[64..], 0);
+        BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.Magic..], Qcow2Format.Magic);
+        BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.Version..], 3);
+        BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.BackingFileOffset..], hasBacking ? (ulong)backingOffset : 0);
+        BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.BackingFileSize..], hasBacking ? (uint)backingLength : 0);
+        BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.ClusterBits..], (uint)clusterBits);
+        BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.Size..], (ulong)options.VirtualSize);
+        BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.CryptMethod..], 0);
+        BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.L1Size..], (uint)l1Entries);
+        BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.L1TableOffset..], (ulong)clusterSize);
+        BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.RefcountTableOffset..], (ulong)tableOffset);
+        BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.RefcountTableClusters..], (uint)tableClusters);
+        BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.NbSnapshots..], 0);
+        BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.SnapshotsOffset..], 0);
         bool zstd = options.CompressionType == Qcow2Format.CompressionZstd;
-        BinaryPrimitives.WriteUInt64BigEndian(h[72..], (extendedL2 ? Qcow2Format.IncompatibleExtendedL2 : 0) | (zstd ? Qcow2Format.IncompatibleCompressionType : 0));
-        BinaryPrimitives.WriteUInt64BigEndian(h[80..], options.LazyRefcounts ? Qcow2Format.CompatibleLazyRefcounts : 0);
-        BinaryPrimitives.WriteUInt64BigEndian(h[88..], 0);
-        BinaryPrimitives.WriteUInt32BigEndian(h[96..], (uint)options.RefcountOrder);
-        BinaryPrimitives.WriteUInt32BigEndian(h[100..], Qcow2Format.HeaderLengthWritten);
-        h[104] = (byte)options.CompressionType; // compression_type; meaningful with incompatible bit 3 only
+        BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.IncompatibleFeatures..], (extendedL2 ? Qcow2Format.IncompatibleExtendedL2 : 0) | (zstd ? Qcow2Format.IncompatibleCompressionType : 0));
+        BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.CompatibleFeatures..], options.LazyRefcounts ? Qcow2Format.CompatibleLazyRefcounts : 0);
+        BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.AutoclearFeatures..], 0);
+        BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.RefcountOrder..], (uint)options.RefcountOrder);
+        BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.HeaderLength..], Qcow2Format.HeaderLengthWritten);
+        h[Qcow2HeaderField.CompressionType] = (byte)options.CompressionType; // compression_type; meaningful with incompatible bit 3 only
         _ = position;
         Check(DeviceIo.Write(target, 0, header, 0, clusterSize), "writing the header");
         Check(target.Flush(), "flushing the new image");

@@ -29,20 +29,14 @@ public sealed partial class Qcow2Image
             return status;
         }
         Span<IoBuffer> slice = buffers.Length + 2 <= StackSliceLimit ? stackalloc IoBuffer[buffers.Length + 2] : new IoBuffer[buffers.Length + 2];
-        long done = 0;
-        while (done < length)
+        foreach (GuestClusterRange.Step step in new GuestClusterRange(offset, length, _clusterBits))
         {
-            long position = offset + done;
-            long guestCluster = position >> _clusterBits;
-            int start = (int)(position & (_clusterSize - 1));
-            int chunk = (int)Math.Min(_clusterSize - start, length - done);
-            int count = ScatterList.Slice(buffers, done, chunk, slice);
-            status = ReadInCluster(guestCluster, start, chunk, slice[..count]);
+            int count = ScatterList.Slice(buffers, step.Done, step.Length, slice);
+            status = ReadInCluster(step.GuestCluster, step.Start, step.Length, slice[..count]);
             if (status != IoStatus.Ok)
             {
                 return status;
             }
-            done += chunk;
         }
         return IoStatus.Ok;
     }
@@ -152,25 +146,23 @@ public sealed partial class Qcow2Image
         MarkBitmapsDirty(offset, length);
         Span<IoBuffer> slice = buffers.Length + 2 <= StackSliceLimit ? stackalloc IoBuffer[buffers.Length + 2] : new IoBuffer[buffers.Length + 2];
         bool metadataChanged = false;
-        long done = 0;
-        while (done < length && status == IoStatus.Ok)
+        foreach (GuestClusterRange.Step step in new GuestClusterRange(offset, length, _clusterBits))
         {
-            long position = offset + done;
-            long guestCluster = position >> _clusterBits;
-            int start = (int)(position & (_clusterSize - 1));
-            int chunk = (int)Math.Min(_clusterSize - start, length - done);
-            int count = ScatterList.Slice(buffers, done, chunk, slice);
-            ReaderWriterLockSlim stripe = StripeFor(guestCluster);
-            EnterExclusive(stripe, guestCluster);
+            int count = ScatterList.Slice(buffers, step.Done, step.Length, slice);
+            ReaderWriterLockSlim stripe = StripeFor(step.GuestCluster);
+            EnterExclusive(stripe, step.GuestCluster);
             try
             {
-                status = WriteInCluster(guestCluster, start, chunk, slice[..count], ref metadataChanged);
+                status = WriteInCluster(step.GuestCluster, step.Start, step.Length, slice[..count], ref metadataChanged);
             }
             finally
             {
-                ExitExclusive(stripe, guestCluster);
+                ExitExclusive(stripe, step.GuestCluster);
             }
-            done += chunk;
+            if (status != IoStatus.Ok)
+            {
+                break;
+            }
         }
         return AfterMetadataChange(status, metadataChanged);
     }
@@ -188,7 +180,7 @@ public sealed partial class Qcow2Image
         {
             return WriteBack(forGuestFlush: true);
         }
-        if (_l2Cache.NeedsWriteBack || _refcountCache.NeedsWriteBack)
+        if (_l2.NeedsWriteBack || _refcounts.CacheNeedsWriteBack)
         {
             IoStatus writeBack = WriteBack(forGuestFlush: false);
             if (status == IoStatus.Ok)
@@ -252,7 +244,7 @@ public sealed partial class Qcow2Image
         {
             lock (_metadataLock)
             {
-                status = AllocateCluster(out host);
+                status = _refcounts.AllocateCluster(out host);
             }
             if (status != IoStatus.Ok)
             {
@@ -321,7 +313,7 @@ public sealed partial class Qcow2Image
                 if (newCluster)
                 {
                     // Nothing references the cluster yet, so it can be released at once.
-                    ReleaseUnreferenced(host);
+                    _refcounts.ReleaseUnreferenced(host);
                 }
                 return status;
             }
@@ -331,7 +323,7 @@ public sealed partial class Qcow2Image
             {
                 if (newCluster)
                 {
-                    ReleaseUnreferenced(host);
+                    _refcounts.ReleaseUnreferenced(host);
                 }
                 return status;
             }
@@ -347,7 +339,7 @@ public sealed partial class Qcow2Image
             {
                 updated = new L2Entry((ulong)host | Qcow2Format.OflagCopied, 0);
             }
-            WriteEntry(table!, index, updated);
+            _l2.Write(table!, index, updated);
             metadataChanged = true;
         }
         return IoStatus.Ok;
@@ -370,7 +362,7 @@ public sealed partial class Qcow2Image
         {
             return status;
         }
-        status = GetRefcount(host >> _clusterBits, out ulong refcount);
+        status = _refcounts.GetRefcount(host >> _clusterBits, out ulong refcount);
         if (status != IoStatus.Ok)
         {
             return status;
@@ -455,24 +447,22 @@ public sealed partial class Qcow2Image
         MarkBitmapsDirty(offset, length);
         bool metadataChanged = false;
         IoStatus status = IoStatus.Ok;
-        long done = 0;
-        while (done < length && status == IoStatus.Ok)
+        foreach (GuestClusterRange.Step step in new GuestClusterRange(offset, length, _clusterBits))
         {
-            long position = offset + done;
-            long guestCluster = position >> _clusterBits;
-            int start = (int)(position & (_clusterSize - 1));
-            int chunk = (int)Math.Min(_clusterSize - start, length - done);
-            ReaderWriterLockSlim stripe = StripeFor(guestCluster);
-            EnterExclusive(stripe, guestCluster);
+            ReaderWriterLockSlim stripe = StripeFor(step.GuestCluster);
+            EnterExclusive(stripe, step.GuestCluster);
             try
             {
-                status = DiscardInCluster(guestCluster, start, chunk, ref metadataChanged);
+                status = DiscardInCluster(step.GuestCluster, step.Start, step.Length, ref metadataChanged);
             }
             finally
             {
-                ExitExclusive(stripe, guestCluster);
+                ExitExclusive(stripe, step.GuestCluster);
             }
-            done += chunk;
+            if (status != IoStatus.Ok)
+            {
+                break;
+            }
         }
         return AfterMetadataChange(status, metadataChanged);
     }
@@ -554,7 +544,7 @@ public sealed partial class Qcow2Image
         {
             return IoStatus.Ok; // unallocated without a backing file already reads as zeros
         }
-        L2Entry entry = table != null ? ReadEntry(table, index) : default;
+        L2Entry entry = table != null ? _l2.Read(table, index) : default;
         if (entry.Compressed)
         {
             // The whole cluster (a partial discard was turned into zeroing by DiscardInCluster):
@@ -562,7 +552,7 @@ public sealed partial class Qcow2Image
             L2Entry dropped = _extendedL2
                 ? new L2Entry(0, hasBacking ? (ulong)uint.MaxValue << 32 : 0)
                 : new L2Entry(hasBacking ? Qcow2Format.OflagZero : 0, 0);
-            WriteEntry(table!, index, dropped);
+            _l2.Write(table!, index, dropped);
             QueueCompressedFree(entry);
             metadataChanged = true;
             return IoStatus.Ok;
@@ -576,7 +566,7 @@ public sealed partial class Qcow2Image
         }
         if (host(entry) != 0 && !entry.Copied)
         {
-            status = GetRefcount(host(entry) >> _clusterBits, out ulong refcount);
+            status = _refcounts.GetRefcount(host(entry) >> _clusterBits, out ulong refcount);
             if (status != IoStatus.Ok)
             {
                 return status;
@@ -618,12 +608,12 @@ public sealed partial class Qcow2Image
                 return status;
             }
         }
-        WriteEntry(table!, index, updated);
+        _l2.Write(table!, index, updated);
         metadataChanged = true;
         if (freed != 0)
         {
             // Reused only after the cleared entry is on disk (see WriteBackCore).
-            _pendingFrees.Add(freed);
+            _refcounts.FreeAfterWriteBack(freed);
         }
         return IoStatus.Ok;
 

@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 
@@ -31,8 +30,6 @@ internal readonly record struct L2Entry(ulong Word, ulong Bitmap)
 
 public sealed partial class Qcow2Image
 {
-    private int L2EntriesPerTable => 1 << _l2Bits;
-
     private ulong ReadL1(long index) => _l1.Read(index);
 
     private void WriteL1(long index, ulong value) => _l1.Write(index, value);
@@ -44,8 +41,8 @@ public sealed partial class Qcow2Image
     /// </summary>
     private IoStatus GetL2Table(long guestCluster, bool allocate, out MetadataCache.Entry? table, out int index)
     {
-        long l1Index = guestCluster >> _l2Bits;
-        index = (int)(guestCluster & (L2EntriesPerTable - 1));
+        long l1Index = guestCluster >> _l2.IndexBits;
+        index = _l2.IndexOf(guestCluster);
         table = null;
         if (l1Index >= _l1.Size)
         {
@@ -64,13 +61,13 @@ public sealed partial class Qcow2Image
             {
                 return IoStatus.Ok;
             }
-            IoStatus status = AllocateCluster(out long newTable);
+            IoStatus status = _refcounts.AllocateCluster(out long newTable);
             if (status != IoStatus.Ok)
             {
                 return status;
             }
             _metadata.Add(newTable >> _clusterBits, 1, MetadataKind.L2Table);
-            table = _l2Cache.Add(newTable, _l2Cache.RentBlock(), dirty: true);
+            table = _l2.AddNew(newTable);
             WriteL1(l1Index, (ulong)newTable | Qcow2Format.OflagCopied);
             return IoStatus.Ok;
         }
@@ -92,7 +89,7 @@ public sealed partial class Qcow2Image
         if (allocate && (l1Entry & Qcow2Format.OflagCopied) == 0)
         {
             // The table may be shared (internal snapshots): writing it in place needs its refcount to be one.
-            IoStatus status = GetRefcount(offset >> _clusterBits, out ulong refcount);
+            IoStatus status = _refcounts.GetRefcount(offset >> _clusterBits, out ulong refcount);
             if (status != IoStatus.Ok)
             {
                 return status;
@@ -107,44 +104,73 @@ public sealed partial class Qcow2Image
             }
             WriteL1(l1Index, l1Entry | Qcow2Format.OflagCopied);
         }
-        if (_l2Cache.TryGet(offset, out MetadataCache.Entry? cached))
+        return _l2.Load(offset, out table);
+    }
+
+    /// <summary>
+    /// Proves that the refcounts can be trusted to find free clusters: every host cluster an active
+    /// L2 entry references (a data cluster, or each cluster a compressed cluster's sectors span) has
+    /// a refcount above 0. Called by the allocator, under the metadata lock, once per open and only
+    /// before it first hands out a cluster from a hole (a refcount of 0 below the end of the file):
+    /// appending needs no proof, and from this walk on every reference XenDisk makes or drops keeps
+    /// the refcounts in step. A referenced cluster with refcount 0 is corruption (== Host cluster
+    /// management ==; QEMU's checker reports it as "refcount=0 reference=1"): handing it out would
+    /// put new data over live guest data, so the allocation fails and the image is marked corrupt.
+    /// Tables are taken from the cache when there (newer than the file), else read without caching.
+    /// </summary>
+    private IoStatus ProveFreeClustersUnreferenced()
+    {
+        using AlignedBlock scratch = new(_clusterSize);
+        long fileSize = _overlay.Info.SizeBytes;
+        for (long l1Index = 0; l1Index < _l1.Size; l1Index++)
         {
-            _statistics.CountCacheHit();
-            table = cached;
-            return IoStatus.Ok;
+            ulong l1Entry = ReadL1(l1Index);
+            long tableOffset = (long)(l1Entry & Qcow2Format.OffsetMask);
+            if (tableOffset == 0 || (l1Entry & Qcow2Format.L1ReservedMask) != 0 || (tableOffset & (_clusterSize - 1)) != 0 || tableOffset >= fileSize)
+            {
+                continue; // no table, or one that fails whatever uses it (GetL2Table)
+            }
+            IoStatus status = _l2.Peek(tableOffset, scratch, out AlignedBlock table);
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+            for (int index = 0; index < _l2.EntriesPerTable; index++)
+            {
+                L2Entry entry = _l2.Read(table.Span, index);
+                long first, last;
+                if (entry.Compressed)
+                {
+                    CompressedExtent extent = DecodeCompressed(entry);
+                    (first, last) = (extent.FirstCluster, extent.LastCluster);
+                }
+                else
+                {
+                    long host = entry.HostOffset;
+                    if (host == 0 || (host & (_clusterSize - 1)) != 0 || host >= fileSize)
+                    {
+                        continue; // unallocated, or an entry that fails whatever uses it (CheckDataCluster)
+                    }
+                    first = last = host >> _clusterBits;
+                }
+                for (long cluster = first; cluster <= last; cluster++)
+                {
+                    status = _refcounts.GetRefcount(cluster, out ulong refcount);
+                    if (status != IoStatus.Ok)
+                    {
+                        return status;
+                    }
+                    if (refcount == 0)
+                    {
+                        long guestCluster = (l1Index << _l2.IndexBits) + index;
+                        return Corrupt($"host cluster 0x{cluster << _clusterBits:x} has refcount 0 but holds guest cluster {guestCluster}'s data; the allocator would hand it out and overwrite it");
+                    }
+                }
+            }
         }
-        _statistics.CountCacheMiss();
-        AlignedBlock block = _l2Cache.RentBlock();
-        IoStatus read = DeviceIo.ReadClamped(_overlay, offset, block);
-        if (read != IoStatus.Ok)
-        {
-            _l2Cache.ReturnBlock(block);
-            return read;
-        }
-        table = _l2Cache.Add(offset, block, dirty: false);
         return IoStatus.Ok;
     }
 
-    private L2Entry ReadEntry(MetadataCache.Entry table, int index)
-    {
-        ReadOnlySpan<byte> span = table.Block.Span[(index * _l2EntrySize)..];
-        ulong word = BinaryPrimitives.ReadUInt64BigEndian(span);
-        ulong bitmap = _extendedL2 ? BinaryPrimitives.ReadUInt64BigEndian(span[8..]) : 0;
-        return new L2Entry(word, bitmap);
-    }
-
-    private void WriteEntry(MetadataCache.Entry table, int index, L2Entry entry)
-    {
-        Span<byte> span = table.Block.Span[(index * _l2EntrySize)..];
-        BinaryPrimitives.WriteUInt64BigEndian(span, entry.Word);
-        if (_extendedL2)
-        {
-            BinaryPrimitives.WriteUInt64BigEndian(span[8..], entry.Bitmap);
-        }
-        table.Dirty = true;
-    }
-
-    /// <summary>Looks up the entry of <paramref name="guestCluster"/> (under the metadata lock); an absent L2 table reads as an empty entry.</summary>
     /// <summary><see cref="LookupEntry"/> under the metadata lock, for paths that hold only a cluster stripe.</summary>
     private IoStatus LookupEntryLocked(long guestCluster, out L2Entry entry)
     {
@@ -154,10 +180,11 @@ public sealed partial class Qcow2Image
         }
     }
 
+    /// <summary>Looks up the entry of <paramref name="guestCluster"/> (under the metadata lock); an absent L2 table reads as an empty entry.</summary>
     private IoStatus LookupEntry(long guestCluster, out L2Entry entry)
     {
         IoStatus status = GetL2Table(guestCluster, allocate: false, out MetadataCache.Entry? table, out int index);
-        entry = table != null && status == IoStatus.Ok ? ReadEntry(table, index) : default;
+        entry = table != null && status == IoStatus.Ok ? _l2.Read(table, index) : default;
         return status;
     }
 

@@ -15,7 +15,7 @@ namespace XenDisk.Cow.Qcow2;
 /// </summary>
 public sealed partial class Qcow2Image
 {
-    private MetadataClusters _metadata = new();
+    private readonly MetadataClusters _metadata = new();
 
     /// <summary>Set when a corruption was found on a writable image and the corrupt bit is not yet on disk.</summary>
     private volatile bool _corruptBitPending;
@@ -43,15 +43,7 @@ public sealed partial class Qcow2Image
         {
             Register(0, _clusterSize, MetadataKind.Header);
             Register(_l1.Offset, (long)_l1.Size * 8, MetadataKind.L1Table);
-            Register(_refTableOffset, (long)_refTableClusters << _clusterBits, MetadataKind.RefcountTable);
-            for (long i = 0; i < RefTableEntries; i++)
-            {
-                long block = (long)ReadRefTable(i);
-                if (block != 0 && (block & (_clusterSize - 1)) == 0)
-                {
-                    Register(block, _clusterSize, MetadataKind.RefcountBlock);
-                }
-            }
+            _refcounts.RegisterStructure(Register);
             for (long i = 0; i < _l1.Size; i++)
             {
                 long table = (long)(ReadL1(i) & Qcow2Format.OffsetMask);
@@ -68,7 +60,7 @@ public sealed partial class Qcow2Image
                     Register(snapshot.L1TableOffset, (long)snapshot.L1Size * 8, MetadataKind.SnapshotL1Table);
                 }
             }
-            _metadata = map;
+            _metadata.ReplaceWith(map);
         }
     }
 
@@ -89,24 +81,6 @@ public sealed partial class Qcow2Image
             ? MetadataClusters.Describe(other)
             : $"a cluster that holds no {MetadataClusters.Describe(expected)}";
         return Corrupt($"preventing a write of {what} at 0x{offset:x}: host cluster 0x{cluster << _clusterBits:x} holds {victim}");
-    }
-
-    /// <summary>
-    /// The allocator found <paramref name="cluster"/> free by its refcount (or past the end of the
-    /// file); it must not hold metadata. Refcounts of zero on a live table are corruption
-    /// (== Host cluster management ==): the request fails rather than hand the table out. Under the metadata lock.
-    /// </summary>
-    private IoStatus CheckAllocation(long cluster, long count)
-    {
-        for (long c = cluster; c < cluster + count; c++)
-        {
-            MetadataKind kind = _metadata.KindOf(c);
-            if (kind != MetadataKind.None)
-            {
-                return Corrupt($"host cluster 0x{c << _clusterBits:x} has refcount 0 but holds {MetadataClusters.Describe(kind)}; allocating it would overwrite it");
-            }
-        }
-        return IoStatus.Ok;
     }
 
     /// <summary>
@@ -155,7 +129,7 @@ public sealed partial class Qcow2Image
         lock (_metadataLock)
         {
             _incompatible |= Qcow2Format.IncompatibleCorrupt;
-            BinaryPrimitives.WriteUInt64BigEndian(_header.Span[72..], _incompatible);
+            BinaryPrimitives.WriteUInt64BigEndian(_header.Span[Qcow2HeaderField.IncompatibleFeatures..], _incompatible);
         }
         IoStatus status = DeviceIo.Write(_overlay, 0, _header, 0, HeaderWriteLength);
         _statistics.CountMetadataWrites(1);

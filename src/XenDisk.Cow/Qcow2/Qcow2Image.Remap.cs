@@ -181,7 +181,7 @@ public sealed partial class Qcow2Image
     private bool TryLookupCached(long guestCluster, out L2Entry entry)
     {
         entry = default;
-        long l1Index = guestCluster >> _l2Bits;
+        long l1Index = guestCluster >> _l2.IndexBits;
         if (l1Index >= _l1.Size)
         {
             return false;
@@ -200,12 +200,12 @@ public sealed partial class Qcow2Image
             return true;
         }
 
-        if (!_l2Cache.TryGet(table, out MetadataCache.Entry cached))
+        if (!_l2.TryGetCached(table, out MetadataCache.Entry cached))
         {
             return false;
         }
 
-        entry = ReadEntry(cached, (int)(guestCluster & ((1L << _l2Bits) - 1)));
+        entry = _l2.Read(cached, _l2.IndexOf(guestCluster));
         return true;
     }
 

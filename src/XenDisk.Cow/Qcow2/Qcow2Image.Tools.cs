@@ -100,7 +100,7 @@ public sealed partial class Qcow2Image
         }
 
         long clusters = (_virtualSize + _clusterSize - 1) >> _clusterBits;
-        long tableSpan = 1L << _l2Bits;
+        long tableSpan = 1L << _l2.IndexBits;
         for (long cluster = 0; cluster < clusters;)
         {
             L2Entry entry;
@@ -112,7 +112,7 @@ public sealed partial class Qcow2Image
                     table = null;
                 }
                 tablePresent = table != null;
-                entry = table != null ? ReadEntry(table, index) : default;
+                entry = table != null ? _l2.Read(table, index) : default;
             }
             long clusterStart = cluster << _clusterBits;
             if (!tablePresent)

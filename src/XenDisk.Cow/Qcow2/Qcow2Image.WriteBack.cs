@@ -80,30 +80,19 @@ public sealed partial class Qcow2Image
         {
             // Lazy refcounts: the dirty bit covers refcount blocks, which are written only when the
             // cache needs room, when the table changes, or on close.
-            bool refcounts = forceRefcounts || _policy != MetadataPolicy.Lazy || _refcountCache.NeedsWriteBack || _refTableDirty.Any || _refTableMoved;
-            if (refcounts)
+            bool refcounts = forceRefcounts || _policy != MetadataPolicy.Lazy || _refcounts.StructureNeedsWriteBack;
+            if (refcounts && _refcounts.CaptureStructure(batch.RefBlocks, batch.RefTableRuns, batch.RetiredTables, RentCopy))
             {
-                Capture(_refcountCache, batch.RefBlocks);
-                foreach ((int start, int length) in _refTableDirty.TakeRuns())
-                {
-                    batch.RefTableRuns.Add((_refTableOffset + start, CopyOf(_refTable, start, length)));
-                }
-                if (_refTableMoved)
-                {
-                    _refTableMoved = false;
-                    UpdateHeaderFields();
-                    batch.Header = CopyOf(_header, 0, HeaderWriteLength);
-                    batch.RetiredTables.AddRange(_retiredTables);
-                    _retiredTables.Clear();
-                }
+                // The table moved: the header points to it once it and its blocks are written.
+                UpdateHeaderFields();
+                batch.Header = CopyOf(_header, 0, HeaderWriteLength);
             }
-            Capture(_l2Cache, batch.L2Tables);
+            _l2.CaptureDirty(batch.L2Tables, RentCopy);
             foreach ((int start, int length) in _l1.TakeDirtyRuns())
             {
                 batch.L1Runs.Add((_l1.Offset + start, CopyOf(_l1.Block, start, length)));
             }
-            batch.Frees.AddRange(_pendingFrees);
-            _pendingFrees.Clear();
+            _refcounts.TakePendingFrees(batch.Frees);
             // Every block goes only where the map says that structure lives; nothing of the pass is
             // written when one would land on something else.
             overlap = CheckBatch(batch);
@@ -165,8 +154,7 @@ public sealed partial class Qcow2Image
             if (overlap != IoStatus.Ok)
             {
                 // Corrupt() has recorded the failure; nothing of this pass was written and nothing is freed.
-                _pendingFrees.AddRange(batch.Frees);
-                _retiredTables.AddRange(batch.RetiredTables);
+                _refcounts.Requeue(batch.Frees, batch.RetiredTables);
             }
             else if (status != IoStatus.Ok)
             {
@@ -187,21 +175,9 @@ public sealed partial class Qcow2Image
     /// <summary>After a successful pass (under the metadata lock).</summary>
     private void ApplyFrees(Batch batch)
     {
-        // The entries that referenced these clusters are gone on disk: they may be reused now.
-        foreach (long freed in batch.Frees)
-        {
-            DecrementRefcount(freed >> _clusterBits);
-        }
-        foreach ((long offset, int clusters) in batch.RetiredTables)
-        {
-            _metadata.Remove(offset >> _clusterBits, clusters, MetadataKind.RefcountTable);
-            for (int i = 0; i < clusters; i++)
-            {
-                DecrementRefcount((offset >> _clusterBits) + i);
-            }
-        }
-        _l2Cache.Trim();
-        _refcountCache.Trim();
+        _refcounts.ApplyFrees(batch.Frees, batch.RetiredTables);
+        _l2.Trim();
+        _refcounts.Trim();
     }
 
     /// <summary>The overlap check of one pass's blocks (under the metadata lock).</summary>
@@ -227,18 +203,7 @@ public sealed partial class Qcow2Image
         return status;
     }
 
-    private void Capture(MetadataCache cache, List<(long, AlignedBlock, MetadataCache.Entry)> into)
-    {
-        foreach (MetadataCache.Entry entry in cache.DirtyEntries())
-        {
-            AlignedBlock copy = _writeBackSpares.TryPop(out AlignedBlock? spare) ? spare : new AlignedBlock(_clusterSize);
-            entry.Block.Span.CopyTo(copy.Span);
-            entry.Dirty = false;
-            entry.Pins++;
-            into.Add((entry.Offset, copy, entry));
-        }
-        into.Sort((a, b) => a.Item1.CompareTo(b.Item1));
-    }
+    private AlignedBlock RentCopy() => _writeBackSpares.TryPop(out AlignedBlock? spare) ? spare : new AlignedBlock(_clusterSize);
 
     private void Recycle(AlignedBlock copy)
     {

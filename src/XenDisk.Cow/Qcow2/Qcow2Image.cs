@@ -45,10 +45,6 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
     private readonly bool _extendedL2;
     private readonly int _unitBits;
     private readonly int _unitSize;
-    private readonly int _l2Bits;
-    private readonly int _l2EntrySize;
-    private readonly int _refcountOrder;
-    private readonly int _refBlockBits;
     private readonly int _metadataSector;
     private readonly ReaderWriterLockSlim[] _stripes;
     private readonly object _metadataLock = new();
@@ -56,20 +52,11 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
     private readonly AlignedBlock _header;
     private readonly AlignedBlock _zeros;
     private readonly AlignedBufferPool _scratch;
-    private readonly MetadataCache _l2Cache;
-    private readonly MetadataCache _refcountCache;
+    private readonly L2TableCache _l2;
+    private readonly RefcountAllocator _refcounts;
     private readonly OverlayStatistics _statistics;
 
     private L1Table _l1;
-    private AlignedBlock _refTable;
-    private long _refTableOffset;
-    private int _refTableClusters;
-    private DirtySectors _refTableDirty;
-    private bool _refTableMoved;
-    private readonly List<long> _pendingFrees = [];
-    private readonly List<(long Offset, int Clusters)> _retiredTables = [];
-    private long _endCluster;
-    private long _freeHint;
     private long _virtualSize;
     private ulong _incompatible;
     private ulong _compatible;
@@ -91,10 +78,6 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         _extendedL2 = header.ExtendedL2;
         _unitBits = _extendedL2 ? _clusterBits - 5 : _clusterBits;
         _unitSize = 1 << _unitBits;
-        _l2EntrySize = header.L2EntrySize;
-        _l2Bits = _clusterBits - (_extendedL2 ? 4 : 3);
-        _refcountOrder = header.RefcountOrder;
-        _refBlockBits = _clusterBits + 3 - _refcountOrder;
         _metadataSector = Math.Max(512, overlay.Info.LogicalSectorSize);
         _virtualSize = header.VirtualSize;
         _incompatible = header.IncompatibleFeatures;
@@ -118,18 +101,16 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
             l2Budget = Math.Min(tables * _clusterSize, Qcow2OpenOptions.DefaultMaximumL2CacheBytes);
         }
         long refcountBudget = options.RefcountCacheBytes > 0 ? options.RefcountCacheBytes : Math.Max(l2Budget / 4, 4L * _clusterSize);
-        _l2Cache = new MetadataCache(_clusterSize, l2Budget);
-        _refcountCache = new MetadataCache(_clusterSize, refcountBudget);
 
         _l1 = new L1Table(header.L1Size, header.L1TableOffset, RoundUpToSector((long)header.L1Size * 8), _metadataSector);
-        _refTableOffset = header.RefcountTableOffset;
-        _refTableClusters = header.RefcountTableClusters;
-        _refTable = new AlignedBlock(_refTableClusters << _clusterBits);
-        _refTableDirty = new DirtySectors(_refTable.Length, _metadataSector);
-        _endCluster = (overlay.Info.SizeBytes + _clusterSize - 1) >> _clusterBits;
         _info = MakeInfo();
-        _statistics = new OverlayStatistics(() => Volatile.Read(ref _endCluster) << _clusterBits, () => BackingFile == null);
+        _statistics = new OverlayStatistics(() => FileBytes, () => BackingFile == null);
+        _l2 = new L2TableCache(overlay, header, l2Budget, _statistics);
+        _refcounts = new RefcountAllocator(overlay, header, _metadataSector, refcountBudget, _metadata, _statistics, Corrupt, RefuseRequest, ProveFreeClustersUnreferenced);
     }
+
+    /// <summary>The clusters up to the end of the file, as the allocator knows it.</summary>
+    private long FileBytes => _refcounts.EndCluster << _clusterBits;
 
     /// <summary>Size and capabilities as the guest sees them: the virtual disk.</summary>
     public BlockDeviceInfo Info => Volatile.Read(ref _info);
@@ -172,7 +153,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         {
             lock (_metadataLock)
             {
-                return _l1.MemoryBytes + _refTable.Length + _l2Cache.BytesInUse + _refcountCache.BytesInUse;
+                return _l1.MemoryBytes + _l2.BytesInUse + _refcounts.MemoryBytes;
             }
         }
     }
@@ -181,7 +162,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
     public double MetadataBytesPerGiB => _virtualSize == 0 ? 0 : MetadataMemoryBytes / (_virtualSize / (double)(1L << 30));
 
     /// <summary>How many L2 tables the cache may hold before it writes back.</summary>
-    public int L2CacheCapacity => _l2Cache.Capacity;
+    public int L2CacheCapacity => _l2.Capacity;
 
     /// <summary>
     /// Opens a qcow2 overlay. <paramref name="backing"/> is the already opened base (resolving and
@@ -260,7 +241,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
             ThrowIfFailed(ReadMetadata(_l1.Offset, _l1.Block, l1.Length), "reading the L1 table");
             _l1.ClearTail();
         }
-        ThrowIfFailed(DeviceIo.ReadClamped(_overlay, _refTableOffset, _refTable), "reading the refcount table");
+        ThrowIfFailed(_refcounts.Load(), "reading the refcount table");
     }
 
     private IoStatus ReadMetadata(long offset, AlignedBlock block, int length)
@@ -325,16 +306,16 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
     private void UpdateHeaderFields()
     {
         Span<byte> h = _header.Span;
-        BinaryPrimitives.WriteUInt64BigEndian(h[24..], (ulong)_virtualSize);
-        BinaryPrimitives.WriteUInt32BigEndian(h[36..], (uint)_l1.Size);
-        BinaryPrimitives.WriteUInt64BigEndian(h[40..], (ulong)_l1.Offset);
-        BinaryPrimitives.WriteUInt64BigEndian(h[48..], (ulong)_refTableOffset);
-        BinaryPrimitives.WriteUInt32BigEndian(h[56..], (uint)_refTableClusters);
+        BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.Size..], (ulong)_virtualSize);
+        BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.L1Size..], (uint)_l1.Size);
+        BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.L1TableOffset..], (ulong)_l1.Offset);
+        BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.RefcountTableOffset..], (ulong)_refcounts.TableOffset);
+        BinaryPrimitives.WriteUInt32BigEndian(h[Qcow2HeaderField.RefcountTableClusters..], (uint)_refcounts.TableClusters);
         if (_openedHeader.Version >= 3)
         {
-            BinaryPrimitives.WriteUInt64BigEndian(h[72..], _incompatible);
-            BinaryPrimitives.WriteUInt64BigEndian(h[80..], _compatible);
-            BinaryPrimitives.WriteUInt64BigEndian(h[88..], _autoclear);
+            BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.IncompatibleFeatures..], _incompatible);
+            BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.CompatibleFeatures..], _compatible);
+            BinaryPrimitives.WriteUInt64BigEndian(h[Qcow2HeaderField.AutoclearFeatures..], _autoclear);
         }
     }
 
@@ -397,7 +378,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
                 int newClusters = ClustersFor(needed * 8);
                 lock (_metadataLock)
                 {
-                    status = AllocateContiguous(newClusters, out long first);
+                    status = _refcounts.AllocateContiguous(newClusters, out long first);
                     if (status != IoStatus.Ok)
                     {
                         return status;
@@ -454,7 +435,7 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
                         _metadata.Remove(oldOffset >> _clusterBits, oldClusters, MetadataKind.L1Table);
                         for (int i = 0; i < oldClusters; i++)
                         {
-                            _pendingFrees.Add(oldOffset + ((long)i << _clusterBits));
+                            _refcounts.FreeAfterWriteBack(oldOffset + ((long)i << _clusterBits));
                         }
                     }
                 }
@@ -555,10 +536,9 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         {
             CloseMetadata();
         }
-        _l2Cache.Dispose();
-        _refcountCache.Dispose();
+        _l2.Dispose();
+        _refcounts.Dispose();
         _l1.Dispose();
-        _refTable.Dispose();
         _header.Dispose();
         _zeros.Dispose();
         _scratch.Dispose();

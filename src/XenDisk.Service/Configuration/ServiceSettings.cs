@@ -64,6 +64,10 @@ public sealed class BackendSettings
     [Range(1, 3600)]
     public int RingDrainTimeoutSeconds { get; set; } = (int)BackendOptions.DefaultRingDrainTimeout.TotalSeconds;
 
+    /// <summary>Seconds between two looks at every disk's size (an lvextend reaches the guest as an online resize); 0 turns the look off.</summary>
+    [Range(0, 3600)]
+    public int SizeCheckSeconds { get; set; } = (int)BackendOptions.DefaultSizeCheckInterval.TotalSeconds;
+
     public IReadOnlyList<string> EffectiveKinds => Kinds ?? DefaultKinds;
 
     /// <summary>The backend's options; call only after validation.</summary>
@@ -77,6 +81,7 @@ public sealed class BackendSettings
         PersistentGrants = PersistentGrants,
         Discard = Discard,
         RingDrainTimeout = TimeSpan.FromSeconds(RingDrainTimeoutSeconds),
+        SizeCheckInterval = TimeSpan.FromSeconds(SizeCheckSeconds),
         InflightDirectory = string.IsNullOrEmpty(InflightDirectory) ? null : InflightDirectory,
         DataPlane = new DataPlaneOptions
         {

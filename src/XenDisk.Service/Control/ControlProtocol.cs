@@ -9,18 +9,24 @@ namespace XenDisk.Service.Control;
 //   {"command":"hydrate","device":"3/51712","bytesPerSecond":52428800}
 //       ->  {"ok":true,"device":"/local/domain/0/backend/vbd/3/51712","hydration":{"state":"running",...}}
 //   {"command":"hydrate-cancel","device":"3/51712"}  ->  the same shape, the state as it is after the cancel
+//   {"command":"resize","device":"3/xvdb"}
+//       ->  {"ok":true,"device":"/local/domain/0/backend/vbd/3/51728","resize":{"oldSizeBytes":...,"sizeBytes":...,"changed":true}}
 // "device" is a backend path or DOMID/DEVICE (see DeviceSelector); "bytesPerSecond" is optional
 // (absent or 0: no limit). Field names are camelCase; new fields may be added, so readers must
 // ignore unknown ones.
 
-/// <param name="Command">status, hydrate or hydrate-cancel (see <see cref="ControlCommands"/>).</param>
-/// <param name="Device">The device a hydrate command is about.</param>
+/// <param name="Command">status, hydrate, hydrate-cancel or resize (see <see cref="ControlCommands"/>).</param>
+/// <param name="Device">The device a hydrate or resize command is about.</param>
 /// <param name="BytesPerSecond">hydrate: the most bytes per second taken from the base; null or 0 for no limit.</param>
 public sealed record ControlRequest(string Command, string? Device = null, long? BytesPerSecond = null);
 
 /// <param name="Device">The backend path of the device a hydrate command acted on.</param>
 /// <param name="Hydration">That device's hydration after the command.</param>
-public sealed record ControlResponse(bool Ok, string? Error = null, ServiceStatusReport? Status = null, string? Device = null, HydrationReport? Hydration = null);
+/// <param name="Resize">What a resize command found.</param>
+public sealed record ControlResponse(bool Ok, string? Error = null, ServiceStatusReport? Status = null, string? Device = null, HydrationReport? Hydration = null, ResizeReport? Resize = null);
+
+/// <summary>A resize command's answer: the disk's size before and after, and whether the guest was told of a change.</summary>
+public sealed record ResizeReport(long OldSizeBytes, long SizeBytes, bool Changed);
 
 /// <summary>The commands the control socket answers.</summary>
 public static class ControlCommands
@@ -33,7 +39,10 @@ public static class ControlCommands
     /// <summary>Cancels a running hydration; what was copied is kept, and hydrate resumes it.</summary>
     public const string HydrateCancel = "hydrate-cancel";
 
-    public const string Known = "status, hydrate, hydrate-cancel";
+    /// <summary>Re-reads an attached disk's size now and tells the guest when it changed (online resize).</summary>
+    public const string Resize = "resize";
+
+    public const string Known = "status, hydrate, hydrate-cancel, resize";
 }
 
 /// <summary>What `xendisk status` shows.</summary>

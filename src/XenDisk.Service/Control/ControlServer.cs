@@ -33,6 +33,7 @@ internal sealed class ControlServer : IHostedService, IAsyncDisposable
     private readonly string _path;
     private readonly StatusReporter _reporter;
     private readonly HydrationManager _hydrations;
+    private readonly DeviceResizer _resizer;
     private readonly ILogger _logger;
     private readonly SemaphoreSlim _connections = new(MaxConcurrentConnections, MaxConcurrentConnections);
     private readonly CancellationTokenSource _stopping = new();
@@ -41,8 +42,9 @@ internal sealed class ControlServer : IHostedService, IAsyncDisposable
     private int _stopped;
     private int _disposed;
 
-    public ControlServer(IOptions<ControlSettings> settings, StatusReporter reporter, HydrationManager hydrations, ILogger<ControlServer> logger)
+    public ControlServer(IOptions<ControlSettings> settings, StatusReporter reporter, HydrationManager hydrations, DeviceResizer resizer, ILogger<ControlServer> logger)
     {
+        _resizer = resizer;
         _path = settings.Value.SocketPath;
         _reporter = reporter;
         _hydrations = hydrations;
@@ -224,6 +226,7 @@ internal sealed class ControlServer : IHostedService, IAsyncDisposable
             ControlCommands.Status => new ControlResponse(true, Status: _reporter.Report()),
             ControlCommands.Hydrate => Answer(await _hydrations.StartAsync(request.Device, request.BytesPerSecond ?? 0, cancellationToken).ConfigureAwait(false)),
             ControlCommands.HydrateCancel => Answer(await _hydrations.CancelAsync(request.Device, cancellationToken).ConfigureAwait(false)),
+            ControlCommands.Resize => Answer(await _resizer.ResizeAsync(request.Device, cancellationToken).ConfigureAwait(false)),
             null => new ControlResponse(false, $"The request names no command; known: {ControlCommands.Known}."),
             string other => new ControlResponse(false, $"Unknown command \"{Printable(other)}\"; known: {ControlCommands.Known}."),
         };
@@ -232,6 +235,10 @@ internal sealed class ControlServer : IHostedService, IAsyncDisposable
     private static ControlResponse Answer(HydrationOutcome outcome) => outcome.Refusal is { } refusal
         ? new ControlResponse(false, refusal)
         : new ControlResponse(true, Device: outcome.BackendPath, Hydration: outcome.Report);
+
+    private static ControlResponse Answer(ResizeOutcome outcome) => outcome.Refusal is { } refusal
+        ? new ControlResponse(false, refusal)
+        : new ControlResponse(true, Device: outcome.BackendPath, Resize: outcome.Report);
 
     /// <summary>A client's text echoed in an answer: short and without control characters.</summary>
     private static string Printable(string text) =>
@@ -293,6 +300,22 @@ public static class ControlClient
     /// <summary>Cancels the hydration running on <paramref name="device"/>; returns its state afterwards.</summary>
     public static Task<(string Device, HydrationReport Hydration)> CancelHydrationAsync(string socketPath, string device, CancellationToken cancellationToken = default) =>
         HydrationCommandAsync(socketPath, new ControlRequest(ControlCommands.HydrateCancel, device), cancellationToken);
+
+    /// <summary>
+    /// Re-reads the size of <paramref name="device"/>'s disk in the service now, telling its guest when
+    /// it changed. Throws <see cref="ControlRefusedException"/> with the service's reason when it
+    /// refuses, <see cref="ControlClientException"/> when no service answers.
+    /// </summary>
+    public static async Task<(string Device, ResizeReport Resize)> ResizeAsync(string socketPath, string device, CancellationToken cancellationToken = default)
+    {
+        ControlResponse response = await SendAsync(socketPath, new ControlRequest(ControlCommands.Resize, device), cancellationToken).ConfigureAwait(false);
+        if (!response.Ok || response.Device is null || response.Resize is null)
+        {
+            throw new ControlRefusedException(response.Error ?? "the answer names no device or size");
+        }
+
+        return (response.Device, response.Resize);
+    }
 
     private static async Task<(string Device, HydrationReport Hydration)> HydrationCommandAsync(string socketPath, ControlRequest request, CancellationToken cancellationToken)
     {

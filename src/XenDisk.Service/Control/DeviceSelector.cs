@@ -37,6 +37,11 @@ public sealed record DeviceSelector
 
     public override string ToString() => BackendPath ?? string.Create(CultureInfo.InvariantCulture, $"{DomainId}/{DeviceId}");
 
+    /// <summary>The backend path of the device this names among those <paramref name="backend"/> serves, or null.</summary>
+    public string? FindIn(XenDisk.Backend.ControlPlane.BlockBackend backend) => BackendPath is { } path
+        ? backend.Devices.FirstOrDefault(d => d.BackendPath == path)?.BackendPath
+        : backend.FindDevice(DomainId, DeviceId)?.BackendPath;
+
     /// <summary>Parses a device name; on failure <paramref name="error"/> says what is accepted.</summary>
     public static bool TryParse(string? text, out DeviceSelector? selector, out string? error)
     {

@@ -219,6 +219,7 @@ public static class XenDiskServiceHost
             return metrics;
         });
         services.AddSingleton<HydrationManager>();
+        services.AddSingleton<DeviceResizer>();
         services.AddSingleton<StatusReporter>();
         services.AddSingleton<ServiceStatusText>();
 

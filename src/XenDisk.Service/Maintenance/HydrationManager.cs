@@ -165,9 +165,7 @@ internal sealed class HydrationManager(BlockBackend backend, TimeProvider time, 
             return false;
         }
 
-        string? found = selector!.BackendPath is { } path
-            ? backend.Devices.FirstOrDefault(d => d.BackendPath == path)?.BackendPath
-            : backend.FindDevice(selector.DomainId, selector.DeviceId)?.BackendPath;
+        string? found = selector!.FindIn(backend);
         if (found is null)
         {
             refusal = $"No device {selector} is served by this xendisk (xendisk status lists its devices).";

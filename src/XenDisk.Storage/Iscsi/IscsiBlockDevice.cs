@@ -29,9 +29,6 @@ public sealed unsafe class IscsiBlockDevice : IBlockDevice
     private int _disposed;
     /// <summary>The key this device holds the LUN's reservation under, or 0.</summary>
     private ulong _reservationKey;
-    /// <summary>The session's reconnect count when the reservation was last asserted.</summary>
-    private long _reconnectsSeen;
-    private readonly object _reservationLock = new();
 
     private IscsiBlockDevice(IscsiSession session, bool readOnly, BlockDeviceInfo info, long maxTransferBytes, uint maxUnmapBlocks)
     {
@@ -41,6 +38,9 @@ public sealed unsafe class IscsiBlockDevice : IBlockDevice
         _maxTransferBytes = maxTransferBytes;
         _maxUnmapBlocks = maxUnmapBlocks;
     }
+
+    /// <summary>The session (for tests that watch what it issues).</summary>
+    internal IscsiSession Session => _session;
 
     /// <summary>The LUN this device reaches.</summary>
     public IscsiUrl Url => _session.Url;
@@ -115,7 +115,9 @@ public sealed unsafe class IscsiBlockDevice : IBlockDevice
             {
                 IscsiReservation.Acquire(session, options.ReservationKey);
                 device._reservationKey = options.ReservationKey;
-                device._reconnectsSeen = session.Reconnects;
+                // From here on the session takes the reservation again after every reconnect, before
+                // it issues anything else (IscsiSession, "A session that writes under a persistent reservation").
+                session.ReservationKey = options.ReservationKey;
             }
             return device;
         }
@@ -208,53 +210,15 @@ public sealed unsafe class IscsiBlockDevice : IBlockDevice
             if (_reservationKey != 0)
             {
                 // A clean stop hands the LUN back: another host may take it at once.
+                _session.ReservationKey = 0;
                 IscsiReservation.ReleaseQuietly(_session, _reservationKey);
             }
             _session.Dispose();
         }
     }
 
-    /// <summary>
-    /// A target that restarted has forgotten its reservations (tgt keeps none across a restart) and a
-    /// reconnected session is a new I_T nexus: the first command after a reconnect takes the reservation
-    /// again (checked before and after each command), so the LUN does not stay unreserved while this host writes it.
-    /// </summary>
-    private void ReassertAfterReconnect()
-    {
-        lock (_reservationLock)
-        {
-            long reconnects = _session.Reconnects;
-            if (reconnects != _reconnectsSeen)
-            {
-                IscsiReservation.Reassert(_session, _reservationKey);
-                Volatile.Write(ref _reconnectsSeen, reconnects);
-            }
-        }
-    }
-
-    /// <summary>
-    /// Runs a command; a RESERVATION CONFLICT on a LUN this device reserved means the session came back
-    /// as a new I_T nexus (libiscsi's reconnect) or the target forgot its reservations (a restart): the
-    /// reservation is asserted again, if it is still this host's, and the command runs once more.
-    /// </summary>
-    private ScsiOutcome Execute(IscsiCommand command)
-    {
-        if (_reservationKey != 0 && _session.Reconnects != Volatile.Read(ref _reconnectsSeen))
-        {
-            ReassertAfterReconnect();
-        }
-        ScsiOutcome outcome = _session.Execute(command);
-        if (outcome.Status == ScsiStatus.RESERVATION_CONFLICT && _reservationKey != 0 && IscsiReservation.Reassert(_session, _reservationKey))
-        {
-            outcome = _session.Execute(command);
-        }
-        if (_reservationKey != 0 && _session.Reconnects != Volatile.Read(ref _reconnectsSeen))
-        {
-            // The reconnect happened under this command (the target went away while the LUN was idle).
-            ReassertAfterReconnect();
-        }
-        return outcome;
-    }
+    /// <summary>Runs a command; a reserved LUN's reservation after a reconnect is the session's to restore, before the command runs.</summary>
+    private ScsiOutcome Execute(IscsiCommand command) => _session.Execute(command);
 
     /// <summary>
     /// READ or WRITE (16) over the buffers, cut into commands of at most <see cref="IscsiSession.MaxSegments"/>

@@ -93,6 +93,9 @@ internal sealed unsafe class IscsiCommand : IDisposable
     /// <summary>Stopwatch timestamp before which a retried command is not reissued.</summary>
     public long RetryAt;
 
+    /// <summary>The session's reconnect count when the command was last issued: libiscsi may have re-sent it on a newer connection.</summary>
+    public long IssuedAfterReconnects;
+
     // The outcome, written by the loop before Done is set.
     public ScsiOutcome Outcome;
     public readonly byte[] ControlData = new byte[ControlDataCapacity];

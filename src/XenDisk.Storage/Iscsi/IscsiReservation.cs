@@ -64,7 +64,7 @@ internal static unsafe class IscsiReservation
         }
     }
 
-    /// <summary>After RESERVATION CONFLICT on a write: registers this (reconnected) nexus again if the reservation is still ours, or takes it again if the target lost it (a restart).</summary>
+    /// <summary>After a reconnect (the session's loop runs it, holding other commands): registers this new nexus again if the reservation is still ours, or takes it again if the target lost it (a restart).</summary>
     public static bool Reassert(IscsiSession session, ulong key)
     {
         try
@@ -114,7 +114,7 @@ internal static unsafe class IscsiReservation
     /// <summary>The reservation holder, or null when the LUN is not reserved.</summary>
     public static IscsiReservationHolder? ReadHolder(IscsiSession session)
     {
-        IscsiCommand command = session.Rent();
+        IscsiCommand command = session.RentControl();
         try
         {
             command.Operation = IscsiOperation.PersistentReserveIn;
@@ -157,7 +157,7 @@ internal static unsafe class IscsiReservation
 
     private static ScsiOutcome OutCommand(IscsiSession session, int action, ulong key, ulong serviceKey)
     {
-        IscsiCommand command = session.Rent();
+        IscsiCommand command = session.RentControl();
         try
         {
             command.Operation = IscsiOperation.PersistentReserveOut;

@@ -21,8 +21,19 @@ namespace XenDisk.Storage.Iscsi;
 /// UNIT ATTENTION (reported after a target restart or a LUN resize), BUSY and TASK SET FULL are retried
 /// until the deadline (SAM-5 5.3: the command was not executed).
 /// </para>
+/// <para>
+/// A session that writes under a persistent reservation (<see cref="ReservationKey"/>) comes back from a
+/// reconnect as a new I_T nexus, unregistered, and after a target restart the reservation itself is
+/// gone: the reservation is taken again before anything else is written. While the session is logged
+/// out and until the re-take has finished, the loop holds every command it is given (they wait, with
+/// their deadlines, beside the retries) except the re-take's own, which runs in a command slot kept
+/// for it alone, so a queue full of held commands can never starve it. Commands libiscsi itself
+/// re-sends after the login (those in flight when the connection dropped) are outside the loop's
+/// hold: if they meet RESERVATION CONFLICT from the unregistered nexus they are retried once the
+/// reservation is back.
+/// </para>
 /// Thread-safety: every libiscsi call after the login is made on the loop thread; <see cref="Execute"/>,
-/// <see cref="Rent"/> and <see cref="Return"/> may be called from any thread.
+/// <see cref="Rent"/>, <see cref="RentControl"/> and <see cref="Return"/> may be called from any thread.
 /// </summary>
 internal sealed unsafe class IscsiSession : IDisposable
 {
@@ -58,6 +69,19 @@ internal sealed unsafe class IscsiSession : IDisposable
     private bool _loggedIn = true;
     private long _reconnects;
 
+    /// <summary>The command slot kept for reservation commands (index <c>depth</c>), one user at a time.</summary>
+    private readonly int _controlIndex;
+    private readonly SemaphoreSlim _controlGate = new(1, 1);
+    private ulong _reservationKey;
+
+    // Owned by the loop thread: a re-take of the reservation is running, and another is needed after it
+    // (the session reconnected again meanwhile).
+    private bool _retakeRunning;
+    private bool _retakeAgain;
+
+    /// <summary>Set by the re-take when it has finished, for the loop to release the held commands.</summary>
+    private volatile bool _retakeDone;
+
     private IscsiSession(nint context, IscsiUrl url, IscsiOptions options)
     {
         _context = context;
@@ -65,13 +89,18 @@ internal sealed unsafe class IscsiSession : IDisposable
         Url = url;
         _timeoutTicks = (long)(options.CommandTimeout.TotalSeconds * Stopwatch.Frequency);
         int depth = options.QueueDepth;
-        _commands = new IscsiCommand[depth];
+        // One slot more than the queue depth: the reservation's own, never handed out by Rent.
+        _controlIndex = depth;
+        _commands = new IscsiCommand[depth + 1];
         _free = new int[depth];
-        _queue = new int[depth];
-        _retries = new int[depth];
+        _queue = new int[depth + 1];
+        _retries = new int[depth + 1];
+        for (int i = 0; i <= depth; i++)
+        {
+            _commands[i] = new IscsiCommand(this, i, i == _controlIndex ? 1 : MaxSegments);
+        }
         for (int i = 0; i < depth; i++)
         {
-            _commands[i] = new IscsiCommand(this, i, MaxSegments);
             _free[i] = depth - 1 - i;
         }
         _freeCount = depth;
@@ -93,6 +122,23 @@ internal sealed unsafe class IscsiSession : IDisposable
 
     /// <summary>How many times libiscsi re-established the session (a new connection and login) since the first login.</summary>
     public long Reconnects => Interlocked.Read(ref _reconnects);
+
+    /// <summary>
+    /// The key this session's host holds the LUN's persistent reservation under, or 0: set once the
+    /// reservation is taken, cleared before it is released. While it is set, a reconnect takes the
+    /// reservation again before any other command is issued.
+    /// </summary>
+    public ulong ReservationKey
+    {
+        get => Volatile.Read(ref _reservationKey);
+        set => Volatile.Write(ref _reservationKey, value);
+    }
+
+    /// <summary>For tests: called on the loop thread as each command is handed to libiscsi (operation, service action or page code).</summary>
+    internal Action<IscsiOperation, int>? Issued { get; set; }
+
+    /// <summary>Commands are held, not issued: the LUN is reserved and the session is logged out or taking the reservation again.</summary>
+    private bool Holding => ReservationKey != 0 && (!_loggedIn || _retakeRunning);
 
     /// <summary>
     /// Logs in to the LUN (TCP connect, iSCSI login with CHAP when configured, LUN check) on the calling
@@ -159,8 +205,23 @@ internal sealed unsafe class IscsiSession : IDisposable
         }
     }
 
+    /// <summary>
+    /// Takes the reservation commands' own slot, waiting while another reservation command uses it. It is
+    /// never one of the queue's slots, so taking the reservation again cannot wait for them.
+    /// </summary>
+    public IscsiCommand RentControl()
+    {
+        _controlGate.Wait();
+        return _commands[_controlIndex];
+    }
+
     public void Return(IscsiCommand command)
     {
+        if (command.Index == _controlIndex)
+        {
+            _controlGate.Release();
+            return;
+        }
         lock (_lock)
         {
             _free[_freeCount++] = command.Index;
@@ -234,6 +295,11 @@ internal sealed unsafe class IscsiSession : IDisposable
                 LibIscsi.iscsi_service(_context, fds[1].revents);
                 NoteReconnect();
             }
+            if (_retakeDone)
+            {
+                _retakeDone = false;
+                FinishRetake();
+            }
             long now = Stopwatch.GetTimestamp();
             if (events == 0 || now >= nextScan)
             {
@@ -251,15 +317,64 @@ internal sealed unsafe class IscsiSession : IDisposable
         Shutdown();
     }
 
-    /// <summary>Counts a completed reconnect: the session was seen logged out (libiscsi replaced the connection) and is logged in again.</summary>
+    /// <summary>
+    /// Counts a completed reconnect: the session was seen logged out (libiscsi replaced the connection)
+    /// and is logged in again. A reserved LUN's reservation is then taken again before anything else.
+    /// </summary>
     private void NoteReconnect()
     {
         bool loggedIn = LibIscsi.iscsi_is_logged_in(_context) != 0;
-        if (loggedIn && !_loggedIn)
-        {
-            Interlocked.Increment(ref _reconnects);
-        }
+        bool reconnected = loggedIn && !_loggedIn;
         _loggedIn = loggedIn;
+        if (!reconnected)
+        {
+            return;
+        }
+        Interlocked.Increment(ref _reconnects);
+        if (ReservationKey == 0)
+        {
+            return;
+        }
+        if (_retakeRunning)
+        {
+            _retakeAgain = true;
+            return;
+        }
+        StartRetake();
+    }
+
+    /// <summary>
+    /// Takes the reservation again on a pool thread (the commands are synchronous, and the loop must go
+    /// on running them); the loop holds every other command until <see cref="FinishRetake"/>.
+    /// </summary>
+    private void StartRetake()
+    {
+        _retakeRunning = true;
+        ThreadPool.UnsafeQueueUserWorkItem(static session =>
+        {
+            ulong key = session.ReservationKey;
+            if (key != 0 && !session._stopping)
+            {
+                // Still ours: this nexus registers and, after a target restart, reserves again. Another
+                // host's: the held writes meet RESERVATION CONFLICT and fail, as they must.
+                IscsiReservation.Reassert(session, key);
+            }
+            session._retakeDone = true;
+            ulong one = 1;
+            write(session._eventFd, &one, sizeof(ulong));
+        }, this, preferLocal: false);
+    }
+
+    private void FinishRetake()
+    {
+        if (_retakeAgain && !_stopping)
+        {
+            // The session dropped again while the re-take ran: its registration may be on the old nexus.
+            _retakeAgain = false;
+            StartRetake();
+            return;
+        }
+        _retakeRunning = false;
     }
 
     private void IssueQueued()
@@ -277,7 +392,17 @@ internal sealed unsafe class IscsiSession : IDisposable
                 _queueHead = (_queueHead + 1) % _queue.Length;
                 _queueCount--;
             }
-            Issue(_commands[index]);
+            IscsiCommand command = _commands[index];
+            if (index != _controlIndex && Holding)
+            {
+                // Held beside the retries until the reservation is back; its deadline still runs.
+                command.Outcome = new ScsiOutcome(ScsiStatus.CANCELLED, 0, 0);
+                command.RetryPending = true;
+                command.RetryAt = 0;
+                _retries[_retryCount++] = index;
+                continue;
+            }
+            Issue(command);
         }
     }
 
@@ -286,7 +411,7 @@ internal sealed unsafe class IscsiSession : IDisposable
         for (int i = 0; i < _retryCount;)
         {
             IscsiCommand command = _commands[_retries[i]];
-            if (!_stopping && now < command.DeadlineTimestamp && command.RetryAt > now)
+            if (!_stopping && now < command.DeadlineTimestamp && (command.RetryAt > now || (command.Index != _controlIndex && Holding)))
             {
                 i++;
                 continue;
@@ -312,6 +437,8 @@ internal sealed unsafe class IscsiSession : IDisposable
             return;
         }
         command.Attempts++;
+        command.IssuedAfterReconnects = _reconnects;
+        Issued?.Invoke(command.Operation, command.Code);
         delegate* unmanaged<nint, int, nint, nint, void> callback = &OnCompleted;
         nint data = GCHandle.ToIntPtr(command.Handle);
         nint task = command.Operation switch
@@ -389,6 +516,11 @@ internal sealed unsafe class IscsiSession : IDisposable
         {
             ScsiStatus.CHECK_CONDITION => senseKey == ScsiSenseKey.UNIT_ATTENTION,
             ScsiStatus.BUSY or ScsiStatus.TASK_SET_FULL => true,
+            // Sent before a reconnect and re-sent by libiscsi on the new, not yet registered nexus (or
+            // answered while the reservation is being taken again): once more after the re-take. A
+            // conflict met after it is another host's reservation, and final.
+            ScsiStatus.RESERVATION_CONFLICT => ReservationKey != 0 && command.Index != _controlIndex
+                && (command.IssuedAfterReconnects != _reconnects || Holding),
             _ => false,
         };
         if (retry)
@@ -468,6 +600,7 @@ internal sealed unsafe class IscsiSession : IDisposable
         {
             command.Dispose();
         }
+        _controlGate.Dispose();
     }
 
     private static void Check(nint context, int result, IscsiUrl url, string what)

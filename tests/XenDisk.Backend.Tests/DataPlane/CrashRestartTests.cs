@@ -17,9 +17,9 @@ public sealed class CrashRestartTests : IDisposable
 {
     private const int Block = 4096;
     private const int Requests = 28;
-    private readonly DirectoryInfo _directory = Directory.CreateTempSubdirectory("xendisk-inflight-");
+    private readonly TempDirectory _directory = new("xendisk-inflight-");
 
-    public void Dispose() => _directory.Delete(recursive: true);
+    public void Dispose() => _directory.Dispose();
 
     private static int Kills => int.TryParse(Environment.GetEnvironmentVariable("XENDISK_CRASH_RESTARTS"), NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n : 400;
 
@@ -48,7 +48,7 @@ public sealed class CrashRestartTests : IDisposable
     [Fact]
     public async Task A_record_from_another_connection_is_discarded_with_a_log_line()
     {
-        string path = Path.Combine(_directory.FullName, "other");
+        string path = Path.Combine(_directory.Path, "other");
         using var hypervisor = new SimulatedHypervisor();
         SimulatedDomain guest = hypervisor.CreateDomain("guest");
         using var memory = new MemoryBlockDevice(1 << 20);
@@ -70,7 +70,7 @@ public sealed class CrashRestartTests : IDisposable
     {
         // Same identity, but the frontend set the ring up afresh: the record's req_cons lies beyond
         // anything the new ring has produced, so replaying it would answer requests never made.
-        string path = Path.Combine(_directory.FullName, "reset");
+        string path = Path.Combine(_directory.Path, "reset");
         using var hypervisor = new SimulatedHypervisor();
         SimulatedDomain guest = hypervisor.CreateDomain("guest");
         using var memory = new MemoryBlockDevice(1 << 20);
@@ -98,7 +98,7 @@ public sealed class CrashRestartTests : IDisposable
         const int DiskBytes = 1 << 20;
         using var memory = new MemoryBlockDevice(DiskBytes);
         memory.Contents.Fill(0xEE);
-        string path = Path.Combine(_directory.FullName, "ring-" + seed.ToString(CultureInfo.InvariantCulture));
+        string path = Path.Combine(_directory.Path, "ring-" + seed.ToString(CultureInfo.InvariantCulture));
         await using var connection = new RingConnection(hypervisor, guest, memory, inflightRecordPath: path,
             options: new DataPlaneOptions { MaxBatch = 1 + random.Next(8) });
 

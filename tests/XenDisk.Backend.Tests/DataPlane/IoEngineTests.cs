@@ -21,9 +21,9 @@ public sealed class IoEngineTests : IDisposable
     private const byte R = BlkifOperation.Read;
     private const byte W = BlkifOperation.Write;
 
-    private readonly DirectoryInfo _directory = Directory.CreateTempSubdirectory("xendisk-engine-");
+    private readonly TempDirectory _directory = new("xendisk-engine-");
 
-    public void Dispose() => _directory.Delete(recursive: true);
+    public void Dispose() => _directory.Dispose();
 
     public static TheoryData<IoEngine, DataPath, bool> Engines()
     {
@@ -40,7 +40,7 @@ public sealed class IoEngineTests : IDisposable
 
     private RawBlockDevice CreateDisk(byte fill = 0)
     {
-        string path = Path.Combine(_directory.FullName, "disk.img");
+        string path = Path.Combine(_directory.Path, "disk.img");
         byte[] contents = new byte[DiskBytes];
         Array.Fill(contents, fill);
         File.WriteAllBytes(path, contents);
@@ -233,8 +233,8 @@ public sealed class IoEngineTests : IDisposable
         SimulatedDomain guest = hypervisor.CreateDomain("guest", memoryPages: 4096);
         byte[] model = new byte[Size];
         new Random(5).NextBytes(model);
-        string basePath = Path.Combine(_directory.FullName, "base.img");
-        string cowPath = Path.Combine(_directory.FullName, "overlay.bitmap");
+        string basePath = Path.Combine(_directory.Path, "base.img");
+        string cowPath = Path.Combine(_directory.Path, "overlay.bitmap");
         File.WriteAllBytes(basePath, model);
         File.WriteAllBytes(cowPath, new byte[BitmapOverlay.RequiredCowSize(Size, Grain)]);
         var overlayOptions = new BitmapOverlayOptions { Policy = policy };

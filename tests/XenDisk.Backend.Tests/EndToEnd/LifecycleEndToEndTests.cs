@@ -45,6 +45,32 @@ public sealed class LifecycleEndToEndTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task AGrownDiskReachesTheFrontendThroughThePeriodicSizeCheck()
+    {
+        BackendOptions options = BackendTestBed.DefaultOptions with { SizeCheckInterval = TimeSpan.FromMilliseconds(20) };
+        await using BackendTestBed bed = await BackendTestBed.StartAsync(output, options);
+        SimulatedDomain guest = bed.CreateGuest();
+        DiskAttachment attachment = await bed.AttachReadyAsync(guest, FirstDevice, "disk", 1 << 20);
+        await using BlockFrontend frontend = await FrontendHarness.ConnectAsync(bed, attachment);
+        long oldEnd = (long)frontend.Sectors;
+
+        using IXenStore guestStore = guest.Platform.OpenXenStore();
+        guestStore.Watch(attachment.BackendPath + "/" + BlkifKeys.State, "resize");
+        using var timeout = new CancellationTokenSource(BackendTestBed.Timeout);
+        await guestStore.ReadWatchAsync(timeout.Token);
+        string sectorsKey = attachment.BackendPath + "/" + BlkifKeys.Sectors;
+        Assert.Equal("2048", guestStore.Read(XenStoreTransaction.None, sectorsKey));
+
+        // What an lvextend does to a served LV: the disk grows under the backend, and nobody calls it.
+        bed.Disks["disk"].Resize(3 << 20);
+        await guestStore.ReadWatchAsync(timeout.Token);
+        Assert.Equal("6144", guestStore.Read(XenStoreTransaction.None, sectorsKey));
+        Assert.Equal("Connected", bed.Toolstack.ReadBackendState(attachment).ToString());
+        await FrontendHarness.WriteReadVerifyAsync(frontend, oldEnd, 128 * 1024, 9, new MemoryBlockDeviceView(bed.Disks["disk"]));
+        await FrontendHarness.DisconnectCleanlyAsync(bed, frontend);
+    }
+
+    [Fact]
     public async Task AFrontendReconnectsAndFindsItsData()
     {
         await using BackendTestBed bed = await BackendTestBed.StartAsync(output);

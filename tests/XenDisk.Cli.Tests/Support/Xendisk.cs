@@ -23,6 +23,7 @@ public static class Xendisk
             IoCommand.Create(),
             StatusCommand.Create(),
             HydrateCommand.Create(),
+            ResizeCommand.Create(),
             new Command("bench") { BenchCowCommand.CreateCow() },
         });
         StringWriter output = new();

@@ -32,6 +32,8 @@ public sealed class BitmapWorkloadTests
         return data;
     }
 
+    [Trait(Needs.Key, Needs.Root)]
+    [Trait(Needs.Key, Needs.Loop)]
     [Theory]
     [MemberData(nameof(Cases))]
     public void Random_workload_reads_back_like_the_model_and_survives_reopening(BitmapDeviceKind kind, int grain, MetadataPolicy policy, bool largerThanBase)

@@ -44,6 +44,7 @@ public enum FaultedStep
 /// (the first, the second, ... data write; metadata write; flush), and once with the fault persisting
 /// until healed.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class StorageFaultTests
 {
     private const int DiskSize = 256 * 1024;

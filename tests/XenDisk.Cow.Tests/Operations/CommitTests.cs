@@ -7,6 +7,7 @@ using XenDisk.Cow.Overlays;
 namespace XenDisk.Cow.Tests.Operations;
 
 /// <summary>Commit writes the virtual disk into the backing image; emptying then makes the overlay read through again.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class CommitTests
 {
     private const int DiskSize = 4 << 20;
@@ -16,7 +17,7 @@ public class CommitTests
     [InlineData(65536, false, true)]
     [InlineData(16384, true, true)]
     [InlineData(4096, false, false)]
-    public void CommitMakesARawBaseEqualToTheVirtualDisk(int clusterSize, bool extendedL2, bool emptyOverlay)
+    public void Commit_makes_a_raw_base_equal_to_the_virtual_disk(int clusterSize, bool extendedL2, bool emptyOverlay)
     {
         using TempDirectory directory = new();
         byte[] model = ImageFiles.BaseContents(DiskSize, clusterSize);
@@ -48,7 +49,7 @@ public class CommitTests
     }
 
     [Fact]
-    public void CommitIntoAQcow2BaseAndEmptyTheOverlay()
+    public void Commit_into_a_qcow2_base_and_empty_the_overlay()
     {
         using TempDirectory directory = new();
         byte[] model = ImageFiles.BaseContents(DiskSize, 5);
@@ -76,7 +77,7 @@ public class CommitTests
     }
 
     [Fact]
-    public void CommitRefusesAReadOnlyBackingDeviceAndAnImageWithoutBacking()
+    public void Commit_refuses_a_read_only_backing_device_and_an_image_without_backing()
     {
         byte[] contents = TestData.Random(1 << 20, 1);
         using MemoryBlockDevice backing = TestData.Base(contents);

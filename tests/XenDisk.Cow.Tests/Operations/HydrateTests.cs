@@ -7,6 +7,7 @@ using XenDisk.Cow.Overlays;
 namespace XenDisk.Cow.Tests.Operations;
 
 /// <summary>Hydration makes an overlay standalone: same contents without its base, clean for QEMU, resumable, and safe beside guest writes.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class HydrateTests
 {
     private const int DiskSize = 4 << 20;
@@ -16,7 +17,7 @@ public class HydrateTests
     [InlineData(65536, false)]
     [InlineData(4096, false)]
     [InlineData(16384, true)]
-    public void HydratedImageReadsTheSameWithoutItsBaseAndQemuSeesNoBackingFile(int clusterSize, bool extendedL2)
+    public void Hydrated_image_reads_the_same_without_its_base_and_qemu_sees_no_backing_file(int clusterSize, bool extendedL2)
     {
         using TempDirectory directory = new();
         byte[] model = ImageFiles.BaseContents(DiskSize, clusterSize);
@@ -54,7 +55,7 @@ public class HydrateTests
     }
 
     [Fact]
-    public void ZeroStretchesOfTheBaseAreNotCopied()
+    public void Zero_stretches_of_the_base_are_not_copied()
     {
         using TempDirectory directory = new();
         byte[] model = new byte[DiskSize];
@@ -75,7 +76,7 @@ public class HydrateTests
     }
 
     [Fact]
-    public void CancelledHydrationLeavesAConsistentImageAndTheRerunFinishesIt()
+    public void Cancelled_hydration_leaves_a_consistent_image_and_the_rerun_finishes_it()
     {
         using TempDirectory directory = new();
         byte[] model = ImageFiles.BaseContents(DiskSize, 3);
@@ -133,7 +134,7 @@ public class HydrateTests
     [InlineData(4096, false)]
     [InlineData(65536, true)]
     [InlineData(65536, false)]
-    public void OnlineHydrationBesideAGuestWriterNeverOverwritesAGuestWrite(int clusterSize, bool extendedL2)
+    public void Online_hydration_beside_a_guest_writer_never_overwrites_a_guest_write(int clusterSize, bool extendedL2)
     {
         using TempDirectory directory = new();
         byte[] model = ImageFiles.BaseContents(DiskSize, clusterSize + 11);
@@ -185,7 +186,7 @@ public class HydrateTests
     }
 
     [Fact]
-    public void HydratingAStandaloneImageIsANoOpAndAReadOnlyImageIsRefused()
+    public void Hydrating_a_standalone_image_is_a_no_op_and_a_read_only_image_is_refused()
     {
         using TempDirectory directory = new();
         string plain = directory.File("plain.qcow2");

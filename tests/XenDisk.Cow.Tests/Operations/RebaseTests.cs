@@ -7,6 +7,7 @@ using XenDisk.Cow.Overlays;
 namespace XenDisk.Cow.Tests.Operations;
 
 /// <summary>Rebase: safe mode keeps the virtual disk identical over a different backing file; unsafe mode only rewrites the header.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class RebaseTests
 {
     private const int DiskSize = 4 << 20;
@@ -15,7 +16,7 @@ public class RebaseTests
     [InlineData(65536, true)]
     [InlineData(65536, false)]
     [InlineData(4096, false)]
-    public void SafeRebaseOntoAPartlyDifferentBaseKeepsTheContents(int clusterSize, bool extendedL2)
+    public void Safe_rebase_onto_a_partly_different_base_keeps_the_contents(int clusterSize, bool extendedL2)
     {
         using TempDirectory directory = new();
         byte[] oldBase = ImageFiles.BaseContents(DiskSize, clusterSize);
@@ -54,7 +55,7 @@ public class RebaseTests
     }
 
     [Fact]
-    public void UnsafeRebaseOnlyRewritesTheHeader()
+    public void Unsafe_rebase_only_rewrites_the_header()
     {
         using TempDirectory directory = new();
         byte[] oldBase = TestData.Random(DiskSize, 1);
@@ -93,7 +94,7 @@ public class RebaseTests
     }
 
     [Fact]
-    public void SafeRebaseOfAStandaloneImageOntoABaseStoresZerosWhereTheBaseHasData()
+    public void Safe_rebase_of_a_standalone_image_onto_a_base_stores_zeros_where_the_base_has_data()
     {
         using TempDirectory directory = new();
         string image = directory.File("plain.qcow2");
@@ -118,7 +119,7 @@ public class RebaseTests
     [InlineData("new.raw", null, "format")]
     [InlineData("nbd:localhost:10809", "raw", "protocol")]
     [InlineData("../outside.raw", "raw", "not allowed")]
-    public void RebaseRefusesBadTargets(string name, string? format, string fragment)
+    public void Rebase_refuses_bad_targets(string name, string? format, string fragment)
     {
         using TempDirectory directory = new();
         File.WriteAllBytes(directory.File("base.raw"), new byte[DiskSize]);
@@ -130,7 +131,7 @@ public class RebaseTests
     }
 
     [Fact]
-    public void HeadersQemuWroteAreRewrittenKeepingTheirOtherExtensions()
+    public void Headers_qemu_wrote_are_rewritten_keeping_their_other_extensions()
     {
         using TempDirectory directory = new();
         byte[] model = ImageFiles.BaseContents(DiskSize, 31);

@@ -6,12 +6,13 @@ using XenDisk.Storage;
 namespace XenDisk.Cow.Tests.Operations;
 
 /// <summary>External snapshots: each freezes the current top and stacks an empty overlay on it.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class SnapshotTests
 {
     private const int DiskSize = 4 << 20;
 
     [Fact]
-    public void AChainOfThreeReadsLikeTheModelInXenDiskAndQemu()
+    public void A_chain_of_three_reads_like_the_model_in_XenDisk_and_qemu()
     {
         using TempDirectory directory = new();
         byte[] model = ImageFiles.BaseContents(DiskSize, 21);
@@ -54,7 +55,7 @@ public class SnapshotTests
     }
 
     [Fact]
-    public void SnapshotRefusesAnExistingFileAndAnImageOpenForLazyWriting()
+    public void Snapshot_refuses_an_existing_file_and_an_image_open_for_lazy_writing()
     {
         using TempDirectory directory = new();
         string image = directory.File("disk.qcow2");

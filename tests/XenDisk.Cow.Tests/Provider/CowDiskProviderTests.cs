@@ -11,6 +11,7 @@ using XenDisk.Storage;
 namespace XenDisk.Cow.Tests.Provider;
 
 /// <summary>The provider against real files: shared bases stay untouched, overlays are private and persistent, refusals explain themselves.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class CowDiskProviderTests : IDisposable
 {
     private const int BaseSize = 2 << 20;
@@ -44,7 +45,7 @@ public sealed class CowDiskProviderTests : IDisposable
     [Theory]
     [InlineData("qcow2")]
     [InlineData("bitmap")]
-    public void TwoOverlaysOverOneBaseSeeOnlyTheirOwnWritesAndTheBaseNeverChanges(string format)
+    public void Two_overlays_over_one_base_see_only_their_own_writes_and_the_base_never_changes(string format)
     {
         byte[] before = Hash(_basePath);
         byte[] first = TestData.Random(8192, 1);
@@ -74,7 +75,7 @@ public sealed class CowDiskProviderTests : IDisposable
     [InlineData("qcow2", "sync")]
     [InlineData("qcow2", "lazy")]
     [InlineData("bitmap", "flush")]
-    public void AnExistingOverlayIsReopenedWithItsData(string format, string policy)
+    public void An_existing_overlay_is_reopened_with_its_data(string format, string policy)
     {
         string target = $"cow:{_basePath},{Overlay("guest")},format={format},policy={policy}";
         byte[] data = TestData.Random(12288, 5);
@@ -98,7 +99,7 @@ public sealed class CowDiskProviderTests : IDisposable
     [Theory]
     [InlineData("qcow2")]
     [InlineData("bitmap")]
-    public void ReadOnlyModeReadsButRefusesWrites(string format)
+    public void Read_only_mode_reads_but_refuses_writes(string format)
     {
         string target = $"cow:{_basePath},{Overlay("guest")},format={format}";
         StorageException missing = Refused(target, readOnly: true);
@@ -125,7 +126,7 @@ public sealed class CowDiskProviderTests : IDisposable
     [Theory]
     [InlineData("qcow2")]
     [InlineData("bitmap")]
-    public void ATransientOverlayIsGoneAfterDisposeAndStartsFromTheBaseEachTime(string format)
+    public void A_transient_overlay_is_gone_after_dispose_and_starts_from_the_base_each_time(string format)
     {
         string target = $"cow:{_basePath},{Overlay("scratch")},format={format},policy=transient";
         using (IBlockDevice device = Open(target))
@@ -143,7 +144,7 @@ public sealed class CowDiskProviderTests : IDisposable
     }
 
     [Fact]
-    public void RawTargetsAndBarePathsOpenTheFile()
+    public void Raw_targets_and_bare_paths_open_the_file()
     {
         using (IBlockDevice device = Open($"raw:{_basePath}", readOnly: true))
         {
@@ -158,7 +159,7 @@ public sealed class CowDiskProviderTests : IDisposable
     }
 
     [Fact]
-    public void Qcow2TargetsFollowBackingFilesOnlyUnderAllowedDirectories()
+    public void Qcow2_targets_follow_backing_files_only_under_allowed_directories()
     {
         string inside = Overlay("inside.qcow2");
         Qcow2Disk.Create(inside, new Qcow2CreateOptions { VirtualSize = BaseSize, BackingFile = _basePath, BackingFormat = "raw" });
@@ -187,7 +188,7 @@ public sealed class CowDiskProviderTests : IDisposable
     }
 
     [Fact]
-    public void RefusalsNameTheProblem()
+    public void Refusals_name_the_problem()
     {
         Assert.Contains("Base image " + Path.Combine(_bases, "missing.raw") + " does not exist", Refused($"cow:{_bases}/missing.raw,{Overlay("o")}").Message);
         Assert.False(File.Exists(Overlay("o")));
@@ -240,7 +241,7 @@ public sealed class CowDiskProviderTests : IDisposable
     }
 
     [Fact]
-    public void ACorruptMarkedOverlayIsRefusedForWritingButOpensReadOnly()
+    public void A_corrupt_marked_overlay_is_refused_for_writing_but_opens_read_only()
     {
         string target = $"cow:{_basePath},{Overlay("guest.qcow2")}";
         using (Open(target))
@@ -259,7 +260,7 @@ public sealed class CowDiskProviderTests : IDisposable
     }
 
     [Fact]
-    public void AHydratedOverlayOpensWithoutItsBase()
+    public void A_hydrated_overlay_opens_without_its_base()
     {
         string overlay = Overlay("guest.qcow2");
         string target = $"cow:{_basePath},{overlay}";
@@ -280,7 +281,7 @@ public sealed class CowDiskProviderTests : IDisposable
     }
 
     [Fact]
-    public void AQcow2BaseIsOpenedReadOnlyWithItsChainUnderThePolicy()
+    public void A_qcow2_base_is_opened_read_only_with_its_chain_under_the_policy()
     {
         string qcow2Base = Path.Combine(_bases, "golden.qcow2");
         Qcow2Disk.Create(qcow2Base, new Qcow2CreateOptions { VirtualSize = BaseSize, BackingFile = "base.raw", BackingFormat = "raw" });
@@ -302,7 +303,7 @@ public sealed class CowDiskProviderTests : IDisposable
     }
 
     [Fact]
-    public void ManyDevicesOpenConcurrentlyOverOneBase()
+    public void Many_devices_open_concurrently_over_one_base()
     {
         byte[] before = Hash(_basePath);
         IBlockDevice[] devices = new IBlockDevice[8];
@@ -324,7 +325,7 @@ public sealed class CowDiskProviderTests : IDisposable
     }
 
     [Fact]
-    public void DefaultsComeFromTheOptions()
+    public void Defaults_come_from_the_options()
     {
         CowDiskProvider provider = new(new CowProviderOptions
         {
@@ -341,7 +342,7 @@ public sealed class CowDiskProviderTests : IDisposable
     [Theory]
     [InlineData("qcow2")]
     [InlineData("bitmap")]
-    public void AHydratedOverlayServesItsDiskAfterTheBaseIsRetiredButAnUnhydratedOneIsRefused(string format)
+    public void A_hydrated_overlay_serves_its_disk_after_the_base_is_retired_but_an_unhydrated_one_is_refused(string format)
     {
         string target = $"cow:{_basePath},{Overlay("guest")},format={format}";
         string unhydratedTarget = $"cow:{_basePath},{Overlay("other")},format={format}";

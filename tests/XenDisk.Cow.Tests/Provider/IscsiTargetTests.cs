@@ -6,18 +6,19 @@ using XenDisk.TestSupport.Iscsi;
 namespace XenDisk.Cow.Tests.Provider;
 
 /// <summary>iSCSI LUNs in disk targets, against a real tgtd: a plain disk, a golden base, a bitmap overlay device.</summary>
+[Trait(Needs.Key, Needs.Tgtd)]
 public sealed class IscsiTargetTests : IDisposable
 {
     private const string Iqn = "iqn.2026-12.org.xendisk.test:san";
     private const long Size = 32L << 20;
 
-    private readonly DirectoryInfo _work = Directory.CreateTempSubdirectory("xendisk-cow-iscsi-");
+    private readonly TempDirectory _work = new("xendisk-cow-iscsi-");
     private TgtdTarget? _target;
 
     public void Dispose()
     {
         _target?.Dispose();
-        _work.Delete(recursive: true);
+        _work.Dispose();
     }
 
     [Theory]
@@ -57,7 +58,7 @@ public sealed class IscsiTargetTests : IDisposable
     public void A_qcow2_overlay_in_a_file_over_a_golden_lun_keeps_the_golden_lun_unchanged()
     {
         (string golden, byte[] goldenBytes) = StartWithGolden(secondLun: false);
-        string overlay = Path.Combine(_work.FullName, "vm1.qcow2");
+        string overlay = Path.Combine(_work.Path, "vm1.qcow2");
         CowDiskProvider provider = Provider();
         byte[] written = Pattern(64 << 10, 2);
         using (IBlockDevice disk = provider.Open(new DiskSpecification($"cow:{golden},{overlay}", ReadOnly: false)))
@@ -119,11 +120,11 @@ public sealed class IscsiTargetTests : IDisposable
 
     private CowDiskProvider Provider() => new(new CowProviderOptions
     {
-        AllowedBaseDirectories = [_work.FullName],
+        AllowedBaseDirectories = [_work.Path],
         RawProvider = new RawDiskProvider(new RawDiskProviderOptions { Iscsi = new IscsiOptions() }),
     });
 
-    private string LunFile(int lun) => Path.Combine(_work.FullName, $"lun{lun}.img");
+    private string LunFile(int lun) => Path.Combine(_work.Path, $"lun{lun}.img");
 
     private (string GoldenUrl, byte[] GoldenBytes) StartWithGolden(bool secondLun)
     {
@@ -139,7 +140,7 @@ public sealed class IscsiTargetTests : IDisposable
             }
             luns.Add(new TgtdLun(2, LunFile(2)));
         }
-        _target = TgtdTarget.Start(Path.Combine(_work.FullName, "tgtd"), new TgtdTargetDefinition(Iqn, luns));
+        _target = TgtdTarget.Start(Path.Combine(_work.Path, "tgtd"), new TgtdTargetDefinition(Iqn, luns));
         return (_target.Url(Iqn, 1), golden);
     }
 

@@ -11,6 +11,7 @@ namespace XenDisk.Cow.Tests.Provider;
 /// (and cut back on close), bitmap files are allocated when created. Whatever the preallocation
 /// does, every acknowledged write survives a close and reopen and QEMU finds the image clean.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class OverlayFileGrowthTests : IDisposable
 {
     private const int ClusterSize = 64 * 1024;

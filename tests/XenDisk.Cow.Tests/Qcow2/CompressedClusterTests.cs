@@ -11,6 +11,7 @@ namespace XenDisk.Cow.Tests.Qcow2;
 /// qemu-img check finds the image clean (refcounts per host cluster, shared by several compressed
 /// clusters) and qemu-img compare finds it equal to the expected contents.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class CompressedClusterTests
 {
     private const int DiskSize = 8 << 20;
@@ -62,7 +63,7 @@ public class CompressedClusterTests
     [InlineData("zlib", 4096, "off")]
     [InlineData("zstd", 16384, "on")]
     [InlineData("zlib", 2 << 20, "off")]
-    public void EveryByteOfACompressedImageReadsAsTheSource(string compression, int clusterSize, string extendedL2)
+    public void Every_byte_of_a_compressed_image_reads_as_the_source(string compression, int clusterSize, string extendedL2)
     {
         using TempDirectory directory = new();
         byte[] source = Source(clusterSize);
@@ -82,7 +83,7 @@ public class CompressedClusterTests
     [InlineData("zlib", "off")]
     [InlineData("zstd", "off")]
     [InlineData("zstd", "on")]
-    public void WritesAndDiscardsIntoCompressedClustersLeaveACleanImageQemuReadsAsExpected(string compression, string extendedL2)
+    public void Writes_and_discards_into_compressed_clusters_leave_a_clean_image_qemu_reads_as_expected(string compression, string extendedL2)
     {
         const int ClusterSize = 65536;
         using TempDirectory directory = new();
@@ -126,7 +127,7 @@ public class CompressedClusterTests
     }
 
     [Fact]
-    public void ACorruptCompressedClusterFailsItsReadAloneAndTheImageStaysUsable()
+    public void A_corrupt_compressed_cluster_fails_its_read_alone_and_the_image_stays_usable()
     {
         using TempDirectory directory = new();
         byte[] source = Source(65536);

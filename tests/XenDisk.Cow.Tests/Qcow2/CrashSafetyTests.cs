@@ -17,6 +17,7 @@ namespace XenDisk.Cow.Tests.Qcow2;
 /// (Sync: the last acknowledged write) or data written since (<see cref="SectorHistory"/>).
 /// The number of workloads per policy comes from <see cref="CrashRuns"/>.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class CrashSafetyTests
 {
     private const int VirtualSize = 256 * 1024;

@@ -10,6 +10,7 @@ namespace XenDisk.Cow.Tests.Qcow2;
 /// Persistent dirty bitmaps kept up to date by the engine: bitmaps made by qemu-img, writes through
 /// XenDisk, and QEMU reading back which granules are dirty (docs/interop/qcow2.txt == Bitmaps ==).
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class DirtyBitmapTrackingTests
 {
     private const long MiB = 1 << 20;
@@ -26,7 +27,7 @@ public class DirtyBitmapTrackingTests
     }
 
     [Fact]
-    public void WritesAndDiscardsAreDirtyInEnabledBitmapsAsQemuReadsThem()
+    public void Writes_and_discards_are_dirty_in_enabled_bitmaps_as_qemu_reads_them()
     {
         using TempDirectory directory = new();
         string image = ImageWithBitmaps(directory);
@@ -64,7 +65,7 @@ public class DirtyBitmapTrackingTests
     }
 
     [Fact]
-    public void BitmapsSurviveManySessionsAndQemuWritesInBetween()
+    public void Bitmaps_survive_many_sessions_and_qemu_writes_in_between()
     {
         using TempDirectory directory = new();
         string image = ImageWithBitmaps(directory);
@@ -85,7 +86,7 @@ public class DirtyBitmapTrackingTests
     }
 
     [Fact]
-    public void ABitmapQemuLeftInUseIsKeptAndReportedNotTrusted()
+    public void A_bitmap_qemu_left_in_use_is_kept_and_reported_not_trusted()
     {
         using TempDirectory directory = new();
         string image = ImageWithBitmaps(directory);
@@ -110,7 +111,7 @@ public class DirtyBitmapTrackingTests
     }
 
     [Fact]
-    public void InPlaceWritesTheDataPlaneMakesItselfAreDirtyToo()
+    public void In_place_writes_the_data_plane_makes_itself_are_dirty_too()
     {
         using TempDirectory directory = new();
         string image = ImageWithBitmaps(directory);

@@ -12,6 +12,7 @@ namespace XenDisk.Cow.Tests.Qcow2;
 /// then corrupted with small byte patches. Every would-be overlap must fail its request, set the
 /// corrupt bit, log one line, and leave everything acknowledged and flushed before it readable.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class OverlapProtectionTests
 {
     /// <summary>What qemu-io writes before the image is corrupted: (offset, length, pattern).</summary>
@@ -33,6 +34,8 @@ public class OverlapProtectionTests
         DataEntryPointsAtL1Table,
         /// <summary>The refcount table's first entry points at the L2 table.</summary>
         RefcountTablePointsAtL2Table,
+        /// <summary>The data cluster of guest offset 1 MiB has refcount 0: the allocator would hand out live guest data.</summary>
+        DataClusterRefcountZero,
     }
 
     /// <summary>The write that runs into the damage: a first write (allocation) or a rewrite of guest cluster 0 (in place).</summary>
@@ -50,7 +53,8 @@ public class OverlapProtectionTests
     [InlineData(Damage.DataEntryPointsAtRefcountBlock)]
     [InlineData(Damage.DataEntryPointsAtL1Table)]
     [InlineData(Damage.RefcountTablePointsAtL2Table)]
-    public void AWriteOntoMetadataFailsMarksTheImageCorruptAndKeepsFlushedData(Damage damage)
+    [InlineData(Damage.DataClusterRefcountZero)]
+    public void A_write_onto_metadata_fails_marks_the_image_corrupt_and_keeps_flushed_data(Damage damage)
     {
         using TempDirectory directory = new();
         string path = MakeImage(directory);
@@ -104,7 +108,7 @@ public class OverlapProtectionTests
     }
 
     [Fact]
-    public void TheIssueReproductionFailsSafelyAndTheDataStaysReadable()
+    public void The_issue_reproduction_fails_safely_and_the_data_stays_readable()
     {
         using TempDirectory directory = new();
         string path = MakeImage(directory);
@@ -122,7 +126,65 @@ public class OverlapProtectionTests
     }
 
     [Fact]
-    public void AnImageWithoutDamageIsServedAsBefore()
+    public void Live_data_whose_refcount_is_zero_is_never_handed_out_again()
+    {
+        // The fuzz finding: qemu-io writes guest data, a byte poke sets its cluster's refcount to 0,
+        // and that cluster is the lowest free one, so a first write elsewhere would be put on it.
+        using TempDirectory directory = new();
+        string path = MakeImage(directory);
+        Layout layout = Layout.Of(path);
+        Corrupt(path, layout, Damage.DataClusterRefcountZero);
+        long sizeBefore = new FileInfo(path).Length;
+        (int _, string checkBefore) = QemuTools.Run(QemuTools.QemuImg, "check", path);
+        RecordingLogger log = new();
+        using (Qcow2Image image = Qcow2Disk.Open(path, new Qcow2OpenOptions { Logger = log }))
+        {
+            Assert.Equal(IoStatus.IoError, image.WriteAt(4 << 20, Enumerable.Repeat((byte)0x62, 64 << 10).ToArray()));
+            Assert.Contains($"0x{layout.DataAt1M:x} has refcount 0 but holds guest cluster 16's data", image.LastError);
+            Assert.Equal(IoStatus.IoError, image.Flush());
+        }
+        Assert.Single(log.Lines);
+        Assert.Equal(sizeBefore, new FileInfo(path).Length);
+        string read = QemuTools.RunOk(QemuTools.QemuIo, "-r", "-f", "qcow2", "-c", "read -P 0x22 1M 64k", "-c", "read -P 0x11 0 128k", "-c", "read -P 0 4M 64k", path);
+        Assert.DoesNotContain("verification failed", read);
+        // QEMU's checker finds only the damage that was made (the refcount, and the COPIED flag
+        // that no longer matches it), exactly as before XenDisk opened the image.
+        (int _, string check) = QemuTools.Run(QemuTools.QemuImg, "check", path);
+        Assert.Contains("refcount=0 reference=1", check);
+        Assert.Equal(checkBefore, check);
+    }
+
+    [Fact]
+    public void Holes_in_a_consistent_image_are_reused()
+    {
+        // qemu-io's discard frees guest cluster 0's host cluster: a hole below the end of the file,
+        // which the allocator may hand out once it has shown that nothing references it.
+        using TempDirectory directory = new();
+        string path = MakeImage(directory);
+        QemuTools.RunOk(QemuTools.QemuIo, "-f", "qcow2", "-c", "discard 0 64k", path);
+        long sizeBefore = new FileInfo(path).Length;
+        RecordingLogger log = new();
+        using (Qcow2Image image = Qcow2Disk.Open(path, new Qcow2OpenOptions { Logger = log }))
+        {
+            Assert.Equal(IoStatus.Ok, image.WriteAt(4 << 20, Enumerable.Repeat((byte)0x44, 64 << 10).ToArray()));
+            Assert.Equal(IoStatus.Ok, image.Flush());
+            // A hole XenDisk makes itself (freed by a write-back pass) is reused too.
+            Assert.Equal(IoStatus.Ok, image.Discard(1 << 20, 64 << 10, false));
+            Assert.Equal(IoStatus.Ok, image.Flush());
+            Assert.Equal(IoStatus.Ok, image.WriteAt(8 << 20, Enumerable.Repeat((byte)0x55, 64 << 10).ToArray()));
+            Assert.Equal(IoStatus.Ok, image.Close());
+        }
+        Assert.Empty(log.Lines);
+        // Both writes went into holes: the file did not grow.
+        Assert.Equal(sizeBefore, new FileInfo(path).Length);
+        QemuTools.RunOk(QemuTools.QemuImg, "check", path);
+        string read = QemuTools.RunOk(QemuTools.QemuIo, "-r", "-f", "qcow2", "-c", "read -P 0 0 64k", "-c", "read -P 0x11 64k 64k", "-c", "read -P 0 1M 64k",
+            "-c", "read -P 0x44 4M 64k", "-c", "read -P 0x55 8M 64k", path);
+        Assert.DoesNotContain("verification failed", read);
+    }
+
+    [Fact]
+    public void An_image_without_damage_is_served_as_before()
     {
         using TempDirectory directory = new();
         string path = MakeImage(directory);
@@ -158,7 +220,7 @@ public class OverlapProtectionTests
     }
 
     /// <summary>Where qemu-img put the metadata of the image (read from the file, not assumed).</summary>
-    private sealed record Layout(int ClusterSize, long L1Offset, long RefTableOffset, long RefBlockOffset, long L2Offset)
+    private sealed record Layout(int ClusterSize, long L1Offset, long RefTableOffset, long RefBlockOffset, long L2Offset, long DataAt1M)
     {
         public static Layout Of(string path)
         {
@@ -168,7 +230,8 @@ public class OverlapProtectionTests
             long refTable = (long)BinaryPrimitives.ReadUInt64BigEndian(file.AsSpan(48));
             long refBlock = (long)BinaryPrimitives.ReadUInt64BigEndian(file.AsSpan((int)refTable));
             long l2 = (long)(BinaryPrimitives.ReadUInt64BigEndian(file.AsSpan((int)l1)) & 0x00FF_FFFF_FFFF_FE00UL);
-            return new Layout(clusterSize, l1, refTable, refBlock, l2);
+            long dataAt1M = (long)(BinaryPrimitives.ReadUInt64BigEndian(file.AsSpan((int)l2 + (1 << 20) / clusterSize * 8)) & 0x00FF_FFFF_FFFF_FE00UL);
+            return new Layout(clusterSize, l1, refTable, refBlock, l2, dataAt1M);
         }
 
         /// <summary>The byte offset of a cluster's 16-bit refcount (qemu-img's default refcount_order 4).</summary>
@@ -211,6 +274,9 @@ public class OverlapProtectionTests
             case Damage.RefcountTablePointsAtL2Table:
                 BinaryPrimitives.WriteUInt64BigEndian(entry, (ulong)layout.L2Offset);
                 Patch(layout.RefTableOffset, entry);
+                break;
+            case Damage.DataClusterRefcountZero:
+                Patch(layout.RefcountEntry(layout.DataAt1M), [0, 0]);
                 break;
         }
     }

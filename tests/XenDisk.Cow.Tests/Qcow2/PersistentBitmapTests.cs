@@ -11,6 +11,7 @@ namespace XenDisk.Cow.Tests.Qcow2;
 /// Images with persistent dirty bitmaps (qemu-img bitmap --add): the bitmap directory, tables and
 /// data are in use. The checker counts them, repair keeps them, and the engine never writes over them.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class PersistentBitmapTests
 {
     /// <summary>An image with a bitmap that has dirty bits stored (so it owns a table and data clusters).</summary>
@@ -32,7 +33,7 @@ public class PersistentBitmapTests
     }
 
     [Fact]
-    public void TheCheckerCountsBitmapClustersAndRepairKeepsThem()
+    public void The_checker_counts_bitmap_clusters_and_repair_keeps_them()
     {
         using TempDirectory directory = new();
         string image = ImageWithBitmap(directory);
@@ -68,7 +69,7 @@ public class PersistentBitmapTests
     }
 
     [Fact]
-    public void WritesNeverLandOnBitmapClusters()
+    public void Writes_never_land_on_bitmap_clusters()
     {
         using TempDirectory directory = new();
         string image = ImageWithBitmap(directory);

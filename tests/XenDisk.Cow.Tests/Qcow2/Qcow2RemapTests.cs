@@ -12,18 +12,19 @@ namespace XenDisk.Cow.Tests.Qcow2;
 /// hold, in the files it names, exactly what the engine's own read returns; writes are granted only
 /// in place; a change of mapping waits for the fast path's I/O in flight.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public sealed class Qcow2RemapTests : IDisposable
 {
     private const long Size = 4 << 20;
-    private readonly DirectoryInfo _directory = Directory.CreateTempSubdirectory("xendisk-remap-");
+    private readonly TempDirectory _directory = new("xendisk-remap-");
 
-    public void Dispose() => _directory.Delete(recursive: true);
+    public void Dispose() => _directory.Dispose();
 
     private (string Image, string Base) MakeImage(string extendedL2)
     {
-        string basePath = Path.Combine(_directory.FullName, "base.raw");
+        string basePath = Path.Combine(_directory.Path, "base.raw");
         File.WriteAllBytes(basePath, TestData.Random((int)Size - (1 << 20), 11)); // a base shorter than the disk
-        string image = Path.Combine(_directory.FullName, "image.qcow2");
+        string image = Path.Combine(_directory.Path, "image.qcow2");
         QemuTools.RunOk(QemuTools.QemuImg, "create", "-q", "-f", "qcow2", "-o", $"cluster_size=65536,extended_l2={extendedL2}", "-b", basePath, "-F", "raw", image, Size.ToString());
         QemuTools.RunOk(QemuTools.QemuIo, "-f", "qcow2", image,
             "-c", "write -P 0x11 0 192k", "-c", "write -P 0x22 1m 4k", "-c", "write -z 2m 64k", "-c", "write -P 0x33 3200k 100k");
@@ -36,7 +37,7 @@ public sealed class Qcow2RemapTests : IDisposable
     public void Every_remapped_range_reads_what_the_engine_reads(string extendedL2)
     {
         (string path, _) = MakeImage(extendedL2);
-        using Qcow2Image image = Qcow2Disk.Open(path, new Qcow2OpenOptions { ReadOnly = true, BackingPolicy = BackingFilePolicy.InDirectories(_directory.FullName) });
+        using Qcow2Image image = Qcow2Disk.Open(path, new Qcow2OpenOptions { ReadOnly = true, BackingPolicy = BackingFilePolicy.InDirectories(_directory.Path) });
         byte[] expected = TestData.ReadAll(image); // also fills the L2 cache
         var random = new Random(3);
         Span<FileExtent> extents = stackalloc FileExtent[64];
@@ -86,7 +87,7 @@ public sealed class Qcow2RemapTests : IDisposable
     public void Writes_are_remapped_only_in_place_and_land_where_the_engine_reads()
     {
         (string path, _) = MakeImage("off");
-        using Qcow2Image image = Qcow2Disk.Open(path, new Qcow2OpenOptions { BackingPolicy = BackingFilePolicy.InDirectories(_directory.FullName) });
+        using Qcow2Image image = Qcow2Disk.Open(path, new Qcow2OpenOptions { BackingPolicy = BackingFilePolicy.InDirectories(_directory.Path) });
         TestData.ReadAll(image);
         Span<FileExtent> extents = stackalloc FileExtent[8];
         IoBuffer[] buffers = [new IoBuffer(0x10000, 4096)];
@@ -119,7 +120,7 @@ public sealed class Qcow2RemapTests : IDisposable
     public async Task A_discard_waits_for_the_fast_path_io_in_flight_on_its_cluster()
     {
         (string path, _) = MakeImage("off");
-        using Qcow2Image image = Qcow2Disk.Open(path, new Qcow2OpenOptions { BackingPolicy = BackingFilePolicy.InDirectories(_directory.FullName) });
+        using Qcow2Image image = Qcow2Disk.Open(path, new Qcow2OpenOptions { BackingPolicy = BackingFilePolicy.InDirectories(_directory.Path) });
         TestData.ReadAll(image);
         Span<FileExtent> extents = stackalloc FileExtent[8];
         IoBuffer[] buffers = [new IoBuffer(0x10000, 4096)];

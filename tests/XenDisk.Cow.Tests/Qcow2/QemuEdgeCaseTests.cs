@@ -6,12 +6,13 @@ using XenDisk.Storage;
 namespace XenDisk.Cow.Tests.Qcow2;
 
 /// <summary>Files QEMU's tools make or accept that sit at the edges of the format: truncated images, unusual but valid entries.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class QemuEdgeCaseTests
 {
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
-    public void ARefusedOpenOfATruncatedImageLeavesTheFileAsItWasAndNamesTheRealProblem(bool readOnly)
+    public void A_refused_open_of_a_truncated_image_leaves_the_file_as_it_was_and_names_the_real_problem(bool readOnly)
     {
         using TempDirectory directory = new();
         string full = directory.File("full.qcow2");
@@ -30,7 +31,7 @@ public class QemuEdgeCaseTests
     [Theory]
     [InlineData("off")]
     [InlineData("on")]
-    public void AnL2EntryWithOnlyTheCopiedFlagReadsAsUnallocated(string extendedL2)
+    public void An_L2_entry_with_only_the_copied_flag_reads_as_unallocated(string extendedL2)
     {
         using TempDirectory directory = new();
         string path = directory.File("img.qcow2");

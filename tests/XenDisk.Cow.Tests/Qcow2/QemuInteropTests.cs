@@ -7,6 +7,7 @@ using XenDisk.Storage;
 namespace XenDisk.Cow.Tests.Qcow2;
 
 /// <summary>Images XenDisk writes are read back exactly by QEMU and pass qemu-img check; images QEMU writes are read back exactly by XenDisk.</summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class QemuInteropTests
 {
     private const int DiskSize = 8 << 20;
@@ -25,7 +26,7 @@ public class QemuInteropTests
 
     [Theory]
     [MemberData(nameof(XenDiskWrites))]
-    public void ImagesXenDiskWritesPassQemuImgCheckAndConvertBackExactly(int clusterSize, bool extendedL2, MetadataPolicy policy)
+    public void Images_XenDisk_writes_pass_qemu_img_check_and_convert_back_exactly(int clusterSize, bool extendedL2, MetadataPolicy policy)
     {
         string qemuImg = QemuTools.QemuImg;
         using TempDirectory directory = new();
@@ -93,7 +94,7 @@ public class QemuInteropTests
     [InlineData(4096, "off")]
     [InlineData(2097152, "on")]
     [InlineData(512, "off")]
-    public void ImagesQemuWritesAreReadBackExactly(int clusterSize, string extendedL2)
+    public void Images_qemu_writes_are_read_back_exactly(int clusterSize, string extendedL2)
     {
         string qemuImg = QemuTools.QemuImg;
         using TempDirectory directory = new();
@@ -146,7 +147,7 @@ public class QemuInteropTests
     }
 
     [Fact]
-    public void XenDiskChecksImagesQemuWroteAsClean()
+    public void XenDisk_checks_images_qemu_wrote_as_clean()
     {
         using TempDirectory directory = new();
         string image = directory.File("plain.qcow2");

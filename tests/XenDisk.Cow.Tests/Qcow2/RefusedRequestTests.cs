@@ -10,6 +10,7 @@ namespace XenDisk.Cow.Tests.Qcow2;
 /// the image stays writable and nothing is marked on disk. Only failed metadata writes and real
 /// corruption put an image into its failed state.
 /// </summary>
+[Trait(Needs.Key, Needs.Qemu)]
 public class RefusedRequestTests
 {
     /// <summary>qemu-img's layout for a fresh 16 MiB image with 64 KiB clusters: the L2 table follows header, refcount table, refcount block and L1 table.</summary>
@@ -24,7 +25,7 @@ public class RefusedRequestTests
     }
 
     [Fact]
-    public void RefusedRequestsLeaveTheImageWritable()
+    public void Refused_requests_leave_the_image_writable()
     {
         using TempDirectory directory = new();
         string path = directory.File("img.qcow2");

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using XenDisk.Cow.Storage;
 using XenDisk.Cow.Tests.Bitmap.Support;
 using XenDisk.Storage;
@@ -9,21 +8,22 @@ namespace XenDisk.Cow.Tests.Storage;
 /// The image tools open images through <see cref="FileImageDevice"/>; an overlay may live on a block
 /// device (an LVM volume, here a loop device), whose size fstat reports as 0.
 /// </summary>
+[Trait(Needs.Key, Needs.Root)]
+[Trait(Needs.Key, Needs.Loop)]
 public sealed class FileImageDeviceTests
 {
     [Fact]
-    public void ABlockDeviceHasTheSizeOfWhatItHoldsAndReadsBackItsBytes()
+    public void A_block_device_has_the_size_of_what_it_holds_and_reads_back_its_bytes()
     {
-        string directory = Path.Combine("/var/tmp", "xendisk-fileimage-tests-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(directory);
-        string file = Path.Combine(directory, "volume.img");
+        using TempDirectory directory = new("xendisk-fileimage-tests-", "/var/tmp");
+        string file = directory.File("volume.img");
         byte[] contents = new byte[3 << 20];
         new Random(7).NextBytes(contents);
         File.WriteAllBytes(file, contents);
         string loop;
         lock (BitmapDisks.LosetupGate)
         {
-            loop = Run("losetup", "-f", "--show", file);
+            loop = ProcessRunner.Output("losetup", "-f", "--show", file);
         }
         try
         {
@@ -38,19 +38,8 @@ public sealed class FileImageDeviceTests
         {
             lock (BitmapDisks.LosetupGate)
             {
-                Run("losetup", "-d", loop);
+                ProcessRunner.Output("losetup", "-d", loop);
             }
-            Directory.Delete(directory, recursive: true);
         }
-    }
-
-    private static string Run(string program, params string[] arguments)
-    {
-        using Process process = Process.Start(new ProcessStartInfo(program, arguments) { RedirectStandardOutput = true, RedirectStandardError = true })!;
-        string output = process.StandardOutput.ReadToEnd();
-        string error = process.StandardError.ReadToEnd();
-        process.WaitForExit();
-        Assert.True(process.ExitCode == 0, $"{program} {string.Join(' ', arguments)} failed: {error}");
-        return output.Trim();
     }
 }

@@ -5,6 +5,7 @@ using XenDisk.TestSupport.Iscsi;
 namespace XenDisk.Storage.Tests.Iscsi;
 
 /// <summary>The iSCSI device against a real target (tgtd on 127.0.0.1 over files).</summary>
+[Trait(Needs.Key, Needs.Tgtd)]
 public sealed unsafe class IscsiBlockDeviceTests
 {
     private const long Size = 64L << 20;

@@ -4,6 +4,7 @@ using XenDisk.TestSupport.Iscsi;
 namespace XenDisk.Storage.Tests.Iscsi;
 
 /// <summary>Each way a login fails gives the operator exactly one line that says which, and no secret.</summary>
+[Trait(Needs.Key, Needs.Tgtd)]
 public sealed class IscsiLoginTests
 {
     private const long Size = 8L << 20;

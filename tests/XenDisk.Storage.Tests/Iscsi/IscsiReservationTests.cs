@@ -4,6 +4,7 @@ using XenDisk.TestSupport.Iscsi;
 namespace XenDisk.Storage.Tests.Iscsi;
 
 /// <summary>SCSI-3 persistent reservations keep two hosts (two host keys) from writing one LUN; tgtd is the target.</summary>
+[Trait(Needs.Key, Needs.Tgtd)]
 public sealed class IscsiReservationTests
 {
     private const long Size = 16L << 20;
@@ -98,5 +99,85 @@ public sealed class IscsiReservationTests
         byte[] back = new byte[4096];
         Assert.Equal(IoStatus.Ok, next.ReadAt(0, back));
         Assert.Equal(IscsiBlockDeviceTests.Pattern(4096, 7), back);
+    }
+
+    [TgtdFact]
+    public void Taking_the_reservation_again_at_full_queue_depth_needs_no_free_slot()
+    {
+        using IscsiRig rig = IscsiRig.Start([Size]);
+        IscsiUrl url = IscsiUrl.Parse(rig.Url());
+        // Two slots and three times as many writers: when the session comes back every slot is taken by a
+        // write waiting for it, and the reservation's commands must still run.
+        using IscsiBlockDevice device = IscsiBlockDevice.Open(url, readOnly: false, Host(HostA, "host-a") with { QueueDepth = 2, CommandTimeout = TimeSpan.FromSeconds(60) });
+        const int Threads = 6;
+        const int Writes = 60;
+        using Barrier halfway = new(Threads + 1);
+        IoStatus[,] results = new IoStatus[Threads, Writes];
+        Task[] writers = Enumerable.Range(0, Threads).Select(t => Task.Factory.StartNew(() =>
+        {
+            for (int i = 0; i < Writes; i++)
+            {
+                if (i == Writes / 2)
+                {
+                    halfway.SignalAndWait();
+                }
+                results[t, i] = device.WriteAt(((long)t * Writes + i) * 4096, IscsiBlockDeviceTests.Pattern(4096, t * Writes + i));
+            }
+        }, TaskCreationOptions.LongRunning)).ToArray();
+        halfway.SignalAndWait();
+        rig.Target.Kill();
+        rig.Target.Start();
+        Assert.True(Task.WaitAll(writers, TimeSpan.FromSeconds(150)), "a writer never got its answer: the reservation waited for a slot held by a write waiting for the reservation");
+        Assert.All(results.Cast<IoStatus>(), status => Assert.Equal(IoStatus.Ok, status));
+        Assert.True(device.Reconnects >= 1);
+        Assert.Equal(HostA, IscsiBlockDevice.ReadReservation(url, new IscsiOptions())!.Value.Key);
+        byte[] lun = File.ReadAllBytes(rig.LunPath(1));
+        for (int t = 0; t < Threads; t++)
+        {
+            for (int i = 0; i < Writes; i++)
+            {
+                int offset = (t * Writes + i) * 4096;
+                Assert.Equal(IscsiBlockDeviceTests.Pattern(4096, t * Writes + i), lun[offset..(offset + 4096)]);
+            }
+        }
+    }
+
+    [TgtdFact]
+    public void After_a_reconnect_nothing_is_issued_before_the_reservation_is_taken_again()
+    {
+        using IscsiRig rig = IscsiRig.Start([Size]);
+        IscsiUrl url = IscsiUrl.Parse(rig.Url());
+        using IscsiBlockDevice device = IscsiBlockDevice.Open(url, readOnly: false, Host(HostA, "host-a"));
+        System.Collections.Concurrent.ConcurrentQueue<(IscsiOperation Operation, int Code, long Reconnects)> issued = new();
+        device.Session.Issued = (operation, code) => issued.Enqueue((operation, code, device.Session.Reconnects));
+        using CancellationTokenSource stop = new();
+        const int Threads = 8;
+        Task<int>[] writers = Enumerable.Range(0, Threads).Select(t => Task.Factory.StartNew(() =>
+        {
+            int failures = 0;
+            for (int i = 0; !stop.IsCancellationRequested; i++)
+            {
+                failures += device.WriteAt(((long)t * 256 + i % 256) * 4096, IscsiBlockDeviceTests.Pattern(4096, i)) == IoStatus.Ok ? 0 : 1;
+            }
+            return failures;
+        }, TaskCreationOptions.LongRunning)).ToArray();
+        SpinWait.SpinUntil(() => issued.Count > 200, TimeSpan.FromSeconds(30));
+        rig.Target.Kill();
+        rig.Target.Start();
+        Assert.True(SpinWait.SpinUntil(() => issued.Count(e => e.Reconnects >= 1 && e.Operation == IscsiOperation.Write) > 200, TimeSpan.FromSeconds(90)), "writes did not resume after the target came back");
+        stop.Cancel();
+        Assert.True(Task.WaitAll(writers, TimeSpan.FromSeconds(60)));
+        Assert.All(writers, writer => Assert.Equal(0, writer.Result));
+
+        // In the order the session handed commands to libiscsi after it came back: tgtd forgot the
+        // reservation in its restart, so READ RESERVATION, REGISTER AND IGNORE EXISTING KEY (6) and
+        // RESERVE (1) come first, and only then a write.
+        var after = issued.Where(e => e.Reconnects >= 1).ToList();
+        int firstWrite = after.FindIndex(e => e.Operation == IscsiOperation.Write);
+        int register = after.FindIndex(e => e.Operation == IscsiOperation.PersistentReserveOut && e.Code == 6);
+        int reserve = after.FindIndex(e => e.Operation == IscsiOperation.PersistentReserveOut && e.Code == 1);
+        Assert.True(register >= 0 && reserve > register, string.Join(", ", after.Take(12)));
+        Assert.True(firstWrite > reserve, string.Join(", ", after.Take(12)));
+        Assert.Equal(HostA, IscsiBlockDevice.ReadReservation(url, new IscsiOptions())!.Value.Key);
     }
 }

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using XenDisk.Storage.Iscsi.Interop;
 
 namespace XenDisk.Storage.Tests.Iscsi;
@@ -21,10 +20,10 @@ public sealed class ScsiTaskLayoutTests
             // The headers come with libiscsi-dev, which the service does not need; say so instead of passing quietly.
             Assert.Fail($"{Header} or clang is missing: install libiscsi-dev and clang (tools/setup --for-tests does).");
         }
-        string directory = Directory.CreateTempSubdirectory("xendisk-layout-").FullName;
+        TempDirectory directory = new("xendisk-layout-");
         try
         {
-            string source = Path.Combine(directory, "layout.c");
+            string source = directory.File("layout.c");
             File.WriteAllText(source, """
                 #include <stdio.h>
                 #include <stddef.h>
@@ -42,9 +41,9 @@ public sealed class ScsiTaskLayoutTests
                     return 0;
                 }
                 """);
-            string program = Path.Combine(directory, "layout");
-            Run("/usr/bin/clang", source, "-o", program);
-            long[] values = Run(program).Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(long.Parse).ToArray();
+            string program = directory.File("layout");
+            ProcessRunner.Output("/usr/bin/clang", source, "-o", program);
+            long[] values = ProcessRunner.Output(program).Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(long.Parse).ToArray();
             Assert.Equal(
                 [ScsiTask.StatusOffset, ScsiTask.CdbOffset, ScsiTask.SenseKeyOffset, ScsiTask.SenseAscqOffset,
                  ScsiTask.DataInSizeOffset, ScsiTask.DataInDataOffset, sizeof(ScsiIovec), sizeof(UnmapList),
@@ -53,22 +52,7 @@ public sealed class ScsiTaskLayoutTests
         }
         finally
         {
-            Directory.Delete(directory, recursive: true);
+            directory.Dispose();
         }
-    }
-
-    private static string Run(string fileName, params string[] arguments)
-    {
-        ProcessStartInfo start = new(fileName) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (string argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
-        using Process process = Process.Start(start)!;
-        string output = process.StandardOutput.ReadToEnd();
-        string error = process.StandardError.ReadToEnd();
-        process.WaitForExit();
-        Assert.True(process.ExitCode == 0, $"{fileName} failed: {error}");
-        return output.Trim();
     }
 }

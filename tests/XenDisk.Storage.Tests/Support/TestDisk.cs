@@ -21,11 +21,11 @@ public sealed class TestDisk : IDisposable
     // losetup -f picks the first free device and then attaches; two at once can pick the same one.
     private static readonly Lock LosetupGate = new();
 
-    private readonly string? _directory;
+    private readonly TempDirectory? _directory;
     private readonly string? _ramfsMount;
     private readonly string? _loopDevice;
 
-    private TestDisk(DeviceKind kind, IBlockDevice device, string? imagePath, string? directory, string? ramfsMount, string? loopDevice, string? basePath = null)
+    private TestDisk(DeviceKind kind, IBlockDevice device, string? imagePath, TempDirectory? directory, string? ramfsMount, string? loopDevice, string? basePath = null)
     {
         BasePath = basePath;
         Kind = kind;
@@ -64,37 +64,37 @@ public sealed class TestDisk : IDisposable
             case DeviceKind.DiskFile:
             case DeviceKind.TmpfsFile:
             {
-                string directory = CreateDirectory(kind == DeviceKind.DiskFile ? "/var/tmp" : "/dev/shm");
+                TempDirectory directory = CreateDirectory(kind == DeviceKind.DiskFile ? "/var/tmp" : "/dev/shm");
                 string image = CreateImage(directory, size, withSentinel: true);
                 return Open(kind, image, directory, null, null, readOnly);
             }
             case DeviceKind.RamfsFile:
             {
-                string directory = CreateDirectory("/var/tmp");
-                Commands.Run("mount", "-t", "ramfs", "ramfs", directory);
+                TempDirectory directory = CreateDirectory("/var/tmp");
+                ProcessRunner.Output("mount", "-t", "ramfs", "ramfs", directory.Path);
                 try
                 {
                     string image = CreateImage(directory, size, withSentinel: true);
-                    return Open(kind, image, directory, directory, null, readOnly);
+                    return Open(kind, image, directory, directory.Path, null, readOnly);
                 }
                 catch
                 {
-                    Commands.Run("umount", directory);
-                    Directory.Delete(directory, recursive: true);
+                    ProcessRunner.Output("umount", directory.Path);
+                    directory.Dispose();
                     throw;
                 }
             }
             case DeviceKind.LoopDevice:
             case DeviceKind.LoopDevice4K:
             {
-                string directory = CreateDirectory("/var/tmp");
+                TempDirectory directory = CreateDirectory("/var/tmp");
                 string image = CreateImage(directory, size, withSentinel: false);
                 string loop;
                 lock (LosetupGate)
                 {
                     loop = kind == DeviceKind.LoopDevice4K
-                        ? Commands.Run("losetup", "-f", "--show", "--sector-size", "4096", image)
-                        : Commands.Run("losetup", "-f", "--show", image);
+                        ? ProcessRunner.Output("losetup", "-f", "--show", "--sector-size", "4096", image)
+                        : ProcessRunner.Output("losetup", "-f", "--show", image);
                 }
                 try
                 {
@@ -102,20 +102,20 @@ public sealed class TestDisk : IDisposable
                 }
                 catch
                 {
-                    Commands.Run("losetup", "-d", loop);
+                    ProcessRunner.Output("losetup", "-d", loop);
                     throw;
                 }
             }
             case DeviceKind.Qcow2Overlay:
             case DeviceKind.BitmapOverlay:
             {
-                string directory = CreateDirectory("/var/tmp");
-                string basePath = Path.Combine(directory, "base.raw");
-                Commands.Run("qemu-img", "create", "-q", "-f", "raw", basePath, size.ToString(CultureInfo.InvariantCulture));
-                string overlay = Path.Combine(directory, kind == DeviceKind.Qcow2Overlay ? "disk.qcow2" : "disk.bitmap");
+                TempDirectory directory = CreateDirectory("/var/tmp");
+                string basePath = directory.File("base.raw");
+                ProcessRunner.Output("qemu-img", "create", "-q", "-f", "raw", basePath, size.ToString(CultureInfo.InvariantCulture));
+                string overlay = directory.File(kind == DeviceKind.Qcow2Overlay ? "disk.qcow2" : "disk.bitmap");
                 if (kind == DeviceKind.Qcow2Overlay)
                 {
-                    Commands.Run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay);
+                    ProcessRunner.Output("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay);
                 }
                 else
                 {
@@ -187,7 +187,7 @@ public sealed class TestDisk : IDisposable
         {
             lock (LosetupGate)
             {
-                Commands.Run("losetup", "-c", _loopDevice);
+                ProcessRunner.Output("losetup", "-c", _loopDevice);
             }
         }
     }
@@ -212,35 +212,27 @@ public sealed class TestDisk : IDisposable
         {
             lock (LosetupGate)
             {
-                Commands.Run("losetup", "-d", _loopDevice);
+                ProcessRunner.Output("losetup", "-d", _loopDevice);
             }
         }
         if (_ramfsMount is not null)
         {
-            Commands.Run("umount", _ramfsMount);
+            ProcessRunner.Output("umount", _ramfsMount);
         }
-        if (_directory is not null)
-        {
-            Directory.Delete(_directory, recursive: true);
-        }
+        _directory?.Dispose();
     }
 
-    private static TestDisk Open(DeviceKind kind, string image, string directory, string? ramfs, string? loop, bool readOnly)
+    private static TestDisk Open(DeviceKind kind, string image, TempDirectory directory, string? ramfs, string? loop, bool readOnly)
     {
         IBlockDevice device = RawBlockDevice.Open(loop ?? image, readOnly);
         return new TestDisk(kind, device, image, directory, ramfs, loop);
     }
 
-    private static string CreateDirectory(string parent)
-    {
-        string directory = Path.Combine(parent, "xendisk-storage-tests-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(directory);
-        return directory;
-    }
+    private static TempDirectory CreateDirectory(string parent) => new("xendisk-storage-tests-", parent);
 
-    private static string CreateImage(string directory, long size, bool withSentinel)
+    private static string CreateImage(TempDirectory directory, long size, bool withSentinel)
     {
-        string image = Path.Combine(directory, "disk.img");
+        string image = directory.File("disk.img");
         using var stream = new FileStream(image, FileMode.CreateNew, FileAccess.Write);
         stream.SetLength(size);
         if (withSentinel)

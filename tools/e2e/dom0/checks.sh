@@ -23,7 +23,9 @@ save_steps="save-guest-create xl-save xl-restore guest-save-io-verified
 lvm_steps="lvm-volume-group lvm-guests-create guest-la-blkfront-xvda guest-lb-blkfront-xvda
  guest-la-overlay-read-base guest-lb-overlay-read-base guest-la-overlay-write guest-lb-overlay-write
  lvm-guests-ready guest-la-overlay-own-kept guest-lb-overlay-own-kept guest-la-overlay-peer-isolated
- guest-lb-overlay-peer-isolated lvm-guests-poweroff lvm-golden-unchanged lvm-overlay-contents"
+ guest-lb-overlay-peer-isolated lvm-guests-poweroff lvm-golden-unchanged lvm-overlay-contents
+ lvm-resize-guest-create guest-lr-blkfront-xvda guest-lr-resize-size-at-boot lvm-resize-lvextend
+ guest-lr-resize-seen guest-lr-resize-tail-write lvm-resize-poweroff lvm-resize-tail-on-lv"
 destroy_steps="idle-guest-create destroy-running-guest"
 overlay_steps="overlay-images overlay-guests-create guest-a-blkfront-xvda guest-b-blkfront-xvda
  guest-a-overlay-read-base guest-b-overlay-read-base guest-a-overlay-write guest-b-overlay-write
@@ -470,7 +472,7 @@ run_lvm_guests() {
     if ! lvm_setup >/tmp/lvm-setup.log 2>&1; then
         show /tmp/lvm-setup.log 30
         fail lvm-volume-group "$(tail -n 1 /tmp/lvm-setup.log)"
-        return
+        return 1
     fi
     info "$(lvs --noheadings -o lv_name,lv_size,devices e2e 2>&1 | tr -s ' ' | tr '\n' ';')"
     pass lvm-volume-group
@@ -494,8 +496,40 @@ run_lvm_guests() {
     done
     if [ -z "$bad" ]; then pass lvm-overlay-contents; else fail lvm-overlay-contents "$bad"; fi
 }
+# The online resize (blkback's xen_vbd_resize): an LV served raw grows under its running guest
+# through lvextend alone; XenDisk's periodic size check (Backend:SizeCheckSeconds) tells blkfront,
+# the guest sees the new size and writes past the old end, and dom0 finds those bytes on the LV.
+run_lvm_resize() {
+    if ! lvcreate -q -y -L 8M -n grow e2e >/tmp/lvm-resize.log 2>&1; then
+        show /tmp/lvm-resize.log 10
+        fail lvm-resize-guest-create "lvcreate of the 8 MiB LV failed"
+        return
+    fi
+    write_config e2e-lr resize /guest/domU.cpio 256 1 "'vdev=xvda,access=rw,script=xendisk,target=raw:/dev/e2e/grow'" "e2e_size=8388608"
+    create_guest e2e-lr lvm-resize-guest-create || return
+    if follow_guest e2e-lr "GUEST: WAIT resize" 600; then
+        if lvextend -q -L 16M e2e/grow >/tmp/lvm-resize.log 2>&1; then
+            pass lvm-resize-lvextend
+        else
+            show /tmp/lvm-resize.log 10
+            fail lvm-resize-lvextend "lvextend to 16 MiB failed"
+        fi
+    fi
+    if follow_guest e2e-lr "GUEST: DONE" 600; then
+        wait_guest_gone e2e-lr lvm-resize-poweroff
+        tail_md5=$(dd if=/dev/e2e/grow bs=1M skip=8 count=1 iflag=direct status=none | md5sum | cut -d' ' -f1)
+        if [ -n "$tail_md5" ] && [ "$tail_md5" = "$(guest_data e2e-lr tail-md5)" ]; then
+            pass lvm-resize-tail-on-lv
+        else
+            fail lvm-resize-tail-on-lv "the LV's 1 MiB at 8 MiB reads $tail_md5, the guest wrote $(guest_data e2e-lr tail-md5)"
+        fi
+    else
+        fail lvm-resize-poweroff "no final line from the guest in 600 s"
+        xl destroy e2e-lr 2>/dev/null
+    fi
+}
 if [ "$scenario" = xendisk ] && want lvm; then
-    run_lvm_guests
+    run_lvm_guests && run_lvm_resize
     skip_rest "$lvm_steps" "not reached: an earlier LVM step failed"
 fi
 

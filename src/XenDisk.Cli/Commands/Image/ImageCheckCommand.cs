@@ -90,7 +90,7 @@ internal static class ImageCheckCommand
 
     private static CheckResult Check(ParseResult parse, string path, OverlayFormat format, OverlayRepair repair)
     {
-        using FileImageDevice device = FileImageDevice.Open(Path.GetFullPath(path), readOnly: repair == OverlayRepair.None);
+        using IBlockDevice device = ImageFiles.OpenImage(path, readOnly: repair == OverlayRepair.None);
         using ProgressBar progress = new(parse.Error(), "checking");
         OverlayCheckReport report = format.Check(device, repair, progress.Callback);
         progress.Complete();

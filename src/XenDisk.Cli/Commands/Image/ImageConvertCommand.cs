@@ -11,7 +11,9 @@ namespace XenDisk.Cli.Commands.Image;
 /// read as zeros are not written (qemu-img's default sparse detection, -S 4k), so a raw target keeps
 /// holes and a qcow2 target allocates only clusters holding data; with -c those clusters are
 /// compressed (deflate, or zstd with -o compression_type=zstd). Runs on the engine the backend serves
-/// guests with, and takes the same image locks.
+/// guests with, and takes the same image locks. An iSCSI LUN may be the source (raw or a bitmap
+/// overlay) or a raw target: a LUN is not created but written in place, so it must be at least the
+/// source's size, and its zero blocks are written too (a LUN holds whatever it held before).
 /// </summary>
 internal static class ImageConvertCommand
 {
@@ -58,9 +60,13 @@ internal static class ImageConvertCommand
             {
                 return exitCode;
             }
-            if (Path.GetFullPath(sourcePath) == Path.GetFullPath(targetPath))
+            if (ImageFiles.FullName(sourcePath) == ImageFiles.FullName(targetPath))
             {
                 return CommandErrors.Invalid(parse, "the source and the target are the same file");
+            }
+            if (ImageLuns.IsLun(targetPath) && overlay != null)
+            {
+                return CommandErrors.Invalid(parse, $"'{targetPath}': qcow2 images live in files; a LUN is a raw target (-O raw)");
             }
             using IBlockDevice input = ImageFiles.OpenForIo(sourcePath, sourceKind, parse.GetValue(allowBase), readOnly: true);
             long size = input.Info.SizeBytes;
@@ -75,6 +81,25 @@ internal static class ImageConvertCommand
     /// <summary>Writes the source into a new raw file, or into a new image of <paramref name="overlay"/> made by the format.</summary>
     private static void Convert(IBlockDevice input, string sourceName, string targetPath, OverlayFormat? overlay, OverlayConversionOptions conversion, long size, ProgressBar? bar, CancellationToken cancellationToken)
     {
+        if (ImageLuns.IsLun(targetPath))
+        {
+            using IBlockDevice lun = ImageFiles.OpenImage(targetPath, readOnly: false);
+            if (lun.Info.SizeBytes < size)
+            {
+                throw new StorageException($"the LUN '{targetPath}' holds {lun.Info.SizeBytes} bytes, less than the source's {size}; a LUN is resized on its target, not here");
+            }
+            if (size % lun.Info.LogicalSectorSize != 0)
+            {
+                throw new StorageException($"the source's size ({size} bytes) is not a whole number of the LUN's {lun.Info.LogicalSectorSize}-byte blocks");
+            }
+            Copy(input, sourceName, lun, targetPath, size, targetReadsZeros: false, bar, cancellationToken);
+            IoStatus flushed = lun.Flush();
+            if (flushed != IoStatus.Ok)
+            {
+                throw new StorageException($"finishing '{targetPath}' failed: {flushed.Describe()}");
+            }
+            return;
+        }
         string fullTarget = Path.GetFullPath(targetPath);
         if (File.Exists(fullTarget))
         {
@@ -91,7 +116,7 @@ internal static class ImageConvertCommand
             }
             else
             {
-                Copy(input, sourceName, output, targetPath, size, bar, cancellationToken);
+                Copy(input, sourceName, output, targetPath, size, targetReadsZeros: true, bar, cancellationToken);
             }
             IoStatus closed = target?.Finish() ?? output.Flush();
             if (closed != IoStatus.Ok)
@@ -117,8 +142,11 @@ internal static class ImageConvertCommand
         return file;
     }
 
-    /// <summary>Copies every run of non-zero <see cref="ImageChunk.ZeroBlock"/>-sized blocks; the target reads zeros elsewhere already.</summary>
-    private static void Copy(IBlockDevice input, string sourceName, IBlockDevice output, string targetName, long size, ProgressBar? bar, CancellationToken cancellationToken)
+    /// <summary>
+    /// Copies every run of non-zero <see cref="ImageChunk.ZeroBlock"/>-sized blocks when the target
+    /// reads zeros elsewhere already (a new file); otherwise (a LUN) every byte.
+    /// </summary>
+    private static void Copy(IBlockDevice input, string sourceName, IBlockDevice output, string targetName, long size, bool targetReadsZeros, ProgressBar? bar, CancellationToken cancellationToken)
     {
         using ImageChunk chunk = new();
         for (long offset = 0; offset < size; offset += ImageChunk.Bytes)
@@ -126,6 +154,12 @@ internal static class ImageConvertCommand
             cancellationToken.ThrowIfCancellationRequested();
             int length = ImageChunk.LengthAt(offset, size);
             Span<byte> data = chunk.Read(input, sourceName, offset, length);
+            if (!targetReadsZeros)
+            {
+                chunk.Write(output, targetName, offset, 0, length);
+                bar?.Report(offset + length, size);
+                continue;
+            }
             int runStart = -1;
             for (int at = 0; at < length; at += ImageChunk.ZeroBlock)
             {

@@ -10,6 +10,8 @@ namespace XenDisk.Cli.Commands.Image;
 /// `xendisk image create -f qcow2|bitmap|raw [-b BASE -F raw|qcow2] [-o key=value,...] IMAGE [SIZE]`,
 /// in qemu-img create's argument style. As in QEMU, a relative BASE is relative to the new image's
 /// directory (that is how it will be resolved when the image is opened), and SIZE defaults to the base's.
+/// An iSCSI LUN may be the base (raw) of either overlay, and the device of a bitmap overlay: a LUN
+/// is made on its target, so creating one writes the overlay's header and map onto the LUN as it is.
 /// </summary>
 internal static class ImageCreateCommand
 {
@@ -80,7 +82,28 @@ internal static class ImageCreateCommand
             {
                 return CommandErrors.Invalid(parse, "SIZE is required when there is no base (-b)");
             }
-            if (File.Exists(path) || Directory.Exists(path))
+            bool lun = ImageLuns.IsLun(path);
+            if (lun && overlay == null)
+            {
+                return CommandErrors.Invalid(parse, $"'{path}': a LUN is created on its target; on an existing LUN, image create makes a bitmap overlay (-f bitmap)");
+            }
+            if (lun && overlay!.LunRefusal is { } lunRefusal)
+            {
+                return CommandErrors.Invalid(parse, $"'{path}': {lunRefusal} (-f bitmap)");
+            }
+            if (lun && !string.IsNullOrEmpty(baseName) && !ImageLuns.IsLun(baseName) && !Path.IsPathFullyQualified(baseName))
+            {
+                return CommandErrors.Invalid(parse, $"the base '{baseName}' is relative, and a LUN has no directory to resolve it in: give an absolute path or a LUN's URL");
+            }
+            if (!string.IsNullOrEmpty(baseName) && ImageLuns.IsLun(baseName) && baseFormat == "qcow2")
+            {
+                return CommandErrors.Invalid(parse, $"the base '{baseName}' is a LUN, which holds a raw disk (-F raw)");
+            }
+            if (lun && ImageFormats.Overlay(ImageLuns.Probe(path)) is { } held)
+            {
+                return CommandErrors.Failed(parse, $"'{path}' already holds a {held.Name} overlay; xendisk does not overwrite images (clear its first block first: xendisk io -f raw {path} -c 'write -z 0 4k')");
+            }
+            if (!lun && (File.Exists(path) || Directory.Exists(path)))
             {
                 return CommandErrors.Failed(parse, $"'{path}' already exists; xendisk does not overwrite images (remove it first)");
             }
@@ -89,7 +112,7 @@ internal static class ImageCreateCommand
             if (!string.IsNullOrEmpty(baseName))
             {
                 basePath = overlay!.ResolveBasePath(path, baseName);
-                if (!File.Exists(basePath))
+                if (!ImageFiles.Exists(basePath))
                 {
                     return CommandErrors.Failed(parse, $"the base '{baseName}' ({basePath}, relative names are relative to the new image's directory) does not exist");
                 }
@@ -119,6 +142,7 @@ internal static class ImageCreateCommand
                     BasePath = basePath,
                     Settings = settings,
                     ParseSize = text => SizeText.TryParse(text, out long bytes, out _) ? bytes : null,
+                    OpenStorage = (storage, storageReadOnly) => ImageFiles.OpenRawImage(storage, storageReadOnly),
                 });
                 if (!created.Succeeded)
                 {
@@ -148,7 +172,7 @@ internal static class ImageCreateCommand
             using FileImageDevice device = FileImageDevice.Open(basePath, readOnly: true);
             return overlay.Describe(device, basePath).VirtualSize;
         }
-        using RawBlockDevice raw = ImageLocks.OpenRaw(basePath, readOnly: true, new RawDeviceOptions { DirectIo = false });
+        using IBlockDevice raw = ImageFiles.OpenRawImage(basePath, readOnly: true, new RawDeviceOptions { DirectIo = false });
         return raw.Info.SizeBytes;
     }
 

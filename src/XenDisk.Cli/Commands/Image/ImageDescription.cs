@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text.Json.Serialization;
 using XenDisk.Cow.Overlays;
-using XenDisk.Cow.Storage;
+using XenDisk.Storage;
 
 namespace XenDisk.Cli.Commands.Image;
 
@@ -48,7 +48,7 @@ internal sealed record ImageDescription
 
     private static ImageDescription ReadOverlay(string path, OverlayFormat format)
     {
-        using FileImageDevice device = FileImageDevice.Open(Path.GetFullPath(path), readOnly: true);
+        using IBlockDevice device = ImageFiles.OpenImage(path, readOnly: true);
         OverlayDescription d = format.Describe(device, path);
         return new ImageDescription
         {
@@ -81,8 +81,8 @@ internal sealed record ImageDescription
     private static ImageDescription ReadRaw(string path)
     {
         // Through the page cache and byte-exact, as qemu-img info reports a raw file: a 39-byte file is
-        // 39 bytes (a sector device would round it down to none).
-        using FileImageDevice device = FileImageDevice.Open(Path.GetFullPath(path), readOnly: true);
+        // 39 bytes (a sector device would round it down to none). A LUN's size is READ CAPACITY's.
+        using IBlockDevice device = ImageFiles.OpenImage(path, readOnly: true);
         return new ImageDescription
         {
             Filename = path,

@@ -101,9 +101,39 @@ internal static class ImageFiles
         return true;
     }
 
-    /// <summary>The image's directory and the --allow-base directories, as absolute paths.</summary>
+    /// <summary>
+    /// The one place the image tools turn what a command names into a block device: an iSCSI URL is a
+    /// LUN reached through libiscsi with the service configuration's initiator name and CHAP credentials
+    /// (reserved under a one-off key while it is open for writing); anything else is a file or block
+    /// device, opened with QEMU's image locks, through the page cache and byte-exact (a header read
+    /// sees what is there, a raw file's length is its size). Throws <see cref="StorageException"/>.
+    /// </summary>
+    public static IBlockDevice OpenImage(string path, bool readOnly) => ImageLuns.IsLun(path)
+        ? IscsiBlockDevice.Open(IscsiUrl.Parse(path), readOnly, ImageLuns.Options())
+        : FileImageDevice.Open(Path.GetFullPath(path), readOnly);
+
+    /// <summary>
+    /// <see cref="OpenImage"/> for raw data rather than metadata: a file or block device through
+    /// <see cref="ImageLocks.OpenRaw"/> (whole sectors, O_DIRECT unless <paramref name="options"/> say
+    /// otherwise), a LUN as <see cref="OpenImage"/> opens it.
+    /// </summary>
+    public static IBlockDevice OpenRawImage(string path, bool readOnly, RawDeviceOptions? options = null) => ImageLuns.IsLun(path)
+        ? OpenImage(path, readOnly)
+        : ImageLocks.OpenRaw(Path.GetFullPath(path), readOnly, options);
+
+    /// <summary>An image name as the tools print and compare it: a LUN's canonical URL, or a file's full path.</summary>
+    public static string FullName(string path) => ImageLuns.IsLun(path) ? IscsiUrl.Parse(path).ToString() : Path.GetFullPath(path);
+
+    /// <summary>True when an image the tools would create or open at <paramref name="path"/> is there (a LUN always is: its login says otherwise).</summary>
+    public static bool Exists(string path) => ImageLuns.IsLun(path) || File.Exists(path);
+
+    /// <summary>The image's directory and the --allow-base directories, as absolute paths (a LUN has no directory: --allow-base only).</summary>
     public static string[] AllowedDirectories(string imagePath, IEnumerable<string>? allowBase)
     {
+        if (ImageLuns.IsLun(imagePath))
+        {
+            return [.. (allowBase ?? []).Select(Path.GetFullPath)];
+        }
         string imageDirectory = Path.GetDirectoryName(Path.GetFullPath(imagePath)) ?? "/";
         return [imageDirectory, .. (allowBase ?? []).Select(Path.GetFullPath)];
     }
@@ -121,6 +151,11 @@ internal static class ImageFiles
         {
             Allow = (fullPath, _) =>
             {
+                if (ImageLuns.IsLun(fullPath))
+                {
+                    // A LUN lies under no directory: the tools reach LUNs wherever the configuration lets them log in.
+                    return true;
+                }
                 string real = SymbolicLinks.Resolve(fullPath);
                 return roots.Any(root => real.StartsWith(root, StringComparison.Ordinal));
             },
@@ -147,19 +182,16 @@ internal static class ImageFiles
 
     private static IBlockDevice OpenThroughProvider(string path, ImageFormat format, IEnumerable<string>? allowBase, bool readOnly, ILogger? logger)
     {
-        bool lun = ImageLuns.IsLun(path);
-        string fullPath = lun ? IscsiUrl.Parse(path).ToString() : Path.GetFullPath(path);
+        string fullPath = FullName(path);
         CowDiskProvider provider = new(new CowProviderOptions
         {
-            AllowedBaseDirectories = lun ? [.. (allowBase ?? []).Select(Path.GetFullPath)] : AllowedDirectories(fullPath, allowBase),
+            AllowedBaseDirectories = AllowedDirectories(fullPath, allowBase),
             Logger = logger,
             RawProvider = new RawDiskProvider(new RawDiskProviderOptions { Iscsi = ImageLuns.Options() }),
         });
         if (ImageFormats.Overlay(format) is { } overlay)
         {
-            return overlay.OpenForIo(fullPath, readOnly, provider, (storage, storageReadOnly) => ImageLuns.IsLun(storage)
-                ? IscsiBlockDevice.Open(IscsiUrl.Parse(storage), storageReadOnly, ImageLuns.Options())
-                : ImageLocks.OpenRaw(storage, storageReadOnly));
+            return overlay.OpenForIo(fullPath, readOnly, provider, (storage, storageReadOnly) => OpenRawImage(storage, storageReadOnly));
         }
         return provider.Open(new DiskSpecification("raw:" + fullPath, readOnly));
     }
@@ -172,7 +204,7 @@ internal static class ImageFiles
     public static void CheckBase(string imagePath, OverlayFormat format, IEnumerable<string>? allowBase, bool forCommit)
     {
         OverlayBase? recorded;
-        using (FileImageDevice device = FileImageDevice.Open(Path.GetFullPath(imagePath), readOnly: true))
+        using (IBlockDevice device = OpenImage(imagePath, readOnly: true))
         {
             recorded = format.RecordedBase(device, imagePath);
         }

@@ -91,7 +91,7 @@ internal static class ImageInfoCommand
             {
                 throw new StorageException($"'{currentPath}' records no usable backing format for '{current.BackingFile}'; formats are never probed (set it with 'qemu-img rebase -u -F raw|qcow2')");
             }
-            if (!File.Exists(next))
+            if (!ImageFiles.Exists(next))
             {
                 throw new StorageException($"the backing file '{next}' of '{currentPath}' does not exist");
             }

@@ -60,13 +60,13 @@ internal static class ImageMapCommand
     /// <summary>The overlay's own metadata (L2 tables, grain map): "base" means "falls through to the backing file", whatever that holds.</summary>
     private static List<Extent> Map(string path, OverlayFormat format, ProgressBar progress)
     {
-        using FileImageDevice device = FileImageDevice.Open(Path.GetFullPath(path), readOnly: true);
+        using IBlockDevice device = ImageFiles.OpenImage(path, readOnly: true);
         return format.Map(device, progress.Callback).Select(e => new Extent(e.Offset, e.Length, Name(e.Kind), e.HostOffset)).ToList();
     }
 
     private static List<Extent> MapRaw(string path)
     {
-        using RawBlockDevice device = ImageLocks.OpenRaw(Path.GetFullPath(path), readOnly: true, new RawDeviceOptions { DirectIo = false });
+        using IBlockDevice device = ImageFiles.OpenImage(path, readOnly: true);
         long size = device.Info.SizeBytes;
         return size == 0 ? [] : [new Extent(0, size, Name(OverlayExtentKind.Data), 0)];
     }

@@ -67,7 +67,9 @@ internal static class ImageMeasureCommand
                 }
                 using IBlockDevice source = ImageFiles.OpenForIo(path!, sourceKind, parse.GetValue(allowBase), readOnly: true);
                 virtualSize = source.Info.SizeBytes;
-                dataBytes = DataBytes(source, path!, overlay?.AllocationUnit ?? ImageChunk.ZeroBlock, cancellationToken);
+                // QEMU's raw_measure: a raw target needs the whole disk whatever it holds (its holes are
+                // the file system's business); an overlay format leaves out the units that read as zeros.
+                dataBytes = overlay == null ? virtualSize : DataBytes(source, path!, overlay.AllocationUnit, cancellationToken);
             }
             // qcow2_measure: the source's size rounded up to whole sectors.
             virtualSize = (virtualSize + 511) / 512 * 512;

@@ -45,12 +45,14 @@ public sealed class BackendTestBed : IAsyncDisposable
 
     /// <summary>
     /// Small defaults keep each test light on two cores: two queues at most, and a persistent-grant
-    /// cache and I/O pool sized for the few requests a test issues.
+    /// cache and I/O pool sized for the few requests a test issues; no periodic size check.
     /// </summary>
     public static BackendOptions DefaultOptions => new()
     {
         MaxQueues = 4,
         RingDrainTimeout = Timeout,
+        // Off unless a test turns it on: a periodic look would race the tests that resize by hand.
+        SizeCheckInterval = TimeSpan.Zero,
         DataPlane = new XenDisk.Backend.DataPlane.DataPlaneOptions { IoThreadsPerRing = 2 },
     };
 

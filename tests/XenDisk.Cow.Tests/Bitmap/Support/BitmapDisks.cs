@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using XenDisk.Cow.Bitmap;
 using XenDisk.Storage;
 
@@ -30,10 +29,10 @@ public sealed class BitmapDisks : IDisposable
     // losetup -f picks the first free device and then attaches; two at once in this process could pick the same one.
     internal static readonly Lock LosetupGate = new();
 
-    private readonly string? _directory;
+    private readonly TempDirectory? _directory;
     private readonly string? _loop;
 
-    private BitmapDisks(BitmapDeviceKind kind, IBlockDevice cow, IBlockDevice baseDevice, byte[] baseContents, string? directory, string? loop)
+    private BitmapDisks(BitmapDeviceKind kind, IBlockDevice cow, IBlockDevice baseDevice, byte[] baseContents, TempDirectory? directory, string? loop)
     {
         Kind = kind;
         Cow = cow;
@@ -62,13 +61,12 @@ public sealed class BitmapDisks : IDisposable
             contents.CopyTo(baseDevice.Contents);
             return new BitmapDisks(kind, new MemoryBlockDevice(cowSize), writableBase ? baseDevice : new ReadOnlyView(baseDevice), contents, null, null);
         }
-        string directory = Path.Combine("/var/tmp", "xendisk-bitmap-tests-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(directory);
+        TempDirectory directory = new("xendisk-bitmap-tests-", "/var/tmp");
         try
         {
-            string basePath = Path.Combine(directory, "base.img");
+            string basePath = directory.File("base.img");
             File.WriteAllBytes(basePath, contents);
-            string cowPath = Path.Combine(directory, "cow.img");
+            string cowPath = directory.File("cow.img");
             using (var stream = new FileStream(cowPath, FileMode.CreateNew, FileAccess.Write))
             {
                 stream.SetLength(cowSize);
@@ -80,8 +78,8 @@ public sealed class BitmapDisks : IDisposable
                 lock (LosetupGate)
                 {
                     loop = kind == BitmapDeviceKind.Loop4K
-                        ? Run("losetup", "-f", "--show", "--sector-size", "4096", cowPath)
-                        : Run("losetup", "-f", "--show", cowPath);
+                        ? ProcessRunner.Output("losetup", "-f", "--show", "--sector-size", "4096", cowPath)
+                        : ProcessRunner.Output("losetup", "-f", "--show", cowPath);
                 }
             }
             IBlockDevice cow = RawBlockDevice.Open(loop ?? cowPath, readOnly: false);
@@ -89,7 +87,7 @@ public sealed class BitmapDisks : IDisposable
         }
         catch
         {
-            Directory.Delete(directory, recursive: true);
+            directory.Dispose();
             throw;
         }
     }
@@ -101,7 +99,7 @@ public sealed class BitmapDisks : IDisposable
         {
             return;
         }
-        string path = _loop ?? Path.Combine(_directory!, "cow.img");
+        string path = _loop ?? _directory!.File("cow.img");
         Cow.Dispose();
         Cow = RawBlockDevice.Open(path, readOnly: false);
     }
@@ -121,31 +119,10 @@ public sealed class BitmapDisks : IDisposable
         {
             lock (LosetupGate)
             {
-                Run("losetup", "-d", _loop);
+                ProcessRunner.Output("losetup", "-d", _loop);
             }
         }
-        if (_directory is not null)
-        {
-            Directory.Delete(_directory, recursive: true);
-        }
-    }
-
-    private static string Run(string fileName, params string[] arguments)
-    {
-        var start = new ProcessStartInfo(fileName) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (string argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
-        using Process process = Process.Start(start) ?? throw new InvalidOperationException($"{fileName} did not start.");
-        string output = process.StandardOutput.ReadToEnd();
-        string error = process.StandardError.ReadToEnd();
-        process.WaitForExit();
-        if (process.ExitCode != 0)
-        {
-            throw new InvalidOperationException($"{fileName} {string.Join(' ', arguments)} failed ({process.ExitCode}): {error.Trim()}. These tests need root and loop devices.");
-        }
-        return output.Trim();
+        _directory?.Dispose();
     }
 }
 

@@ -1,10 +1,10 @@
 using System.Collections.Concurrent;
 using Microsoft.Extensions.Logging;
 
-namespace XenDisk.Service.Tests.Support;
+namespace XenDisk.TestSupport.Service;
 
 /// <summary>Keeps the log lines of one category prefix (event id and message) for a test to look at.</summary>
-internal sealed class LogCapture(string categoryPrefix) : ILoggerProvider
+public sealed class LogCapture(string categoryPrefix) : ILoggerProvider
 {
     private readonly ConcurrentQueue<(int EventId, string Message)> _lines = new();
 

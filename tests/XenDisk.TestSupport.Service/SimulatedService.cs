@@ -9,19 +9,23 @@ using XenDisk.Service.Simulation;
 using XenDisk.TestFrontend;
 using XenDisk.Xen.Simulated;
 
-namespace XenDisk.Service.Tests.Support;
+namespace XenDisk.TestSupport.Service;
 
 /// <summary>
-/// The whole service in process on the simulated hypervisor, with one demo guest (a raw disk, as
-/// domain 1) and whatever disks a test attaches itself through the simulated toolstack, the way
-/// libxl attaches them, with or without a blkfront-like guest connected.
+/// The whole service in process on the simulated hypervisor (`xendisk serve --simulate`), with one demo
+/// guest (a raw disk, as domain 1) and whatever disks a test attaches itself through the simulated
+/// toolstack, the way libxl attaches them, with or without a blkfront-like guest connected. The service
+/// tests drive it through its control socket; the command-line tests point `xendisk` commands at it.
 /// </summary>
-internal sealed class SimulatedService : IAsyncDisposable
+public sealed class SimulatedService : IAsyncDisposable
 {
     /// <summary>xvda, the virtual-device number libxl gives a guest's first disk.</summary>
     public const int GuestDeviceId = 51712;
 
     public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
+
+    /// <summary>The demo guest's raw disk, DOMID/DEVICE, as `xendisk status` shows it.</summary>
+    public static string RawDevice => string.Create(CultureInfo.InvariantCulture, $"1/{GuestDeviceId}");
 
     private readonly IHost _host;
     private readonly SimulatedToolstack _toolstack;
@@ -203,7 +207,7 @@ internal sealed class SimulatedService : IAsyncDisposable
 }
 
 /// <summary>A disk a test attached: its guest domain, the toolstack's nodes and, when connected, the guest's frontend.</summary>
-internal sealed record AttachedDisk(SimulatedDomain Domain, DiskAttachment Attachment, BlockFrontend? Frontend)
+public sealed record AttachedDisk(SimulatedDomain Domain, DiskAttachment Attachment, BlockFrontend? Frontend)
 {
     public string BackendPath => Attachment.BackendPath;
 
