@@ -12,9 +12,13 @@ internal static class Program
     /// </summary>
     private static readonly TimeSpan ShutdownAllowance = TimeSpan.FromSeconds(60);
 
-    public static int Main(string[] args)
-    {
-        var root = new RootCommand("xendisk: a userspace Xen block backend with copy-on-write disks")
+    public static int Main(string[] args) =>
+        CommandLineErrors.Invoke(CreateRoot("xendisk: a userspace Xen block backend with copy-on-write disks"), args,
+            new InvocationConfiguration { ProcessTerminationTimeout = ShutdownAllowance });
+
+    /// <summary>Every verb of the command line; the tests run the same tree in-process.</summary>
+    internal static RootCommand CreateRoot(string description) =>
+        CommandLineErrors.NameUnknownTokens(new RootCommand(description)
         {
             ServeCommand.Create(),
             StatusCommand.Create(),
@@ -24,7 +28,5 @@ internal static class Program
             IoCommand.Create(),
             DemoCommand.Create(),
             BenchCommand.Create(),
-        };
-        return root.Parse(args).Invoke(new InvocationConfiguration { ProcessTerminationTimeout = ShutdownAllowance });
-    }
+        });
 }

@@ -48,7 +48,7 @@ public sealed class BadArgumentTests : IDisposable
     }
 
     [Fact]
-    public void UnalignedIo_IsRefusedNotCrashed()
+    public void Unaligned_io_is_refused_not_crashed()
     {
         string image = _dir.File("disk.raw");
         Assert.Equal(0, Xendisk.Run("image", "create", "-f", "raw", image, "1M").ExitCode);
@@ -61,7 +61,7 @@ public sealed class BadArgumentTests : IDisposable
     }
 
     [Fact]
-    public void GarbageQcow2_InfoIsRefusedWithTheReason()
+    public void Garbage_qcow2_info_is_refused_with_the_reason()
     {
         string image = _dir.File("garbage.qcow2");
         byte[] bytes = new byte[4096];
@@ -80,7 +80,7 @@ public sealed class BadArgumentTests : IDisposable
     }
 
     [Fact]
-    public void UnknownOption_IsAParseErrorWithoutStackTrace()
+    public void Unknown_option_is_a_parse_error_without_stack_trace()
     {
         string image = _dir.File("x");
         CliResult result = Xendisk.Run("image", "info", "--frobnicate", image);
@@ -97,5 +97,39 @@ public sealed class BadArgumentTests : IDisposable
         CliResult extra = Xendisk.Run("image", "info", image, "other");
         Assert.Equal(2, extra.ExitCode);
         Assert.Contains("unexpected argument 'other'", extra.Error);
+    }
+
+    /// <summary>An unknown option is one line naming it and a pointer to --help, for every verb; the help text itself is not printed.</summary>
+    [Theory]
+    [InlineData("xendisk image info", "image", "info", "--foo", "{dir}/x.img")]
+    [InlineData("xendisk image info", "image", "info", "{dir}/x.img", "--foo")]
+    [InlineData("xendisk image create", "image", "create", "--foo", "-f", "raw", "{dir}/x.img", "1M")]
+    [InlineData("xendisk image unlock", "image", "unlock", "--foo", "iscsi://127.0.0.1/iqn.2000-01.test:t/0")]
+    [InlineData("xendisk io", "io", "--foo", "{dir}/x.img", "-c", "read 0 4k")]
+    [InlineData("xendisk status", "status", "--foo")]
+    [InlineData("xendisk hydrate", "hydrate", "--foo")]
+    [InlineData("xendisk bench cow", "bench", "cow", "--foo")]
+    public void UnknownOption_IsOneLineAndAHint_NotTheHelpText(string command, params string[] args)
+    {
+        string[] resolved = args.Select(a => a.Replace("{dir}", _dir.Path, StringComparison.Ordinal)).ToArray();
+
+        CliResult result = Xendisk.Run(resolved);
+
+        Assert.True(result.ExitCode == 2, result.ToString());
+        string[] lines = result.Error.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(["xendisk: unknown option '--foo'", $"Try '{command} --help' for more information."], lines);
+        Assert.Equal("", result.Output);
+        Assert.DoesNotContain("Usage:", result.Error, StringComparison.Ordinal);
+        Assert.False(File.Exists(_dir.File("x.img")));
+    }
+
+    [Fact]
+    public void Help_is_still_printed()
+    {
+        CliResult result = Xendisk.Run("image", "info", "--help");
+
+        Assert.Equal(0, result.ExitCode);
+        Assert.Contains("Usage:", result.Output, StringComparison.Ordinal);
+        Assert.Equal("", result.Error);
     }
 }

@@ -127,4 +127,29 @@ public sealed class ImageLockTests : IDisposable
             Assert.Equal(0, QemuTools.Run("qemu-img", "info", path).ExitCode);
         }
     }
+
+    [Fact]
+    public void Unlock_on_an_image_file_names_the_qemu_process_holding_it_and_refuses_to_break_file_locks()
+    {
+        string path = Image();
+        Assert.Equal($"{path}: not locked", Xendisk.Run("image", "unlock", path).Output.Trim());
+
+        using (QemuTools.InteractiveTool qemu = QemuTools.HoldWithQemuIo(path, readOnly: false))
+        {
+            CliResult shown = Xendisk.Run("image", "unlock", path);
+            Assert.True(shown.ExitCode == 0, shown.ToString());
+            Assert.Contains($"process {qemu.ProcessId} (qemu-io)", shown.Output);
+
+            CliResult forced = Xendisk.Run("image", "unlock", "--force", path);
+            Assert.Equal(1, forced.ExitCode);
+            Assert.Contains($"process {qemu.ProcessId} (qemu-io)", forced.Error);
+            Assert.Contains("cannot be broken", forced.Error);
+            Xendisk.AssertNoStackTrace(forced);
+        }
+
+        CliResult after = Xendisk.Run("image", "unlock", "--force", path);
+        Assert.True(after.ExitCode == 0, after.ToString());
+        Assert.Contains("not locked", after.Output);
+        Assert.Equal(1, Xendisk.Run("image", "unlock", _dir.File("missing.qcow2")).ExitCode);
+    }
 }

@@ -100,7 +100,7 @@ public sealed class ImageVerbTests : IDisposable
     }
 
     [Fact]
-    public void Compare_ExitCodesAndFirstOffsetAsQemuImg()
+    public void Compare_exit_codes_and_first_offset_as_qemu_img()
     {
         string source = Qcow2Chain();
         string copy = _dir.File("copy.raw");
@@ -124,7 +124,7 @@ public sealed class ImageVerbTests : IDisposable
     }
 
     [Fact]
-    public void Compare_LargerImageWithZerosIsIdenticalUnlessStrict()
+    public void Compare_larger_image_with_zeros_is_identical_unless_strict()
     {
         string small = _dir.File("small.raw");
         string large = _dir.File("large.raw");
@@ -157,7 +157,7 @@ public sealed class ImageVerbTests : IDisposable
     }
 
     [Fact]
-    public void Resize_RawShrinksOnlyWithShrink()
+    public void Resize_raw_shrinks_only_with_shrink()
     {
         string raw = _dir.File("disk.raw");
         Qemu("qemu-img", "create", "-f", "raw", raw, "4M");
@@ -249,7 +249,7 @@ public sealed class MeasureTests : IDisposable
     [InlineData("qcow2", "10G")]
     [InlineData("qcow2", "3000M")]
     [InlineData("raw", "1G")]
-    public void Size_MatchesQemuImgMeasure(string format, string size)
+    public void Size_matches_qemu_img_measure(string format, string size)
     {
         CliResult ours = Xendisk.Run("image", "measure", "-O", format, "--size", size, "--output=json");
         ProcessResult theirs = QemuTools.Run("qemu-img", "measure", "-O", format, "--size", size, "--output=json");
@@ -258,7 +258,7 @@ public sealed class MeasureTests : IDisposable
     }
 
     [Fact]
-    public void Image_MatchesQemuImgMeasure()
+    public void Image_matches_qemu_img_measure()
     {
         string image = _dir.File("data.qcow2");
         Assert.Equal(0, QemuTools.Run("qemu-img", "create", "-f", "qcow2", image, "64M").ExitCode);

@@ -133,7 +133,7 @@ public sealed class MaintenanceTests : IDisposable
     }
 
     [Fact]
-    public void Hydrate_RefusesABackingLinkThatLeadsOutsideTheAllowedDirectories()
+    public void Hydrate_refuses_a_backing_link_that_leads_outside_the_allowed_directories()
     {
         using TempDirectory elsewhere = new();
         string secret = elsewhere.RawBase("secret.raw", 1 << 20, fill: 0x5e);

@@ -82,7 +82,7 @@ public sealed class ParsingTests
     [Theory]
     [InlineData("cluster_size=64k", "cluster_size", "64k")]
     [InlineData("a=1,b=2", "b", "2")]
-    public void CreateOptions_Parse(string text, string key, string value)
+    public void Create_options_parse(string text, string key, string value)
     {
         Assert.True(ImageCreateCommand.TryParseOptions([text], out Dictionary<string, string> settings, out string error), error);
         Assert.Equal(value, settings[key]);
@@ -93,7 +93,7 @@ public sealed class ParsingTests
     [InlineData("=x")]
     [InlineData("a=")]
     [InlineData("a=1,a=2")]
-    public void CreateOptions_Malformed_AreRefused(string text)
+    public void Create_options_malformed_are_refused(string text)
     {
         Assert.False(ImageCreateCommand.TryParseOptions([text], out _, out string error));
         Assert.NotEmpty(error);

@@ -5,7 +5,7 @@ namespace XenDisk.Cli.Tests;
 public sealed class ProgressBarTests
 {
     [Fact]
-    public void ShortWork_PrintsNothing()
+    public void Short_work_prints_nothing()
     {
         StringWriter error = new();
         ManualClock clock = new();
@@ -19,7 +19,7 @@ public sealed class ProgressBarTests
     }
 
     [Fact]
-    public void LongWork_NotOnATerminal_PrintsALinePerTenthAndTheEnd()
+    public void Long_work_not_on_a_terminal_prints_a_line_per_tenth_and_the_end()
     {
         StringWriter error = new();
         ManualClock clock = new();
@@ -40,7 +40,7 @@ public sealed class ProgressBarTests
 public sealed class TransferProgressTests
 {
     [Fact]
-    public void CopyingWork_ShowsBytesRateAndTimeLeft()
+    public void Copying_work_shows_bytes_rate_and_time_left()
     {
         StringWriter error = new();
         ManualClock clock = new();

@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.CommandLine.Parsing;
 using XenDisk.Cli.Commands.Image;
 
 namespace XenDisk.Cli.Commands;
@@ -33,7 +32,6 @@ internal static class ImageCommand
         };
         foreach (Command subcommand in image.Subcommands)
         {
-            NameUnknownOptions(subcommand);
             if (subcommand.Options.Any(o => o.Name == "--json"))
             {
                 // qemu-img's --output=human|json, so that scripts written for it carry over.
@@ -43,30 +41,5 @@ internal static class ImageCommand
             }
         }
         return image;
-    }
-
-    /// <summary>
-    /// The parser takes a token it does not know, such as "--foo" in `image info --foo IMG`, as the
-    /// value of the next argument, and then complains about IMG. The token at fault is named instead:
-    /// an option-looking argument value is an unknown option (sizes such as "-1G" for resize are not),
-    /// and tokens left over are reported by <see cref="CommandRunner.RunAsync"/>.
-    /// </summary>
-    private static void NameUnknownOptions(Command command)
-    {
-        command.TreatUnmatchedTokensAsErrors = false;
-        command.Validators.Add(result =>
-        {
-            foreach (ArgumentResult argument in result.Children.OfType<ArgumentResult>())
-            {
-                foreach (Token token in argument.Tokens)
-                {
-                    if (CommandRunner.LooksLikeOption(token.Value))
-                    {
-                        result.AddError($"unknown option '{token.Value}'");
-                        return;
-                    }
-                }
-            }
-        });
     }
 }

@@ -1,5 +1,6 @@
 using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Qcow2;
+using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 
 namespace XenDisk.Cow.Overlays;
@@ -79,6 +80,123 @@ public abstract class OverlayFormat
     /// <see cref="IOverlayImage.Commit"/>) and closes both cleanly. A failed run throws.
     /// </summary>
     public abstract OverlayOperationResult Commit(string imagePath, OverlayCommitOptions? options = null, OverlayFileOptions? files = null, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Describes the image on <paramref name="image"/> (stored at <paramref name="imagePath"/>) from its
+    /// header and tables, without opening it for I/O or following its base. Throws
+    /// <see cref="StorageException"/> for an image the format refuses.
+    /// </summary>
+    public abstract OverlayDescription Describe(IBlockDevice image, string imagePath);
+
+    /// <summary>Where a base recorded as <paramref name="baseName"/> in the image at <paramref name="imagePath"/> lies, by the format's rule.</summary>
+    public abstract string ResolveBasePath(string imagePath, string baseName);
+
+    /// <summary>
+    /// The refusal of a file operation this format does not have (<see cref="OverlayOperationResult.Unsupported"/>,
+    /// naming the image), or null when it has it. The operation itself refuses the same way when called.
+    /// </summary>
+    public abstract OverlayOperationResult? Refuses(OverlayFileOperation operation, string imagePath);
+
+    /// <summary>
+    /// Changes the virtual size of the image at <paramref name="imagePath"/> (which no one may have open)
+    /// to what <paramref name="newSize"/> returns for the current size; null from it leaves the image
+    /// as it is and returns Ok with nothing examined. A size the format cannot take is
+    /// <see cref="OverlayOperationResult.Invalid"/> or <see cref="OverlayOperationResult.Unsupported"/>.
+    /// </summary>
+    public abstract OverlayOperationResult Resize(string imagePath, Func<long, long?> newSize, OverlayFileOptions? files = null);
+
+    /// <summary>
+    /// Freezes the image at <paramref name="imagePath"/> by stacking a new, empty overlay on it at
+    /// <paramref name="newOverlayPath"/>. Throws <see cref="StorageException"/> when it cannot.
+    /// </summary>
+    public abstract OverlayOperationResult Snapshot(string imagePath, string newOverlayPath);
+
+    /// <summary>Points the image at a different base (or none), copying what differs first unless unsafe.</summary>
+    public abstract OverlayOperationResult Rebase(string imagePath, OverlayRebaseOptions options, OverlayFileOptions? files = null, CancellationToken cancellationToken = default);
+
+    /// <summary>The unit a new image of the format allocates: what counts as one piece of data when measuring.</summary>
+    public abstract int AllocationUnit { get; }
+
+    /// <summary>
+    /// How large a new image of this format with the default settings would be for a disk of
+    /// <paramref name="virtualSize"/> holding <paramref name="dataBytes"/> (whole <see cref="AllocationUnit"/>s).
+    /// </summary>
+    public abstract OverlaySizeEstimate Measure(long virtualSize, long dataBytes);
+
+    /// <summary>
+    /// Why a new image of this format cannot have the base described (<paramref name="hasBase"/>, of
+    /// format <paramref name="baseFormat"/>, null when not given), for an operator; null when it can.
+    /// </summary>
+    public abstract string? BaseRefusal(bool hasBase, string? baseFormat);
+
+    /// <summary>
+    /// Creates a new image at <paramref name="imagePath"/> (which must not exist). A setting the format
+    /// does not know or cannot take is <see cref="OverlayOperationResult.Invalid"/> and nothing is left
+    /// behind; a file that cannot be made throws <see cref="StorageException"/>.
+    /// </summary>
+    public abstract OverlayOperationResult Create(string imagePath, OverlayCreateOptions options);
+
+    /// <summary>
+    /// Why this format cannot be a conversion's target with <paramref name="options"/>
+    /// (<see cref="OverlayOperationResult.Unsupported"/> for a format that cannot be one at all,
+    /// <see cref="OverlayOperationResult.Invalid"/> for an option it does not take), or null when it can.
+    /// </summary>
+    public abstract OverlayOperationResult? RefusesConversionTarget(OverlayConversionOptions options);
+
+    /// <summary>
+    /// Creates a standalone image of <paramref name="virtualSize"/> at <paramref name="imagePath"/>,
+    /// replacing a file there, for a conversion to write into. Throws <see cref="StorageException"/>.
+    /// </summary>
+    public abstract OverlayConversionTarget CreateConversionTarget(string imagePath, long virtualSize, OverlayConversionOptions options);
+
+    /// <summary>True when an image of this format can be another image's base (backing file).</summary>
+    public abstract bool CanBeBase { get; }
+
+    /// <summary>
+    /// Changes the format options of the image at <paramref name="imagePath"/> (which no one may have
+    /// open) as qemu-img amend -o does. An option the format does not know or cannot take is
+    /// <see cref="OverlayOperationResult.Invalid"/>, checked before anything is written.
+    /// </summary>
+    public abstract OverlayOperationResult Amend(string imagePath, IReadOnlyList<string> settings, OverlayFileOptions? files = null);
+
+    /// <summary>
+    /// Applies <paramref name="edit"/>'s steps in order to the persistent dirty bitmaps of the image at
+    /// <paramref name="imagePath"/> (which no one may have open) and stores them in the format QEMU reads.
+    /// A failed step stops there with a message naming the step.
+    /// </summary>
+    public abstract OverlayOperationResult EditBitmaps(string imagePath, OverlayBitmapEdit edit, OverlayFileOptions? files = null);
+
+    /// <summary>
+    /// Who holds the image file at <paramref name="imagePath"/> so that opening it for reading (or, with
+    /// <paramref name="forWriting"/>, for writing) would be refused, as QEMU would be refused: the
+    /// message naming the holder, or null when it is free. Every format answers alike, and so does a raw
+    /// image: the locks are QEMU's file locks on the image file (<see cref="ImageLocks"/>), whatever the
+    /// format inside, so this needs no format and no one has to recognise the file first.
+    /// </summary>
+    public static string? LockHolder(string imagePath, bool forWriting) => ImageLocks.Holder(imagePath, forWriting);
+
+    /// <summary>
+    /// Breaks the locks on the image file at <paramref name="imagePath"/>, which no format can: a file's
+    /// locks belong to its holder's open file description and end with it. Always the refusal, naming
+    /// the holder, or Ok when there is nothing to break.
+    /// </summary>
+    public static OverlayOperationResult BreakLock(string imagePath) => LockHolder(imagePath, forWriting: true) is { } holder
+        ? OverlayOperationResult.Unsupported($"{holder}. The locks on an image file end with the process that holds them; stop it (they cannot be broken from outside)")
+        : new OverlayOperationResult { Status = IoStatus.Ok };
+
+    /// <summary>
+    /// Why an image of this format cannot live on an iSCSI LUN (for an operator), or null when it can.
+    /// </summary>
+    public virtual string? LunRefusal => null;
+
+    /// <summary>
+    /// Opens the image at <paramref name="path"/> (a full path, or a LUN's URL) for guest-style I/O
+    /// through <paramref name="provider"/>, the backend's disk provider, so that a tool gets the same
+    /// devices, caches and checks a guest's disk gets, with the base the image records.
+    /// <paramref name="openStorage"/> opens the image's own storage (path, read-only), locked as QEMU
+    /// locks images. The caller owns the device returned. Throws <see cref="StorageException"/>.
+    /// </summary>
+    public abstract IBlockDevice OpenForIo(string path, bool readOnly, IDiskProvider provider, Func<string, bool, IBlockDevice> openStorage);
 
     /// <summary>
     /// Opens the overlay <see cref="OverlayAttachment.OverlayPath"/> over the opened base, creating it

@@ -18,6 +18,15 @@ public sealed record OverlayOperationResult
     public string? Error { get; init; }
 
     public bool Succeeded => Status == IoStatus.Ok;
+
+    /// <summary>The result of an operation the format does not have, with why, for an operator.</summary>
+    public static OverlayOperationResult Unsupported(string error) => new() { Status = IoStatus.NotSupported, Error = error };
+
+    /// <summary>The result of a request the format refuses as malformed (a size it cannot take), with why.</summary>
+    public static OverlayOperationResult Invalid(string error) => new() { Status = IoStatus.OutOfRange, Error = error };
+
+    /// <summary>A failure of the work itself (an I/O error, a failed close), with why.</summary>
+    public static OverlayOperationResult Failed(IoStatus status, string error) => new() { Status = status, Error = error };
 }
 
 /// <summary>How <see cref="IOverlayImage.Hydrate"/> runs.</summary>

@@ -87,6 +87,26 @@ public static unsafe class ImageLocks
     }
 
     /// <summary>
+    /// Who holds <paramref name="path"/> so that an opener for reading (or, with <paramref name="writable"/>,
+    /// for writing) would be refused: the refusal an open would meet, naming the holder, or null when
+    /// nothing conflicts. Takes the locks on a descriptor of its own for as long as it looks, as an
+    /// opener would, and releases them by closing it.
+    /// </summary>
+    public static string? Holder(string path, bool writable)
+    {
+        using SafeFileHandle handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        try
+        {
+            Acquire(handle, path, writable);
+            return null;
+        }
+        catch (StorageException e) when (e.Errno == EAGAIN)
+        {
+            return e.Message;
+        }
+    }
+
+    /// <summary>
     /// Locks the file under <paramref name="device"/> (a <see cref="FileImageDevice"/> or a device over
     /// one file descriptor); devices without one (memory, composites) are left alone. The caller disposes
     /// the device when this throws.

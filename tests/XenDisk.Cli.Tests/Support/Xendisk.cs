@@ -10,25 +10,17 @@ public sealed record CliResult(int ExitCode, string Output, string Error)
 }
 
 /// <summary>
-/// Runs the `xendisk` commands in-process, built as Program builds them, with stdout and stderr
+/// Runs the `xendisk` commands in-process, the tree Program builds, with stdout and stderr
 /// captured through the invocation's writers (so tests may run in parallel).
 /// </summary>
 public static class Xendisk
 {
     public static CliResult Run(params string[] args)
     {
-        var root = new RootCommand("xendisk (tests)")
-        {
-            ImageCommand.Create(),
-            IoCommand.Create(),
-            StatusCommand.Create(),
-            HydrateCommand.Create(),
-            ResizeCommand.Create(),
-            new Command("bench") { BenchCowCommand.CreateCow() },
-        };
+        RootCommand root = Program.CreateRoot("xendisk (tests)");
         StringWriter output = new();
         StringWriter error = new();
-        int exitCode = root.Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
+        int exitCode = CommandLineErrors.Invoke(root, args, new InvocationConfiguration { Output = output, Error = error });
         return new CliResult(exitCode, output.ToString(), error.ToString());
     }
 

@@ -54,7 +54,7 @@ public class CowTargetTests
     }
 
     [Fact]
-    public void WellFormedTargetsParse()
+    public void Well_formed_targets_parse()
     {
         CowTarget bare = CowTarget.Parse("/dev/vg0/guest");
         Assert.Equal((CowTargetKind.Raw, "/dev/vg0/guest"), (bare.Kind, bare.Path));
@@ -85,13 +85,13 @@ public class CowTargetTests
     [Theory]
     [InlineData("relative/dir")]
     [InlineData("")]
-    public void InvalidOptionsAreRefusedAtConstruction(string directory)
+    public void Invalid_options_are_refused_at_construction(string directory)
     {
         Assert.Throws<ArgumentException>(() => new CowDiskProvider(new CowProviderOptions { AllowedBaseDirectories = [directory] }));
     }
 
     [Fact]
-    public void InvalidDefaultsAreRefusedAtConstruction()
+    public void Invalid_defaults_are_refused_at_construction()
     {
         Assert.Throws<ArgumentException>(() => new CowDiskProvider(new CowProviderOptions { DefaultClusterSize = 1000 }));
         Assert.Throws<ArgumentException>(() => new CowDiskProvider(new CowProviderOptions { DefaultGrainSize = 256 }));

@@ -8,7 +8,7 @@ namespace XenDisk.Cow.Tests.Qcow2;
 public class BasicTests
 {
     [Fact]
-    public void EmptyImageWithoutBackingReadsZeros()
+    public void Empty_image_without_backing_reads_zeros()
     {
         GrowableMemoryDevice overlay = TestData.NewOverlay(1 << 20, 65536, null, withBacking: false);
         using Qcow2Image image = TestData.Open(overlay, null);
@@ -17,7 +17,7 @@ public class BasicTests
     }
 
     [Fact]
-    public void FreshOverlayReadsTheBase()
+    public void Fresh_overlay_reads_the_base()
     {
         byte[] baseData = TestData.Random(1 << 20, 1);
         using MemoryBlockDevice backing = TestData.Base(baseData);
@@ -29,7 +29,7 @@ public class BasicTests
     }
 
     [Fact]
-    public void SmallFirstWriteCopiesAtMostOneSubclusterFromTheBase()
+    public void Small_first_write_copies_at_most_one_subcluster_from_the_base()
     {
         byte[] baseData = TestData.Random(1 << 20, 2);
         using MemoryBlockDevice backing = TestData.Base(baseData);
@@ -51,7 +51,7 @@ public class BasicTests
     }
 
     [Fact]
-    public void DiscardReadsZerosNotTheBase()
+    public void Discard_reads_zeros_not_the_base()
     {
         byte[] baseData = TestData.Random(1 << 20, 4);
         using MemoryBlockDevice backing = TestData.Base(baseData);
@@ -71,7 +71,7 @@ public class BasicTests
     }
 
     [Fact]
-    public void MetadataMemoryIsReportedPerGiB()
+    public void Metadata_memory_is_reported_per_GiB()
     {
         GrowableMemoryDevice overlay = TestData.NewOverlay(4L << 30, 65536, null, withBacking: false);
         using Qcow2Image image = TestData.Open(overlay, null);
@@ -83,7 +83,7 @@ public class BasicTests
     }
 
     [Fact]
-    public void ResizeGrowsTheL1TableAndKeepsData()
+    public void Resize_grows_the_L1_table_and_keeps_data()
     {
         GrowableMemoryDevice overlay = TestData.NewOverlay(1 << 20, 4096, null, withBacking: false);
         byte[] data = TestData.Random(8192, 6);
@@ -106,7 +106,7 @@ public class BasicTests
     }
 
     [Fact]
-    public void RefcountTableGrowsWhenTheImageOutgrowsIt()
+    public void Refcount_table_grows_when_the_image_outgrows_it()
     {
         // 512-byte clusters with 16-bit refcounts: one refcount block covers 256 clusters and the
         // first table (one cluster, 64 entries) covers 16384 clusters = 8 MiB; 12 MiB of data forces growth.

@@ -18,7 +18,7 @@ public class CheckerTests
     }
 
     [Fact]
-    public void LeakedClustersAreReportedAndRepaired()
+    public void Leaked_clusters_are_reported_and_repaired()
     {
         (GrowableMemoryDevice overlay, byte[] data) = ImageWithData();
         Qcow2Header header = Qcow2Disk.ReadHeader(overlay);
@@ -43,7 +43,7 @@ public class CheckerTests
     }
 
     [Fact]
-    public void WrongCopiedBitsAndMissingRefcountsAreCorruptionsThatRepairFixes()
+    public void Wrong_copied_bits_and_missing_refcounts_are_corruptions_that_repair_fixes()
     {
         (GrowableMemoryDevice overlay, byte[] data) = ImageWithData();
         Qcow2Header header = Qcow2Disk.ReadHeader(overlay);
@@ -70,7 +70,7 @@ public class CheckerTests
     }
 
     [Fact]
-    public void RefusedHeaderIsReportedAsCorruption()
+    public void Refused_header_is_reported_as_corruption()
     {
         Qcow2CheckReport report = Qcow2Checker.Check(new GrowableMemoryDevice(new byte[4096]));
         Assert.Equal(1, report.Corruptions);

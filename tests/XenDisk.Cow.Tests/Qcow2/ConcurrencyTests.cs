@@ -11,7 +11,7 @@ public class ConcurrencyTests
     [InlineData(65536, true)]
     [InlineData(65536, false)]
     [InlineData(4096, false)]
-    public void ParallelWritesIntoOneUnallocatedClusterAllocateItOnce(int clusterSize, bool extendedL2)
+    public void Parallel_writes_into_one_unallocated_cluster_allocate_it_once(int clusterSize, bool extendedL2)
     {
         byte[] baseData = TestData.Random(4 << 20, 20);
         using MemoryBlockDevice backing = TestData.Base(baseData);
@@ -45,7 +45,7 @@ public class ConcurrencyTests
     }
 
     [Fact]
-    public async Task ReadsRacingCopyUpSeeOldOrNewDataPerSector()
+    public async Task Reads_racing_copy_up_see_old_or_new_data_per_sector()
     {
         byte[] baseData = new byte[4 << 20];
         baseData.AsSpan().Fill(0x11);
@@ -89,7 +89,7 @@ public class ConcurrencyTests
     [InlineData(MetadataPolicy.Flush)]
     [InlineData(MetadataPolicy.Sync)]
     [InlineData(MetadataPolicy.Lazy)]
-    public void ParallelRandomWorkloadOnDisjointRangesMatchesModel(MetadataPolicy policy)
+    public void Parallel_random_workload_on_disjoint_ranges_matches_model(MetadataPolicy policy)
     {
         byte[] baseData = TestData.Random(8 << 20, 22);
         using MemoryBlockDevice backing = TestData.Base(baseData);

@@ -51,7 +51,7 @@ public class HostileHeaderTests
 
     [Theory]
     [MemberData(nameof(Mutations))]
-    public void MalformedHeaderIsRefusedWithAMessageNamingTheProblem(int offset, int width, ulong value, string expected)
+    public void Malformed_header_is_refused_with_a_message_naming_the_problem(int offset, int width, ulong value, string expected)
     {
         byte[] image = ValidImage(backing: offset is 8 or 16);
         Span<byte> field = image.AsSpan(offset, width);
@@ -75,7 +75,7 @@ public class HostileHeaderTests
     }
 
     [Fact]
-    public void ExtendedL2WithSmallClustersIsRefused()
+    public void Extended_L2_with_small_clusters_is_refused()
     {
         byte[] image = ValidImage(clusterSize: 8192);
         BinaryPrimitives.WriteUInt64BigEndian(image.AsSpan(72), 1UL << 4);
@@ -84,7 +84,7 @@ public class HostileHeaderTests
     }
 
     [Fact]
-    public void UnknownIncompatibleBitIsNamedFromTheFeatureTable()
+    public void Unknown_incompatible_bit_is_named_from_the_feature_table()
     {
         byte[] image = ValidImage();
         BinaryPrimitives.WriteUInt64BigEndian(image.AsSpan(72), 1UL << 3 | 1UL << 9);
@@ -96,21 +96,21 @@ public class HostileHeaderTests
     }
 
     [Fact]
-    public void TooSmallFileIsRefused()
+    public void Too_small_file_is_refused()
     {
         StorageException error = Assert.Throws<StorageException>(() => Qcow2Image.Open(new GrowableMemoryDevice(new byte[50]), null));
         Assert.Contains("too small", error.Message);
     }
 
     [Fact]
-    public void MissingBackingDeviceIsRefused()
+    public void Missing_backing_device_is_refused()
     {
         StorageException error = Assert.Throws<StorageException>(() => Qcow2Image.Open(new GrowableMemoryDevice(ValidImage(backing: true)), null));
         Assert.Contains("backing file 'base.raw'", error.Message);
     }
 
     [Fact]
-    public void CorruptBitOpensReadOnly()
+    public void Corrupt_bit_opens_read_only()
     {
         byte[] image = ValidImage();
         BinaryPrimitives.WriteUInt64BigEndian(image.AsSpan(72), 1UL << 1);
@@ -125,7 +125,7 @@ public class HostileHeaderTests
     }
 
     [Fact]
-    public void Version2OpensReadOnly()
+    public void Version2_opens_read_only()
     {
         byte[] image = ValidImage();
         BinaryPrimitives.WriteUInt32BigEndian(image.AsSpan(4), 2);
@@ -136,7 +136,7 @@ public class HostileHeaderTests
     }
 
     [Fact]
-    public void UnknownAutoclearBitsAreClearedBeforeTheFirstWrite()
+    public void Unknown_autoclear_bits_are_cleared_before_the_first_write()
     {
         byte[] image = ValidImage();
         BinaryPrimitives.WriteUInt64BigEndian(image.AsSpan(88), 0x8000_0000_0000_0001UL);
@@ -149,7 +149,7 @@ public class HostileHeaderTests
     }
 
     [Fact]
-    public void DirtyBitRebuildsRefcountsOnOpen()
+    public void Dirty_bit_rebuilds_refcounts_on_open()
     {
         GrowableMemoryDevice overlay = TestData.NewOverlay(4 << 20, 65536, null, false);
         byte[] data = TestData.Random(1 << 20, 9);
@@ -180,7 +180,7 @@ public class HostileHeaderTests
     /// refuse with StorageException, and the image may grow only by the clusters the writes need.
     /// </summary>
     [Fact]
-    public void FuzzedMetadataNeverCrashesOrWritesOutsideTheImage()
+    public void Fuzzed_metadata_never_crashes_or_writes_outside_the_image()
     {
         byte[] baseData = TestData.Random(1 << 20, 10);
         GrowableMemoryDevice template = TestData.NewOverlay(1 << 20, 16384, true, true);

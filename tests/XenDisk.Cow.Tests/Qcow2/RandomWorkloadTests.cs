@@ -36,7 +36,7 @@ public class RandomWorkloadTests
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void RandomWorkloadMatchesModel(int clusterSize, bool extendedL2, MetadataPolicy policy, bool withBacking)
+    public void Random_workload_matches_model(int clusterSize, bool extendedL2, MetadataPolicy policy, bool withBacking)
     {
         int seed = HashCode.Combine(clusterSize, extendedL2, policy, withBacking) & 0x7fffffff;
         Random random = new(seed);

@@ -7,7 +7,7 @@ namespace XenDisk.Cow.Tests.Qcow2;
 public class ToolsTests
 {
     [Fact]
-    public void InfoDescribesTheImage()
+    public void Info_describes_the_image()
     {
         GrowableMemoryDevice overlay = TestData.NewOverlay(8 << 20, 65536, null, withBacking: true);
         using (MemoryBlockDevice backing = new(8 << 20))
@@ -28,7 +28,7 @@ public class ToolsTests
     }
 
     [Fact]
-    public void MapReportsDataZeroAndBackingExtents()
+    public void Map_reports_data_zero_and_backing_extents()
     {
         GrowableMemoryDevice overlay = TestData.NewOverlay(4 << 20, 65536, true, withBacking: true);
         using MemoryBlockDevice backing = new(4 << 20);

@@ -27,7 +27,7 @@ public sealed class OpenOverlayRegistryTests : IDisposable
     private IBlockDevice Open(string target) => _provider.Open(new DiskSpecification(target, ReadOnly: false));
 
     [Fact]
-    public void OverlaysAreListedWhileOpenRawDisksNeverAndDisposedOnesAreForgotten()
+    public void Overlays_are_listed_while_open_raw_disks_never_and_disposed_ones_are_forgotten()
     {
         string qcow2 = _directory.File("a.qcow2");
         string bitmap = _directory.File("b.cow");
@@ -60,7 +60,7 @@ public sealed class OpenOverlayRegistryTests : IDisposable
     }
 
     [Fact]
-    public void ARefusedOverlayIsNotListed()
+    public void A_refused_overlay_is_not_listed()
     {
         string overlay = _directory.File("missing.qcow2");
         Assert.Throws<StorageException>(() => _provider.Open(new DiskSpecification($"cow:{_basePath},{overlay}", ReadOnly: true)));

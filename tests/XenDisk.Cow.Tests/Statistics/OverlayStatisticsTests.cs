@@ -41,7 +41,7 @@ public sealed class OverlayStatisticsTests
     }
 
     [Fact]
-    public void BitmapFirstWriteOverTheBaseCopiesUpTheRestOfItsGrainOnce()
+    public void Bitmap_first_write_over_the_base_copies_up_the_rest_of_its_grain_once()
     {
         using BitmapDisks disks = BitmapDisks.Create(BitmapDeviceKind.Memory, DiskSize, BitmapOverlay.RequiredCowSize(DiskSize, BitmapGrain), seed: 3);
         using BitmapOverlay overlay = BitmapOverlay.Create(disks.Cow, disks.Base, new BitmapCreateOptions { GrainSize = BitmapGrain }, NotOwning);
@@ -67,7 +67,7 @@ public sealed class OverlayStatisticsTests
     }
 
     [Fact]
-    public void Qcow2RewriteOfAllocatedDataAddsNoCopyUp()
+    public void Qcow2_rewrite_of_allocated_data_adds_no_copy_up()
     {
         byte[] model = TestData.Random(DiskSize, 5);
         using MemoryBlockDevice backing = TestData.Base(model);
@@ -89,7 +89,7 @@ public sealed class OverlayStatisticsTests
     }
 
     [Fact]
-    public void BitmapRewriteOfAllocatedDataAddsNoCopyUp()
+    public void Bitmap_rewrite_of_allocated_data_adds_no_copy_up()
     {
         using BitmapDisks disks = BitmapDisks.Create(BitmapDeviceKind.Memory, DiskSize, BitmapOverlay.RequiredCowSize(DiskSize, BitmapGrain), seed: 8);
         using BitmapOverlay overlay = BitmapOverlay.Create(disks.Cow, disks.Base, new BitmapCreateOptions { GrainSize = BitmapGrain }, NotOwning);
@@ -108,7 +108,7 @@ public sealed class OverlayStatisticsTests
     }
 
     [Fact]
-    public void Qcow2FlushAfterWritesCountsItsMetadataWritesAndFlushes()
+    public void Qcow2_flush_after_writes_counts_its_metadata_writes_and_flushes()
     {
         using MemoryBlockDevice backing = TestData.Base(TestData.Random(DiskSize, 11));
         GrowableMemoryDevice file = TestData.NewOverlay(DiskSize, 65536, extendedL2: true, withBacking: true);
@@ -133,7 +133,7 @@ public sealed class OverlayStatisticsTests
     }
 
     [Fact]
-    public void BitmapFlushAfterWritesCountsItsMetadataWritesAndFlushes()
+    public void Bitmap_flush_after_writes_counts_its_metadata_writes_and_flushes()
     {
         using BitmapDisks disks = BitmapDisks.Create(BitmapDeviceKind.Memory, DiskSize, BitmapOverlay.RequiredCowSize(DiskSize, BitmapGrain), seed: 13);
         using BitmapOverlay overlay = BitmapOverlay.Create(disks.Cow, disks.Base, new BitmapCreateOptions { GrainSize = BitmapGrain }, NotOwning);
@@ -155,7 +155,7 @@ public sealed class OverlayStatisticsTests
     }
 
     [Fact]
-    public void Qcow2HydrateMovesHydrationProgressToOneAndCountsTheCopiedBytes()
+    public void Qcow2_hydrate_moves_hydration_progress_to_one_and_counts_the_copied_bytes()
     {
         byte[] model = TestData.Random(DiskSize, 16);
         using MemoryBlockDevice backing = TestData.Base(model);
@@ -183,7 +183,7 @@ public sealed class OverlayStatisticsTests
     }
 
     [Fact]
-    public void BitmapHydrateMovesHydrationProgressToOneAndCountsTheCopiedBytes()
+    public void Bitmap_hydrate_moves_hydration_progress_to_one_and_counts_the_copied_bytes()
     {
         using BitmapDisks disks = BitmapDisks.Create(BitmapDeviceKind.Memory, DiskSize, BitmapOverlay.RequiredCowSize(DiskSize, BitmapGrain), seed: 18);
         using BitmapOverlay overlay = BitmapOverlay.Create(disks.Cow, disks.Base, new BitmapCreateOptions { GrainSize = BitmapGrain }, NotOwning);

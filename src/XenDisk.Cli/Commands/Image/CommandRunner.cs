@@ -38,12 +38,6 @@ internal static class CommandRunner
     public static Task<int> RunAsync(ParseResult parse, CancellationToken cancellationToken, Func<int> work) =>
         Task.Run(() =>
         {
-            // The image commands leave unmatched tokens to this check, so that the one at fault is named.
-            if (parse.UnmatchedTokens.Count > 0)
-            {
-                string token = parse.UnmatchedTokens[0];
-                return CommandErrors.Invalid(parse, LooksLikeOption(token) ? $"unknown option '{token}'" : $"unexpected argument '{token}'");
-            }
             try
             {
                 return work();

@@ -1,8 +1,6 @@
 using System.CommandLine;
 using System.CommandLine.Parsing;
-using XenDisk.Cow.Qcow2;
-using XenDisk.Cow.Storage;
-using XenDisk.Storage;
+using XenDisk.Cow.Overlays;
 
 namespace XenDisk.Cli.Commands.Image;
 
@@ -60,7 +58,7 @@ internal static class ImageBitmapCommand
             {
                 return CommandErrors.Invalid(parse, "-b is only valid with --merge");
             }
-            if (parse.GetValue(sourceFormat) is { } otherFormat && otherFormat != "qcow2")
+            if (parse.GetValue(sourceFormat) is { } otherFormat && !HoldsBitmaps(OverlayFormat.Find(otherFormat)))
             {
                 return CommandErrors.Invalid(parse, $"-F {otherFormat}: only qcow2 images hold persistent bitmaps");
             }
@@ -68,31 +66,20 @@ internal static class ImageBitmapCommand
             {
                 return exitCode;
             }
-            if (kind != ImageFormat.Qcow2)
+            if (ImageFormats.Overlay(kind) is not { } overlay)
             {
                 return CommandErrors.Failed(parse, $"'{path}' is not a qcow2 image; only qcow2 images hold persistent bitmaps");
             }
-            using Qcow2Image qcow2 = Qcow2Disk.Open(Path.GetFullPath(path), new Qcow2OpenOptions { BackingPolicy = ImageFiles.BackingPolicy(path, null) });
-            foreach ((string operation, string? source) in steps)
+            OverlayOperationResult result = overlay.EditBitmaps(path, new OverlayBitmapEdit
             {
-                IoStatus status = operation switch
-                {
-                    "--add" => qcow2.AddBitmap(bitmap, size > 0 ? size : qcow2.DefaultBitmapGranularity),
-                    "--remove" => qcow2.RemoveBitmap(bitmap),
-                    "--clear" => qcow2.ClearBitmap(bitmap),
-                    "--enable" => qcow2.SetBitmapEnabled(bitmap, true),
-                    "--disable" => qcow2.SetBitmapEnabled(bitmap, false),
-                    _ => qcow2.MergeIntoBitmap(bitmap, DirtyRangesOf(qcow2, otherFile, source!)),
-                };
-                if (status != IoStatus.Ok)
-                {
-                    return CommandErrors.Failed(parse, $"{operation} '{bitmap}' on '{path}' failed: {qcow2.LastError ?? status.Describe()}");
-                }
-            }
-            IoStatus closed = qcow2.Close();
-            if (closed != IoStatus.Ok)
+                Bitmap = bitmap,
+                Steps = steps.Select(step => new OverlayBitmapStep(OperationOf(step.Operation), step.Operation, step.Source)).ToList(),
+                Granularity = size,
+                SourceFile = otherFile,
+            }, new OverlayFileOptions { BackingPolicy = ImageFiles.BackingPolicy(path, null) });
+            if (!result.Succeeded)
             {
-                return CommandErrors.Failed(parse, $"storing the bitmaps of '{path}' failed: {qcow2.LastError ?? closed.Describe()}");
+                return CommandErrors.Failed(parse, result.Error!);
             }
             return 0;
         }));
@@ -114,22 +101,15 @@ internal static class ImageBitmapCommand
         return steps;
     }
 
-    private static IReadOnlyList<(long, long)> DirtyRangesOf(Qcow2Image target, string? sourceFile, string source)
-    {
-        if (sourceFile == null)
-        {
-            PersistentBitmap bitmap = target.Bitmaps.FirstOrDefault(b => b.Name == source)
-                ?? throw new StorageException($"the image has no bitmap '{source}'");
-            return Consistent(bitmap, source).DirtyRanges(target.Info.SizeBytes);
-        }
-        using FileImageDevice device = FileImageDevice.Open(Path.GetFullPath(sourceFile), readOnly: true);
-        Qcow2Header header = Qcow2Disk.ReadHeader(device);
-        PersistentBitmap other = Qcow2Image.ReadBitmaps(device, header).FirstOrDefault(b => b.Name == source)
-            ?? throw new StorageException($"'{sourceFile}' has no bitmap '{source}'");
-        return Consistent(other, source).DirtyRanges(header.VirtualSize);
-    }
+    private static bool HoldsBitmaps(OverlayFormat? format) => format != null && format.Refuses(OverlayFileOperation.Bitmaps, "") == null;
 
-    private static PersistentBitmap Consistent(PersistentBitmap bitmap, string name) => bitmap.Inconsistent
-        ? throw new StorageException($"bitmap '{name}' is inconsistent (its in_use flag was set when the image was opened) and cannot be merged")
-        : bitmap;
+    private static OverlayBitmapOperation OperationOf(string option) => option switch
+    {
+        "--add" => OverlayBitmapOperation.Add,
+        "--remove" => OverlayBitmapOperation.Remove,
+        "--clear" => OverlayBitmapOperation.Clear,
+        "--enable" => OverlayBitmapOperation.Enable,
+        "--disable" => OverlayBitmapOperation.Disable,
+        _ => OverlayBitmapOperation.Merge,
+    };
 }

@@ -1,7 +1,6 @@
 using System.CommandLine;
-using XenDisk.Cow.Qcow2;
-using XenDisk.Cow.Storage;
 using XenDisk.Cow.Overlays;
+using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 
 namespace XenDisk.Cli.Commands.Image;
@@ -40,29 +39,22 @@ internal static class ImageConvertCommand
             {
                 return CommandErrors.Invalid(parse, $"unknown output format '{parse.GetValue(outputFormat)}' (use raw or qcow2)");
             }
-            if (outputKind == ImageFormat.Bitmap)
-            {
-                return CommandErrors.Invalid(parse, "a bitmap overlay records changes over a base and cannot be a conversion's target; use -O raw or -O qcow2");
-            }
             bool compressed = parse.GetValue(compress);
-            if (compressed && outputKind != ImageFormat.Qcow2)
+            string[] items = (parse.GetValue(createOptions) ?? []).SelectMany(o => o.Split(',', StringSplitOptions.RemoveEmptyEntries)).ToArray();
+            OverlayFormat? overlay = ImageFormats.Overlay(outputKind);
+            OverlayConversionOptions conversion = new() { Compressed = compressed, Settings = items };
+            if (overlay?.RefusesConversionTarget(conversion) is { } refusal)
+            {
+                return CommandErrors.Invalid(parse, refusal.Error!);
+            }
+            if (overlay == null && compressed)
             {
                 // qemu-img's refusal for formats that cannot hold compressed clusters.
                 return CommandErrors.Invalid(parse, "Compression not supported for this file format (use -O qcow2)");
             }
-            int compressionType = Qcow2CreateOptions.CompressionZlib;
-            foreach (string item in (parse.GetValue(createOptions) ?? []).SelectMany(o => o.Split(',', StringSplitOptions.RemoveEmptyEntries)))
+            if (overlay == null && items.Length > 0)
             {
-                compressionType = item switch
-                {
-                    "compression_type=zlib" => Qcow2CreateOptions.CompressionZlib,
-                    "compression_type=zstd" => Qcow2CreateOptions.CompressionZstd,
-                    _ => -1,
-                };
-                if (compressionType < 0 || outputKind != ImageFormat.Qcow2)
-                {
-                    return CommandErrors.Invalid(parse, $"unsupported target option '{item}' (-O qcow2 takes compression_type=zlib|zstd)");
-                }
+                return CommandErrors.Invalid(parse, $"unsupported target option '{items[0]}' (-O qcow2 takes compression_type=zlib|zstd)");
             }
             if (!ImageFiles.TryResolveFormat(parse, sourcePath, parse.GetValue(format), out ImageFormat sourceKind, out int exitCode))
             {
@@ -72,21 +64,22 @@ internal static class ImageConvertCommand
             {
                 return CommandErrors.Invalid(parse, "the source and the target are the same file");
             }
-            if (ImageLuns.IsLun(targetPath) && outputKind != ImageFormat.Raw)
+            if (ImageLuns.IsLun(targetPath) && overlay != null)
             {
                 return CommandErrors.Invalid(parse, $"'{targetPath}': qcow2 images live in files; a LUN is a raw target (-O raw)");
             }
             using IBlockDevice input = ImageFiles.OpenForIo(sourcePath, sourceKind, parse.GetValue(allowBase), readOnly: true);
             long size = input.Info.SizeBytes;
             using ProgressBar? bar = parse.GetValue(progress) ? new ProgressBar(parse.Error(), "converting", showBytes: true) : null;
-            Convert(input, sourcePath, targetPath, outputKind, size, compressed, compressionType, bar, cancellationToken);
+            Convert(input, sourcePath, targetPath, overlay, conversion, size, bar, cancellationToken);
             bar?.Complete();
             return 0;
         }));
         return command;
     }
 
-    private static void Convert(IBlockDevice input, string sourceName, string targetPath, ImageFormat outputKind, long size, bool compressed, int compressionType, ProgressBar? bar, CancellationToken cancellationToken)
+    /// <summary>Writes the source into a new raw file, or into a new image of <paramref name="overlay"/> made by the format.</summary>
+    private static void Convert(IBlockDevice input, string sourceName, string targetPath, OverlayFormat? overlay, OverlayConversionOptions conversion, long size, ProgressBar? bar, CancellationToken cancellationToken)
     {
         if (ImageLuns.IsLun(targetPath))
         {
@@ -113,18 +106,19 @@ internal static class ImageConvertCommand
             // Replacing truncates the file, so first make sure nobody (QEMU, a served disk) holds it.
             FileImageDevice.Open(fullTarget, readOnly: false).Dispose();
         }
-        IBlockDevice output = outputKind == ImageFormat.Qcow2 ? CreateQcow2(fullTarget, size, compressionType) : CreateRaw(fullTarget, size);
+        OverlayConversionTarget? target = overlay?.CreateConversionTarget(fullTarget, size, conversion);
+        IBlockDevice output = target?.Device ?? CreateRaw(fullTarget, size);
         try
         {
-            if (compressed)
+            if (conversion.Compressed)
             {
-                CopyCompressed(input, sourceName, (Qcow2Image)output, targetPath, size, bar, cancellationToken);
+                CopyCompressed(input, sourceName, target!, targetPath, size, bar, cancellationToken);
             }
             else
             {
                 Copy(input, sourceName, output, targetPath, size, targetReadsZeros: true, bar, cancellationToken);
             }
-            IoStatus closed = output is IOverlayImage image ? image.Close() : output.Flush();
+            IoStatus closed = target?.Finish() ?? output.Flush();
             if (closed != IoStatus.Ok)
             {
                 throw new StorageException($"finishing '{targetPath}' failed: {closed.Describe()}");
@@ -132,18 +126,8 @@ internal static class ImageConvertCommand
         }
         finally
         {
-            output.Dispose();
+            ((IDisposable?)target ?? output).Dispose();
         }
-    }
-
-    private static Qcow2Image CreateQcow2(string path, long size, int compressionType)
-    {
-        if (size % 512 != 0)
-        {
-            throw new StorageException($"the source's size ({size} bytes) is not a multiple of 512, which a qcow2 virtual disk must be");
-        }
-        Qcow2Disk.Create(path, new Qcow2CreateOptions { VirtualSize = size, CompressionType = compressionType }, overwrite: true);
-        return Qcow2Disk.Open(path);
     }
 
     private static FileImageDevice CreateRaw(string path, long size)
@@ -199,10 +183,10 @@ internal static class ImageConvertCommand
     }
 
     /// <summary>Every cluster holding anything but zeros, compressed (qemu-img convert -c skips zero clusters too).</summary>
-    private static void CopyCompressed(IBlockDevice input, string sourceName, Qcow2Image output, string targetName, long size, ProgressBar? bar, CancellationToken cancellationToken)
+    private static void CopyCompressed(IBlockDevice input, string sourceName, OverlayConversionTarget output, string targetName, long size, ProgressBar? bar, CancellationToken cancellationToken)
     {
         using ImageChunk chunk = new();
-        int cluster = output.ClusterSize;
+        int cluster = output.CompressionUnit;
         for (long offset = 0; offset < size; offset += ImageChunk.Bytes)
         {
             cancellationToken.ThrowIfCancellationRequested();
@@ -215,10 +199,9 @@ internal static class ImageConvertCommand
                 {
                     continue;
                 }
-                IoStatus status = output.WriteCompressed(offset + at, part);
-                if (status != IoStatus.Ok)
+                if (output.WriteCompressed(offset + at, part, out string? error) != IoStatus.Ok)
                 {
-                    throw new StorageException($"writing '{targetName}' at {offset + at} failed: {output.LastError ?? status.Describe()}");
+                    throw new StorageException($"writing '{targetName}' at {offset + at} failed: {error}");
                 }
             }
             bar?.Report(offset + length, size);

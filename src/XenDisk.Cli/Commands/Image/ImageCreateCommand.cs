@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
-using XenDisk.Cow.Bitmap;
-using XenDisk.Cow.Qcow2;
+using XenDisk.Cow.Overlays;
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 
@@ -16,8 +15,6 @@ namespace XenDisk.Cli.Commands.Image;
 /// </summary>
 internal static class ImageCreateCommand
 {
-    private const string Qcow2Keys = "cluster_size, extended_l2, lazy_refcounts, refcount_bits, policy";
-    private const string BitmapKeys = "grain, preallocation";
 
     public static Command Create()
     {
@@ -63,43 +60,36 @@ internal static class ImageCreateCommand
                     return CommandErrors.Invalid(parse, $"invalid image size {sizeText}: it must be a positive multiple of 512 bytes");
                 }
             }
-            if (string.IsNullOrEmpty(baseName))
+            OverlayFormat? overlay = ImageFormats.Overlay(kind);
+            bool hasBase = !string.IsNullOrEmpty(baseName);
+            if (!hasBase && baseFormat != null)
             {
-                if (baseFormat != null)
-                {
-                    return CommandErrors.Invalid(parse, "-F gives the format of a base, but no base (-b) was given");
-                }
-                if (kind == ImageFormat.Bitmap)
-                {
-                    return CommandErrors.Invalid(parse, "a bitmap overlay needs its base: give -b BASE");
-                }
-                if (sizeText == null)
-                {
-                    return CommandErrors.Invalid(parse, "SIZE is required when there is no base (-b)");
-                }
+                return CommandErrors.Invalid(parse, "-F gives the format of a base, but no base (-b) was given");
             }
-            else if (kind == ImageFormat.Raw)
+            if (hasBase && overlay == null)
             {
                 return CommandErrors.Invalid(parse, "raw images have no base; use -f qcow2 or -f bitmap for an overlay");
             }
-            else if (kind == ImageFormat.Qcow2 && baseFormat == null)
-            {
-                return CommandErrors.Invalid(parse, "-b needs the base's format too (-F raw or -F qcow2): XenDisk never probes a base's format");
-            }
-            else if (baseFormat is not (null or "raw" or "qcow2"))
+            if (hasBase && baseFormat is not (null or "raw" or "qcow2"))
             {
                 return CommandErrors.Invalid(parse, $"unknown base format '{baseFormat}' (use raw or qcow2)");
             }
-            else if (kind == ImageFormat.Bitmap && baseFormat == "qcow2")
+            if (overlay?.BaseRefusal(hasBase, baseFormat) is { } baseRefusal)
             {
-                return CommandErrors.Invalid(parse, "a bitmap overlay's base must be raw (-F raw)");
+                return CommandErrors.Invalid(parse, baseRefusal);
+            }
+            if (!hasBase && sizeText == null)
+            {
+                return CommandErrors.Invalid(parse, "SIZE is required when there is no base (-b)");
             }
             bool lun = ImageLuns.IsLun(path);
-            if (lun && kind != ImageFormat.Bitmap)
+            if (lun && overlay == null)
             {
-                return CommandErrors.Invalid(parse, kind == ImageFormat.Qcow2
-                    ? $"'{path}': qcow2 images live in files; a LUN holds a raw disk or a bitmap overlay (-f bitmap)"
-                    : $"'{path}': a LUN is created on its target; on an existing LUN, image create makes a bitmap overlay (-f bitmap)");
+                return CommandErrors.Invalid(parse, $"'{path}': a LUN is created on its target; on an existing LUN, image create makes a bitmap overlay (-f bitmap)");
+            }
+            if (lun && overlay!.LunRefusal is { } lunRefusal)
+            {
+                return CommandErrors.Invalid(parse, $"'{path}': {lunRefusal} (-f bitmap)");
             }
             if (lun && !string.IsNullOrEmpty(baseName) && !ImageLuns.IsLun(baseName) && !Path.IsPathFullyQualified(baseName))
             {
@@ -109,9 +99,9 @@ internal static class ImageCreateCommand
             {
                 return CommandErrors.Invalid(parse, $"the base '{baseName}' is a LUN, which holds a raw disk (-F raw)");
             }
-            if (lun && ImageLuns.Probe(path) == ImageFormat.Bitmap)
+            if (lun && ImageFormats.Overlay(ImageLuns.Probe(path)) is { } held)
             {
-                return CommandErrors.Failed(parse, $"'{path}' already holds a bitmap overlay; xendisk does not overwrite images (clear its first block first: xendisk io -f raw {path} -c 'write -z 0 4k')");
+                return CommandErrors.Failed(parse, $"'{path}' already holds a {held.Name} overlay; xendisk does not overwrite images (clear its first block first: xendisk io -f raw {path} -c 'write -z 0 4k')");
             }
             if (!lun && (File.Exists(path) || Directory.Exists(path)))
             {
@@ -121,7 +111,7 @@ internal static class ImageCreateCommand
             string? basePath = null;
             if (!string.IsNullOrEmpty(baseName))
             {
-                basePath = Qcow2Disk.ResolveBackingPath(path, baseName);
+                basePath = overlay!.ResolveBasePath(path, baseName);
                 if (!ImageFiles.Exists(basePath))
                 {
                     return CommandErrors.Failed(parse, $"the base '{baseName}' ({basePath}, relative names are relative to the new image's directory) does not exist");
@@ -133,15 +123,31 @@ internal static class ImageCreateCommand
                 }
             }
 
-            int exit = kind switch
+            if (overlay == null)
             {
-                ImageFormat.Qcow2 => CreateQcow2(parse, path, virtualSize, baseName, baseFormat, settings),
-                ImageFormat.Bitmap => CreateBitmap(parse, path, virtualSize, basePath!, settings),
-                _ => CreateRaw(parse, path, virtualSize, settings),
-            };
-            if (exit != 0)
+                if (settings.Count > 0)
+                {
+                    return CommandErrors.Invalid(parse, $"raw images take no options (got '{settings.Keys.First()}')");
+                }
+                using var handle = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None);
+                RandomAccess.SetLength(handle, virtualSize);
+            }
+            else
             {
-                return exit;
+                OverlayOperationResult created = overlay.Create(path, new OverlayCreateOptions
+                {
+                    VirtualSize = virtualSize,
+                    BaseName = hasBase ? baseName : null,
+                    BaseFormat = hasBase ? baseFormat : null,
+                    BasePath = basePath,
+                    Settings = settings,
+                    ParseSize = text => SizeText.TryParse(text, out long bytes, out _) ? bytes : null,
+                    OpenStorage = (storage, storageReadOnly) => ImageFiles.OpenRawImage(storage, storageReadOnly),
+                });
+                if (!created.Succeeded)
+                {
+                    return created.Status == IoStatus.OutOfRange ? CommandErrors.Invalid(parse, created.Error!) : CommandErrors.Failed(parse, created.Error!);
+                }
             }
             ImageDescription description = ImageDescription.Read(path, kind);
             if (parse.WantsJson())
@@ -158,174 +164,13 @@ internal static class ImageCreateCommand
         return command;
     }
 
-    private static int CreateQcow2(ParseResult parse, string path, long virtualSize, string? baseName, string? baseFormat, Dictionary<string, string> settings)
-    {
-        int clusterSize = 64 * 1024;
-        bool? extendedL2 = null;
-        bool lazyRefcounts = false;
-        int refcountOrder = 4;
-        foreach ((string key, string value) in settings)
-        {
-            switch (key)
-            {
-                case "cluster_size":
-                    if (!SizeText.TryParse(value, out long cluster, out _) || cluster is < 512 or > 2 * 1024 * 1024 || !long.IsPow2(cluster))
-                    {
-                        return CommandErrors.Invalid(parse, $"cluster_size={value}: a power of two from 512 to 2M is needed");
-                    }
-                    clusterSize = (int)cluster;
-                    break;
-                case "extended_l2":
-                    if (!TryParseOnOff(value, out bool on))
-                    {
-                        return CommandErrors.Invalid(parse, $"extended_l2={value}: use on or off");
-                    }
-                    extendedL2 = on;
-                    break;
-                case "lazy_refcounts":
-                    if (!TryParseOnOff(value, out lazyRefcounts))
-                    {
-                        return CommandErrors.Invalid(parse, $"lazy_refcounts={value}: use on or off");
-                    }
-                    break;
-                case "refcount_bits":
-                    if (!int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out int bits) || bits is < 1 or > 64 || !int.IsPow2(bits))
-                    {
-                        return CommandErrors.Invalid(parse, $"refcount_bits={value}: a power of two from 1 to 64 is needed");
-                    }
-                    refcountOrder = int.Log2(bits);
-                    break;
-                case "policy":
-                    switch (value)
-                    {
-                        case "lazy":
-                            lazyRefcounts = true;
-                            break;
-                        case "flush" or "sync":
-                            // Chosen when the disk is opened (the target's policy=); nothing in the image records them.
-                            break;
-                        case "transient":
-                            return CommandErrors.Invalid(parse, "policy=transient overlays are made and thrown away by the backend when a disk opens (cow:BASE,OVERLAY,policy=transient); there is nothing to create");
-                        default:
-                            return CommandErrors.Invalid(parse, $"policy={value} is not a metadata policy (sync, flush, lazy or transient)");
-                    }
-                    break;
-                default:
-                    return CommandErrors.Invalid(parse, $"unknown qcow2 option '{key}' (known: {Qcow2Keys})");
-            }
-        }
-        try
-        {
-            Qcow2Disk.Create(path, new Qcow2CreateOptions
-            {
-                VirtualSize = virtualSize,
-                ClusterSize = clusterSize,
-                ExtendedL2 = extendedL2,
-                BackingFile = string.IsNullOrEmpty(baseName) ? null : baseName,
-                BackingFormat = string.IsNullOrEmpty(baseName) ? null : baseFormat,
-                RefcountOrder = refcountOrder,
-                LazyRefcounts = lazyRefcounts,
-            });
-        }
-        catch (ArgumentException e)
-        {
-            return CommandErrors.Invalid(parse, $"cannot create '{path}': {e.Message}");
-        }
-        return 0;
-    }
-
-    private static int CreateBitmap(ParseResult parse, string path, long virtualSize, string basePath, Dictionary<string, string> settings)
-    {
-        int grainSize = BitmapFormat.DefaultGrainSize;
-        FilePreallocation preallocation = FilePreallocation.Falloc;
-        foreach ((string key, string value) in settings)
-        {
-            if (key == "preallocation")
-            {
-                switch (value)
-                {
-                    case "off": preallocation = FilePreallocation.Off; break;
-                    case "falloc": preallocation = FilePreallocation.Falloc; break;
-                    case "full": preallocation = FilePreallocation.Full; break;
-                    default:
-                        return CommandErrors.Invalid(parse, $"preallocation={value}: off (sparse), falloc (the default: blocks allocated, nothing written) or full (zeros written: every write is then an overwrite in place)");
-                }
-                continue;
-            }
-            if (key != "grain")
-            {
-                return CommandErrors.Invalid(parse, key == "policy"
-                    ? "a bitmap overlay records no policy; choose it when the disk is opened (the target's policy=)"
-                    : $"unknown bitmap option '{key}' (known: {BitmapKeys})");
-            }
-            if (!SizeText.TryParse(value, out long grain, out _) || grain < BitmapFormat.MinimumGrainSize || grain > BitmapFormat.MaximumGrainSize || !long.IsPow2(grain))
-            {
-                return CommandErrors.Invalid(parse, $"grain={value}: a power of two from 512 to 64k is needed");
-            }
-            grainSize = (int)grain;
-        }
-        long cowSize = BitmapOverlay.RequiredCowSize(virtualSize, grainSize);
-        bool lun = ImageLuns.IsLun(path);
-        if (lun && settings.ContainsKey("preallocation"))
-        {
-            return CommandErrors.Invalid(parse, "preallocation= applies to overlay files; a LUN's blocks are its target's to allocate");
-        }
-        try
-        {
-            if (!lun)
-            {
-                OverlayFiles.CreateBitmapFile(path, cowSize, preallocation);
-            }
-        }
-        catch (StorageException e)
-        {
-            return CommandErrors.Failed(parse, e.Message);
-        }
-        try
-        {
-            IBlockDevice baseDevice = ImageFiles.OpenRawImage(basePath, readOnly: true);
-            IBlockDevice? cow = null;
-            try
-            {
-                // On a LUN, BitmapOverlay.Create refuses one smaller than cowSize, naming both sizes, and
-                // zeroes the map before it writes the header: whatever the LUN held is no longer read.
-                cow = ImageFiles.OpenRawImage(path, readOnly: false);
-                BitmapOverlay.Create(cow, baseDevice, new BitmapCreateOptions { GrainSize = grainSize, VirtualSize = virtualSize, BaseName = basePath },
-                    new BitmapOverlayOptions { OwnsDevices = true }).Dispose();
-            }
-            catch
-            {
-                cow?.Dispose();
-                baseDevice.Dispose();
-                throw;
-            }
-        }
-        catch when (!lun)
-        {
-            File.Delete(path);
-            throw;
-        }
-        return 0;
-    }
-
-    private static int CreateRaw(ParseResult parse, string path, long virtualSize, Dictionary<string, string> settings)
-    {
-        if (settings.Count > 0)
-        {
-            return CommandErrors.Invalid(parse, $"raw images take no options (got '{settings.Keys.First()}')");
-        }
-        using var handle = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None);
-        RandomAccess.SetLength(handle, virtualSize);
-        return 0;
-    }
-
-    /// <summary>The size of the disk a base presents: its length for raw, the header's virtual size for qcow2.</summary>
+    /// <summary>The size of the disk a base presents: its length for raw, the virtual size its format describes for an overlay format.</summary>
     private static long ReadVirtualSize(string basePath, string format)
     {
-        if (format == "qcow2")
+        if (OverlayFormat.Find(format) is { } overlay)
         {
             using FileImageDevice device = FileImageDevice.Open(basePath, readOnly: true);
-            return Qcow2Disk.ReadHeader(device).VirtualSize;
+            return overlay.Describe(device, basePath).VirtualSize;
         }
         using IBlockDevice raw = ImageFiles.OpenRawImage(basePath, readOnly: true, new RawDeviceOptions { DirectIo = false });
         return raw.Info.SizeBytes;
@@ -354,12 +199,6 @@ internal static class ImageCreateCommand
             }
         }
         return true;
-    }
-
-    private static bool TryParseOnOff(string value, out bool on)
-    {
-        on = value is "on" or "true" or "yes";
-        return on || value is "off" or "false" or "no";
     }
 
     private static string Describe(ImageDescription d)

@@ -1,10 +1,8 @@
 using System.CommandLine;
 using Microsoft.Extensions.Logging;
-using XenDisk.Cow.Bitmap;
 using XenDisk.Cow.Overlays;
 using XenDisk.Cow.Policies;
 using XenDisk.Cow.Provider;
-using XenDisk.Cow.Qcow2;
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 using XenDisk.Storage.Iscsi;
@@ -50,9 +48,9 @@ internal static class ImageFiles
             {
                 ImageFormat probed = ImageLuns.Probe(path);
                 format = formatName == null ? probed : format;
-                if (format == ImageFormat.Qcow2)
+                if (ImageFormats.Overlay(format)?.LunRefusal is { } refusal)
                 {
-                    exitCode = CommandErrors.Failed(parse, $"'{IscsiUrl.Redact(path)}': qcow2 images live in files; a LUN holds a raw disk or a bitmap overlay");
+                    exitCode = CommandErrors.Failed(parse, $"'{IscsiUrl.Redact(path)}': {refusal}");
                     return false;
                 }
                 return true;
@@ -99,7 +97,7 @@ internal static class ImageFiles
         {
             return false;
         }
-        overlay = OverlayFormat.Find(ImageFormats.Name(format));
+        overlay = ImageFormats.Overlay(format);
         return true;
     }
 
@@ -166,8 +164,8 @@ internal static class ImageFiles
 
     /// <summary>
     /// Opens an image for guest-style I/O through the backend's own disk provider (the same devices,
-    /// caches and checks a guest's disk gets): raw:PATH, qcow2:PATH, or a bitmap overlay as
-    /// cow:BASE,OVERLAY,format=bitmap with the base its header records. Throws <see cref="StorageException"/>.
+    /// caches and checks a guest's disk gets): raw:PATH, or an overlay as its format opens it
+    /// (<see cref="OverlayFormat.OpenForIo"/>) with the base it records. Throws <see cref="StorageException"/>.
     /// </summary>
     public static IBlockDevice OpenForIo(string path, ImageFormat format, IEnumerable<string>? allowBase, bool readOnly, ILogger? logger = null)
     {
@@ -184,7 +182,6 @@ internal static class ImageFiles
 
     private static IBlockDevice OpenThroughProvider(string path, ImageFormat format, IEnumerable<string>? allowBase, bool readOnly, ILogger? logger)
     {
-        bool lun = ImageLuns.IsLun(path);
         string fullPath = FullName(path);
         CowDiskProvider provider = new(new CowProviderOptions
         {
@@ -192,61 +189,11 @@ internal static class ImageFiles
             Logger = logger,
             RawProvider = new RawDiskProvider(new RawDiskProviderOptions { Iscsi = ImageLuns.Options() }),
         });
-        if (lun && format == ImageFormat.Bitmap)
+        if (ImageFormats.Overlay(format) is { } overlay)
         {
-            // A bitmap overlay on a LUN: its header names its base (a file or another LUN).
-            BitmapHeader lunHeader;
-            using (IBlockDevice probe = OpenImage(fullPath, readOnly: true))
-            {
-                lunHeader = BitmapOverlay.ReadHeader(probe);
-            }
-            if (lunHeader.IsStandalone)
-            {
-                IBlockDevice cow = OpenImage(fullPath, readOnly);
-                try
-                {
-                    return BitmapOverlay.Open(cow, null, new BitmapOverlayOptions { ReadOnly = readOnly, OwnsDevices = true });
-                }
-                catch
-                {
-                    cow.Dispose();
-                    throw;
-                }
-            }
-            return provider.Open(new DiskSpecification($"cow:{lunHeader.BaseName},{fullPath},format=bitmap", readOnly));
+            return overlay.OpenForIo(fullPath, readOnly, provider, (storage, storageReadOnly) => OpenRawImage(storage, storageReadOnly));
         }
-        switch (format)
-        {
-            case ImageFormat.Qcow2:
-                return provider.Open(new DiskSpecification("qcow2:" + fullPath, readOnly));
-            case ImageFormat.Bitmap:
-                BitmapHeader header;
-                using (FileImageDevice probe = FileImageDevice.Open(fullPath, readOnly: true))
-                {
-                    header = BitmapOverlay.ReadHeader(probe);
-                }
-                if (header.IsStandalone)
-                {
-                    // Hydrated: every grain is in the overlay, so no base is opened at all.
-                    IBlockDevice cow = ImageLocks.OpenRaw(fullPath, readOnly);
-                    try
-                    {
-                        return BitmapOverlay.Open(cow, null, new BitmapOverlayOptions { ReadOnly = readOnly });
-                    }
-                    catch
-                    {
-                        cow.Dispose();
-                        throw;
-                    }
-                }
-                if (header.BaseName.Length == 0 || !Path.IsPathFullyQualified(header.BaseName))
-                {
-                    throw new StorageException($"The bitmap overlay '{path}' records no absolute base path (\"{header.BaseName}\"), so its base cannot be found.");
-                }
-                return provider.Open(new DiskSpecification($"cow:{header.BaseName},{fullPath},format=bitmap", readOnly));
-            default:
-                return provider.Open(new DiskSpecification("raw:" + fullPath, readOnly));
-        }
+        return provider.Open(new DiskSpecification("raw:" + fullPath, readOnly));
     }
 
     /// <summary>

@@ -27,6 +27,9 @@ internal static class ImageFormats
         _ => "raw",
     };
 
+    /// <summary>The overlay format of <paramref name="format"/>, or null for raw (which has no overlay metadata).</summary>
+    public static OverlayFormat? Overlay(ImageFormat format) => OverlayFormat.Find(Name(format));
+
     public static bool TryParse(string? name, out ImageFormat format)
     {
         switch (name?.ToLowerInvariant())

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using XenDisk.Cow.Overlays;
 using XenDisk.Cow.Qcow2;
 using XenDisk.Storage;
 
@@ -86,7 +87,7 @@ internal static class ImageInfoCommand
             {
                 throw new StorageException($"'{currentPath}' names the backing file '{current.BackingFile}' ({next}), which is outside the allowed directories; allow it with --allow-base {Path.GetDirectoryName(next)}");
             }
-            if (!ImageFormats.TryParse(current.BackingFormat, out ImageFormat backingKind) || backingKind == ImageFormat.Bitmap)
+            if (!ImageFormats.TryParse(current.BackingFormat, out ImageFormat backingKind) || ImageFormats.Overlay(backingKind) is { CanBeBase: false })
             {
                 throw new StorageException($"'{currentPath}' records no usable backing format for '{current.BackingFile}'; formats are never probed (set it with 'qemu-img rebase -u -F raw|qcow2')");
             }

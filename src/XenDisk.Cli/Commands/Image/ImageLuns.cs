@@ -1,3 +1,4 @@
+using XenDisk.Cow.Overlays;
 using XenDisk.Service.Configuration;
 using XenDisk.Storage;
 using XenDisk.Storage.Iscsi;
@@ -32,7 +33,7 @@ internal static class ImageLuns
         return options.ReservationKey != 0 ? options : options with { ReservationKey = (ulong)Random.Shared.NextInt64(1, long.MaxValue) };
     }
 
-    /// <summary>The format a LUN holds, from its first bytes (a bitmap overlay's magic, or raw); qcow2 lives in files only.</summary>
+    /// <summary>The format a LUN holds, from its first bytes: an overlay format that lives on LUNs, or raw.</summary>
     public static ImageFormat Probe(string url)
     {
         using IscsiBlockDevice device = IscsiBlockDevice.Open(IscsiUrl.Parse(url), readOnly: true, Options());
@@ -41,6 +42,7 @@ internal static class ImageLuns
         {
             throw new StorageException($"{url}: cannot read its first block.");
         }
-        return magic.AsSpan().StartsWith(XenDisk.Cow.Bitmap.BitmapFormat.Magic) ? ImageFormat.Bitmap : ImageFormat.Raw;
+        // Only the formats that live on LUNs are recognised; any other content is a raw disk.
+        return OverlayFormat.Recognise(magic) is { LunRefusal: null } overlay && ImageFormats.TryParse(overlay.Name, out ImageFormat format) ? format : ImageFormat.Raw;
     }
 }

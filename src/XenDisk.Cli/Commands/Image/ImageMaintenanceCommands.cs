@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
 using XenDisk.Cow.Overlays;
-using XenDisk.Cow.Qcow2;
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 
@@ -45,21 +44,25 @@ internal static class ImageMaintenanceCommands
             {
                 return exitCode;
             }
-            if (kind != ImageFormat.Qcow2)
+            if (ImageFormats.Overlay(kind) is not { } overlay)
             {
                 return CommandErrors.Invalid(parse, $"'{path}' is a {ImageFormats.Name(kind)} image; snapshots stack qcow2 overlays on qcow2 images");
+            }
+            if (overlay.Refuses(OverlayFileOperation.Snapshot, path) is { } refusal)
+            {
+                return CommandErrors.Invalid(parse, refusal.Error!);
             }
             if (File.Exists(top) || Directory.Exists(top))
             {
                 return CommandErrors.Failed(parse, $"'{top}' already exists; xendisk does not overwrite images (remove it first)");
             }
-            Qcow2Operations.Snapshot(path, top);
-            ImageDescription created = ImageDescription.Read(top, ImageFormat.Qcow2);
+            overlay.Snapshot(path, top);
+            ImageDescription created = ImageDescription.Read(top, kind);
             Report(parse, new OperationReport
             {
                 Operation = "snapshot",
                 Filename = path,
-                Format = "qcow2",
+                Format = overlay.Name,
                 NewImage = top,
                 BackingFile = created.BackingFile,
                 BackingFormat = created.BackingFormat,
@@ -193,35 +196,39 @@ internal static class ImageMaintenanceCommands
             {
                 return exitCode;
             }
-            if (kind != ImageFormat.Qcow2)
+            if (ImageFormats.Overlay(kind) is not { } overlay)
             {
                 return CommandErrors.Invalid(parse, $"'{path}' is a {ImageFormats.Name(kind)} image; rebase changes the backing file of qcow2 images");
+            }
+            if (overlay.Refuses(OverlayFileOperation.Rebase, path) is { } refusal)
+            {
+                return CommandErrors.Invalid(parse, refusal.Error!);
             }
             string[] allowed = parse.GetValue(allowBase) ?? [];
             if (!parse.GetValue(unsafeMode))
             {
-                ImageFiles.CheckBase(path, OverlayFormat.Qcow2, allowed, forCommit: false);
+                ImageFiles.CheckBase(path, overlay, allowed, forCommit: false);
             }
             if (newBase.Length > 0 && !parse.GetValue(unsafeMode))
             {
-                string resolved = Qcow2Disk.ResolveBackingPath(path, newBase);
+                string resolved = overlay.ResolveBasePath(path, newBase);
                 if (!ImageFiles.BackingPolicy(path, allowed).Allows(resolved, newBase))
                 {
                     return CommandErrors.Failed(parse, $"the new base '{resolved}' is outside the image's directory; allow it with --allow-base {Path.GetDirectoryName(resolved)}");
                 }
             }
             using ProgressBar progress = new(parse.Error(), "rebasing");
-            OverlayOperationResult result = Qcow2Operations.Rebase(path, newBase.Length == 0 ? null : newBase, newBase.Length == 0 ? null : newFormat,
-                new Qcow2RebaseOptions { Unsafe = parse.GetValue(unsafeMode), Progress = progress.Callback },
-                new Qcow2FileOptions { BackingPolicy = ImageFiles.BackingPolicy(path, allowed) },
+            OverlayOperationResult result = overlay.Rebase(path,
+                new OverlayRebaseOptions { NewBase = newBase.Length == 0 ? null : newBase, NewBaseFormat = newFormat, Unsafe = parse.GetValue(unsafeMode), Progress = progress.Callback },
+                new OverlayFileOptions { BackingPolicy = ImageFiles.BackingPolicy(path, allowed) },
                 cancellationToken);
             progress.Complete();
-            ImageDescription after = ImageDescription.Read(path, ImageFormat.Qcow2);
+            ImageDescription after = ImageDescription.Read(path, kind);
             Report(parse, new OperationReport
             {
                 Operation = "rebase",
                 Filename = path,
-                Format = "qcow2",
+                Format = overlay.Name,
                 BytesCopied = result.BytesCopied,
                 BytesExamined = result.BytesExamined,
                 BackingFile = after.BackingFile,

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json.Serialization;
+using XenDisk.Cow.Overlays;
 using XenDisk.Storage;
 
 namespace XenDisk.Cli.Commands.Image;
@@ -8,17 +9,11 @@ namespace XenDisk.Cli.Commands.Image;
 /// <summary>
 /// `xendisk image measure [-O raw|qcow2] (--size SIZE | [-f FMT] IMAGE) [--json]`, as qemu-img measure:
 /// the file size a new image needs ("required size": what convert would write) and the size it
-/// reaches when every cluster is allocated ("fully allocated size"), for qcow2 with XenDisk's (and
-/// qemu-img's) defaults: 64 KiB clusters, 16-bit refcounts, no extended L2 entries.
+/// reaches when every cluster is allocated ("fully allocated size"); an overlay format estimates its
+/// own (<see cref="OverlayFormat.Measure"/>), with XenDisk's (and qemu-img's) default settings.
 /// </summary>
 internal static class ImageMeasureCommand
 {
-    private const long ClusterSize = 64 * 1024;
-    private const int RefcountOrder = 4;
-    private const long L2EntrySize = 8;
-    private const long L1EntrySize = 8;
-    private const long RefcountTableEntrySize = 8;
-
     /// <summary>The sizes, with qemu-img measure's JSON names.</summary>
     internal sealed record Measurement(
         [property: JsonPropertyName("required")] long Required,
@@ -38,9 +33,14 @@ internal static class ImageMeasureCommand
         };
         command.SetAction((parse, cancellationToken) => CommandRunner.RunAsync(parse, cancellationToken, () =>
         {
-            if (!ImageFormats.TryParse(parse.GetValue(outputFormat), out ImageFormat kind) || kind == ImageFormat.Bitmap)
+            if (!ImageFormats.TryParse(parse.GetValue(outputFormat), out ImageFormat kind))
             {
                 return CommandErrors.Invalid(parse, $"cannot measure for the format '{parse.GetValue(outputFormat)}' (use raw or qcow2)");
+            }
+            OverlayFormat? overlay = ImageFormats.Overlay(kind);
+            if (overlay?.Refuses(OverlayFileOperation.Measure, "") is { } refusal)
+            {
+                return CommandErrors.Invalid(parse, refusal.Error!);
             }
             string? sizeText = parse.GetValue(size);
             string? path = parse.GetValue(image);
@@ -57,7 +57,7 @@ internal static class ImageMeasureCommand
                     return CommandErrors.Invalid(parse, $"invalid --size '{sizeText}': {error}");
                 }
                 // qemu-img measure --size: an empty image needs only its metadata (qcow2) or all of it (raw).
-                dataBytes = kind == ImageFormat.Raw ? virtualSize : 0;
+                dataBytes = overlay == null ? virtualSize : 0;
             }
             else
             {
@@ -68,13 +68,13 @@ internal static class ImageMeasureCommand
                 using IBlockDevice source = ImageFiles.OpenForIo(path!, sourceKind, parse.GetValue(allowBase), readOnly: true);
                 virtualSize = source.Info.SizeBytes;
                 // QEMU's raw_measure: a raw target needs the whole disk whatever it holds (its holes are
-                // the file system's business); only qcow2 leaves out the clusters that read as zeros.
-                dataBytes = kind == ImageFormat.Raw ? virtualSize : DataBytes(source, path!, ClusterSize, cancellationToken);
+                // the file system's business); an overlay format leaves out the units that read as zeros.
+                dataBytes = overlay == null ? virtualSize : DataBytes(source, path!, overlay.AllocationUnit, cancellationToken);
             }
             // qcow2_measure: the source's size rounded up to whole sectors.
             virtualSize = (virtualSize + 511) / 512 * 512;
-            Measurement measurement = kind == ImageFormat.Qcow2
-                ? new Measurement(PreallocatedSize(virtualSize) - virtualSize + dataBytes, PreallocatedSize(virtualSize))
+            Measurement measurement = overlay?.Measure(virtualSize, dataBytes) is { } estimate
+                ? new Measurement(estimate.Required, estimate.FullyAllocated)
                 : new Measurement(dataBytes, virtualSize);
             if (parse.WantsJson())
             {
@@ -112,45 +112,4 @@ internal static class ImageMeasureCommand
         }
         return bytes;
     }
-
-    /// <summary>
-    /// The file size of a fully allocated qcow2 image, computed as QEMU's qcow2_calc_prealloc_size
-    /// does: one header cluster, L2 tables for every cluster (whole tables), the L1 table (whole
-    /// clusters), the refcount structure covering all of that, and the data.
-    /// </summary>
-    private static long PreallocatedSize(long virtualSize)
-    {
-        long alignedSize = (virtualSize + ClusterSize - 1) / ClusterSize * ClusterSize;
-        long metadata = ClusterSize;
-        long l2Entries = RoundUp(alignedSize / ClusterSize, ClusterSize / L2EntrySize);
-        metadata += l2Entries * L2EntrySize;
-        long l1Entries = RoundUp(l2Entries * L2EntrySize / ClusterSize, ClusterSize / L1EntrySize);
-        metadata += l1Entries * L1EntrySize;
-        metadata += RefcountMetadataSize((metadata + alignedSize) / ClusterSize);
-        return metadata + alignedSize;
-    }
-
-    /// <summary>qcow2_refcount_metadata_size: refcount blocks and table clusters for <paramref name="clusters"/>, themselves included (a fixed point).</summary>
-    private static long RefcountMetadataSize(long clusters)
-    {
-        long blocksPerTableCluster = ClusterSize / RefcountTableEntrySize;
-        long refcountsPerBlock = ClusterSize * 8 / (1 << RefcountOrder);
-        long table = 0;
-        long blocks = 0;
-        long n = 0;
-        long last;
-        do
-        {
-            last = n;
-            blocks = DivideRoundingUp(clusters + table + blocks, refcountsPerBlock);
-            table = DivideRoundingUp(blocks, blocksPerTableCluster);
-            n = clusters + blocks + table;
-        }
-        while (n != last);
-        return (blocks + table) * ClusterSize;
-    }
-
-    private static long RoundUp(long value, long multiple) => DivideRoundingUp(value, multiple) * multiple;
-
-    private static long DivideRoundingUp(long value, long divisor) => (value + divisor - 1) / divisor;
 }

@@ -1,5 +1,5 @@
 using System.CommandLine;
-using XenDisk.Cow.Qcow2;
+using XenDisk.Cow.Overlays;
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 
@@ -8,9 +8,8 @@ namespace XenDisk.Cli.Commands.Image;
 /// <summary>
 /// `xendisk image resize [-f FMT] [--shrink] IMAGE [+|-]SIZE`, as qemu-img resize: an absolute size,
 /// or a change with + or -. Shrinking drops data, so (as qemu-img requires since 2.11) it needs
-/// --shrink. A qcow2 image grows in place (its L1 table with it); shrinking qcow2 is refused, since
-/// the engine does not free clusters beyond a new end. Raw files grow and shrink; bitmap overlays
-/// track a fixed base and are refused.
+/// --shrink. Raw files grow and shrink; an overlay's format says what it can take
+/// (<see cref="OverlayFormat.Resize"/>) and refuses the rest with the reason.
 /// </summary>
 internal static class ImageResizeCommand
 {
@@ -37,35 +36,27 @@ internal static class ImageResizeCommand
             {
                 return exitCode;
             }
-            if (kind == ImageFormat.Bitmap)
-            {
-                return CommandErrors.Failed(parse, $"'{path}' is a bitmap overlay, whose size is its base's; resize the base and make a new overlay");
-            }
             string fullPath = Path.GetFullPath(path);
-            if (kind == ImageFormat.Qcow2)
+            if (ImageFormats.Overlay(kind) is { } overlay)
             {
-                using Qcow2Image qcow2 = Qcow2Disk.Open(fullPath, new Qcow2OpenOptions { BackingPolicy = ImageFiles.BackingPolicy(path, null) });
-                long newSize = Target(qcow2.Info.SizeBytes, sign, amount);
-                if (!Allowed(parse, qcow2.Info.SizeBytes, newSize, parse.GetValue(shrink), out int refused))
+                if (overlay.Refuses(OverlayFileOperation.Resize, path) is { } refusal)
+                {
+                    return CommandErrors.Failed(parse, refusal.Error!);
+                }
+                int refused = 0;
+                OverlayOperationResult result = overlay.Resize(path, current =>
+                {
+                    long target = Target(current, sign, amount);
+                    return Allowed(parse, current, target, parse.GetValue(shrink), out refused) ? target : null;
+                }, new OverlayFileOptions { BackingPolicy = ImageFiles.BackingPolicy(path, null) });
+                if (refused != 0)
                 {
                     return refused;
                 }
-                if (newSize < qcow2.Info.SizeBytes)
+                if (!result.Succeeded)
                 {
-                    return CommandErrors.Failed(parse, "shrinking a qcow2 image is not supported (the engine does not free clusters beyond a new end); convert it and resize the raw copy");
-                }
-                if (newSize % 512 != 0)
-                {
-                    return CommandErrors.Invalid(parse, $"the new size ({newSize} bytes) must be a multiple of 512");
-                }
-                IoStatus status = qcow2.Resize(newSize);
-                if (status == IoStatus.Ok)
-                {
-                    status = qcow2.Close();
-                }
-                if (status != IoStatus.Ok)
-                {
-                    return CommandErrors.Failed(parse, $"resizing '{path}' failed: {qcow2.LastError ?? status.Describe()}");
+                    // A size the format cannot take is the operator's to change; anything else failed.
+                    return result.Status == IoStatus.OutOfRange ? CommandErrors.Invalid(parse, result.Error!) : CommandErrors.Failed(parse, result.Error!);
                 }
             }
             else
