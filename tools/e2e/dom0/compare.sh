@@ -48,8 +48,11 @@ start_toolstack
 # QEMU for qdisk starts inside emulated dom0; libxl's default of 60 s for it to come up is too short there.
 export LIBXL_DEVICE_MODEL_START_TIMEOUT=600
 
-# One raw file for every backend, written in full so that no run pays for allocating it.
+# One raw file for every backend, written in full so that no run pays for allocating it. The images
+# get a RAM file system of their own: dom0's root file system, which holds the unpacked image and the
+# guest's ramdisk, has no room left for the raw file and a bitmap overlay of its full size.
 mkdir -p $images
+mount -t tmpfs -o size=320m tmpfs $images
 bench_mib=128
 if dd if=/dev/zero of=$images/bench.img bs=1M count=$bench_mib status=none && losetup /dev/loop0 $images/bench.img; then
     pass bench-image

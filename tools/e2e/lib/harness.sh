@@ -281,7 +281,8 @@ build_xendisk_layer() {
 build_qdisk_layer() {
   local stage="$build/qdisk"
   layer_begin "$stage"
-  stage_copy "$stage" usr/libexec/xen-qemu-system-i386 || return 1
+  # QEMU reads its keymap at start even with -vnc none (libxl's arguments for a PV guest).
+  stage_copy "$stage" usr/libexec/xen-qemu-system-i386 usr/share/qemu/keymaps/en-us || return 1
   layer_pack "$stage" "$build/dom0" "$build/qdisk.cpio.gz"
 }
 
