@@ -1,7 +1,7 @@
-# Host side of the real-Xen runs (bash; sourced by tools/e2e/run and tools/e2e/compare): the pinned
-# Debian packages, the initramfs images, the XenDisk layer, and one QEMU boot whose dom0 markers
-# become step lines. The caller sets the option variables below, then calls prepare_images (and
-# prepare_xendisk for a scenario that needs XenDisk) and boot. See docs/E2E.md.
+# Host side of the real-Xen runs (bash; sourced by tools/e2e/run, tools/e2e/compare and
+# tools/e2e/soak): the pinned Debian packages, the initramfs images, the XenDisk layer, and one QEMU
+# boot whose dom0 markers become step lines. The caller sets the option variables below, then calls
+# prepare_images (and prepare_xendisk for a scenario that needs XenDisk) and boot. See docs/E2E.md.
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 e2e="$repo/tools/e2e"
@@ -233,7 +233,7 @@ build_dom0() {
   cp "$build/domU.cpio" "$build/fio.cpio" "$stage/guest/"
   install -m 755 "$e2e/dom0/init" "$stage/init"
   mkdir -p "$stage/usr/lib/e2e"
-  install -m 644 "$e2e/dom0/lib.sh" "$e2e/dom0/checks.sh" "$e2e/dom0/compare.sh" "$stage/usr/lib/e2e/"
+  install -m 644 "$e2e/dom0/lib.sh" "$e2e/dom0/checks.sh" "$e2e/dom0/compare.sh" "$e2e/dom0/soak.sh" "$stage/usr/lib/e2e/"
   pack "$stage" "$build/dom0.cpio.gz"
 }
 
