@@ -14,6 +14,7 @@ kernel_version= # from the pins, see kernel_version()
 
 # Options the caller may change before prepare_images.
 qemu_timeout=3600
+qemu_memory=2048 # MiB for the whole machine: Xen, dom0's 1 GiB and the guests
 repin=false
 xendisk_mode=none # none | publish | dir
 xendisk_dir=
@@ -326,7 +327,7 @@ boot() {
   # it. Sparse, and removed after the boot.
   local disk="$build/dom0-disk-$scenario.img"
   rm -f "$disk" && truncate -s 1G "$disk"
-  timeout --kill-after=10 "$qemu_timeout" qemu-system-x86_64 -accel tcg -machine pc -m 2048 -smp 2 \
+  timeout --kill-after=10 "$qemu_timeout" qemu-system-x86_64 -accel tcg -machine pc -m "$qemu_memory" -smp 2 \
     -display none -no-reboot -monitor none -serial "file:$dir/serial.log" \
     -drive "file=$disk,format=raw,if=ide,index=0,media=disk" \
     -kernel "$build/xen" -append "$xen_args" -initrd "$build/vmlinuz ${dom0_args% },$initrd" \
