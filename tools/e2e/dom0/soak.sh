@@ -210,7 +210,11 @@ detach_attach() {
     k=0
     while xenstore-read "/local/domain/0/backend/vbd/$domid/51728/state" >/dev/null 2>&1; do k=$((k + 1)); [ $k -gt 30 ] && break; sleep 1; done
     if ! soak_follow "$1" "GUEST: WAIT attach-xvdb-$n\$" 300; then fail "$2" "$1 still sees xvdb after the detach"; return 1; fi
-    if ! xl block-attach "$1" "$(cat "/tmp/disk-b-$1")" >/tmp/xl-attach.log 2>&1; then show /tmp/xl-attach.log; fail "$2" "xl block-attach failed"; return 1; fi
+    if ! xl block-attach "$1" "$(cat "/tmp/disk-b-$1")" >/tmp/xl-attach.log 2>&1; then
+        # libxl gives the new backend device 10 s to reach InitWait; the service's side of it is in its log.
+        show /tmp/xl-attach.log; show /var/log/xendisk.log 40
+        fail "$2" "xl block-attach failed"; return 1
+    fi
     if soak_follow "$1" "GUEST: PASS soak-xvdb-back-$n\$" 600; then
         detaches=$((detaches + 1)); pass "$2"
     else
