@@ -168,15 +168,18 @@ start_guests() {
 }
 # stop_guests PHASE: asks every guest to stop after its current pass; they report and power off.
 stop_guests() {
-    for g in $names; do guest_running $g && write_data $g soak-stop 1; done
-    if soak_follow "$names" 'GUEST: DONE$' 900; then
+    running=
+    for g in $names; do guest_running $g && { write_data $g soak-stop 1; running="$running $g"; }; done
+    all_ran=yes
+    [ "$running" = " $names" ] || { all_ran=no; fail $1-guests-poweroff "not every guest was running at the stop (running:${running:- none})"; }
+    if [ -z "$running" ] || soak_follow "$running" 'GUEST: DONE$' 900; then
         gone=yes
-        for g in $names; do
+        for g in $running; do
             n=0
             while guest_running $g; do n=$((n + 1)); [ $n -gt 120 ] && break; sleep 1; done
             guest_running $g && gone=no
         done
-        if [ $gone = yes ]; then pass $1-guests-poweroff; else fail $1-guests-poweroff "a guest still exists 120 s after its last line"; fi
+        if [ $gone = no ]; then fail $1-guests-poweroff "a guest still exists 120 s after its last line"; elif [ $all_ran = yes ]; then pass $1-guests-poweroff; fi
     else
         fail $1-guests-poweroff "not every guest finished within 900 s of the stop request"
     fi
@@ -191,11 +194,18 @@ request_reboot() {
     write_data "$1" soak-reboot 1
 }
 reboot_done() {
-    if soak_follow "$1" "GUEST: DATA soak-boot=$next_boot\$" 900 && soak_follow "$1" 'GUEST: WAIT soak$' 60; then
-        reboots=$((reboots + 1)); pass "$2"
-    else
-        fail "$2" "$1 did not come back as boot $next_boot within 900 s"
-    fi
+    waited=0 missing=0
+    while ! soak_follow "$1" "GUEST: DATA soak-boot=$next_boot\$" 30; do
+        waited=$((waited + 30))
+        # xl's daemon recreates the domain; when it cannot (a device not added in time), the domain is gone.
+        if guest_running "$1"; then missing=0; else missing=$((missing + 1)); fi
+        if [ $missing -ge 3 ] || [ $waited -ge 900 ]; then
+            show "/var/log/xen/xl-$1.log" 20; show /var/log/xendisk.log 40
+            fail "$2" "$1 did not come back as boot $next_boot ($waited s; domain $(guest_running "$1" && echo exists || echo gone))"
+            return 1
+        fi
+    done
+    reboots=$((reboots + 1)); pass "$2"
 }
 # detach_attach NAME STEP: the guest puts a marker on xvdb and lets go of it; dom0 detaches xvdb
 # (the backend device goes), attaches it again (a new backend device over the same overlay), and the
