@@ -1,7 +1,7 @@
-# Host side of the real-Xen runs (bash; sourced by tools/e2e/run and tools/e2e/compare): the pinned
-# Debian packages, the initramfs images, the XenDisk layer, and one QEMU boot whose dom0 markers
-# become step lines. The caller sets the option variables below, then calls prepare_images (and
-# prepare_xendisk for a scenario that needs XenDisk) and boot. See docs/E2E.md.
+# Host side of the real-Xen runs (bash; sourced by tools/e2e/run, tools/e2e/compare and
+# tools/e2e/soak): the pinned Debian packages, the initramfs images, the XenDisk layer, and one QEMU
+# boot whose dom0 markers become step lines. The caller sets the option variables below, then calls
+# prepare_images (and prepare_xendisk for a scenario that needs XenDisk) and boot. See docs/E2E.md.
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 e2e="$repo/tools/e2e"
@@ -14,6 +14,7 @@ kernel_version= # from the pins, see kernel_version()
 
 # Options the caller may change before prepare_images.
 qemu_timeout=3600
+qemu_memory=2048 # MiB for the whole machine: Xen, dom0's 1 GiB and the guests
 repin=false
 xendisk_mode=none # none | publish | dir
 xendisk_dir=
@@ -233,7 +234,7 @@ build_dom0() {
   cp "$build/domU.cpio" "$build/fio.cpio" "$stage/guest/"
   install -m 755 "$e2e/dom0/init" "$stage/init"
   mkdir -p "$stage/usr/lib/e2e"
-  install -m 644 "$e2e/dom0/lib.sh" "$e2e/dom0/checks.sh" "$e2e/dom0/compare.sh" "$stage/usr/lib/e2e/"
+  install -m 644 "$e2e/dom0/lib.sh" "$e2e/dom0/checks.sh" "$e2e/dom0/compare.sh" "$e2e/dom0/soak.sh" "$stage/usr/lib/e2e/"
   pack "$stage" "$build/dom0.cpio.gz"
 }
 
@@ -337,7 +338,7 @@ boot() {
   # it. Sparse, and removed after the boot.
   local disk="$build/dom0-disk-$scenario.img"
   rm -f "$disk" && truncate -s 1G "$disk"
-  timeout --kill-after=10 "$qemu_timeout" qemu-system-x86_64 -accel tcg -machine pc -m 2048 -smp 2 \
+  timeout --kill-after=10 "$qemu_timeout" qemu-system-x86_64 -accel tcg -machine pc -m "$qemu_memory" -smp 2 \
     -display none -no-reboot -monitor none -serial "file:$dir/serial.log" \
     -drive "file=$disk,format=raw,if=ide,index=0,media=disk" \
     -kernel "$build/xen" -append "$xen_args" -initrd "$build/vmlinuz ${dom0_args% },$initrd" \
