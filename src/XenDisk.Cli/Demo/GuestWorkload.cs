@@ -120,7 +120,7 @@ internal sealed record GuestWorkloadResult(
             queues.Sum(q => q.BytesRead) / MiB / seconds, queues.Sum(q => q.BytesWritten) / MiB / seconds, requests / seconds, operations);
     }
 
-    /// <summary>Percentiles are the upper bounds of power-of-two latency buckets; the maximum is exact.</summary>
+    /// <summary>Percentiles are the upper bounds of power-of-two latency buckets, capped at the exact maximum.</summary>
     private static OperationSummary Summarize(string operation, IEnumerable<LatencyHistogram> queues, long bytes)
     {
         var latency = new LatencyHistogram();
@@ -129,8 +129,8 @@ internal sealed record GuestWorkloadResult(
             latency.Add(queue);
         }
 
-        return new OperationSummary(operation, latency.TotalCount, bytes,
-            latency.Percentile(50).TotalMicroseconds, latency.Percentile(90).TotalMicroseconds, latency.Percentile(99).TotalMicroseconds,
-            latency.Percentile(99.9).TotalMicroseconds, latency.Max.TotalMicroseconds);
+        double max = latency.Max.TotalMicroseconds;
+        double Percentile(double percentile) => Math.Min(latency.Percentile(percentile).TotalMicroseconds, max);
+        return new OperationSummary(operation, latency.TotalCount, bytes, Percentile(50), Percentile(90), Percentile(99), Percentile(99.9), max);
     }
 }
