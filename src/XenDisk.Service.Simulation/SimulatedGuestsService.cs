@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
@@ -64,10 +63,8 @@ internal sealed class SimulatedGuestsService : IHostedService
     /// <summary>xvda, the virtual-device number libxl gives a guest's first disk.</summary>
     private const int GuestDeviceId = 51712;
 
-    private const int SectorSize = BlkifLimits.SectorSize;
-
-    /// <summary>Requests of up to 32 KiB: several segments, sometimes more than a direct request carries.</summary>
-    private const int MaxSectorsPerOperation = 64;
+    /// <summary>Requests of up to 32 KiB (eight pages): several segments, as a guest's page cache sends them.</summary>
+    private const int MaxPagesPerRequest = 8;
 
     /// <summary>A flush after this many verified writes, so flush latency shows up in the metrics too.</summary>
     private const int WritesPerFlush = 8;
@@ -128,7 +125,7 @@ internal sealed class SimulatedGuestsService : IHostedService
             SimulationLog.GuestAttached(_logger, name, domain.Id, target, GuestDeviceId, frontend.QueueCount,
                 negotiated.PersistentGrants, negotiated.IndirectSegments);
             var guest = new Guest(name, domain, attachment, frontend);
-            guest.Workload = Task.Run(() => RunWorkloadAsync(guest, seed: i + 1, _stop.Token), CancellationToken.None);
+            StartWorkload(guest, seed: (ulong)i + 1);
             _guests.Add(guest);
         }
     }
@@ -138,12 +135,26 @@ internal sealed class SimulatedGuestsService : IHostedService
         await _stop.CancelAsync().ConfigureAwait(false);
         foreach (Guest guest in _guests)
         {
-            if (guest.Workload is not null)
+            long operations = 0, verified = 0, mismatches = 0, errors = 0;
+            for (int q = 0; q < guest.Runs.Count; q++)
             {
-                await guest.Workload.ConfigureAwait(false);
+                try
+                {
+                    LoadGeneratorResult result = await guest.Runs[q].ConfigureAwait(false);
+                    operations += result.Completions;
+                    verified += result.BytesVerified;
+                    mismatches += result.Mismatches;
+                    errors += result.Errors + result.SubmitFailures;
+                }
+                catch (Exception e) when (e is InvalidOperationException or XenException)
+                {
+                    SimulationLog.GuestWorkloadFailed(_logger, guest.Name, e);
+                }
+
+                guest.Generators[q].Dispose();
             }
 
-            SimulationLog.GuestDetached(_logger, guest.Name, guest.Operations, guest.BytesVerified, guest.Mismatches, guest.Errors);
+            SimulationLog.GuestDetached(_logger, guest.Name, operations, verified, mismatches, errors);
             try
             {
                 await guest.Frontend.DisconnectAsync().WaitAsync(DetachTimeout, cancellationToken).ConfigureAwait(false);
@@ -164,79 +175,42 @@ internal sealed class SimulatedGuestsService : IHostedService
     }
 
     /// <summary>
-    /// Each round: write a pattern derived from (sector, round) to a random range, read it back into a
-    /// poisoned buffer and compare; every <see cref="WritesPerFlush"/> rounds a flush. Ranges are
-    /// aligned to 4 KiB so requests map to whole pages as a guest's page cache would send them.
+    /// One verifying workload per queue, each over its own part of the disk, one request at a time:
+    /// each round writes a pattern derived from (sector, round) to 1..8 pages, reads it back into the
+    /// poisoned pages and compares, flushes every <see cref="WritesPerFlush"/> rounds, then pauses.
     /// </summary>
-    private async Task RunWorkloadAsync(Guest guest, int seed, CancellationToken cancellationToken)
+    private void StartWorkload(Guest guest, ulong seed)
     {
-        var random = new Random(seed);
-        byte[] written = new byte[MaxSectorsPerOperation * SectorSize];
-        byte[] read = new byte[written.Length];
-        long sectors = (long)guest.Frontend.Sectors;
-        TimeSpan pause = TimeSpan.FromMilliseconds(_settings.PauseMilliseconds);
-        bool reported = false;
-        try
+        int queues = guest.Frontend.QueueCount;
+        long share = (long)guest.Frontend.Sectors / queues;
+        int reported = 0;
+        for (int q = 0; q < queues; q++)
         {
-            for (long round = 1; !cancellationToken.IsCancellationRequested; round++)
+            var generator = new FrontendLoadGenerator(guest.Frontend, new LoadGeneratorOptions
             {
-                int count = 8 * random.Next(1, (MaxSectorsPerOperation / 8) + 1);
-                long sector = 8 * random.NextInt64(0, (sectors - count) / 8);
-                Memory<byte> data = written.AsMemory(0, count * SectorSize);
-                Memory<byte> back = read.AsMemory(0, count * SectorSize);
-                FillPattern(data.Span, sector, round);
-                short status = await guest.Frontend.WriteAsync(sector, data).ConfigureAwait(false);
-                if (status == BlkifStatus.Okay)
+                Queue = q,
+                Depth = 1,
+                FirstSector = q * share,
+                SectorCount = share,
+                Seed = seed,
+                ReadPercent = 0,
+                WritePercent = 100,
+                ReadBackWrites = true,
+                PagesPerRequest = MaxPagesPerRequest,
+                VariableRequestSize = true,
+                FlushEveryRounds = WritesPerFlush,
+                PauseBetweenRounds = TimeSpan.FromMilliseconds(_settings.PauseMilliseconds),
+                MismatchObserved = sector => SimulationLog.GuestMismatch(_logger, guest.Name, sector),
+                ErrorObserved = status =>
                 {
-                    back.Span.Fill(0xCC);
-                    status = await guest.Frontend.ReadAsync(sector, back).ConfigureAwait(false);
-                }
-
-                if (status == BlkifStatus.Okay && round % WritesPerFlush == 0)
-                {
-                    status = await guest.Frontend.FlushAsync().ConfigureAwait(false);
-                }
-
-                guest.Operations++;
-                if (status != BlkifStatus.Okay)
-                {
-                    guest.Errors++;
-                    if (!reported)
+                    if (Interlocked.Exchange(ref reported, 1) == 0)
                     {
-                        reported = true;
                         SimulationLog.GuestRequestFailed(_logger, guest.Name, status);
                     }
-                }
-                else if (!back.Span.SequenceEqual(data.Span))
-                {
-                    guest.Mismatches++;
-                    SimulationLog.GuestMismatch(_logger, guest.Name, sector);
-                }
-                else
-                {
-                    guest.BytesVerified += data.Length;
-                }
-
-                if (pause > TimeSpan.Zero)
-                {
-                    await Task.Delay(pause, cancellationToken).ConfigureAwait(false);
-                }
-            }
-        }
-        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
-        {
-        }
-        catch (Exception e)
-        {
-            SimulationLog.GuestWorkloadFailed(_logger, guest.Name, e);
-        }
-    }
-
-    private static void FillPattern(Span<byte> data, long sector, long round)
-    {
-        for (int offset = 0; offset < data.Length; offset += sizeof(long))
-        {
-            BinaryPrimitives.WriteInt64LittleEndian(data[offset..], ((sector * SectorSize) + offset) ^ (round << 40));
+                },
+            });
+            guest.Generators.Add(generator);
+            guest.Runs.Add(generator.RunVerifyingAsync(Timeout.InfiniteTimeSpan, _stop.Token));
         }
     }
 
@@ -250,14 +224,8 @@ internal sealed class SimulatedGuestsService : IHostedService
 
         public BlockFrontend Frontend { get; } = frontend;
 
-        public Task? Workload { get; set; }
+        public List<FrontendLoadGenerator> Generators { get; } = [];
 
-        public long Operations { get; set; }
-
-        public long BytesVerified { get; set; }
-
-        public long Mismatches { get; set; }
-
-        public long Errors { get; set; }
+        public List<Task<LoadGeneratorResult>> Runs { get; } = [];
     }
 }

@@ -42,6 +42,33 @@ public sealed record LoadGeneratorOptions
 
     /// <summary>Stop each slot once the stream has passed the end of the region (one pass), instead of wrapping.</summary>
     public bool SinglePass { get; init; }
+
+    /// <summary>Verifying mode: each request moves 1..<see cref="PagesPerRequest"/> pages, drawn from the
+    /// slot's stream, instead of always <see cref="PagesPerRequest"/>.</summary>
+    public bool VariableRequestSize { get; init; }
+
+    /// <summary>With <see cref="VariableRequestSize"/>: three requests in four draw 1..this many pages
+    /// and only the fourth up to <see cref="PagesPerRequest"/> (a page cache's mostly small requests).</summary>
+    public int? SmallPagesPerRequest { get; init; }
+
+    /// <summary>Verifying mode: every successful write is read back at once and compared (a round).</summary>
+    public bool ReadBackWrites { get; init; }
+
+    /// <summary>Verifying mode: a flush after every this many rounds (0: never), so flushes interleave with data.</summary>
+    public int FlushEveryRounds { get; init; }
+
+    /// <summary>Verifying mode: the round every block holds before the run (0: zeros, a blank disk), as
+    /// written by <see cref="FrontendLoadGenerator.FillPattern"/>, e.g. a golden base under an overlay.</summary>
+    public uint InitialGeneration { get; init; }
+
+    /// <summary>Verifying mode: a slot waits this long between rounds (a light, steady load rather than a saturating one).</summary>
+    public TimeSpan PauseBetweenRounds { get; init; }
+
+    /// <summary>Called on the completion thread with the first sector of a block that read back wrong.</summary>
+    public Action<long>? MismatchObserved { get; init; }
+
+    /// <summary>Called on the completion thread with the status of every request that failed.</summary>
+    public Action<short>? ErrorObserved { get; init; }
 }
 
 /// <summary>The outcome of a run.</summary>
@@ -56,7 +83,12 @@ public sealed record LoadGeneratorResult(
     TimeSpan Elapsed,
     LatencyHistogram Latency,
     long BytesVerified,
-    long Mismatches)
+    long Mismatches,
+    long BytesDiscarded,
+    LatencyHistogram ReadLatency,
+    LatencyHistogram WriteLatency,
+    LatencyHistogram FlushLatency,
+    LatencyHistogram DiscardLatency)
 {
     public double CompletionsPerSecond => Elapsed > TimeSpan.Zero ? Completions / Elapsed.TotalSeconds : 0;
 }
@@ -67,8 +99,12 @@ public sealed record LoadGeneratorResult(
 /// ascending stream, each slot resubmitting from the completion thread as soon as its answer
 /// arrives. Every slot owns its pages, granted once (from the persistent pool), and its segment
 /// list, so the steady state allocates nothing on the frontend side.
-/// The verifying mode (single-page requests) gives each slot its own part of the region and, per
-/// 4 KiB block, writes a pattern derived from (sector, generation), reads it back and compares.
+/// The verifying mode gives each slot its own part of the region and a model of it (the round, or
+/// generation, each 4 KiB block was last written in; 0 for zeros). Writes fill each block with a
+/// pattern derived from (sector, round), reads land in poisoned pages and are compared with the
+/// model, discards reset it to zeros; with <see cref="LoadGeneratorOptions.ReadBackWrites"/> each
+/// write is read back at once, and flushes and pauses come between rounds if asked. A slot has one
+/// request in flight and sole use of its blocks, so the model is exact: any difference is a data error.
 /// Ownership: the pages go back to the frontend's pool on <see cref="Dispose"/>; the pool ends
 /// their grants when the frontend disconnects. One run at a time.
 /// </summary>
@@ -84,12 +120,14 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
     private readonly long _blocks;
     private readonly int _sectorsPerRequest;
     private readonly long _regionSectors;
+    private readonly long _sharePages;
+    private readonly Timer[] _pauseTimers;
     private long _streamCursor;
     private bool _verifying;
     private volatile bool _stopRequested;
     private int _active;
     private TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private LatencyHistogram _latency = new();
+    private LatencyHistogram[] _latency = NewHistograms();
     private long _completions;
     private long _errors;
     private long _bytesRead;
@@ -99,6 +137,7 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
     private long _submitFailures;
     private long _bytesVerified;
     private long _mismatches;
+    private long _bytesDiscarded;
 
     public FrontendLoadGenerator(BlockFrontend frontend, LoadGeneratorOptions? options = null)
     {
@@ -137,9 +176,11 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
             throw new ArgumentOutOfRangeException(nameof(options), "The region needs at least one request's worth of blocks per slot.");
         }
 
+        _sharePages = _regionSectors / SectorsPerBlock / depth;
         _slots = new Slot[depth];
         for (int i = 0; i < depth; i++)
         {
+            _slots[i].Count = pages;
             _slots[i].Pages = new GrantedPage[pages];
             _slots[i].Segments = new BlkifRequestSegment[pages];
             for (int p = 0; p < pages; p++)
@@ -150,6 +191,16 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
 
             _slots[i].Random = SlotStream(_options.Seed, i);
         }
+
+        if (_options.DiscardPercent > 0 && !frontend.NegotiatedFrontendFeatures.Discard)
+        {
+            throw new ArgumentException("The backend offers no discard.", nameof(options));
+        }
+
+        // One timer per slot, made once: a pause between rounds then costs no allocation either.
+        _pauseTimers = _options.PauseBetweenRounds > TimeSpan.Zero
+            ? Enumerable.Range(0, depth).Select(i => new Timer(static state => ((PausedSlot)state!).Resume(), new PausedSlot(this, i), Timeout.Infinite, Timeout.Infinite)).ToArray()
+            : [];
     }
 
     public int Depth => _slots.Length;
@@ -158,12 +209,24 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
     public Task<LoadGeneratorResult> RunAsync(TimeSpan duration, CancellationToken cancellationToken = default) =>
         RunCoreAsync(duration, verifying: false, cancellationToken);
 
-    /// <summary>Write-then-read-back of patterns for <paramref name="duration"/>; mismatches are counted.</summary>
+    /// <summary>
+    /// The mix for <paramref name="duration"/> (<see cref="Timeout.InfiniteTimeSpan"/>: until
+    /// <paramref name="cancellationToken"/>), every read checked against the slots' models; mismatches are counted.
+    /// </summary>
     public Task<LoadGeneratorResult> RunVerifyingAsync(TimeSpan duration, CancellationToken cancellationToken = default)
     {
-        if (_options.PagesPerRequest != 1 || _options.StrideSectors is not null)
+        if (_options.StrideSectors is not null)
         {
-            throw new InvalidOperationException("The verifying mode issues single-page requests over each slot's own share of the region.");
+            throw new InvalidOperationException("The verifying mode goes at random places of each slot's own share of the region.");
+        }
+
+        for (int i = 0; i < _slots.Length; i++)
+        {
+            if (_slots[i].Model is null)
+            {
+                _slots[i].Model = new uint[_sharePages];
+                Array.Fill(_slots[i].Model, _options.InitialGeneration);
+            }
         }
 
         return RunCoreAsync(duration, verifying: true, cancellationToken);
@@ -174,6 +237,11 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
         if (_active > 0)
         {
             throw new InvalidOperationException("A run is in progress.");
+        }
+
+        foreach (Timer timer in _pauseTimers)
+        {
+            timer.Dispose();
         }
 
         foreach (Slot slot in _slots)
@@ -188,18 +256,25 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
     void IRequestCompletion.OnCompleted(int token, short status)
     {
         ref Slot slot = ref _slots[token];
-        _latency.Record(Stopwatch.GetTimestamp() - slot.StartTimestamp);
+        _latency[slot.Operation switch
+        {
+            BlkifOperation.Read => 0,
+            BlkifOperation.Write => 1,
+            BlkifOperation.FlushDiskCache => 2,
+            _ => 3,
+        }].Record(Stopwatch.GetTimestamp() - slot.StartTimestamp);
         _completions++;
         bool ok = status == BlkifStatus.Okay;
         if (!ok)
         {
             _errors++;
+            _options.ErrorObserved?.Invoke(status);
         }
 
         switch (slot.Operation)
         {
             case BlkifOperation.Read when ok:
-                _bytesRead += (long)_sectorsPerRequest * BlkifLimits.SectorSize;
+                _bytesRead += (long)slot.Count * XenPage.Size;
                 if (_verifying)
                 {
                     Verify(ref slot);
@@ -207,13 +282,27 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
 
                 break;
             case BlkifOperation.Write when ok:
-                _bytesWritten += (long)_sectorsPerRequest * BlkifLimits.SectorSize;
+                _bytesWritten += (long)slot.Count * XenPage.Size;
+                if (_verifying)
+                {
+                    slot.Model.AsSpan(slot.ModelIndex, slot.Count).Fill(slot.Generation);
+                }
+
                 break;
             case BlkifOperation.FlushDiskCache:
                 _flushes++;
                 break;
             case BlkifOperation.Discard:
                 _discards++;
+                if (ok)
+                {
+                    _bytesDiscarded += (long)slot.Count * XenPage.Size;
+                    if (_verifying)
+                    {
+                        slot.Model.AsSpan(slot.ModelIndex, slot.Count).Clear();
+                    }
+                }
+
                 break;
         }
 
@@ -223,11 +312,27 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
             return;
         }
 
-        if (_verifying && slot.Operation == BlkifOperation.Write && ok)
+        if (!_verifying)
         {
-            // Read the block just written back into the same page, poisoned first so that a read that moves no data cannot pass.
-            slot.Pages[0].Page.Span.Fill(VerifyPoison);
+            SubmitNext(token);
+        }
+        else if (slot.Operation == BlkifOperation.Write && ok && _options.ReadBackWrites)
+        {
+            // Read the blocks just written back into the same pages, poisoned first so that a read that moves no data cannot pass.
+            for (int p = 0; p < slot.Count; p++)
+            {
+                slot.Pages[p].Page.Span.Fill(VerifyPoison);
+            }
+
             Submit(token, BlkifOperation.Read);
+        }
+        else if (slot.Operation == BlkifOperation.Read && ok && _options.FlushEveryRounds > 0 && slot.Generation % (uint)_options.FlushEveryRounds == 0)
+        {
+            Submit(token, BlkifOperation.FlushDiskCache);
+        }
+        else if (_pauseTimers.Length > 0)
+        {
+            _pauseTimers[token].Change(_options.PauseBetweenRounds, Timeout.InfiniteTimeSpan);
         }
         else
         {
@@ -250,7 +355,6 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
         for (int i = 0; i < _slots.Length; i++)
         {
             _slots[i].Generation++;
-            _slots[i].Cursor = 0;
             SubmitNext(i);
         }
 
@@ -264,31 +368,32 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
         _stopRequested = true;
         await _done.Task.ConfigureAwait(false);
         TimeSpan elapsed = Stopwatch.GetElapsedTime(start);
+        var latency = new LatencyHistogram();
+        foreach (LatencyHistogram histogram in _latency)
+        {
+            latency.Add(histogram);
+        }
+
         return new LoadGeneratorResult(_completions, _errors, _bytesRead, _bytesWritten, _flushes, _discards,
-            Interlocked.Read(ref _submitFailures), elapsed, _latency, _bytesVerified, _mismatches);
+            Interlocked.Read(ref _submitFailures), elapsed, latency, _bytesVerified, _mismatches, _bytesDiscarded,
+            _latency[0], _latency[1], _latency[2], _latency[3]);
     }
 
     private void SubmitNext(int index)
     {
         ref Slot slot = ref _slots[index];
-        if (_verifying)
-        {
-            // Each slot walks its own share of the region, so no two slots ever touch the same block.
-            long share = _blocks / _slots.Length;
-            long block = (index * share) + (slot.Cursor++ % share);
-            slot.Sector = _options.FirstSector + (block * SectorsPerBlock);
-            slot.Generation++;
-            FillPattern(slot.Pages[0].Page.Span, slot.Sector, slot.Generation);
-            Submit(index, BlkifOperation.Write);
-            return;
-        }
-
         ulong random = NextRandom(ref slot.Random);
         int pick = (int)(random % 100);
         byte operation = pick < _options.ReadPercent ? BlkifOperation.Read
             : pick < _options.ReadPercent + _options.WritePercent ? BlkifOperation.Write
             : pick < _options.ReadPercent + _options.WritePercent + _options.FlushPercent ? BlkifOperation.FlushDiskCache
             : BlkifOperation.Discard;
+        if (_verifying)
+        {
+            SubmitVerifying(index, operation);
+            return;
+        }
+
         if (_options.StrideSectors is long stride)
         {
             // Slots complete on the frontend's one completion thread, but the first submissions come from
@@ -311,13 +416,48 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
         Submit(index, operation);
     }
 
+    /// <summary>The next request of a verifying slot, at a random place of its own share of the region
+    /// (no two slots ever touch the same block).</summary>
+    private void SubmitVerifying(int index, byte operation)
+    {
+        ref Slot slot = ref _slots[index];
+        int pages = slot.Pages.Length;
+        if (_options.VariableRequestSize)
+        {
+            int most = _options.SmallPagesPerRequest is int small && NextRandom(ref slot.Random) % 4 != 0 ? Math.Min(small, pages) : pages;
+            pages = 1 + (int)(NextRandom(ref slot.Random) % (ulong)most);
+        }
+
+        slot.Count = pages;
+        slot.ModelIndex = (int)(NextRandom(ref slot.Random) % (ulong)(_sharePages - pages + 1));
+        slot.Sector = _options.FirstSector + (((index * _sharePages) + slot.ModelIndex) * SectorsPerBlock);
+        if (operation == BlkifOperation.Write)
+        {
+            slot.Generation++;
+            for (int p = 0; p < pages; p++)
+            {
+                FillPattern(slot.Pages[p].Page.Span, slot.Sector + (p * SectorsPerBlock), slot.Generation);
+            }
+        }
+        else if (operation == BlkifOperation.Read)
+        {
+            // Poisoned first, so that a read that moves no data cannot pass.
+            for (int p = 0; p < pages; p++)
+            {
+                slot.Pages[p].Page.Span.Fill(VerifyPoison);
+            }
+        }
+
+        Submit(index, operation);
+    }
+
     private void Submit(int index, byte operation)
     {
         ref Slot slot = ref _slots[index];
         slot.Operation = operation;
-        ReadOnlySpan<BlkifRequestSegment> segments = operation is BlkifOperation.Read or BlkifOperation.Write ? slot.Segments : [];
+        ReadOnlySpan<BlkifRequestSegment> segments = operation is BlkifOperation.Read or BlkifOperation.Write ? slot.Segments.AsSpan(0, slot.Count) : [];
         slot.StartTimestamp = Stopwatch.GetTimestamp();
-        if (!_ring.TrySubmit(operation, slot.Sector, segments, _sectorsPerRequest, this, index))
+        if (!_ring.TrySubmit(operation, slot.Sector, segments, (long)slot.Count * SectorsPerBlock, this, index))
         {
             Interlocked.Increment(ref _submitFailures);
             Finish();
@@ -326,21 +466,45 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
 
     private void Verify(ref Slot slot)
     {
-        ReadOnlySpan<ulong> words = MemoryMarshal.Cast<byte, ulong>(slot.Pages[0].Page.Span);
-        ulong seed = PatternSeed(slot.Sector, slot.Generation);
+        for (int p = 0; p < slot.Count; p++)
+        {
+            long sector = slot.Sector + (p * SectorsPerBlock);
+            uint generation = slot.Model[slot.ModelIndex + p];
+            ReadOnlySpan<byte> page = slot.Pages[p].Page.Span;
+            if (generation == 0 ? !page.ContainsAnyExcept((byte)0) : PatternMatches(page, sector, generation))
+            {
+                _bytesVerified += XenPage.Size;
+            }
+            else
+            {
+                _mismatches++;
+                _options.MismatchObserved?.Invoke(sector);
+            }
+        }
+    }
+
+    /// <summary>True when <paramref name="page"/> holds <see cref="FillPattern"/>'s content for (sector, generation).</summary>
+    public static bool PatternMatches(ReadOnlySpan<byte> page, long sector, uint generation)
+    {
+        ReadOnlySpan<ulong> words = MemoryMarshal.Cast<byte, ulong>(page);
+        ulong seed = PatternSeed(sector, generation);
         for (int i = 0; i < words.Length; i++)
         {
             if (words[i] != Mix(seed + (ulong)i))
             {
-                _mismatches++;
-                return;
+                return false;
             }
         }
 
-        _bytesVerified += XenPage.Size;
+        return true;
     }
 
-    private static void FillPattern(Span<byte> page, long sector, uint generation)
+    /// <summary>
+    /// The verified content of the 4 KiB block at <paramref name="sector"/> written in round
+    /// <paramref name="generation"/>: words derived from both, so a block from the wrong place or the
+    /// wrong round never matches.
+    /// </summary>
+    public static void FillPattern(Span<byte> page, long sector, uint generation)
     {
         Span<ulong> words = MemoryMarshal.Cast<byte, ulong>(page);
         ulong seed = PatternSeed(sector, generation);
@@ -387,8 +551,28 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
     private void ResetCounters()
     {
         _done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _latency = new LatencyHistogram();
-        _completions = _errors = _bytesRead = _bytesWritten = _flushes = _discards = _submitFailures = _bytesVerified = _mismatches = 0;
+        _latency = NewHistograms();
+        _completions = _errors = _bytesRead = _bytesWritten = _flushes = _discards = _submitFailures = _bytesVerified = _mismatches = _bytesDiscarded = 0;
+    }
+
+    /// <summary>One per operation (read, write, flush, discard), each recorded only by the completion thread.</summary>
+    private static LatencyHistogram[] NewHistograms() => [new(), new(), new(), new()];
+
+    private void Resume(int index)
+    {
+        if (_stopRequested)
+        {
+            Finish();
+        }
+        else
+        {
+            SubmitNext(index);
+        }
+    }
+
+    private sealed class PausedSlot(FrontendLoadGenerator generator, int index)
+    {
+        public void Resume() => generator.Resume(index);
     }
 
     private struct Slot
@@ -398,7 +582,9 @@ public sealed class FrontendLoadGenerator : IRequestCompletion, IDisposable
         public long Sector;
         public long StartTimestamp;
         public ulong Random;
-        public long Cursor;
+        public int Count;
+        public uint[] Model;
+        public int ModelIndex;
         public uint Generation;
         public byte Operation;
     }

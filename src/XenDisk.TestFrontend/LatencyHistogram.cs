@@ -19,6 +19,11 @@ public sealed class LatencyHistogram
 
     public long TotalCount { get; private set; }
 
+    /// <summary>The slowest latency recorded, exactly.</summary>
+    public TimeSpan Max => Stopwatch.GetElapsedTime(0, _maxTicks);
+
+    private long _maxTicks;
+
     /// <summary>The bucket's upper bound (TimeSpan.MaxValue for the overflow bucket).</summary>
     public static TimeSpan UpperBound(int bucket) =>
         bucket >= BoundedBuckets ? TimeSpan.MaxValue : TimeSpan.FromMicroseconds(1L << bucket);
@@ -29,6 +34,20 @@ public sealed class LatencyHistogram
         int bucket = microseconds <= 1 ? 0 : 64 - (int)long.LeadingZeroCount(microseconds - 1);
         _counts[Math.Min(bucket, BoundedBuckets)]++;
         TotalCount++;
+        _maxTicks = Math.Max(_maxTicks, stopwatchTicks);
+    }
+
+    /// <summary>Adds <paramref name="other"/>'s latencies to these (once the recorders are done).</summary>
+    public void Add(LatencyHistogram other)
+    {
+        ArgumentNullException.ThrowIfNull(other);
+        for (int i = 0; i < _counts.Length; i++)
+        {
+            _counts[i] += other._counts[i];
+        }
+
+        TotalCount += other.TotalCount;
+        _maxTicks = Math.Max(_maxTicks, other._maxTicks);
     }
 
     /// <summary>The upper bound of the bucket holding the <paramref name="percentile"/>-th latency (0-100).</summary>

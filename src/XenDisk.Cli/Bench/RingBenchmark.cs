@@ -115,7 +115,7 @@ internal static class RingBenchmark
             result.Elapsed.TotalSeconds, result.Completions, result.Errors, result.CompletionsPerSecond,
             backendCpu.TotalNanoseconds / completions, backendCpu / result.Elapsed,
             processCpu.TotalNanoseconds / completions, allocated / completions,
-            result.Latency.Percentile(0.50).TotalMicroseconds, result.Latency.Percentile(0.99).TotalMicroseconds,
+            result.Latency.Percentile(50).TotalMicroseconds, result.Latency.Percentile(99).TotalMicroseconds,
             rings.Sum(r => r.NotificationsSent) - notifiedBefore, rings.Sum(r => r.NotificationsSuppressed) - suppressedBefore,
             batches == 0 ? 0 : (double)requests / batches,
             settings.Telemetry, telemetry?.CollectRequestCount(), telemetry?.MeasureRecordNanoseconds(2_000_000), settings.InflightRecord);

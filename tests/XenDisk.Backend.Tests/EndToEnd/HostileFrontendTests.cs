@@ -39,7 +39,7 @@ public sealed class HostileFrontendTests(ITestOutputHelper output)
         await using BlockFrontend hostile = await FrontendHarness.ConnectAsync(bed, hostileDisk, new FrontendOptions { MaxIndirectSegments = 64 });
         hostile.Raw.PauseCompletions(0);
 
-        using var load = new FrontendLoadGenerator(healthy, new LoadGeneratorOptions { Queue = 1, Depth = 8, FirstSector = 4096, SectorCount = 2048, Seed = (ulong)seed });
+        using var load = new FrontendLoadGenerator(healthy, new LoadGeneratorOptions { Queue = 1, Depth = 8, FirstSector = 4096, SectorCount = 2048, Seed = (ulong)seed, ReadPercent = 0, WritePercent = 100, ReadBackWrites = true });
         Task<LoadGeneratorResult> loading = load.RunVerifyingAsync(TimeSpan.FromSeconds(1));
         Task verifying = Task.Run(async () =>
         {
