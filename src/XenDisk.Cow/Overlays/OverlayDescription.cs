@@ -1,3 +1,4 @@
+using System.Text.Json.Serialization;
 using XenDisk.Cow.Storage;
 using XenDisk.Storage;
 
@@ -6,9 +7,9 @@ namespace XenDisk.Cow.Overlays;
 /// <summary>
 /// What <see cref="OverlayFormat.Describe"/> reads from an overlay file without opening it for I/O or
 /// following its base: the fields qemu-img info reports and XenDisk's additions. A member a format does
-/// not have is null.
+/// not have is null. Not sealed: `image info` reports it with the file's name and format added.
 /// </summary>
-public sealed record OverlayDescription
+public record OverlayDescription
 {
     public required long VirtualSize { get; init; }
 
@@ -59,8 +60,9 @@ public sealed record OverlayDescription
 
     /// <summary>
     /// The format's own information as qemu-img info prints it under "Format specific information:",
-    /// one line each, indented relative to that heading.
+    /// one line each, indented relative to that heading (not in JSON, which has the same facts as fields).
     /// </summary>
+    [JsonIgnore]
     public IReadOnlyList<string> Details { get; init; } = [];
 }
 

@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Globalization;
 using System.Text.Json.Serialization;
 using XenDisk.Cow.Overlays;
@@ -5,42 +6,27 @@ using XenDisk.Storage;
 
 namespace XenDisk.Cli.Commands.Image;
 
-/// <summary>What `image info` (and `image create`) report about an image, in text or JSON.</summary>
-internal sealed record ImageDescription
+/// <summary>What `image info` (and `image create`) report about an image, in text or JSON: the
+/// format's description of the file (<see cref="OverlayDescription"/>) with its name and format.</summary>
+internal sealed record ImageDescription : OverlayDescription
 {
-    public required string Filename { get; init; }
-    public required string Format { get; init; }
-    public required long VirtualSize { get; init; }
-    /// <summary>The image file's length (sparse files take less on disk).</summary>
-    public required long FileSize { get; init; }
-    public int? ClusterSize { get; init; }
-    public int? GrainSize { get; init; }
-    public string? BackingFile { get; init; }
-    public string? BackingFormat { get; init; }
-    /// <summary>Where <see cref="BackingFile"/> resolves to (relative names are relative to the image's directory).</summary>
-    public string? FullBackingFilename { get; init; }
-    /// <summary>Guest data held in this image (qcow2: data clusters; bitmap: mapped grains).</summary>
-    public long? AllocatedBytes { get; init; }
-    public IReadOnlyList<string> Features { get; init; } = [];
-    public bool Dirty { get; init; }
-    public bool Corrupt { get; init; }
-    /// <summary>Memory the engine needs to keep all of one GiB's mapping metadata cached.</summary>
-    public long? MetadataBytesPerGiB { get; init; }
-    public int? Version { get; init; }
-    public int? RefcountBits { get; init; }
-    public bool? ExtendedL2 { get; init; }
-    public bool? LazyRefcounts { get; init; }
-    public int? Snapshots { get; init; }
-    /// <summary>The persistent dirty bitmaps, as qemu-img info lists them, where the format has them.</summary>
-    public IReadOnlyList<OverlayBitmapInfo>? Bitmaps { get; init; }
-    /// <summary>Every unit is in the overlay (hydrated); the base is no longer read, where the format records it.</summary>
-    public bool? Standalone { get; init; }
-    /// <summary>The base's size when the overlay was made, where the format records it.</summary>
-    public long? BaseSize { get; init; }
+    public ImageDescription()
+    {
+    }
 
-    /// <summary>The format's own lines under "Format specific information:" (the JSON has the same facts as fields).</summary>
-    [JsonIgnore]
-    public IReadOnlyList<string> Details { get; init; } = [];
+    [SetsRequiredMembers]
+    private ImageDescription(OverlayDescription described, string filename, string format)
+        : base(described)
+    {
+        Filename = filename;
+        Format = format;
+    }
+
+    [JsonPropertyOrder(-2)]
+    public required string Filename { get; init; }
+
+    [JsonPropertyOrder(-1)]
+    public required string Format { get; init; }
 
     /// <summary>Reads the image's header (and, for allocation, its tables or map) without opening it for I/O or following its backing file.</summary>
     public static ImageDescription Read(string path, ImageFormat format) =>
@@ -49,33 +35,7 @@ internal sealed record ImageDescription
     private static ImageDescription ReadOverlay(string path, OverlayFormat format)
     {
         using IBlockDevice device = ImageFiles.OpenImage(path, readOnly: true);
-        OverlayDescription d = format.Describe(device, path);
-        return new ImageDescription
-        {
-            Filename = path,
-            Format = format.Name,
-            VirtualSize = d.VirtualSize,
-            FileSize = d.FileSize,
-            ClusterSize = d.ClusterSize,
-            GrainSize = d.GrainSize,
-            BackingFile = d.BackingFile,
-            BackingFormat = d.BackingFormat,
-            FullBackingFilename = d.FullBackingFilename,
-            AllocatedBytes = d.AllocatedBytes,
-            Features = d.Features,
-            Dirty = d.Dirty,
-            Corrupt = d.Corrupt,
-            MetadataBytesPerGiB = d.MetadataBytesPerGiB,
-            Version = d.Version,
-            RefcountBits = d.RefcountBits,
-            ExtendedL2 = d.ExtendedL2,
-            LazyRefcounts = d.LazyRefcounts,
-            Snapshots = d.Snapshots,
-            Bitmaps = d.Bitmaps,
-            Standalone = d.Standalone,
-            BaseSize = d.BaseSize,
-            Details = d.Details,
-        };
+        return new ImageDescription(format.Describe(device, path), path, format.Name);
     }
 
     private static ImageDescription ReadRaw(string path)
