@@ -182,23 +182,7 @@ public sealed unsafe class IscsiBlockDeviceTests
         using IscsiBlockDevice device = IscsiBlockDevice.Open(IscsiUrl.Parse(rig.Url()), readOnly: false, Options);
         const int Threads = 8;
         const int Writes = 200;
-        using Barrier halfway = new(Threads + 1);
-        IoStatus[,] results = new IoStatus[Threads, Writes];
-        Task[] writers = Enumerable.Range(0, Threads).Select(t => Task.Factory.StartNew(() =>
-        {
-            for (int i = 0; i < Writes; i++)
-            {
-                if (i == Writes / 2)
-                {
-                    halfway.SignalAndWait();
-                }
-                results[t, i] = device.WriteAt(((long)t * Writes + i) * 4096, Pattern(4096, seed: t * Writes + i));
-            }
-        }, TaskCreationOptions.LongRunning)).ToArray();
-        halfway.SignalAndWait();
-        rig.Target.Kill();
-        rig.Target.Start();
-        Assert.True(Task.WaitAll(writers, TimeSpan.FromSeconds(120)), "a writer never got its answer");
+        IoStatus[,] results = rig.WriteThroughARestart(device, Threads, Writes, TimeSpan.FromSeconds(120), "a writer never got its answer");
         Assert.Equal(IoStatus.Ok, device.Flush());
         for (int t = 0; t < Threads; t++)
         {

@@ -1,3 +1,4 @@
+using XenDisk.Storage.Iscsi;
 using XenDisk.TestSupport.Iscsi;
 
 namespace XenDisk.Storage.Tests.Iscsi;
@@ -47,6 +48,35 @@ internal sealed class IscsiRig : IDisposable
             System.IO.Directory.Delete(directory, recursive: true);
             throw;
         }
+    }
+
+    /// <summary>
+    /// <paramref name="threads"/> writers each write <paramref name="writes"/> 4 KiB blocks of their own
+    /// (block t * writes + i holds <see cref="IscsiBlockDeviceTests.Pattern"/> with that number as
+    /// seed); halfway through, with every writer mid-stream, the target is killed and started again.
+    /// Returns each write's status once all have their answer; fails with <paramref name="hang"/> when
+    /// one has none within <paramref name="limit"/>.
+    /// </summary>
+    public IoStatus[,] WriteThroughARestart(IscsiBlockDevice device, int threads, int writes, TimeSpan limit, string hang)
+    {
+        using Barrier halfway = new(threads + 1);
+        IoStatus[,] results = new IoStatus[threads, writes];
+        Task[] writers = Enumerable.Range(0, threads).Select(t => Task.Factory.StartNew(() =>
+        {
+            for (int i = 0; i < writes; i++)
+            {
+                if (i == writes / 2)
+                {
+                    halfway.SignalAndWait();
+                }
+                results[t, i] = device.WriteAt(((long)t * writes + i) * 4096, IscsiBlockDeviceTests.Pattern(4096, t * writes + i));
+            }
+        }, TaskCreationOptions.LongRunning)).ToArray();
+        halfway.SignalAndWait();
+        Target.Kill();
+        Target.Start();
+        Assert.True(Task.WaitAll(writers, limit), hang);
+        return results;
     }
 
     public void Dispose()

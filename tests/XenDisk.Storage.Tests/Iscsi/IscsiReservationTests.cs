@@ -111,23 +111,8 @@ public sealed class IscsiReservationTests
         using IscsiBlockDevice device = IscsiBlockDevice.Open(url, readOnly: false, Host(HostA, "host-a") with { QueueDepth = 2, CommandTimeout = TimeSpan.FromSeconds(60) });
         const int Threads = 6;
         const int Writes = 60;
-        using Barrier halfway = new(Threads + 1);
-        IoStatus[,] results = new IoStatus[Threads, Writes];
-        Task[] writers = Enumerable.Range(0, Threads).Select(t => Task.Factory.StartNew(() =>
-        {
-            for (int i = 0; i < Writes; i++)
-            {
-                if (i == Writes / 2)
-                {
-                    halfway.SignalAndWait();
-                }
-                results[t, i] = device.WriteAt(((long)t * Writes + i) * 4096, IscsiBlockDeviceTests.Pattern(4096, t * Writes + i));
-            }
-        }, TaskCreationOptions.LongRunning)).ToArray();
-        halfway.SignalAndWait();
-        rig.Target.Kill();
-        rig.Target.Start();
-        Assert.True(Task.WaitAll(writers, TimeSpan.FromSeconds(150)), "a writer never got its answer: the reservation waited for a slot held by a write waiting for the reservation");
+        IoStatus[,] results = rig.WriteThroughARestart(device, Threads, Writes, TimeSpan.FromSeconds(150),
+            "a writer never got its answer: the reservation waited for a slot held by a write waiting for the reservation");
         Assert.All(results.Cast<IoStatus>(), status => Assert.Equal(IoStatus.Ok, status));
         Assert.True(device.Reconnects >= 1);
         Assert.Equal(HostA, IscsiBlockDevice.ReadReservation(url, new IscsiOptions())!.Value.Key);
