@@ -1,6 +1,7 @@
 using static System.FormattableString;
 using System.CommandLine;
 using System.Text.Json;
+using System.Text.Json.Serialization.Metadata;
 using XenDisk.Cli.Bench;
 
 namespace XenDisk.Cli.Commands;
@@ -40,16 +41,7 @@ internal static class BenchCommand
             var report = IscsiBenchmark.Run(
                 new IscsiBenchSettings(parse.GetValue(url)!, TimeSpan.FromSeconds(parse.GetValue(seconds)), parse.GetValue(rounds), parse.GetValue(ioThreads), parse.GetValue(only)),
                 loggerFactory, line => error.WriteLine("bench iscsi: " + line), cancellationToken);
-            if (parse.GetValue(json))
-            {
-                Console.WriteLine(JsonSerializer.Serialize(report, IscsiBenchJsonContext.Default.IscsiBenchReport));
-            }
-            else
-            {
-                IscsiBenchmark.WriteText(Console.Out, report);
-            }
-
-            return Task.FromResult(0);
+            return Print(parse.GetValue(json), report, IscsiBenchJsonContext.Default.IscsiBenchReport, IscsiBenchmark.WriteText);
         });
         return command;
     }
@@ -84,16 +76,7 @@ internal static class BenchCommand
             var report = StorageBenchmark.Run(
                 new StorageBenchSettings(bytes, TimeSpan.FromSeconds(parse.GetValue(seconds)), parse.GetValue(directory), parse.GetValue(rounds), parse.GetValue(engine), parse.GetValue(only)),
                 loggerFactory, line => error.WriteLine("bench storage: " + line), cancellationToken);
-            if (parse.GetValue(json))
-            {
-                Console.WriteLine(JsonSerializer.Serialize(report, StorageBenchJsonContext.Default.StorageBenchReport));
-            }
-            else
-            {
-                StorageBenchmark.WriteText(Console.Out, report);
-            }
-
-            return Task.FromResult(0);
+            return Print(parse.GetValue(json), report, StorageBenchJsonContext.Default.StorageBenchReport, StorageBenchmark.WriteText);
         });
         return command;
     }
@@ -156,5 +139,20 @@ internal static class BenchCommand
             return r.Errors == 0 ? 0 : 1;
         });
         return command;
+    }
+
+    /// <summary>A benchmark's report on stdout: JSON with --json, otherwise its table.</summary>
+    private static Task<int> Print<T>(bool json, T report, JsonTypeInfo<T> type, Action<TextWriter, T> writeText)
+    {
+        if (json)
+        {
+            Console.WriteLine(JsonSerializer.Serialize(report, type));
+        }
+        else
+        {
+            writeText(Console.Out, report);
+        }
+
+        return Task.FromResult(0);
     }
 }
