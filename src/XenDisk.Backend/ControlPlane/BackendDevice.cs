@@ -166,6 +166,7 @@ internal sealed partial class BackendDevice
     public async Task<bool> ResizeAsync(CancellationToken cancellationToken)
     {
         await _serial.WaitAsync(cancellationToken).ConfigureAwait(false);
+        bool resized = false;
         try
         {
             if (_disk is null)
@@ -184,6 +185,7 @@ internal sealed partial class BackendDevice
 
             _publishedSectors = sectors;
             _status = BuildStatus();
+            resized = true;
             if (_state == XenbusState.Connected)
             {
                 string stateText = XenbusStateText.ToWire(_state);
@@ -205,7 +207,13 @@ internal sealed partial class BackendDevice
         }
         finally
         {
-            _status = BuildStatus();
+            // The periodic size check calls this every few seconds per device: an unchanged size
+            // leaves the status as it was instead of rebuilding it.
+            if (resized)
+            {
+                _status = BuildStatus();
+            }
+
             _serial.Release();
         }
     }
