@@ -26,19 +26,22 @@ lvm_steps="lvm-volume-group lvm-guests-create guest-la-blkfront-xvda guest-lb-bl
  guest-lb-overlay-peer-isolated lvm-guests-poweroff lvm-golden-unchanged lvm-overlay-contents
  lvm-resize-guest-create guest-lr-blkfront-xvda guest-lr-resize-size-at-boot lvm-resize-lvextend
  guest-lr-resize-seen guest-lr-resize-tail-write lvm-resize-poweroff lvm-resize-tail-on-lv"
+iscsi_steps="iscsi-target iscsi-login iscsi-guest-create guest-ki-blkfront-xvda guest-ki-disk-size
+ guest-ki-read-whole-disk guest-ki-odirect-write-read guest-ki-odirect-sector-io guest-ki-fio-verify
+ iscsi-guest-poweroff iscsi-lun-contents iscsi-logout"
 destroy_steps="idle-guest-create destroy-running-guest"
 overlay_steps="overlay-images overlay-guests-create guest-a-blkfront-xvda guest-b-blkfront-xvda
  guest-a-overlay-read-base guest-b-overlay-read-base guest-a-overlay-write guest-b-overlay-write
  overlay-guests-ready guest-a-overlay-own-kept guest-b-overlay-own-kept guest-a-overlay-peer-isolated
  guest-b-overlay-peer-isolated overlay-guests-poweroff overlay-base-unchanged overlay-check overlay-contents"
 # want GROUP: the group of checks runs; e2e_groups=GROUP+GROUP... (tools/e2e/run --groups) names
-# the only ones to run, of raw ext4 restart crash save destroy overlay lvm missing (all when
+# the only ones to run, of raw ext4 restart crash save destroy overlay lvm iscsi missing (all when
 # absent; restart reads the files the ext4 group wrote).
 want() { [ -z "$groups" ] || case "+$groups+" in *"+$1+"*) true ;; *) false ;; esac; }
 steps() { want "$1" && echo "$2"; }
 case "$scenario" in
     baseline) say "PLAN $(echo dom0-modules dom0-toolstack blkback-load disk-images $(steps raw "$raw_steps") $(steps ext4 "$ext4_steps") $(steps destroy "$destroy_steps") no-stale-backend-nodes)" ;;
-    xendisk)  say "PLAN $(echo dom0-modules dom0-toolstack blkback-absent xendisk-start disk-images $(steps raw "$raw_steps") $(steps ext4 "$ext4_steps") $(steps restart "$restart_steps") $(steps crash "$crash_steps") $(steps save "$save_steps") $(steps destroy "$destroy_steps") $(steps overlay "$overlay_steps") $(steps lvm "$lvm_steps") $(steps missing missing-image-refused) no-stale-backend-nodes xendisk-still-running)" ;;
+    xendisk)  say "PLAN $(echo dom0-modules dom0-toolstack blkback-absent xendisk-start disk-images $(steps raw "$raw_steps") $(steps ext4 "$ext4_steps") $(steps restart "$restart_steps") $(steps crash "$crash_steps") $(steps save "$save_steps") $(steps destroy "$destroy_steps") $(steps overlay "$overlay_steps") $(steps lvm "$lvm_steps") $(steps iscsi "$iscsi_steps") $(steps missing missing-image-refused) no-stale-backend-nodes xendisk-still-running)" ;;
 esac
 info "scenario $scenario, dom0 kernel $(uname -r)"
 
@@ -531,6 +534,89 @@ run_lvm_resize() {
 if [ "$scenario" = xendisk ] && want lvm; then
     run_lvm_guests && run_lvm_resize
     skip_rest "$lvm_steps" "not reached: an earlier LVM step failed"
+fi
+
+# 5c. (xendisk) A LUN attached through dom0's kernel initiator: tgtd in dom0 exports a file of
+#    random bytes on 127.0.0.1, open-iscsi's iscsid and iscsiadm log in, and the SCSI disk the
+#    kernel makes of it is served as `raw:/dev/sdX` to a guest that runs the raw block checks and
+#    fio. Afterwards the LUN, read through the initiator, and the file behind it on tgtd's side
+#    hold what the guest read last.
+iscsi_iqn=iqn.2026-12.org.xendisk.e2e:lun
+# iscsi_setup: tgtd and the initiator; prints the SCSI disk's name (sdX) last.
+iscsi_setup() {
+    modprobe iscsi_tcp || return 1
+    dd if=/dev/urandom of=$images/lun.img bs=1M count=16 status=none || return 1
+    mkdir -p /run/tgtd /etc/iscsi /run/lock/iscsi
+    tgtd -f --iscsi portal=127.0.0.1:3260 >/tmp/tgtd.log 2>&1 &
+    n=0
+    until tgtadm --lld iscsi --op show --mode sys >/dev/null 2>&1; do
+        n=$((n + 1)); [ $n -gt 60 ] && { cat /tmp/tgtd.log; echo "tgtd did not answer in 30 s"; return 1; }; sleep 0.5
+    done
+    tgtadm --lld iscsi --op new --mode target --tid 1 -T $iscsi_iqn &&
+        tgtadm --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b $images/lun.img &&
+        tgtadm --lld iscsi --op bind --mode target --tid 1 -I ALL || { echo "tgtadm could not define the target"; return 1; }
+    echo "InitiatorName=iqn.2026-12.org.xendisk.e2e:dom0" >/etc/iscsi/initiatorname.iscsi
+    : >/etc/iscsi/iscsid.conf
+    iscsid -f >/tmp/iscsid.log 2>&1 &
+    n=0
+    until iscsiadm -m discovery -t sendtargets -p 127.0.0.1:3260 >/tmp/iscsi-discovery.log 2>&1; do
+        n=$((n + 1)); [ $n -gt 20 ] && { cat /tmp/iscsi-discovery.log /tmp/iscsid.log; echo "iscsiadm discovery failed for 10 s"; return 1; }; sleep 0.5
+    done
+    iscsiadm -m node -T $iscsi_iqn -p 127.0.0.1:3260 --login || { cat /tmp/iscsid.log; echo "iscsiadm --login failed"; return 1; }
+    # LUN 1 of the session's target is the disk (LUN 0 is tgt's controller); devtmpfs makes its node.
+    n=0
+    while :; do
+        disk=$(ls -d /sys/class/iscsi_session/session*/device/target*/*:*:*:1/block/* 2>/dev/null | head -n 1)
+        [ -n "$disk" ] && [ -b "/dev/${disk##*/}" ] && break
+        n=$((n + 1)); [ $n -gt 60 ] && { echo "no block device for LUN 1 30 s after the login"; return 1; }; sleep 0.5
+    done
+    echo "${disk##*/}"
+}
+run_iscsi_lun() {
+    if ! iscsi_setup >/tmp/iscsi-setup.log 2>&1; then
+        show /tmp/iscsi-setup.log 30
+        fail iscsi-target "$(tail -n 1 /tmp/iscsi-setup.log)"
+        return 1
+    fi
+    pass iscsi-target
+    lun=/dev/$(tail -n 1 /tmp/iscsi-setup.log)
+    lun_md5=$(md5sum <$images/lun.img | cut -d' ' -f1)
+    through=$(dd if=$lun bs=1M iflag=direct status=none | md5sum | cut -d' ' -f1)
+    if [ "$through" = "$lun_md5" ]; then
+        pass iscsi-login
+        info "LUN 1 is $lun ($(cat /sys/class/block/${lun#/dev/}/size) sectors)"
+    else
+        fail iscsi-login "$lun reads md5 $through, the file behind it has $lun_md5"
+        return 1
+    fi
+    write_config e2e-ki lun /guest/domU-fio.cpio 256 1 "'vdev=xvda,access=rw,script=xendisk,target=raw:$lun'" \
+        "e2e_md5=$lun_md5 e2e_size=$((16 * 1024 * 1024))"
+    create_guest e2e-ki iscsi-guest-create || return 1
+    if follow_guest e2e-ki "GUEST: DONE" 900; then
+        wait_guest_gone e2e-ki iscsi-guest-poweroff
+    else
+        fail iscsi-guest-poweroff "no final line from the guest in 900 s"
+        xl destroy e2e-ki 2>/dev/null
+    fi
+    final=$(guest_data e2e-ki final-md5)
+    through=$(dd if=$lun bs=1M iflag=direct status=none | md5sum | cut -d' ' -f1)
+    if iscsiadm -m node -T $iscsi_iqn -p 127.0.0.1:3260 --logout >/tmp/iscsi-logout.log 2>&1; then
+        pass iscsi-logout
+    else
+        show /tmp/iscsi-logout.log 10
+        fail iscsi-logout "iscsiadm --logout failed"
+    fi
+    behind=$(md5sum <$images/lun.img | cut -d' ' -f1)
+    if [ -n "$final" ] && [ "$through" = "$final" ] && [ "$behind" = "$final" ]; then
+        pass iscsi-lun-contents
+    else
+        fail iscsi-lun-contents "the guest read $final last; the LUN reads $through through the initiator, the file behind it $behind"
+    fi
+    rm -f $images/lun.img
+}
+if [ "$scenario" = xendisk ] && want iscsi; then
+    run_iscsi_lun
+    skip_rest "$iscsi_steps" "not reached: an earlier iSCSI step failed"
 fi
 
 # 6. (xendisk) A disk XenDisk cannot open: xl create must fail with XenDisk's reason, passed on by

@@ -217,18 +217,20 @@ build_dom0() {
   mapfile -t xenstore_tools < <(cd "$root" && find usr/bin -name 'xenstore*' ! -name xenstore-control | sort)
   # qemu-img checks and reads the qcow2 overlays XenDisk wrote (QEMU is the reference qcow2 reader).
   # libxl-save-helper writes and reads a domain's memory for xl save, restore and migrate. lvm
-  # builds the volume group of the LVM checks (dmsetup shows the device-mapper tables).
+  # builds the volume group of the LVM checks (dmsetup shows the device-mapper tables). tgtd and
+  # tgtadm export a LUN inside dom0 that iscsid and iscsiadm attach through the kernel's initiator.
   stage_copy "$stage" $xenbin/xl $xenbin/xenstored $xenbin/xenconsoled $xenbin/xen-init-dom0 $xenbin/libxl-save-helper \
     "${xenstore_tools[@]}" bin/bash usr/bin/flock usr/bin/stat bin/dd lib/x86_64-linux-gnu/libgcc_s.so.1 \
-    usr/bin/qemu-img sbin/lvm sbin/dmsetup $(cd "$root" && ls usr/lib/x86_64-linux-gnu/libxen*.so.* | sort) || return 1
+    usr/bin/qemu-img sbin/lvm sbin/dmsetup usr/sbin/tgtd usr/sbin/tgtadm sbin/iscsid sbin/iscsiadm $(cd "$root" && ls usr/lib/x86_64-linux-gnu/libxen*.so.* | sort) || return 1
   ln -sf ../lib/xen-4.17/bin/xl "$stage/usr/sbin/xl"
   local tool
   for tool in pvcreate vgcreate lvcreate lvextend lvs vgs pvs; do ln -sf lvm "$stage/usr/sbin/$tool"; done
   (cd "$root" && tar -cf - etc/xen) | tar -C "$stage" --keep-directory-symlink -xf - || return 1
   install -m 755 "$repo/config/xendisk-hotplug" "$stage/etc/xen/scripts/xendisk"
   install -m 755 "$e2e/dom0/e2e-phy" "$stage/etc/xen/scripts/e2e-phy"
-  # ata_piix and sd_mod for the disk QEMU gives dom0 (see boot), dm-mod for LVM on it.
-  stage_modules "$stage" xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd loop xen-blkback ata_piix sd_mod dm-mod || return 1
+  # ata_piix and sd_mod for the disk QEMU gives dom0 (see boot), dm-mod for LVM on it, iscsi_tcp
+  # for the kernel initiator.
+  stage_modules "$stage" xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd loop xen-blkback ata_piix sd_mod dm-mod iscsi_tcp || return 1
   mkdir -p "$stage/guest"
   cp "$root/boot/vmlinuz-$kernel_version" "$stage/guest/vmlinuz"
   cp "$build/domU.cpio" "$build/fio.cpio" "$stage/guest/"
