@@ -544,7 +544,9 @@ fi
 iscsi_iqn=iqn.2026-12.org.xendisk.e2e:lun
 # iscsi_setup: tgtd and the initiator; prints the SCSI disk's name (sdX) last.
 iscsi_setup() {
-    modprobe iscsi_tcp || return 1
+    # iscsi_tcp asks the crypto API for crc32c by name when it makes a connection (ENOMEM without it).
+    # sd_mod makes the SCSI disk of the LUN a block device.
+    modprobe crc32c_generic && modprobe iscsi_tcp && modprobe sd_mod || return 1
     dd if=/dev/urandom of=$images/lun.img bs=1M count=16 status=none || return 1
     mkdir -p /run/tgtd /etc/iscsi /run/lock/iscsi
     tgtd -f --iscsi portal=127.0.0.1:3260 >/tmp/tgtd.log 2>&1 &
@@ -556,6 +558,8 @@ iscsi_setup() {
         tgtadm --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b $images/lun.img &&
         tgtadm --lld iscsi --op bind --mode target --tid 1 -I ALL || { echo "tgtadm could not define the target"; return 1; }
     echo "InitiatorName=iqn.2026-12.org.xendisk.e2e:dom0" >/etc/iscsi/initiatorname.iscsi
+    # iscsid looks up the user behind iscsiadm's socket (getpwuid) and refuses an unknown one.
+    grep -q '^root:' /etc/passwd 2>/dev/null || echo "root:x:0:0:root:/root:/bin/sh" >>/etc/passwd
     : >/etc/iscsi/iscsid.conf
     iscsid -f >/tmp/iscsid.log 2>&1 &
     n=0
@@ -568,7 +572,7 @@ iscsi_setup() {
     while :; do
         disk=$(ls -d /sys/class/iscsi_session/session*/device/target*/*:*:*:1/block/* 2>/dev/null | head -n 1)
         [ -n "$disk" ] && [ -b "/dev/${disk##*/}" ] && break
-        n=$((n + 1)); [ $n -gt 60 ] && { echo "no block device for LUN 1 30 s after the login"; return 1; }; sleep 0.5
+        n=$((n + 1)); [ $n -gt 120 ] && { echo "no block device for LUN 1 60 s after the login"; return 1; }; sleep 0.5
     done
     echo "${disk##*/}"
 }
@@ -589,7 +593,8 @@ run_iscsi_lun() {
         fail iscsi-login "$lun reads md5 $through, the file behind it has $lun_md5"
         return 1
     fi
-    write_config e2e-ki lun /guest/domU-fio.cpio 256 1 "'vdev=xvda,access=rw,script=xendisk,target=raw:$lun'" \
+    # 512 MiB, as for the first guest: with less, the kernel cannot unpack fio's layer of the RAM disk.
+    write_config e2e-ki lun /guest/domU-fio.cpio 512 1 "'vdev=xvda,access=rw,script=xendisk,target=raw:$lun'" \
         "e2e_md5=$lun_md5 e2e_size=$((16 * 1024 * 1024))"
     create_guest e2e-ki iscsi-guest-create || return 1
     if follow_guest e2e-ki "GUEST: DONE" 900; then

@@ -229,8 +229,8 @@ build_dom0() {
   install -m 755 "$repo/config/xendisk-hotplug" "$stage/etc/xen/scripts/xendisk"
   install -m 755 "$e2e/dom0/e2e-phy" "$stage/etc/xen/scripts/e2e-phy"
   # ata_piix and sd_mod for the disk QEMU gives dom0 (see boot), dm-mod for LVM on it, iscsi_tcp
-  # for the kernel initiator.
-  stage_modules "$stage" xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd loop xen-blkback ata_piix sd_mod dm-mod iscsi_tcp || return 1
+  # and crc32c_generic (the connection asks the crypto API for crc32c by name) for the kernel initiator.
+  stage_modules "$stage" xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd loop xen-blkback ata_piix sd_mod dm-mod iscsi_tcp crc32c_generic || return 1
   mkdir -p "$stage/guest"
   cp "$root/boot/vmlinuz-$kernel_version" "$stage/guest/vmlinuz"
   cp "$build/domU.cpio" "$build/fio.cpio" "$stage/guest/"
