@@ -139,7 +139,7 @@ public sealed unsafe partial class BlkifRing
         }
     }
 
-    /// <summary>After the thread has exited and nothing is in flight: closes the io_uring and frees its memory.</summary>
+    /// <summary>On the ring thread as it ends, with nothing in flight: closes the io_uring and frees its memory.</summary>
     private void ReleaseEngine()
     {
         CancelEventRead();
@@ -317,11 +317,23 @@ public sealed unsafe partial class BlkifRing
             }
 
             io_uring_sqe* sqe = _uring!.TryGetSubmission();
-            sqe->opcode = write ? IORING_OP_WRITEV : IORING_OP_READV;
             SetFile(sqe, extent.FileIndex);
-            sqe->addr = (ulong)(iov + first);
-            sqe->len = (uint)(used - first);
             sqe->off = (ulong)extent.FileOffset;
+            if (used - first == 1)
+            {
+                // One buffer (a single-page request, the common case): IORING_OP_READ/WRITE take it
+                // directly, sparing the kernel the copy and import of a one-entry iovec array.
+                sqe->opcode = write ? IORING_OP_WRITE : IORING_OP_READ;
+                sqe->addr = (ulong)iov[first].iov_base;
+                sqe->len = (uint)iov[first].iov_len;
+            }
+            else
+            {
+                sqe->opcode = write ? IORING_OP_WRITEV : IORING_OP_READV;
+                sqe->addr = (ulong)(iov + first);
+                sqe->len = (uint)(used - first);
+            }
+
             if (link)
             {
                 sqe->flags |= IOSQE_IO_LINK;

@@ -272,6 +272,13 @@ public sealed partial class BlkifRing
 
     private void ProcessCompletions()
     {
+        // Most iterations have no slow-path completion: skip the lock. One posted after this read
+        // signals the waker (PostCompletion), which ends the next wait at once, so none is missed.
+        if (!HasCompletions)
+        {
+            return;
+        }
+
         int count;
         lock (_completionLock)
         {

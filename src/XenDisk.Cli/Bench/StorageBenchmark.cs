@@ -30,7 +30,8 @@ internal sealed record StorageBenchConfiguration(
     double ContextSwitchesPerRequest,
     double FioContextSwitchesPerRequest,
     double FastPathShare,
-    double? VsXendiskRaw);
+    double? VsXendiskRaw,
+    double FrontendCpuUsPerRequest);
 
 internal sealed record StorageBenchReport(
     long SizeBytes,
@@ -50,7 +51,8 @@ internal sealed partial class StorageBenchJsonContext : JsonSerializerContext;
 /// test frontend, one queue) serving a fully written file through the configured I/O engine, and fio
 /// with io_uring at the same queue depth on the same file, interleaved (XenDisk, fio, XenDisk, fio,
 /// ...) with the median round reported, since the storage's rate drifts between runs. Per side:
-/// IOPS; CPU per request (the backend's own threads from /proc/self/task, fio's from its report);
+/// IOPS; CPU per request (the backend's own threads from /proc/self/task, fio's from its report; the
+/// test frontend's thread, which plays the guest in the same process, reported apart);
 /// system calls per request (perf stat -e raw_syscalls:sys_enter, attached to the backend's threads
 /// or wrapping fio); context switches per request (voluntary plus involuntary, from /proc for the
 /// backend, from fio's report).
@@ -58,7 +60,13 @@ internal sealed partial class StorageBenchJsonContext : JsonSerializerContext;
 internal static class StorageBenchmark
 {
     private const int DeviceId = 51712;
-    private const string BackendThreadPrefix = "blkif";
+    /// <summary>The backend's threads: ring threads and slow-path I/O threads ("blkif ...", "blkif-io ..."), and
+    /// the kernel's io_uring workers of the ring threads ("iou-wrk-TID"; only ring threads use io_uring
+    /// in this process), which do an operation the ring thread could not issue without blocking.</summary>
+    private static readonly string[] BackendThreadPrefixes = ["blkif", "iou-wrk-"];
+
+    /// <summary>The test frontend's completion thread ("blkfront queue N"): the guest's side, not the backend's.</summary>
+    private const string FrontendThreadPrefix = "blkfront";
 
     /// <summary>What XenDisk serves: the raw file itself, an overlay whose every cluster or grain is
     /// allocated, or an empty overlay over the raw file (made afresh for every round).</summary>
@@ -102,7 +110,7 @@ internal static class StorageBenchmark
             DiskKind.EmptyBitmap, StrideSectors: Sectors64K, FioRw: "write:60k"),
     ];
 
-    private sealed record Side(double Iops, double CpuUsPerRequest, double? SyscallsPerRequest, double ContextSwitchesPerRequest, double FastPathShare = 0);
+    private sealed record Side(double Iops, double CpuUsPerRequest, double? SyscallsPerRequest, double ContextSwitchesPerRequest, double FastPathShare = 0, double FrontendCpuUsPerRequest = 0);
 
     public static StorageBenchReport Run(StorageBenchSettings settings, ILoggerFactory loggerFactory, Action<string> progress, CancellationToken cancellationToken)
     {
@@ -167,7 +175,7 @@ internal static class StorageBenchmark
                 results.Add(new StorageBenchConfiguration(workload.Name, workload.Description, workload.QueueDepth, settings.Engine.ToString(),
                     Round(xm.Iops), Round(fm.Iops), Ratio(xm.Iops, fm.Iops), Round(xm.CpuUsPerRequest), Round(fm.CpuUsPerRequest),
                     Ratio(xm.CpuUsPerRequest, fm.CpuUsPerRequest), Round(xm.SyscallsPerRequest), Round(fm.SyscallsPerRequest),
-                    Round(xm.ContextSwitchesPerRequest), Round(fm.ContextSwitchesPerRequest), Round(xm.FastPathShare), vsRaw));
+                    Round(xm.ContextSwitchesPerRequest), Round(fm.ContextSwitchesPerRequest), Round(xm.FastPathShare), vsRaw, Round(xm.FrontendCpuUsPerRequest)));
             }
 
             return new StorageBenchReport(settings.SizeBytes, FileSystemOf(work.FullName), settings.Rounds, settings.Duration.TotalSeconds,
@@ -216,16 +224,16 @@ internal static class StorageBenchmark
         }
 
         int[] threads = BackendThreads();
+        Dictionary<int, (double Seconds, long Switches)> backendBefore = SampleBackend();
         RingStatistics[] rings = [.. backend.Devices.SelectMany(d => d.Queues).Select(q => q.Ring.Statistics)];
         long fastBefore = rings.Sum(r => r.FastPathRequests);
         using var generator = new FrontendLoadGenerator(frontend, load);
-        long switchesBefore = ContextSwitches(threads);
-        TimeSpan cpuBefore = ThreadCpuClock.ThreadsNamed(BackendThreadPrefix);
+        TimeSpan frontendCpuBefore = ThreadCpuClock.ThreadsNamed(FrontendThreadPrefix);
         using PerfCounter? counter = perf is null ? null : PerfCounter.AttachToThreads(perf, threads);
         LoadGeneratorResult result = await generator.RunAsync(settings.Duration, cancellationToken).ConfigureAwait(false);
         long? syscalls = counter?.Stop();
-        TimeSpan cpu = ThreadCpuClock.ThreadsNamed(BackendThreadPrefix) - cpuBefore;
-        long switches = ContextSwitches(threads) - switchesBefore;
+        (TimeSpan cpu, long switches) = SinceSample(backendBefore);
+        TimeSpan frontendCpu = ThreadCpuClock.ThreadsNamed(FrontendThreadPrefix) - frontendCpuBefore;
         long fast = rings.Sum(r => r.FastPathRequests) - fastBefore;
 
         await frontend.DisconnectAsync().ConfigureAwait(false);
@@ -238,7 +246,8 @@ internal static class StorageBenchmark
             throw new InvalidOperationException($"{result.Errors} requests failed in {workload.Name}");
         }
 
-        return new Side(result.CompletionsPerSecond, cpu.TotalMicroseconds / requests, syscalls / requests, switches / requests, Math.Min(1, fast / requests));
+        return new Side(result.CompletionsPerSecond, cpu.TotalMicroseconds / requests, syscalls / requests, switches / requests, Math.Min(1, fast / requests),
+            frontendCpu.TotalMicroseconds / requests);
     }
 
     private static Side RunFio(string fio, string? perf, string file, StorageBenchSettings settings, Workload workload, string directory)
@@ -296,7 +305,38 @@ internal static class StorageBenchmark
         stream.Flush(flushToDisk: true);
     }
 
-    private static int[] BackendThreads() => ThreadsNamed(BackendThreadPrefix);
+    private static int[] BackendThreads() => ThreadsNamed(BackendThreadPrefixes);
+
+    /// <summary>CPU time and context switches of each backend thread now, by thread id.</summary>
+    private static Dictionary<int, (double Seconds, long Switches)> SampleBackend()
+    {
+        var sample = new Dictionary<int, (double, long)>();
+        foreach (int id in BackendThreads())
+        {
+            sample[id] = (ThreadCpuClock.TaskSeconds($"/proc/self/task/{id}"), ContextSwitches([id]));
+        }
+
+        return sample;
+    }
+
+    /// <summary>
+    /// What the backend's threads did since <paramref name="before"/>, thread by thread: an io_uring
+    /// worker the kernel started within the window counts from zero; one that ended within it
+    /// (idle workers exit after a few seconds) cannot be read and its share is missing.
+    /// </summary>
+    private static (TimeSpan Cpu, long Switches) SinceSample(Dictionary<int, (double Seconds, long Switches)> before)
+    {
+        double seconds = 0;
+        long switches = 0;
+        foreach ((int id, (double s, long c)) in SampleBackend())
+        {
+            (double s0, long c0) = before.TryGetValue(id, out var earlier) ? earlier : (0, 0);
+            seconds += Math.Max(0, s - s0);
+            switches += Math.Max(0, c - c0);
+        }
+
+        return (TimeSpan.FromSeconds(seconds), switches);
+    }
 
     /// <summary>The ids of this process's threads whose name starts with one of <paramref name="prefixes"/>.</summary>
     internal static int[] ThreadsNamed(params string[] prefixes)
@@ -395,11 +435,11 @@ internal static class StorageBenchmark
     public static void WriteText(TextWriter output, StorageBenchReport report)
     {
         output.WriteLine(Invariant($"storage bench: {report.SizeBytes >> 20} MiB file on {report.FileSystem}, {report.Rounds} round(s) of {report.SecondsPerRun:F0} s, median round; system calls: {report.SyscallCounting}"));
-        output.WriteLine(Invariant($"{"configuration",-32} {"xendisk IOPS",12} {"fio IOPS",9} {"ratio",6} {"vs raw",6} {"CPU us/req",13} {"syscalls/req",13} {"cs/req",11} {"fast path",9}"));
+        output.WriteLine(Invariant($"{"configuration",-32} {"xendisk IOPS",12} {"fio IOPS",9} {"ratio",6} {"vs raw",6} {"CPU us/req",13} {"syscalls/req",13} {"cs/req",11} {"fast path",9} {"frontend CPU",12}"));
         foreach (StorageBenchConfiguration c in report.Configurations)
         {
             string vsRaw = c.VsXendiskRaw is { } v ? v.ToString("F2", CultureInfo.InvariantCulture) : "";
-            output.WriteLine(Invariant($"{c.Name,-32} {c.XendiskIops,12:F0} {c.FioIops,9:F0} {c.IopsRatio,6:F2} {vsRaw,6} {c.CpuUsPerRequest,5:F1}/{c.FioCpuUsPerRequest,-7:F1} {c.SyscallsPerRequest,5:F2}/{c.FioSyscallsPerRequest,-7:F2} {c.ContextSwitchesPerRequest,4:F2}/{c.FioContextSwitchesPerRequest,-6:F2} {c.FastPathShare,9:P0}"));
+            output.WriteLine(Invariant($"{c.Name,-32} {c.XendiskIops,12:F0} {c.FioIops,9:F0} {c.IopsRatio,6:F2} {vsRaw,6} {c.CpuUsPerRequest,5:F1}/{c.FioCpuUsPerRequest,-7:F1} {c.SyscallsPerRequest,5:F2}/{c.FioSyscallsPerRequest,-7:F2} {c.ContextSwitchesPerRequest,4:F2}/{c.FioContextSwitchesPerRequest,-6:F2} {c.FastPathShare,9:P0} {c.FrontendCpuUsPerRequest,9:F1} us"));
         }
     }
 

@@ -38,6 +38,9 @@ internal static class ThreadCpuClock
         return TimeSpan.FromSeconds(seconds);
     }
 
+    /// <summary>One thread's CPU time so far, in seconds, from its /proc task directory (0 once it has ended).</summary>
+    public static double TaskSeconds(string task) => ReadSeconds(task);
+
     /// <summary>The calling thread's CPU time so far, in nanoseconds (/proc/thread-self/schedstat).</summary>
     public static long CurrentThreadNanoseconds() => (long)(ReadSeconds("/proc/thread-self") * 1e9);
 

@@ -18,6 +18,16 @@ namespace XenDisk.Storage.AsyncIo;
 /// with release after the CQE has been read, so the kernel never overwrites an entry being read.
 /// </para>
 /// <para>
+/// Task work: the ring is set up with IORING_SETUP_COOP_TASKRUN (Linux 5.19; Debian 12's dom0 runs
+/// 6.1) where the kernel has it, as fio's io_uring engine sets up its own: the work that posts a
+/// finished operation's completion then runs when the ring thread next enters the kernel (at the
+/// latest, the io_uring_enter it makes before sleeping) instead of an inter-processor interrupt
+/// stopping it wherever it runs. IORING_SETUP_DEFER_TASKRUN (6.1) is not used: it withholds every
+/// completion, the event channel's included, until an io_uring_enter asks for events, so a kick whose
+/// request the loop has already taken off the shared ring ends the next wait at once and costs a
+/// QD1 request a third system call (measured: 3.00 against 2.20 per request).
+/// </para>
+/// <para>
 /// Sizes: the caller asks for as many submission entries as it can ever have in flight at once, and
 /// the completion ring is twice that (the kernel default), so it cannot overflow.
 /// </para>
@@ -26,6 +36,9 @@ public sealed unsafe class IoUring : IDisposable
 {
     /// <summary>The largest submission ring a data-plane thread asks for; the kernel allows 32768.</summary>
     public const int MaxEntries = 4096;
+
+    /// <summary>linux/io_uring.h (5.19), newer than the binding's header.</summary>
+    private const uint IORING_SETUP_COOP_TASKRUN = 1U << 8;
 
     private readonly int _fd;
     private readonly void* _sqRing;
@@ -101,8 +114,15 @@ public sealed unsafe class IoUring : IDisposable
     {
         ring = null;
         uint size = (uint)Math.Clamp((int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(entries, 2)), 2, MaxEntries);
-        io_uring_params p = default;
+        // A kernel older than 5.19 refuses the flag with EINVAL: set up without it.
+        io_uring_params p = new() { flags = IORING_SETUP_COOP_TASKRUN };
         int fd = io_uring_setup(size, &p);
+        if (fd < 0 && errno == EINVAL)
+        {
+            p = default;
+            fd = io_uring_setup(size, &p);
+        }
+
         if (fd < 0)
         {
             int error = errno;
