@@ -103,6 +103,12 @@ internal sealed unsafe class IscsiCommand : IDisposable
     /// <summary>Stopwatch timestamp before which a retried command is not reissued.</summary>
     public long RetryAt;
 
+    /// <summary>This loop cancelled it (its deadline passed, or the session is closing): a cancellation that is final.</summary>
+    public bool CancelRequested;
+
+    /// <summary>libiscsi cancelled it when the connection dropped; it waits to be sent again.</summary>
+    public bool LostWithConnection;
+
     /// <summary>The session's reconnect count when the command was last issued: libiscsi may have re-sent it on a newer connection.</summary>
     public long IssuedAfterReconnects;
 

@@ -32,10 +32,11 @@ namespace XenDisk.Storage.Iscsi;
 /// gone: the reservation is taken again before anything else is written. While the session is logged
 /// out and until the re-take has finished, the loop holds every command it is given (they wait, with
 /// their deadlines, beside the retries) except the re-take's own, which runs in a command slot kept
-/// for it alone, so a queue full of held commands can never starve it. Commands libiscsi itself
-/// re-sends after the login (those in flight when the connection dropped) are outside the loop's
-/// hold: if they meet RESERVATION CONFLICT from the unregistered nexus they are retried once the
-/// reservation is back.
+/// for it alone, so a queue full of held commands can never starve it. The commands that were on the
+/// wire when the connection dropped are held too: a reserved session turns libiscsi's automatic
+/// reconnect off (iscsi_set_noautoreconnect), so that a lost connection cancels them back to the loop
+/// instead of being re-sent by libiscsi straight after the new login; the loop then starts the
+/// reconnect itself and re-sends them (<see cref="Resent"/>) only once the reservation is back.
 /// </para>
 /// Thread-safety: every libiscsi call after the login is made on the loop's thread; <see cref="Execute"/>,
 /// <see cref="Rent"/>, <see cref="TryRent"/>, <see cref="RentControl"/> and <see cref="Return"/> may be
@@ -84,6 +85,10 @@ internal sealed unsafe class IscsiSession : IDisposable
     private long _nextScan;
     private long _nextExpiryCheck;
     private bool _reconnectWaiting;
+
+    // Owned by the loop: libiscsi's automatic reconnect is off (a reserved session reconnects itself).
+    private bool _manualReconnect;
+    private long _resent;
 
     /// <summary>The command slot kept for reservation commands (index <c>depth</c>), one user at a time.</summary>
     private readonly int _controlIndex;
@@ -143,6 +148,9 @@ internal sealed unsafe class IscsiSession : IDisposable
 
     /// <summary>How many times libiscsi re-established the session (a new connection and login) since the first login.</summary>
     public long Reconnects => Interlocked.Read(ref _reconnects);
+
+    /// <summary>Commands that were in flight when a reserved session's connection dropped, and that the session sent again after it had taken the reservation back.</summary>
+    public long Resent => Interlocked.Read(ref _resent);
 
     /// <summary>
     /// The key this session's host holds the LUN's persistent reservation under, or 0: set once the
@@ -366,6 +374,13 @@ internal sealed unsafe class IscsiSession : IDisposable
     /// </summary>
     private void Work()
     {
+        bool reserved = ReservationKey != 0;
+        if (reserved != _manualReconnect)
+        {
+            // Turning it back on also starts a reconnect libiscsi deferred meanwhile.
+            _manualReconnect = reserved;
+            LibIscsi.iscsi_set_noautoreconnect(_context, reserved ? 1 : 0);
+        }
         if (_retakeDone)
         {
             _retakeDone = false;
@@ -375,6 +390,7 @@ internal sealed unsafe class IscsiSession : IDisposable
         if (_reconnectWaiting || now >= _nextScan)
         {
             LibIscsi.iscsi_service(_context, 0);
+            ReconnectIfDeferred();
             NoteReconnect();
             _nextScan = now + Stopwatch.Frequency;
         }
@@ -391,7 +407,25 @@ internal sealed unsafe class IscsiSession : IDisposable
     private void ServiceSocket(int revents)
     {
         LibIscsi.iscsi_service(_context, revents);
+        ReconnectIfDeferred();
         NoteReconnect();
+    }
+
+    /// <summary>
+    /// With the automatic reconnect off, a lost connection makes libiscsi cancel every command (each
+    /// comes back through <see cref="Completed"/> as cancelled and is held for re-sending) and defer the
+    /// reconnect. Switching the automatic reconnect on starts a deferred one (and does nothing
+    /// otherwise), and switching it off again at once means that what the new login would re-send is
+    /// nothing: the loop re-sends the held commands itself after the reservation's re-take. libiscsi
+    /// says nothing of a deferral, so this runs after every service: two stores, no system call.
+    /// </summary>
+    private void ReconnectIfDeferred()
+    {
+        if (_manualReconnect)
+        {
+            LibIscsi.iscsi_set_noautoreconnect(_context, 0);
+            LibIscsi.iscsi_set_noautoreconnect(_context, 1);
+        }
     }
 
     private void DrainWake()
@@ -610,7 +644,13 @@ internal sealed unsafe class IscsiSession : IDisposable
             Finish(command, new ScsiOutcome(ScsiStatus.CANCELLED, 0, 0));
             return;
         }
+        if (command.Attempts > 0 && command.LostWithConnection)
+        {
+            Interlocked.Increment(ref _resent);
+        }
         command.Attempts++;
+        command.CancelRequested = false;
+        command.LostWithConnection = false;
         command.IssuedAfterReconnects = _reconnects;
         Issued?.Invoke(command.Operation, command.Code);
         delegate* unmanaged<nint, int, nint, nint, void> callback = &OnCompleted;
@@ -689,6 +729,9 @@ internal sealed unsafe class IscsiSession : IDisposable
         {
             ScsiStatus.CHECK_CONDITION => senseKey == ScsiSenseKey.UNIT_ATTENTION,
             ScsiStatus.BUSY or ScsiStatus.TASK_SET_FULL => true,
+            // Not cancelled by this loop: libiscsi gave it back when a reserved session's connection
+            // dropped (ReconnectIfDeferred); it goes again once the reservation is back.
+            ScsiStatus.CANCELLED => _manualReconnect && !command.CancelRequested,
             // Sent before a reconnect and re-sent by libiscsi on the new, not yet registered nexus (or
             // answered while the reservation is being taken again): once more after the re-take. A
             // conflict met after it is another host's reservation, and final.
@@ -698,6 +741,7 @@ internal sealed unsafe class IscsiSession : IDisposable
         };
         if (retry)
         {
+            command.LostWithConnection = status == ScsiStatus.CANCELLED;
             command.Outcome = outcome;
             command.RetryPending = true;
             command.RetryAt = status == ScsiStatus.CHECK_CONDITION ? now : now + BusyRetryTicks;
@@ -732,6 +776,7 @@ internal sealed unsafe class IscsiSession : IDisposable
 
     private void Cancel(IscsiCommand command)
     {
+        command.CancelRequested = true;
         nint task = command.Task;
         if (LibIscsi.iscsi_scsi_cancel_task(_context, task) != 0 && command.InFlight)
         {
