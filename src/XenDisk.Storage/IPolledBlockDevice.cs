@@ -55,6 +55,13 @@ public interface IPolledQueue : IDisposable
     /// <summary>The poll(2) events to wait for on <see cref="FileDescriptor"/>; 0 while none.</summary>
     int Events { get; }
 
+    /// <summary>
+    /// Changes whenever the connection behind <see cref="FileDescriptor"/> may have been replaced, even
+    /// under the same descriptor number (a reconnect closes one socket and may get its number again):
+    /// a wait armed on the old one must then be replaced.
+    /// </summary>
+    int ConnectionGeneration { get; }
+
     /// <summary>Readable (POLLIN) when another thread handed the queue work; then call <see cref="Service"/> with woken.</summary>
     int WakeDescriptor { get; }
 

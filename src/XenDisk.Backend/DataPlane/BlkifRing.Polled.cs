@@ -33,6 +33,7 @@ public sealed unsafe partial class BlkifRing : IPolledCompletion
     private bool _polledSocketArmed;
     private int _polledSocketFd = -1;
     private int _polledSocketEvents;
+    private int _polledSocketConnection;
     private uint _polledSocketGeneration;
     private bool _polledWakeArmed;
     private bool _polledTimerArmed;
@@ -173,8 +174,9 @@ public sealed unsafe partial class BlkifRing : IPolledCompletion
 
     /// <summary>
     /// Before the loop's io_uring_enter: the socket poll with the events the queue wants now (replaced
-    /// when the descriptor or the events changed: a reconnect opens a new socket, and a full send buffer
-    /// adds POLLOUT), the wake-up poll, and the timer when the queue has deadlines. A timer armed earlier
+    /// when the descriptor, its connection or the events changed: a reconnect opens a new socket, maybe
+    /// under the old one's number, which a poll armed on the old file would never report; a full send
+    /// buffer adds POLLOUT), the wake-up poll, and the timer when the queue has deadlines. A timer armed earlier
     /// for longer than the queue now wants is left to run: the queue's ticks are at most 100 ms apart.
     /// </summary>
     private void ArmPolled()
@@ -187,7 +189,8 @@ public sealed unsafe partial class BlkifRing : IPolledCompletion
 
         int events = queue.Events;
         int fd = events != 0 ? queue.FileDescriptor : -1;
-        if (_polledSocketArmed && (fd != _polledSocketFd || events != _polledSocketEvents))
+        int connection = queue.ConnectionGeneration;
+        if (_polledSocketArmed && (fd != _polledSocketFd || events != _polledSocketEvents || connection != _polledSocketConnection))
         {
             io_uring_sqe* remove = NextControlSubmission();
             remove->opcode = IORING_OP_POLL_REMOVE;
@@ -209,6 +212,7 @@ public sealed unsafe partial class BlkifRing : IPolledCompletion
             _polledSocketArmed = true;
             _polledSocketFd = fd;
             _polledSocketEvents = events;
+            _polledSocketConnection = connection;
         }
 
         if (!_polledWakeArmed)

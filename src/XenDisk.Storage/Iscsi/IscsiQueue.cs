@@ -79,6 +79,8 @@ internal sealed unsafe class IscsiQueue : IPolledQueue
 
     public int Events => _session.Events;
 
+    public int ConnectionGeneration => _session.ConnectionGeneration;
+
     public int WakeDescriptor => _session.WakeDescriptor;
 
     public int TimerMilliseconds => _session.TimerMilliseconds;

@@ -21,7 +21,8 @@ namespace XenDisk.Storage.Iscsi;
 /// queue on the same thread. Many commands are in flight at once, up to the queue depth.
 /// <para>
 /// A lost connection is libiscsi's to repair: it logs in again on a fresh socket with the same
-/// parameters and re-sends every command still in flight (the context pointer stays the same). Commands
+/// parameters and re-sends every command still in flight (the context pointer stays the same); a
+/// reserved session re-sends them itself, after its reservation is back (below). Commands
 /// that a reconnect cannot save fail with their deadline, so a caller always gets an answer.
 /// UNIT ATTENTION (reported after a target restart or a LUN resize), BUSY and TASK SET FULL are retried
 /// until the deadline (SAM-5 5.3: the command was not executed).
@@ -85,6 +86,7 @@ internal sealed unsafe class IscsiSession : IDisposable
     private long _nextScan;
     private long _nextExpiryCheck;
     private bool _reconnectWaiting;
+    private int _connectionGeneration;
 
     // Owned by the loop: libiscsi's automatic reconnect is off (a reserved session reconnects itself).
     private bool _manualReconnect;
@@ -443,10 +445,17 @@ internal sealed unsafe class IscsiSession : IDisposable
         get
         {
             int events = LibIscsi.iscsi_which_events(_context);
-            _reconnectWaiting = events == 0;
+            if (_reconnectWaiting != (events == 0))
+            {
+                _reconnectWaiting = events == 0;
+                _connectionGeneration++;
+            }
             return events;
         }
     }
+
+    /// <summary>Driven: changes whenever the socket may have been replaced (the session logged out or in, a reconnect started or stopped waiting).</summary>
+    public int ConnectionGeneration => _connectionGeneration;
 
     /// <summary>Driven: the eventfd other threads write when they queue a command (the reservation's re-take).</summary>
     public int WakeDescriptor => _eventFd;
@@ -521,6 +530,10 @@ internal sealed unsafe class IscsiSession : IDisposable
     {
         bool loggedIn = LibIscsi.iscsi_is_logged_in(_context) != 0;
         bool reconnected = loggedIn && !_loggedIn;
+        if (loggedIn != _loggedIn)
+        {
+            _connectionGeneration++;
+        }
         _loggedIn = loggedIn;
         if (!reconnected)
         {
