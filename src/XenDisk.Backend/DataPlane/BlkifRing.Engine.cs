@@ -95,7 +95,7 @@ public sealed unsafe partial class BlkifRing
             perRequest = 3;
         }
 
-        if (!IoUring.TryCreate((entries * perRequest) + ControlOperations, out IoUring? uring, out string? reason))
+        if (!IoUring.TryCreate((entries * perRequest) + ControlOperations + (Setup.Disk is IPolledBlockDevice ? PolledControlOperations : 0), out IoUring? uring, out string? reason))
         {
             _remap = null;
             if (choice == IoEngine.IoUring)
@@ -112,7 +112,7 @@ public sealed unsafe partial class BlkifRing
         }
 
         _uring = uring;
-        _controlMemory = (nint)NativeMemory.AllocZeroed(ControlMemoryBytes);
+        _controlMemory = (nint)NativeMemory.AllocZeroed(ControlMemoryBytes + PolledTimespecBytes);
         _eventFd = Setup.EventChannels.FileDescriptor;
 
         // Reading the port through the io_uring spares the poll's wake-up a read(2) of its own; a handle
@@ -121,6 +121,9 @@ public sealed unsafe partial class BlkifRing
         _eventReadSize = readSize is > 0 and <= UnmaskOffset - EventReadOffset ? readSize : 0;
         if (_remap is null)
         {
+            // Not a file: a device the thread may drive itself (an iSCSI LUN) opens its queue here;
+            // without io_uring there is no loop to wait on its socket, and the I/O threads serve it.
+            OpenPolledQueue(entries);
             return;
         }
 
@@ -142,6 +145,7 @@ public sealed unsafe partial class BlkifRing
     /// <summary>On the ring thread as it ends, with nothing in flight: closes the io_uring and frees its memory.</summary>
     private void ReleaseEngine()
     {
+        ClosePolled();
         CancelEventRead();
         _uring?.Dispose();
         _uring = null;
@@ -407,11 +411,21 @@ public sealed unsafe partial class BlkifRing
             return;
         }
 
+        // Requests the polled queue answered outside a reaped completion (as it was handed them, or
+        // while it wrote a batch) are answered first.
+        CompletePolled();
         while (uring.TryPeekCompletion(out io_uring_cqe cqe))
         {
             uring.AdvanceCompletion();
             _uringOperations--;
-            switch (cqe.user_data >> TagShift)
+            ulong tag = cqe.user_data >> TagShift;
+            if (tag >= TagPolledSocket)
+            {
+                ReapPolled(cqe, tag);
+                continue;
+            }
+
+            switch (tag)
             {
                 case TagData:
                     CompleteOperation(cqe);
@@ -581,6 +595,8 @@ public sealed unsafe partial class BlkifRing
             return;
         }
 
+        ArmPolled();
+
         if (_eventReadSize > 0)
         {
             if (!_eventReadArmed && !_eventPollArmed)
@@ -690,6 +706,7 @@ public sealed unsafe partial class BlkifRing
         }
 
         _drainingForTeardown = true;
+        CancelPolled();
         if (_uringDataOperations > 0)
         {
             io_uring_sqe* sqe = NextControlSubmission();

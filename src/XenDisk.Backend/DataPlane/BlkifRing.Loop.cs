@@ -112,6 +112,7 @@ public sealed partial class BlkifRing
                 if (_ring.ReadRequestProducer() != _requestConsumer || FinalCheckForRequests())
                 {
                     SubmitQueued();
+                    FlushPolled();
                     continue;
                 }
 
@@ -125,7 +126,7 @@ public sealed partial class BlkifRing
                 }
             }
 
-            if (HasCompletions || EngineHasCompletions)
+            if (HasCompletions || EngineHasCompletions || FlushPolled())
             {
                 SubmitQueued();
                 continue;

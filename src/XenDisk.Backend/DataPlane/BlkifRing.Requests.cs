@@ -81,7 +81,7 @@ public sealed partial class BlkifRing
             Execute(context);
             Complete(context);
         }
-        else if (!TrySubmitFast(context))
+        else if (!TrySubmitFast(context) && !TrySubmitPolled(context))
         {
             _workers.Enqueue(context.Index);
         }

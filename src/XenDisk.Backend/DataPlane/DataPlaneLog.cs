@@ -23,6 +23,14 @@ internal static partial class DataPlaneLog
         Message = "Ring {Ring}: the in-flight record {Path} was discarded: {Reason}; the ring attaches from the shared ring's indices")]
     public static partial void InflightRecordDiscarded(ILogger logger, string ring, string path, string reason);
 
+    [LoggerMessage(EventId = 2010, Level = LogLevel.Warning,
+        Message = "Ring {Ring}: the disk's own queue for this ring could not be opened ({Reason}); its requests go through the I/O threads")]
+    public static partial void PolledQueueUnavailable(ILogger logger, string ring, string reason);
+
+    [LoggerMessage(EventId = 2011, Level = LogLevel.Warning,
+        Message = "Ring {Ring}: closing the disk's queue for this ring failed")]
+    public static partial void PolledQueueCloseFailed(ILogger logger, string ring, Exception exception);
+
     [LoggerMessage(EventId = 2001, Level = LogLevel.Information,
         Message = "Ring {Ring} stopped after {Requests} requests ({GuestErrors} guest errors, {StorageErrors} storage errors, {Unsupported} unsupported)")]
     public static partial void RingStopped(ILogger logger, string ring, long requests, long guestErrors, long storageErrors, long unsupported);

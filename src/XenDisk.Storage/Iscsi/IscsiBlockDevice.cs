@@ -15,13 +15,19 @@ namespace XenDisk.Storage.Iscsi;
 /// for this host (<see cref="IscsiReservation"/>) until the device is disposed; opened read-only (a golden
 /// base) it takes no reservation and shares the LUN with every host.
 /// Thread-safe: callers on many threads keep many commands in flight on the one session.
+/// <para>
+/// The data plane does not block on it: each ring opens an <see cref="IscsiQueue"/> of its own
+/// (<see cref="OpenQueue"/>, a second login to the LUN driven by the ring thread's event loop), and
+/// only what that queue declines comes here through the blocking calls, as do tools and control work.
+/// </para>
 /// </summary>
-public sealed unsafe class IscsiBlockDevice : IBlockDevice
+public sealed unsafe class IscsiBlockDevice : IPolledBlockDevice
 {
     /// <summary>Largest data transfer of one command when the LUN sets no limit: large enough for any blkif request.</summary>
     private const long DefaultMaxTransferBytes = 8 << 20;
 
     private readonly IscsiSession _session;
+    private readonly IscsiOptions _options;
     private readonly bool _readOnly;
     private readonly long _maxTransferBytes;
     private readonly uint _maxUnmapBlocks;
@@ -30,9 +36,10 @@ public sealed unsafe class IscsiBlockDevice : IBlockDevice
     /// <summary>The key this device holds the LUN's reservation under, or 0.</summary>
     private ulong _reservationKey;
 
-    private IscsiBlockDevice(IscsiSession session, bool readOnly, BlockDeviceInfo info, long maxTransferBytes, uint maxUnmapBlocks)
+    private IscsiBlockDevice(IscsiSession session, IscsiOptions options, bool readOnly, BlockDeviceInfo info, long maxTransferBytes, uint maxUnmapBlocks)
     {
         _session = session;
+        _options = options;
         _readOnly = readOnly;
         _info = info;
         _maxTransferBytes = maxTransferBytes;
@@ -110,7 +117,7 @@ public sealed unsafe class IscsiBlockDevice : IBlockDevice
                 DiscardAlignment = unmap && limits!.Value.AlignmentValid ? (int)Math.Min((long)limits.Value.UnmapGranularityAlignment * blockSize, 1 << 30) : 0,
                 Description = $"iSCSI LUN {url}",
             };
-            IscsiBlockDevice device = new(session, readOnly, info, maxTransfer, unmap ? limits!.Value.MaximumUnmapLbaCount : 0);
+            IscsiBlockDevice device = new(session, options, readOnly, info, maxTransfer, unmap ? limits!.Value.MaximumUnmapLbaCount : 0);
             if (!readOnly && options.ReservationKey != 0)
             {
                 IscsiReservation.Acquire(session, options.ReservationKey);
@@ -126,6 +133,17 @@ public sealed unsafe class IscsiBlockDevice : IBlockDevice
             session.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// A connection of the calling event loop's own to the LUN (<see cref="IscsiQueue"/>): logged in
+    /// with the device's options and, when the device holds the LUN's reservation, registered under its key.
+    /// </summary>
+    public IPolledQueue OpenQueue(IPolledCompletion completion)
+    {
+        ArgumentNullException.ThrowIfNull(completion);
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        return IscsiQueue.Open(this, _options, completion, _maxTransferBytes, _maxUnmapBlocks, _reservationKey, _session);
     }
 
     public IoStatus Read(long offset, ReadOnlySpan<IoBuffer> buffers) => Transfer(IscsiOperation.Read, offset, buffers);

@@ -40,7 +40,8 @@ internal readonly record struct ScsiOutcome(int Status, int SenseKey, int Ascq)
 /// One pooled command slot of an <see cref="IscsiSession"/>. Ownership: a caller takes a free slot,
 /// fills its parameters and hands it to the event loop; from then until <see cref="Done"/> is set the
 /// loop owns it (and libiscsi reads or writes the caller's buffers through <see cref="Iov"/>); the
-/// caller then reads the outcome and returns the slot. The native iovec array and the parameter block
+/// caller then reads the outcome and returns the slot. A driven queue's command is answered through
+/// <see cref="Queue"/> instead, which returns the slot itself. The native iovec array and the parameter block
 /// are allocated once with the slot, so a command in steady state allocates nothing.
 /// </summary>
 internal sealed unsafe class IscsiCommand : IDisposable
@@ -84,6 +85,15 @@ internal sealed unsafe class IscsiCommand : IDisposable
     /// <summary>PR OUT type.</summary>
     public int Type;
 
+    /// <summary>
+    /// The driven queue that submitted this command, which gets its outcome on the loop's thread, or
+    /// null for a command a caller waits for (<see cref="Done"/>).
+    /// </summary>
+    public IscsiQueue? Queue;
+
+    /// <summary>The queue's tag for the request this command carries.</summary>
+    public int Tag;
+
     // Owned by the event loop while in flight.
     public nint Task;
     public long DeadlineTimestamp;
@@ -92,6 +102,12 @@ internal sealed unsafe class IscsiCommand : IDisposable
     public bool RetryPending;
     /// <summary>Stopwatch timestamp before which a retried command is not reissued.</summary>
     public long RetryAt;
+
+    /// <summary>This loop cancelled it (its deadline passed, or the session is closing): a cancellation that is final.</summary>
+    public bool CancelRequested;
+
+    /// <summary>libiscsi cancelled it when the connection dropped; it waits to be sent again.</summary>
+    public bool LostWithConnection;
 
     /// <summary>The session's reconnect count when the command was last issued: libiscsi may have re-sent it on a newer connection.</summary>
     public long IssuedAfterReconnects;

@@ -83,6 +83,53 @@ internal static unsafe class IscsiReservation
         }
     }
 
+    /// <summary>
+    /// A further connection of the host that holds the LUN (a ring's own queue): registers its I_T nexus
+    /// under the host's key, which under type 5 is all a nexus needs to write. It never reserves, so the
+    /// reservation stays with the device's own session and closing this connection never releases it.
+    /// </summary>
+    public static void RegisterNexus(IscsiSession session, ulong key) =>
+        Out(session, RegisterAndIgnoreExistingKey, 0, 0, key, "REGISTER AND IGNORE EXISTING KEY");
+
+    /// <summary>Removes a further connection's registration when it closes (it never holds the reservation, <see cref="RegisterNexus"/>).</summary>
+    public static void UnregisterNexusQuietly(IscsiSession session, ulong key) => OutCommand(session, Register, key, 0);
+
+    /// <summary>
+    /// After a further connection reconnected (a new nexus, unregistered; after a target restart the
+    /// reservation is gone too): the owner takes the reservation again, then this nexus registers. The
+    /// owner's own connection may be reconnecting at the same moment, so a failed attempt is repeated
+    /// every 100 ms until <paramref name="timeoutTicks"/> have passed; another host's reservation is final.
+    /// </summary>
+    public static bool ReassertNexus(IscsiSession owner, IscsiSession nexus, ulong key, long timeoutTicks)
+    {
+        long deadline = System.Diagnostics.Stopwatch.GetTimestamp() + timeoutTicks;
+        while (true)
+        {
+            try
+            {
+                IscsiReservationHolder? holder = ReadHolder(owner);
+                if (holder is { } held && held.Key != key)
+                {
+                    return false;
+                }
+                if (Reassert(owner, key))
+                {
+                    RegisterNexus(nexus, key);
+                    return true;
+                }
+            }
+            catch (StorageException)
+            {
+                // The owner or this nexus could not be asked yet (a reconnect in progress): again below.
+            }
+            if (System.Diagnostics.Stopwatch.GetTimestamp() >= deadline)
+            {
+                return false;
+            }
+            Thread.Sleep(100);
+        }
+    }
+
     /// <summary>Releases the reservation and removes the key's registration (a clean stop); failures are left to the target's state.</summary>
     public static void ReleaseQuietly(IscsiSession session, ulong key)
     {

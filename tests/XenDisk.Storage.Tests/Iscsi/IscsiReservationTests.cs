@@ -164,5 +164,10 @@ public sealed class IscsiReservationTests
         Assert.True(register >= 0 && reserve > register, string.Join(", ", after.Take(12)));
         Assert.True(firstWrite > reserve, string.Join(", ", after.Take(12)));
         Assert.Equal(HostA, IscsiBlockDevice.ReadReservation(url, new IscsiOptions())!.Value.Key);
+
+        // The writes that were on the wire when the target went away were sent again by the session,
+        // after the re-take above (they are among the writes counted there), not by libiscsi's own
+        // reconnect straight after the login.
+        Assert.True(device.Session.Resent > 0, "no write was in flight at the restart, or libiscsi re-sent them itself");
     }
 }
