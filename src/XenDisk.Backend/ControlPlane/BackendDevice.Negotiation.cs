@@ -16,7 +16,7 @@ internal sealed partial class BackendDevice
     /// InitWait in one transaction (xen-blkback's probe + backend_changed; libxl runs the hotplug
     /// script once it sees InitWait). On failure nothing stays open.
     /// </summary>
-    private void SetUp()
+    private async Task SetUpAsync()
     {
         IXenStore store = _context.Store;
         _error = null;
@@ -42,7 +42,8 @@ internal sealed partial class BackendDevice
         IBlockDevice disk;
         try
         {
-            disk = _context.Disks.Open(vm, new DiskSpecification(configuration.Target, configuration.ReadOnly, configuration.Type), out bool shared);
+            (disk, bool shared) = await _context.Disks.OpenAsync(vm, new DiskSpecification(configuration.Target, configuration.ReadOnly, configuration.Type))
+                .ConfigureAwait(false);
             if (shared)
             {
                 ControlPlaneLog.DiskShared(_context.Logger, Name, vm!);
