@@ -10,7 +10,7 @@ using static System.FormattableString;
 
 namespace XenDisk.Cli.Bench;
 
-internal sealed record RestartBenchSettings(int Guests, int NewDevices, int Rounds, long SizeBytes, string? Directory);
+internal sealed record RestartBenchSettings(int Guests, int NewDevices, int Rounds, long SizeBytes, string? Directory, TimeSpan OpenDelay);
 
 /// <summary>One round: how long each new device took to reach InitWait, and the old guests to be connected again.</summary>
 internal sealed record RestartBenchRound(double[] NewDeviceInitWaitMilliseconds, double OldGuestsConnectedMilliseconds, long OldGuestErrors);
@@ -63,7 +63,7 @@ internal static class RestartBenchmark
     {
         double[] all = [.. rounds.SelectMany(r => r.NewDeviceInitWaitMilliseconds).Order()];
         double[] connected = [.. rounds.Select(r => r.OldGuestsConnectedMilliseconds).Order()];
-        writer.WriteLine(Invariant($"restart bench: {settings.Guests} guests on qcow2 overlays under load, {settings.NewDevices} new devices attached as the new instance starts, {rounds.Count} rounds, load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]}"));
+        writer.WriteLine(Invariant($"restart bench: {settings.Guests} guests on qcow2 overlays under load (their opens delayed {settings.OpenDelay.TotalMilliseconds:F0} ms), {settings.NewDevices} new devices attached as the new instance starts, {rounds.Count} rounds, load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]}"));
         writer.WriteLine(Invariant($"  new device, creation to InitWait: median {Percentile(all, 0.5):F0} ms, max {all[^1]:F0} ms ({all.Length} devices)"));
         writer.WriteLine(Invariant($"  old guests connected again after the start: median {Percentile(connected, 0.5):F0} ms, max {connected[^1]:F0} ms"));
         writer.WriteLine(Invariant($"  guest I/O errors: {rounds.Sum(r => r.OldGuestErrors)}"));
@@ -75,7 +75,7 @@ internal static class RestartBenchmark
     {
         using var hypervisor = new SimulatedHypervisor();
         using var toolstack = new SimulatedToolstack(hypervisor);
-        var provider = new OverlayProvider(baseFile);
+        var provider = new OverlayProvider(baseFile, settings.OpenDelay);
         var options = new BackendOptions { MaxQueues = 2, InflightDirectory = directory };
         var backend = new BlockBackend(hypervisor.Platform(hypervisor.Dom0), provider, options, loggerFactory);
         await backend.StartAsync(cancellationToken).ConfigureAwait(false);
@@ -187,14 +187,26 @@ internal static class RestartBenchmark
         }
     }
 
-    /// <summary>Each target is a qcow2 overlay over the round's base, opened as the service opens it (O_DIRECT).</summary>
-    private sealed class OverlayProvider(string baseFile) : IDiskProvider
+    /// <summary>
+    /// Each target is a qcow2 overlay over the round's base, opened as the service opens it (O_DIRECT).
+    /// With an open delay, the open of an old guest's overlay (the ones a restart re-opens) takes that
+    /// much longer, as on a host where reading an image's metadata is slow (a loaded, emulated dom0;
+    /// a busy or remote disk); new devices' opens are not delayed.
+    /// </summary>
+    private sealed class OverlayProvider(string baseFile, TimeSpan openDelay) : IDiskProvider
     {
-        public IBlockDevice Open(DiskSpecification specification) =>
-            XenDisk.Cow.Qcow2.Qcow2Disk.Open(specification.Target, new XenDisk.Cow.Qcow2.Qcow2OpenOptions
+        public IBlockDevice Open(DiskSpecification specification)
+        {
+            if (openDelay > TimeSpan.Zero && Path.GetFileName(specification.Target).StartsWith("old", StringComparison.Ordinal))
+            {
+                Thread.Sleep(openDelay);
+            }
+
+            return XenDisk.Cow.Qcow2.Qcow2Disk.Open(specification.Target, new XenDisk.Cow.Qcow2.Qcow2OpenOptions
             {
                 ReadOnly = specification.ReadOnly,
                 BackingPolicy = XenDisk.Cow.Policies.BackingFilePolicy.InDirectories(Path.GetDirectoryName(baseFile)!),
             });
+        }
     }
 }

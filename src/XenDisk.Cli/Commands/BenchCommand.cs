@@ -18,9 +18,10 @@ internal static class BenchCommand
         var rounds = new Option<int>("--rounds") { Description = "Restarts, each on a fresh simulated host", DefaultValueFactory = _ => 5 };
         var size = new Option<string>("--size") { Description = "Virtual size of the base image and of each qcow2 overlay", DefaultValueFactory = _ => "256M" };
         var directory = new Option<string?>("--dir") { Description = "Put the images in a temporary directory under this one (default /var/tmp)" };
+        var openDelay = new Option<int>("--open-delay-ms") { Description = "Make each open of an old guest's overlay this much slower, as on a host where reading image metadata is slow", DefaultValueFactory = _ => 0 };
         var command = new Command("restart", "A restart under load: time from a new device's creation in xenstore to InitWait while the new instance reconnects the old guests")
         {
-            guests, newDevices, rounds, size, directory,
+            guests, newDevices, rounds, size, directory, openDelay,
         };
         command.SetAction(async (parse, cancellationToken) =>
         {
@@ -29,13 +30,15 @@ internal static class BenchCommand
                 return CommandErrors.Invalid($"--size must be at least 1M and a multiple of 4k ({sizeError})");
             }
 
-            if (parse.GetValue(guests) is < 1 or > 64 || parse.GetValue(newDevices) is < 1 or > 64 || parse.GetValue(rounds) is < 1 or > 25)
+            if (parse.GetValue(guests) is < 1 or > 64 || parse.GetValue(newDevices) is < 1 or > 64 || parse.GetValue(rounds) is < 1 or > 25
+                || parse.GetValue(openDelay) is < 0 or > 60_000)
             {
-                return CommandErrors.Invalid("--guests and --new-devices must be 1 to 64 and --rounds 1 to 25");
+                return CommandErrors.Invalid("--guests and --new-devices must be 1 to 64, --rounds 1 to 25 and --open-delay-ms 0 to 60000");
             }
 
             using var loggerFactory = CommandLogging.Create(verbose: false);
-            var settings = new RestartBenchSettings(parse.GetValue(guests), parse.GetValue(newDevices), parse.GetValue(rounds), bytes, parse.GetValue(directory));
+            var settings = new RestartBenchSettings(parse.GetValue(guests), parse.GetValue(newDevices), parse.GetValue(rounds), bytes, parse.GetValue(directory),
+                TimeSpan.FromMilliseconds(parse.GetValue(openDelay)));
             TextWriter error = Console.Error;
             var report = await RestartBenchmark.RunAsync(settings, loggerFactory, line => error.WriteLine("bench restart: " + line), cancellationToken).ConfigureAwait(false);
             RestartBenchmark.WriteText(Console.Out, settings, report);
