@@ -187,6 +187,11 @@ internal sealed partial class BackendDevice
             () => TryKick()).ConfigureAwait(false);
         _connection = connection;
 
+        // Announced before the frontend is told Connected, so that whoever watches for new rings
+        // (telemetry) has them before the first request arrives.
+        _status = BuildStatus();
+        _context.Connected(this);
+
         VdiskInfo vdisk = _readOnly ? VdiskInfo.ReadOnly : VdiskInfo.None;
         if (string.Equals(store.Read(XenStoreTransaction.None, frontendPath + "/" + BlkifKeys.DeviceType), "cdrom", StringComparison.Ordinal))
         {
