@@ -54,7 +54,8 @@ internal sealed class SharedDisks(IDiskProvider provider)
                 entry = new Entry(key);
                 _byKey.Add(key, entry);
 
-                // The body takes _gate too, so it cannot finish before Opening is set.
+                // Set under _gate: a device that finds the entry always finds its open. A second device
+                // of the same VM waits for this open rather than racing it into the image locks.
                 Entry opening = entry;
                 entry.Opening = OpenOnOwnThread(() => OpenShared(opening, specification));
             }
