@@ -64,6 +64,8 @@ public sealed class SimulatedHypervisor : IDisposable
     /// <summary>
     /// Creates a domain the way the toolstack does: memory, then its xenstore home
     /// (/local/domain/N owned by dom0 and readable by N; device/ and data/ owned by N), then @introduceDomain.
+    /// Like libxl__domain_make it writes "vm", naming the VM's /vm/UUID directory (a fresh UUID per
+    /// domain): the backend reads it for every device it sets up.
     /// </summary>
     public SimulatedDomain CreateDomain(string name, int memoryPages = 4096)
     {
@@ -83,6 +85,9 @@ public sealed class SimulatedHypervisor : IDisposable
         XenStore.SetPermissions(0, null, XenStoreTransaction.None, home, [new(0, XenStoreAccess.None), new(id, XenStoreAccess.Read)]);
         XenStore.Write(0, null, XenStoreTransaction.None, home + "/name", name);
         XenStore.Write(0, null, XenStoreTransaction.None, home + "/domid", idText);
+        string vm = "/vm/" + Guid.NewGuid().ToString("D");
+        XenStore.Write(0, null, XenStoreTransaction.None, vm + "/name", name);
+        XenStore.Write(0, null, XenStoreTransaction.None, home + "/vm", vm);
         foreach (string writable in (ReadOnlySpan<string>)["device", "data"])
         {
             XenStore.Mkdir(0, null, XenStoreTransaction.None, home + "/" + writable);
@@ -119,7 +124,13 @@ public sealed class SimulatedHypervisor : IDisposable
         domain.Grants.RevokeAll();
         EventSwitch.CloseDomain(domain);
         XenStore.DisconnectDomain(domain.Id);
+        string? vm = XenStore.Read(0, null, XenStoreTransaction.None, domain.XenStorePath + "/vm");
         XenStore.Remove(0, null, XenStoreTransaction.None, domain.XenStorePath);
+        if (vm is not null && vm.StartsWith("/vm/", StringComparison.Ordinal))
+        {
+            XenStore.Remove(0, null, XenStoreTransaction.None, vm);
+        }
+
         XenStore.FireSpecial(XenStorePath.ReleaseDomain);
     }
 

@@ -12,7 +12,8 @@ internal sealed class BackendContext(
     BackendOptions options,
     ILogger logger,
     ILogger ringLogger,
-    Action<BackendDevice> forget)
+    Action<BackendDevice> forget,
+    Action<BackendDevice> connected)
 {
     /// <summary>Watch tokens of frontend "state" keys start with this, followed by the device's backend path.</summary>
     public const string FrontendWatchTokenPrefix = "frontend:";
@@ -33,4 +34,7 @@ internal sealed class BackendContext(
 
     /// <summary>Called by a device once its backend node is gone and it has released everything.</summary>
     public Action<BackendDevice> Forget { get; } = forget;
+
+    /// <summary>Called by a device (on its control task) each time it has started the rings of a connection.</summary>
+    public Action<BackendDevice> Connected { get; } = connected;
 }

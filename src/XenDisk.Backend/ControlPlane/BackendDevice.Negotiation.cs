@@ -16,7 +16,7 @@ internal sealed partial class BackendDevice
     /// InitWait in one transaction (xen-blkback's probe + backend_changed; libxl runs the hotplug
     /// script once it sees InitWait). On failure nothing stays open.
     /// </summary>
-    private void SetUp()
+    private async Task SetUpAsync()
     {
         IXenStore store = _context.Store;
         _error = null;
@@ -42,7 +42,8 @@ internal sealed partial class BackendDevice
         IBlockDevice disk;
         try
         {
-            disk = _context.Disks.Open(vm, new DiskSpecification(configuration.Target, configuration.ReadOnly, configuration.Type), out bool shared);
+            (disk, bool shared) = await _context.Disks.OpenAsync(vm, new DiskSpecification(configuration.Target, configuration.ReadOnly, configuration.Type))
+                .ConfigureAwait(false);
             if (shared)
             {
                 ControlPlaneLog.DiskShared(_context.Logger, Name, vm!);
@@ -185,6 +186,11 @@ internal sealed partial class BackendDevice
             _context.RingLogger,
             () => TryKick()).ConfigureAwait(false);
         _connection = connection;
+
+        // Announced before the frontend is told Connected, so that whoever watches for new rings
+        // (telemetry) has them before the first request arrives.
+        _status = BuildStatus();
+        _context.Connected(this);
 
         VdiskInfo vdisk = _readOnly ? VdiskInfo.ReadOnly : VdiskInfo.None;
         if (string.Equals(store.Read(XenStoreTransaction.None, frontendPath + "/" + BlkifKeys.DeviceType), "cdrom", StringComparison.Ordinal))

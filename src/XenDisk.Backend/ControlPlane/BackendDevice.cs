@@ -270,7 +270,7 @@ internal sealed partial class BackendDevice
             _hotplugManaged = !string.IsNullOrEmpty(ReadBackend(BlkifKeys.Script));
             // Left set when SetUp throws, for FailAsync to tell a failed setup from a later failure.
             _settingUp = true;
-            SetUp();
+            await SetUpAsync().ConfigureAwait(false);
             _settingUp = false;
 
             if (_disk is null)

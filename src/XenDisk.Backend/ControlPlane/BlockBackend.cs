@@ -53,6 +53,15 @@ public sealed class BlockBackend : IAsyncDisposable
 
     public BackendOptions Options => _options;
 
+    /// <summary>
+    /// Raised each time a device connects to its frontend (first connect, reconnect, or pick-up after
+    /// a restart), on that device's control task, with its status: its rings are running, and the
+    /// frontend is told Connected right after. Lets
+    /// telemetry adopt new rings when they appear instead of looking for them on a timer. A handler
+    /// must be quick and must not throw (what it throws is logged and ignored).
+    /// </summary>
+    public event Action<DeviceStatus>? DeviceConnected;
+
     /// <summary>A snapshot of every device this backend serves (devices left to other backends by
     /// <see cref="BackendOptions.HotplugScriptFilter"/> are not listed), ordered by backend path.</summary>
     public IReadOnlyList<DeviceStatus> Devices =>
@@ -85,7 +94,7 @@ public sealed class BlockBackend : IAsyncDisposable
         try
         {
             string domainPath = store.GetDomainPath(_platform.LocalDomainId);
-            _context = new BackendContext(_platform, store, _disks, _options, _logger, _ringLogger, Forget);
+            _context = new BackendContext(_platform, store, _disks, _options, _logger, _ringLogger, Forget, OnDeviceConnected);
             foreach (string kind in _options.Kinds)
             {
                 string root = BackendPaths.KindRoot(domainPath, kind);
@@ -401,6 +410,18 @@ public sealed class BlockBackend : IAsyncDisposable
         var device = new BackendDevice(_context!, kind, path, frontendDomainId, deviceId);
         _devices[path] = device;
         device.TryKick();
+    }
+
+    private void OnDeviceConnected(BackendDevice device)
+    {
+        try
+        {
+            DeviceConnected?.Invoke(device.Status);
+        }
+        catch (Exception e)
+        {
+            ControlPlaneLog.ConnectedHandlerFailed(_logger, device.BackendPath, e);
+        }
     }
 
     private void Forget(BackendDevice device) =>

@@ -88,6 +88,9 @@ internal static partial class ControlPlaneLog
     [LoggerMessage(EventId = 1024, Level = LogLevel.Error, Message = "{Device}: the final flush before closing the disk failed ({Status}); writes the guest completed may not be durable")]
     public static partial void FinalFlushFailed(ILogger logger, string device, string status);
 
+    [LoggerMessage(EventId = 1027, Level = LogLevel.Warning, Message = "{Device}: a handler of the backend's DeviceConnected event failed")]
+    public static partial void ConnectedHandlerFailed(ILogger logger, string device, Exception exception);
+
     [LoggerMessage(EventId = 1025, Level = LogLevel.Information, Message = "{Device}: shares the open disk of another device of the same VM ({Vm}), as during a migration to this host")]
     public static partial void DiskShared(ILogger logger, string device, string vm);
 }

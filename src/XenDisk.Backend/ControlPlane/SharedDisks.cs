@@ -21,36 +21,81 @@ internal sealed class SharedDisks(IDiskProvider provider)
 
     /// <summary>
     /// The disk <paramref name="specification"/> names: the one a device of <paramref name="vm"/> has
-    /// open already, or a new open through the provider. A null <paramref name="vm"/> (a domain without
-    /// one) never shares. Throws <see cref="StorageException"/> as the provider does.
+    /// open already (or is opening: this waits for that open and shares its outcome), or a new open
+    /// through the provider. A null <paramref name="vm"/> (a domain without one) never shares. Fails
+    /// with <see cref="StorageException"/> as the provider does.
+    ///
+    /// The provider's open runs on a thread of its own, never on a thread-pool thread, and outside
+    /// any lock: an open may take long (a qcow2 image with its base and refcounts to read on a loaded
+    /// host, a dirty image to repair, a remote target to log in to), and after a restart the backend
+    /// opens the disks of every guest at once. Held under a lock, one slow open stopped every other
+    /// device from reaching InitWait (libxl gives up on a new device after 10 s); held on pool threads,
+    /// a few slow opens starved the pool that runs the watch loop and every device's control work.
     /// </summary>
-    public IBlockDevice Open(string? vm, DiskSpecification specification, out bool shared)
+    public async Task<(IBlockDevice Disk, bool Shared)> OpenAsync(string? vm, DiskSpecification specification)
     {
-        shared = false;
         if (string.IsNullOrEmpty(vm))
         {
-            return provider.Open(specification);
+            return (await OpenOnOwnThread(() => provider.Open(specification)).ConfigureAwait(false), false);
         }
 
         Key key = new(vm, specification.Target, specification.ReadOnly);
+        Entry? entry;
+        bool shared;
         lock (_gate)
         {
-            if (_byKey.TryGetValue(key, out Entry? entry))
+            shared = _byKey.TryGetValue(key, out entry);
+            if (shared)
             {
-                entry.Users++;
-                shared = true;
-                return entry.Disk;
+                entry!.Users++;
+            }
+            else
+            {
+                entry = new Entry(key);
+                _byKey.Add(key, entry);
+
+                // Set under _gate: a device that finds the entry always finds its open. A second device
+                // of the same VM waits for this open rather than racing it into the image locks.
+                Entry opening = entry;
+                entry.Opening = OpenOnOwnThread(() => OpenShared(opening, specification));
+            }
+        }
+
+        return (await entry.Opening!.ConfigureAwait(false), shared);
+    }
+
+    /// <summary>The first device's open of a shared disk; a device of the same VM that came meanwhile waits for it.</summary>
+    private IBlockDevice OpenShared(Entry entry, DiskSpecification specification)
+    {
+        IBlockDevice disk;
+        try
+        {
+            disk = provider.Open(specification);
+        }
+        catch
+        {
+            // The devices waiting for this open fail with it; the next one tries afresh.
+            lock (_gate)
+            {
+                if (_byKey.TryGetValue(entry.Key, out Entry? current) && current == entry)
+                {
+                    _byKey.Remove(entry.Key);
+                }
             }
 
-            // Opened under the lock: a second device of the same VM waits for this open and shares it,
-            // rather than racing it into the image locks.
-            IBlockDevice disk = provider.Open(specification);
-            entry = new Entry(key, disk);
-            _byKey.Add(key, entry);
-            _byDisk.Add(disk, entry);
-            return disk;
+            throw;
         }
+
+        lock (_gate)
+        {
+            _byDisk.Add(disk, entry);
+        }
+
+        return disk;
     }
+
+    private static Task<IBlockDevice> OpenOnOwnThread(Func<IBlockDevice> open) =>
+        Task.Factory.StartNew(open, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 
     /// <summary>
     /// A device lets <paramref name="disk"/> go. Returns true when the caller held the last use and
@@ -78,11 +123,12 @@ internal sealed class SharedDisks(IDiskProvider provider)
 
     private readonly record struct Key(string Vm, string Target, bool ReadOnly);
 
-    private sealed class Entry(Key key, IBlockDevice disk)
+    private sealed class Entry(Key key)
     {
         public Key Key { get; } = key;
 
-        public IBlockDevice Disk { get; } = disk;
+        /// <summary>The one open of the disk; every device that shares it awaits this.</summary>
+        public Task<IBlockDevice>? Opening { get; set; }
 
         public int Users { get; set; } = 1;
     }

@@ -79,7 +79,7 @@ internal static class RingBenchmark
         });
         await frontend.ConnectAsync(cancellationToken).ConfigureAwait(false);
 
-        // The service's histograms, offered before the first request, as the service does within 250 ms.
+        // The service's histograms, offered before the first request, as the service does when a device connects.
         using BenchTelemetry? telemetry = settings.Telemetry ? BenchTelemetry.Attach(backend) : null;
 
         var options = new LoadGeneratorOptions { ReadPercent = settings.ReadPercent, WritePercent = 100 - settings.ReadPercent };

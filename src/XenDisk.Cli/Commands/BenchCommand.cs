@@ -9,7 +9,43 @@ namespace XenDisk.Cli.Commands;
 /// <summary>`xendisk bench ...`: benchmarks that print figures for docs/BENCHMARKS.md.</summary>
 internal static class BenchCommand
 {
-    public static Command Create() => new("bench", "Measure XenDisk") { CreateRing(), BenchCowCommand.CreateCow(), CreateStorage(), CreateIscsi() };
+    public static Command Create() => new("bench", "Measure XenDisk") { CreateRing(), BenchCowCommand.CreateCow(), CreateStorage(), CreateIscsi(), CreateRestart() };
+
+    private static Command CreateRestart()
+    {
+        var guests = new Option<int>("--guests") { Description = "Guests under load whose disks the new instance opens and reconnects", DefaultValueFactory = _ => 4 };
+        var newDevices = new Option<int>("--new-devices") { Description = "Devices the toolstack adds as the new instance starts", DefaultValueFactory = _ => 4 };
+        var rounds = new Option<int>("--rounds") { Description = "Restarts, each on a fresh simulated host", DefaultValueFactory = _ => 5 };
+        var size = new Option<string>("--size") { Description = "Virtual size of the base image and of each qcow2 overlay", DefaultValueFactory = _ => "256M" };
+        var directory = new Option<string?>("--dir") { Description = "Put the images in a temporary directory under this one (default /var/tmp)" };
+        var openDelay = new Option<int>("--open-delay-ms") { Description = "Make each open of an old guest's overlay this much slower, as on a host where reading image metadata is slow", DefaultValueFactory = _ => 0 };
+        var command = new Command("restart", "A restart under load: time from a new device's creation in xenstore to InitWait while the new instance reconnects the old guests")
+        {
+            guests, newDevices, rounds, size, directory, openDelay,
+        };
+        command.SetAction(async (parse, cancellationToken) =>
+        {
+            if (!Image.SizeText.TryParse(parse.GetValue(size), out long bytes, out string sizeError) || bytes < (1L << 20) || bytes % 4096 != 0)
+            {
+                return CommandErrors.Invalid($"--size must be at least 1M and a multiple of 4k ({sizeError})");
+            }
+
+            if (parse.GetValue(guests) is < 1 or > 64 || parse.GetValue(newDevices) is < 1 or > 64 || parse.GetValue(rounds) is < 1 or > 25
+                || parse.GetValue(openDelay) is < 0 or > 60_000)
+            {
+                return CommandErrors.Invalid("--guests and --new-devices must be 1 to 64, --rounds 1 to 25 and --open-delay-ms 0 to 60000");
+            }
+
+            using var loggerFactory = CommandLogging.Create(verbose: false);
+            var settings = new RestartBenchSettings(parse.GetValue(guests), parse.GetValue(newDevices), parse.GetValue(rounds), bytes, parse.GetValue(directory),
+                TimeSpan.FromMilliseconds(parse.GetValue(openDelay)));
+            TextWriter error = Console.Error;
+            var report = await RestartBenchmark.RunAsync(settings, loggerFactory, line => error.WriteLine("bench restart: " + line), cancellationToken).ConfigureAwait(false);
+            RestartBenchmark.WriteText(Console.Out, settings, report);
+            return report.Sum(r => r.OldGuestErrors) == 0 ? 0 : 1;
+        });
+        return command;
+    }
 
     private static Command CreateIscsi()
     {

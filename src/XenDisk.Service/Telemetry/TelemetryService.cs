@@ -6,6 +6,7 @@ using Microsoft.Extensions.Options;
 using OpenTelemetry.Exporter;
 using OpenTelemetry.Metrics;
 using OpenTelemetry.Resources;
+using XenDisk.Backend.ControlPlane;
 using XenDisk.Service.Configuration;
 using XenDisk.Service.Hosting;
 using XenDisk.Telemetry;
@@ -80,19 +81,16 @@ internal static class TelemetrySetup
 
 /// <summary>
 /// Says where metrics go, and offers the histograms' observer to every new ring
-/// (<see cref="XenDiskMetrics.AttachRings"/>) shortly after it connects. The backend announces no ring,
-/// so this looks every <see cref="RingAttachInterval"/>: a ring that carried requests before it was
-/// seen replays them when it adopts the observer, so the interval bounds how much there is to replay,
-/// not what is counted. Registered only while an exporter is enabled.
+/// (<see cref="XenDiskMetrics.AttachRings"/>) when its device connects (<see cref="BlockBackend.DeviceConnected"/>),
+/// and once at start. A ring that carried requests before it adopted the observer replays them, so
+/// nothing is lost to the moment it is offered. The rings were once looked for every 250 ms: that
+/// timer woke the runtime's timer thread and a pool worker four times a second for nothing, which in
+/// a PV dom0 (every wake-up a trip through the hypervisor) cost more CPU than the rings themselves
+/// (docs/BENCHMARKS.md, "Background wake-ups"). Registered only while an exporter is enabled.
 /// </summary>
-internal sealed class TelemetryService(XenDiskMetrics metrics, IOptions<TelemetrySettings> settings, TimeProvider time, ILogger<TelemetryService> logger)
-    : IHostedService, IDisposable
+internal sealed class TelemetryService(XenDiskMetrics metrics, BlockBackend backend, IOptions<TelemetrySettings> settings, ILogger<TelemetryService> logger)
+    : IHostedService
 {
-    /// <summary>Short next to any scrape or export interval; a pass over the device list costs microseconds.</summary>
-    public static readonly TimeSpan RingAttachInterval = TimeSpan.FromMilliseconds(250);
-
-    private ITimer? _timer;
-
     public Task StartAsync(CancellationToken cancellationToken)
     {
         TelemetrySettings telemetry = settings.Value;
@@ -106,16 +104,17 @@ internal sealed class TelemetryService(XenDiskMetrics metrics, IOptions<Telemetr
             ServiceLog.OtlpExporting(logger, otlp.Endpoint, otlp.Protocol, otlp.ExportIntervalSeconds);
         }
 
-        _timer = time.CreateTimer(_ => metrics.AttachRings(), null, TimeSpan.Zero, RingAttachInterval);
+        // Subscribed before the first look, so that a device connecting in between is not missed.
+        backend.DeviceConnected += OnDeviceConnected;
+        metrics.AttachRings();
         return Task.CompletedTask;
     }
 
     public Task StopAsync(CancellationToken cancellationToken)
     {
-        _timer?.Dispose();
-        _timer = null;
+        backend.DeviceConnected -= OnDeviceConnected;
         return Task.CompletedTask;
     }
 
-    public void Dispose() => _timer?.Dispose();
+    private void OnDeviceConnected(DeviceStatus device) => metrics.AttachRings();
 }

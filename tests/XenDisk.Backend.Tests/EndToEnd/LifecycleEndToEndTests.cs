@@ -136,6 +136,32 @@ public sealed class LifecycleEndToEndTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task DeviceConnected_announces_every_connection_with_its_running_rings_before_the_frontend_sees_Connected()
+    {
+        await using BackendTestBed bed = await BackendTestBed.StartAsync(output);
+        var announced = new System.Collections.Concurrent.ConcurrentQueue<DeviceStatus>();
+        bed.Backend.DeviceConnected += announced.Enqueue;
+        SimulatedDomain guest = bed.CreateGuest();
+        DiskAttachment attachment = await bed.AttachReadyAsync(guest, FirstDevice, "disk", 2 << 20);
+        await using BlockFrontend frontend = await FrontendHarness.ConnectAsync(bed, attachment, new FrontendOptions { Queues = 2 });
+
+        DeviceStatus first = Assert.Single(announced);
+        Assert.Equal(attachment.BackendPath, first.BackendPath);
+        Assert.Equal(2, first.Queues.Count);
+        Assert.All(first.Queues, q => Assert.Same(q.Ring, bed.Backend.FindDevice(guest.Id, FirstDevice)!.Queues[q.QueueIndex].Ring));
+
+        // A new instance announces the rings it re-attached to.
+        announced.Clear();
+        await bed.RestartBackendAsync(backend => backend.DeviceConnected += announced.Enqueue);
+        await BackendTestBed.WaitUntilAsync(
+            () => bed.Backend.FindDevice(guest.Id, FirstDevice)?.State == XenbusState.Connected, "the new instance re-attached to the rings");
+        DeviceStatus again = Assert.Single(announced);
+        Assert.Equal(2, again.Queues.Count);
+        await FrontendHarness.WriteReadVerifyAsync(frontend, 0, 8192, 3);
+        await FrontendHarness.DisconnectCleanlyAsync(bed, frontend);
+    }
+
+    [Fact]
     public async Task Vbd3_and_the_script_filter_serve_only_their_devices()
     {
         BackendOptions options = BackendTestBed.DefaultOptions with { Kinds = ["vbd", "vbd3"], HotplugScriptFilter = "xendisk" };

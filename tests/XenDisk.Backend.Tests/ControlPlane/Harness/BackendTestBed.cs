@@ -222,11 +222,13 @@ public sealed class BackendTestBed : IAsyncDisposable
         }
     }
 
-    /// <summary>Stops the running backend and starts a fresh instance over the same hypervisor and disks.</summary>
-    public async Task RestartBackendAsync()
+    /// <summary>Stops the running backend and starts a fresh instance over the same hypervisor and disks;
+    /// <paramref name="beforeStart"/> sees the new instance before it looks at xenstore.</summary>
+    public async Task RestartBackendAsync(Action<BlockBackend>? beforeStart = null)
     {
         await Backend.StopAsync(CancellationToken.None).WaitAsync(Timeout);
         Backend = new BlockBackend(Hypervisor.Platform(Hypervisor.Dom0), Disks, Options, Logs);
+        beforeStart?.Invoke(Backend);
         await Backend.StartAsync(CancellationToken.None).WaitAsync(Timeout);
     }
 

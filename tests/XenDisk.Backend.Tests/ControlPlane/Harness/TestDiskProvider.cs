@@ -13,6 +13,7 @@ namespace XenDisk.Backend.Tests.Harness;
 public sealed class TestDiskProvider : IDiskProvider, IDisposable
 {
     private readonly ConcurrentDictionary<string, MemoryBlockDevice> _disks = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, OpenGate> _gates = new(StringComparer.Ordinal);
     private int _openHandles;
     private int _opens;
     private int _flushes;
@@ -40,8 +41,28 @@ public sealed class TestDiskProvider : IDiskProvider, IDisposable
 
     public MemoryBlockDevice this[string target] => _disks[target];
 
+    /// <summary>
+    /// Makes every open of <paramref name="target"/> wait until the returned gate is opened: an image
+    /// whose open is slow (a qcow2 check after a crash, a cold cache on a loaded host, a remote target).
+    /// </summary>
+    public OpenGate HoldOpens(string target)
+    {
+        var gate = new OpenGate();
+        if (!_gates.TryAdd(target, gate))
+        {
+            throw new InvalidOperationException($"Opens of {target} are held already.");
+        }
+
+        return gate;
+    }
+
     public IBlockDevice Open(DiskSpecification specification)
     {
+        if (_gates.TryGetValue(specification.Target, out OpenGate? gate))
+        {
+            gate.Pass();
+        }
+
         if (!_disks.TryGetValue(specification.Target, out MemoryBlockDevice? disk))
         {
             throw new StorageException($"{specification.Target}: no such file or directory", LibC.ENOENT);
@@ -58,6 +79,41 @@ public sealed class TestDiskProvider : IDiskProvider, IDisposable
         {
             disk.Dispose();
         }
+    }
+
+    /// <summary>Holds the opens of one disk until <see cref="Open"/> is called, and tells where they waited.</summary>
+    public sealed class OpenGate : IDisposable
+    {
+        private readonly ManualResetEventSlim _open = new();
+        private readonly SemaphoreSlim _entered = new(0);
+        private int _onPoolThreads;
+
+        /// <summary>Opens that waited at the gate on a thread-pool thread, holding it.</summary>
+        public int WaitedOnPoolThreads => Volatile.Read(ref _onPoolThreads);
+
+        /// <summary>Completes once an open is waiting at the gate.</summary>
+        public async Task WaitForOpenAsync()
+        {
+            if (!await _entered.WaitAsync(BackendTestBed.Timeout))
+            {
+                throw new TimeoutException("No open reached the gate.");
+            }
+        }
+
+        public void Open() => _open.Set();
+
+        internal void Pass()
+        {
+            if (Thread.CurrentThread.IsThreadPoolThread)
+            {
+                Interlocked.Increment(ref _onPoolThreads);
+            }
+
+            _entered.Release();
+            _open.Wait(BackendTestBed.Timeout * 2);
+        }
+
+        public void Dispose() => _open.Set();
     }
 
     /// <summary>What a provider returns for mode=r: the same device, refusing writes like a file opened O_RDONLY.</summary>
