@@ -14,7 +14,8 @@ namespace XenDisk.Cli.Commands;
 /// `xendisk io IMAGE -c CMD ...`, in the spirit of qemu-io: reads, writes, discards and flushes on an
 /// image through the devices the backend gives a guest (the copy-on-write disk provider). Commands:
 /// <c>read [-P pattern] OFFSET LENGTH</c> (with -P every byte is verified), <c>write [-P pattern | -z]
-/// OFFSET LENGTH</c> (default pattern 0xcd, as qemu-io), <c>discard OFFSET LENGTH</c>, <c>flush</c>.
+/// OFFSET LENGTH</c> (default pattern 0xcd, as qemu-io), <c>discard OFFSET LENGTH</c>, <c>flush</c>,
+/// <c>sleep MILLISECONDS</c> (as qemu-io's: the image stays open, for example to be killed while it is).
 /// One line per command; exit code 0 only if every command succeeded, 2 when a command cannot be parsed
 /// (nothing is then run), 1 otherwise.
 /// </summary>
@@ -32,6 +33,7 @@ internal static class IoCommand
         Write,
         Discard,
         Flush,
+        Sleep,
     }
 
     /// <summary>One parsed -c command.</summary>
@@ -41,16 +43,18 @@ internal static class IoCommand
     {
         var commands = new Option<string[]>("-c", "--cmd")
         {
-            Description = "A command (repeatable, run in order): 'read [-P 0xab] OFFSET LENGTH', 'write [-P 0xab | -z] OFFSET LENGTH', 'discard OFFSET LENGTH', 'flush'",
+            Description = "A command (repeatable, run in order): 'read [-P 0xab] OFFSET LENGTH', 'write [-P 0xab | -z] OFFSET LENGTH', 'discard OFFSET LENGTH', 'flush', 'sleep MILLISECONDS'",
             Arity = ArgumentArity.ZeroOrMore,
         };
         var format = ImageFiles.FormatOption();
         var allowBase = ImageFiles.AllowBaseOption();
         var readOnly = new Option<bool>("-r", "--read-only") { Description = "Open the image read-only (the default when every command is a read)" };
+        var policy = new Option<string?>("--policy") { Description = "An overlay's metadata policy, as the disk target's policy= option: sync, flush (the default), lazy or transient" };
+        policy.AcceptOnlyFromAmong("sync", "flush", "lazy", "transient");
         var image = new Argument<string>("IMAGE") { Description = "The image file" };
         var command = new Command("io", "Run reads, writes, discards and flushes on an image through the backend's copy-on-write engine (qemu-io style)")
         {
-            commands, format, allowBase, readOnly, image,
+            commands, format, allowBase, readOnly, policy, image,
         };
         command.SetAction((parse, cancellationToken) => CommandRunner.RunAsync(parse, cancellationToken, () =>
         {
@@ -73,10 +77,10 @@ internal static class IoCommand
             {
                 return exitCode;
             }
-            bool openReadOnly = parse.GetValue(readOnly) || requests.All(r => r.Operation == IoOperation.Read);
+            bool openReadOnly = parse.GetValue(readOnly) || requests.All(r => r.Operation is IoOperation.Read or IoOperation.Sleep);
             // The engine logs what a status cannot say (an image found corrupt) on stderr.
             using ILoggerFactory logs = CommandLogging.Create(verbose: false);
-            IBlockDevice device = ImageFiles.OpenForIo(path, kind, parse.GetValue(allowBase), openReadOnly, logs.CreateLogger("xendisk"));
+            IBlockDevice device = ImageFiles.OpenForIo(path, kind, parse.GetValue(allowBase), openReadOnly, logs.CreateLogger("xendisk"), parse.GetValue(policy));
             bool allSucceeded = true;
             try
             {
@@ -84,6 +88,11 @@ internal static class IoCommand
                 foreach (IoRequest request in requests)
                 {
                     cancellationToken.ThrowIfCancellationRequested();
+                    if (request.Operation == IoOperation.Sleep)
+                    {
+                        cancellationToken.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(request.Length));
+                        continue;
+                    }
                     if (Execute(device, request, buffers, out string outcome))
                     {
                         parse.Out().WriteLine(outcome);
@@ -130,9 +139,20 @@ internal static class IoCommand
             case "write": operation = IoOperation.Write; break;
             case "discard": operation = IoOperation.Discard; break;
             case "flush": operation = IoOperation.Flush; break;
+            case "sleep": operation = IoOperation.Sleep; break;
             default:
-                error = $"unknown command '{words[0]}' (read, write, discard or flush)";
+                error = $"unknown command '{words[0]}' (read, write, discard, flush or sleep)";
                 return false;
+        }
+        if (operation == IoOperation.Sleep)
+        {
+            if (words.Length != 2 || !int.TryParse(words[1], NumberStyles.None, CultureInfo.InvariantCulture, out int milliseconds))
+            {
+                error = "sleep takes a number of milliseconds";
+                return false;
+            }
+            request = new IoRequest(IoOperation.Sleep, 0, milliseconds, null, false, text);
+            return true;
         }
         if (operation == IoOperation.Flush)
         {

@@ -170,16 +170,17 @@ public sealed partial class BitmapOverlay
     }
 
     /// <summary>
-    /// Sync: the write's data and map change are durable before it is acknowledged. Other policies:
-    /// nothing to do until the guest flushes.
+    /// Sync: the write's data and map change are durable before it is acknowledged. Flush and Lazy:
+    /// a changed map block is written into the file before the answer, not made durable
+    /// (<see cref="PublishMap"/>); durability waits for the guest's flush. Transient: nothing.
     /// </summary>
     private IoStatus CompleteUpdate(bool mapChanged)
     {
-        if (_policy != MetadataPolicy.Sync)
+        if (_policy == MetadataPolicy.Sync)
         {
-            return IoStatus.Ok;
+            return mapChanged ? WriteBack(requiredOnly: false) : FlushCow();
         }
-        return mapChanged ? WriteBack(requiredOnly: false) : FlushCow();
+        return mapChanged && _map.TrackUnwritten ? PublishMap() : IoStatus.Ok;
     }
 
     /// <summary>
@@ -192,13 +193,16 @@ public sealed partial class BitmapOverlay
         long first = start >> _grainShift;
         long last = (end - 1) >> _grainShift;
         IoStatus status = IoStatus.Ok;
+        bool copied = false;
         if ((start > GrainStart(first) || end < GrainEnd(first)) && _map.Get(first) != GrainState.Mapped)
         {
             status = CopyUpAround(first, start, end);
+            copied = true;
         }
         if (status == IoStatus.Ok && last != first && end < GrainEnd(last) && _map.Get(last) != GrainState.Mapped)
         {
             status = CopyUpAround(last, start, end);
+            copied = true;
         }
         if (status == IoStatus.Ok)
         {
@@ -211,7 +215,7 @@ public sealed partial class BitmapOverlay
             return status;
         }
         // Only now, with the data complete in the data area, may a reader be sent there.
-        if (_map.Set(first, last - first + 1, GrainState.Mapped, required: true) != 0)
+        if (_map.Set(first, last - first + 1, GrainState.Mapped, required: true, copied) != 0)
         {
             mapChanged = true;
         }

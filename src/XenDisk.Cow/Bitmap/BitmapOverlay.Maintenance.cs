@@ -136,7 +136,7 @@ public sealed partial class BitmapOverlay
                 }
                 copied += length;
             }
-            _map.Set(grain, runEnd - grain, GrainState.Mapped, required: true);
+            _map.Set(grain, runEnd - grain, GrainState.Mapped, required: true, copied: true);
             grain = runEnd;
         }
         return IoStatus.Ok;

@@ -96,6 +96,8 @@ public sealed partial class BitmapOverlay
             lock (_map.Gate)
             {
                 _map.TakeDirtyLocked(requiredOnly, _takenBlocks);
+                // The flush below covers the data of every grain mapped so far.
+                _map.DataFirstPending = false;
                 blocks = _takenBlocks.Count;
                 if (blocks > 0)
                 {
@@ -121,19 +123,7 @@ public sealed partial class BitmapOverlay
                 }
                 return status;
             }
-            int runStart = 0;
-            for (int i = 1; i <= blocks && status == IoStatus.Ok; i++)
-            {
-                if (i < blocks && _takenBlocks[i] == _takenBlocks[i - 1] + 1)
-                {
-                    continue;
-                }
-                long deviceOffset = _header.BitmapOffset + (long)_takenBlocks[runStart] * BitmapFormat.MapBlockSize;
-                IoBuffer buffer = _staging!.AsIoBuffer(checked(runStart * BitmapFormat.MapBlockSize), (i - runStart) * BitmapFormat.MapBlockSize);
-                status = _cow.Write(deviceOffset, new ReadOnlySpan<IoBuffer>(in buffer));
-                _statistics.CountMetadataWrites(i - runStart);
-                runStart = i;
-            }
+            status = WriteStaged(blocks);
             if (status == IoStatus.Ok)
             {
                 status = FlushCow();
@@ -145,6 +135,91 @@ public sealed partial class BitmapOverlay
             }
             return status;
         }
+    }
+
+    /// <summary>
+    /// Map before the answer (Flush and Lazy): the map blocks a request changed are written into the
+    /// file before it is answered, without a flush, so that a crash of the service (SIGKILL, OOM
+    /// killer; the guest keeps running and the kernel's page cache survives) loses no answered
+    /// write: the next instance reads the grain as mapped. Each changed block is written once,
+    /// adjacent blocks in one I/O; a request that changed no map block costs nothing.
+    /// <para>
+    /// A power loss may keep such a block without the data it marks. For grains the request wrote
+    /// whole that is the guest's own unflushed data, which the guest was never promised; a grain
+    /// completed by a copy-up also holds bytes the guest never wrote (the base's, or zeros), so a
+    /// copy-up makes the next publication flush the data first (<see cref="GrainMap.DataFirstPending"/>),
+    /// as the write-back pass does. What a guest flush made durable is never changed. Serialised
+    /// with passes by the write-back lock, so a pass's older snapshot never lands after a newer block.
+    /// </para>
+    /// </summary>
+    private IoStatus PublishMap()
+    {
+        lock (_writeBackLock)
+        {
+            if (_flushFailed)
+            {
+                return IoStatus.IoError;
+            }
+            int blocks;
+            bool dataFirst;
+            lock (_map.Gate)
+            {
+                _map.TakeUnwrittenLocked(_takenBlocks);
+                dataFirst = _map.DataFirstPending;
+                _map.DataFirstPending = false;
+                blocks = _takenBlocks.Count;
+                if (blocks > 0)
+                {
+                    long needed = (long)blocks * BitmapFormat.MapBlockSize;
+                    if (_staging is null || _staging.Length < needed)
+                    {
+                        _staging?.Dispose();
+                        _staging = new AlignedBlock(checked((int)needed));
+                    }
+                    for (int i = 0; i < blocks; i++)
+                    {
+                        _map.BlockLocked(_takenBlocks[i]).CopyTo(_staging.Slice(checked(i * BitmapFormat.MapBlockSize), BitmapFormat.MapBlockSize));
+                    }
+                }
+            }
+            if (blocks == 0)
+            {
+                return IoStatus.Ok;
+            }
+            IoStatus status = IoStatus.Ok;
+            if (dataFirst)
+            {
+                status = FlushCow();
+                _statistics.CountMetadataFlush();
+            }
+            status = status == IoStatus.Ok ? WriteStaged(blocks) : status;
+            if (status != IoStatus.Ok)
+            {
+                // They stay dirty (a pass writes them again); a failed write leaves the file as a crash would.
+                _map.RestoreDirty(_takenBlocks);
+            }
+            return status;
+        }
+    }
+
+    /// <summary>Writes the first <paramref name="blocks"/> staged map blocks (<see cref="_takenBlocks"/>), adjacent ones in one I/O.</summary>
+    private IoStatus WriteStaged(int blocks)
+    {
+        IoStatus status = IoStatus.Ok;
+        int runStart = 0;
+        for (int i = 1; i <= blocks && status == IoStatus.Ok; i++)
+        {
+            if (i < blocks && _takenBlocks[i] == _takenBlocks[i - 1] + 1)
+            {
+                continue;
+            }
+            long deviceOffset = _header.BitmapOffset + (long)_takenBlocks[runStart] * BitmapFormat.MapBlockSize;
+            IoBuffer buffer = _staging!.AsIoBuffer(checked(runStart * BitmapFormat.MapBlockSize), (i - runStart) * BitmapFormat.MapBlockSize);
+            status = _cow.Write(deviceOffset, new ReadOnlySpan<IoBuffer>(in buffer));
+            _statistics.CountMetadataWrites(i - runStart);
+            runStart = i;
+        }
+        return status;
     }
 
     /// <summary>Flushes the CoW device; a failure is remembered (see <see cref="_flushFailed"/>).</summary>

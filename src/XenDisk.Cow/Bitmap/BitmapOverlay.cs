@@ -92,6 +92,8 @@ public sealed partial class BitmapOverlay : IRemappableBlockDevice, ICopyOnWrite
         _dataOffset = header.DataOffset;
         _map = map;
         _readOnly = readOnly;
+        // Flush and Lazy write a changed map block into the file before the answer (BitmapOverlay.WriteBack.cs).
+        _map.TrackUnwritten = !readOnly && options.Policy is MetadataPolicy.Flush or MetadataPolicy.Lazy;
         _compatibleFeatures = header.CompatibleFeatures;
         OpenedAfterUncleanShutdown = uncleanShutdown;
         _stripes = new Lock[StripeCount];

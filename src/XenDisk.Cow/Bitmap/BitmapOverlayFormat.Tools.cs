@@ -55,7 +55,7 @@ internal sealed partial class BitmapOverlayFormat
     /// as the provider opens cow:BASE,OVERLAY,format=bitmap; a hydrated (standalone) one needs no base
     /// and is opened alone.
     /// </summary>
-    public override IBlockDevice OpenForIo(string path, bool readOnly, IDiskProvider provider, Func<string, bool, IBlockDevice> openStorage)
+    public override IBlockDevice OpenForIo(string path, bool readOnly, IDiskProvider provider, Func<string, bool, IBlockDevice> openStorage, string? policy = null)
     {
         BitmapHeader header;
         using (IBlockDevice probe = openStorage(path, true))
@@ -79,7 +79,7 @@ internal sealed partial class BitmapOverlayFormat
         {
             throw new StorageException($"The bitmap overlay '{path}' records no absolute base path (\"{header.BaseName}\"), so its base cannot be found.");
         }
-        return provider.Open(new DiskSpecification($"cow:{header.BaseName},{path},format=bitmap", readOnly));
+        return provider.Open(new DiskSpecification($"cow:{header.BaseName},{path},format=bitmap" + (policy != null ? ",policy=" + policy : ""), readOnly));
     }
 
     /// <summary>

@@ -18,13 +18,29 @@ internal sealed class GrainMap
     private readonly byte[] _bytes;
     private readonly byte[] _blockDirt;
     private readonly List<int> _dirtyBlocks = [];
+    private readonly bool[] _unwritten;
+    private readonly List<int> _unwrittenBlocks = [];
 
     public GrainMap(long grainCount, long mapLength)
     {
         GrainCount = grainCount;
         _bytes = new byte[mapLength];
         _blockDirt = new byte[mapLength / BitmapFormat.MapBlockSize];
+        _unwritten = new bool[_blockDirt.Length];
     }
+
+    /// <summary>
+    /// Keep the blocks changed since they last reached the file (<see cref="TakeUnwrittenLocked"/>),
+    /// for an overlay that writes them before it answers. Set before any I/O.
+    /// </summary>
+    public bool TrackUnwritten { get; set; }
+
+    /// <summary>
+    /// A grain marked mapped since the last data flush holds bytes the guest did not write with
+    /// that request (a copy-up, hydration): its data must be durable before its map block reaches
+    /// the file. Guarded by <see cref="Gate"/>.
+    /// </summary>
+    public bool DataFirstPending { get; set; }
 
     public Lock Gate { get; } = new();
 
@@ -47,9 +63,11 @@ internal sealed class GrainMap
     /// <summary>
     /// Sets grains [<paramref name="first"/>, first + <paramref name="count"/>) to <paramref name="state"/> and marks
     /// their blocks dirty. <paramref name="required"/>: the change must reach the disk on the next
-    /// flush (false only for changes the Lazy policy may persist late). Returns how many grains changed.
+    /// flush (false only for changes the Lazy policy may persist late). <paramref name="copied"/>: the
+    /// grains hold data the guest did not send with this request (see <see cref="DataFirstPending"/>).
+    /// Returns how many grains changed.
     /// </summary>
-    public long Set(long first, long count, GrainState state, bool required)
+    public long Set(long first, long count, GrainState state, bool required, bool copied = false)
     {
         long changed = 0;
         lock (Gate)
@@ -68,6 +86,7 @@ internal sealed class GrainMap
                 MarkDirtyLocked((int)(index / BitmapFormat.MapBlockSize), required);
                 changed++;
             }
+            DataFirstPending |= copied && changed > 0;
         }
         return changed;
     }
@@ -90,9 +109,30 @@ internal sealed class GrainMap
                 continue;
             }
             _blockDirt[block] = Clean;
+            _unwritten[block] = false; // the pass writes it
             taken.Add(block);
         }
         _dirtyBlocks.RemoveRange(kept, _dirtyBlocks.Count - kept);
+        taken.Sort();
+    }
+
+    /// <summary>
+    /// Takes the blocks changed since they last reached the file, ascending, into <paramref name="taken"/>
+    /// and marks them written; they stay dirty, since only a pass makes them durable. Call under
+    /// <see cref="Gate"/> and copy their contents before releasing it.
+    /// </summary>
+    public void TakeUnwrittenLocked(List<int> taken)
+    {
+        taken.Clear();
+        foreach (int block in _unwrittenBlocks)
+        {
+            if (_unwritten[block])
+            {
+                _unwritten[block] = false;
+                taken.Add(block);
+            }
+        }
+        _unwrittenBlocks.Clear();
         taken.Sort();
     }
 
@@ -112,6 +152,11 @@ internal sealed class GrainMap
 
     private void MarkDirtyLocked(int block, bool required)
     {
+        if (TrackUnwritten && !_unwritten[block])
+        {
+            _unwritten[block] = true;
+            _unwrittenBlocks.Add(block);
+        }
         byte dirt = required ? RequiredDirty : LazyDirty;
         byte current = _blockDirt[block];
         if (current == Clean)

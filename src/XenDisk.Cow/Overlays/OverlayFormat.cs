@@ -196,7 +196,8 @@ public abstract class OverlayFormat
     /// <paramref name="openStorage"/> opens the image's own storage (path, read-only), locked as QEMU
     /// locks images. The caller owns the device returned. Throws <see cref="StorageException"/>.
     /// </summary>
-    public abstract IBlockDevice OpenForIo(string path, bool readOnly, IDiskProvider provider, Func<string, bool, IBlockDevice> openStorage);
+    /// <param name="policy">The disk target's policy= option (sync, flush, lazy, transient), or null for the default.</param>
+    public abstract IBlockDevice OpenForIo(string path, bool readOnly, IDiskProvider provider, Func<string, bool, IBlockDevice> openStorage, string? policy = null);
 
     /// <summary>
     /// Opens the overlay <see cref="OverlayAttachment.OverlayPath"/> over the opened base, creating it

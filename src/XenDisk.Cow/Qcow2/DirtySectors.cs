@@ -24,7 +24,28 @@ internal sealed class DirtySectors(long tableBytes, int sectorSize)
     /// <summary>Returns the dirty runs as (byte offset, byte length) and marks everything clean.</summary>
     public List<(int Start, int Length)> TakeRuns()
     {
-        List<(int, int)> runs = [];
+        List<(int Start, int Length)> runs = [];
+        TakeRuns(runs);
+        return runs;
+    }
+
+    /// <summary>Marks everything clean.</summary>
+    public void Clear()
+    {
+        if (Any)
+        {
+            Array.Clear(_dirty);
+            Any = false;
+        }
+    }
+
+    /// <summary>Appends the dirty runs as (byte offset, byte length) to <paramref name="runs"/> and marks everything clean.</summary>
+    public void TakeRuns(List<(int Start, int Length)> runs)
+    {
+        if (!Any)
+        {
+            return;
+        }
         int i = 0;
         while (i < _dirty.Length)
         {
@@ -41,6 +62,5 @@ internal sealed class DirtySectors(long tableBytes, int sectorSize)
             runs.Add((first * SectorSize, (i - first) * SectorSize));
         }
         Any = false;
-        return runs;
     }
 }

@@ -17,6 +17,9 @@ internal sealed class L1Table : IDisposable
     private readonly AlignedBlock _entries;
     private readonly DirtySectors _dirty;
 
+    /// <summary>Sectors changed since they last reached the file (a subset of <see cref="_dirty"/>).</summary>
+    private readonly DirtySectors _unwritten;
+
     /// <param name="size">Entries in the table (l1_size).</param>
     /// <param name="offset">Where the table starts in the image file (l1_table_offset).</param>
     /// <param name="bufferBytes">Bytes of the in-memory copy: at least size * 8, rounded up to whole metadata sectors.</param>
@@ -27,6 +30,7 @@ internal sealed class L1Table : IDisposable
         Offset = offset;
         _entries = new AlignedBlock(bufferBytes);
         _dirty = new DirtySectors(_entries.Length, metadataSector);
+        _unwritten = new DirtySectors(_entries.Length, metadataSector);
     }
 
     /// <summary>Entries in the table (l1_size).</summary>
@@ -48,6 +52,7 @@ internal sealed class L1Table : IDisposable
     {
         BinaryPrimitives.WriteUInt64BigEndian(_entries.Span[(int)(index * 8)..], value);
         _dirty.Mark(index * 8);
+        _unwritten.Mark(index * 8);
     }
 
     /// <summary>
@@ -57,7 +62,18 @@ internal sealed class L1Table : IDisposable
     public void ClearTail() => _entries.Span[(Size * 8)..].Clear();
 
     /// <summary>The runs changed since the last call, as (byte offset in the table, length).</summary>
-    public List<(int Start, int Length)> TakeDirtyRuns() => _dirty.TakeRuns();
+    public List<(int Start, int Length)> TakeDirtyRuns()
+    {
+        // The pass writes every dirty run, so nothing is left unwritten.
+        _unwritten.Clear();
+        return _dirty.TakeRuns();
+    }
+
+    /// <summary>
+    /// The runs changed since they last reached the file, appended to <paramref name="into"/> and
+    /// marked written; they stay dirty for the next pass, which alone makes them durable.
+    /// </summary>
+    public void TakeUnwrittenRuns(List<(int Start, int Length)> into) => _unwritten.TakeRuns(into);
 
     /// <summary>Copies the entries into the start of a larger table's buffer (growing the table).</summary>
     public void CopyTo(AlignedBlock destination) => _entries.Span[..(Size * 8)].CopyTo(destination.Span);

@@ -28,7 +28,8 @@ internal sealed class L2TableCache : IDisposable
     /// <param name="device">The image file (borrowed).</param>
     /// <param name="header">Supplies cluster_bits and the extended L2 entries bit (incompatible bit 4).</param>
     /// <param name="budgetBytes">The cache's budget; dirty tables may exceed it until written back.</param>
-    public L2TableCache(IBlockDevice device, Qcow2Header header, long budgetBytes, OverlayStatistics statistics)
+    /// <param name="trackUnwritten">Keep the tables changed since they last reached the file (see <see cref="TakeUnwritten"/>).</param>
+    public L2TableCache(IBlockDevice device, Qcow2Header header, long budgetBytes, OverlayStatistics statistics, bool trackUnwritten)
     {
         _device = device;
         _statistics = statistics;
@@ -36,7 +37,7 @@ internal sealed class L2TableCache : IDisposable
         _entrySize = header.L2EntrySize;
         // An L2 table fills one cluster: cluster_size / 8 entries, or / 16 with extended L2 entries.
         _indexBits = header.ClusterBits - (_extendedL2 ? 4 : 3);
-        _tables = new MetadataCache(header.ClusterSize, budgetBytes);
+        _tables = new MetadataCache(header.ClusterSize, budgetBytes, trackUnwritten);
     }
 
     /// <summary>log2 of the entries in one table: a guest cluster's L1 index is its number shifted right by this.</summary>
@@ -119,8 +120,11 @@ internal sealed class L2TableCache : IDisposable
         {
             BinaryPrimitives.WriteUInt64BigEndian(span[8..], entry.Bitmap);
         }
-        table.Dirty = true;
+        _tables.MarkChanged(table);
     }
+
+    /// <summary>The tables changed since they last reached the file (see <see cref="MetadataCache.TakeUnwritten"/>).</summary>
+    public void TakeUnwritten(List<MetadataCache.Entry> into) => _tables.TakeUnwritten(into);
 
     /// <summary>Copies the dirty tables for a write-back pass (see <see cref="MetadataCache.CaptureDirty"/>).</summary>
     public void CaptureDirty(List<(long Offset, AlignedBlock Copy, MetadataCache.Entry Entry)> into, Func<AlignedBlock> rentCopy) => _tables.CaptureDirty(into, rentCopy);

@@ -12,6 +12,11 @@ namespace XenDisk.Cow.Qcow2;
 /// the image to run that pass. Blocks being written back are pinned so that a re-read can never
 /// return the stale on-disk copy.
 /// </para>
+/// <para>
+/// With <c>trackUnwritten</c>, the cache also keeps the blocks changed since they last went to the
+/// file (by a pass or by <see cref="TakeUnwritten"/>), so that an image can put a request's
+/// metadata into the file before the request is answered without scanning the whole cache.
+/// </para>
 /// </summary>
 internal sealed class MetadataCache : IDisposable
 {
@@ -20,10 +25,13 @@ internal sealed class MetadataCache : IDisposable
     private readonly Entry _lru = new(-1, null!); // sentinel: _lru.Next is the most recently used
     private readonly int _blockSize;
     private readonly int _capacity;
+    private readonly bool _trackUnwritten;
+    private readonly List<Entry> _unwritten = [];
 
-    public MetadataCache(int blockSize, long budgetBytes)
+    public MetadataCache(int blockSize, long budgetBytes, bool trackUnwritten = false)
     {
         _blockSize = blockSize;
+        _trackUnwritten = trackUnwritten;
         _capacity = (int)Math.Clamp(budgetBytes / blockSize, 2, int.MaxValue);
         _lru.Next = _lru.Previous = _lru;
     }
@@ -34,6 +42,13 @@ internal sealed class MetadataCache : IDisposable
         public AlignedBlock Block { get; } = block;
         public bool Dirty { get; set; }
         public int Pins { get; set; }
+
+        /// <summary>Changed in memory since the block was last written to the file (tracked caches only).</summary>
+        public bool Unwritten { get; set; }
+
+        /// <summary>A block that never was in the file: whatever its cluster held before is not a table of this kind.</summary>
+        public bool New { get; set; }
+
         internal Entry? Previous;
         internal Entry? Next;
     }
@@ -92,8 +107,42 @@ internal sealed class MetadataCache : IDisposable
         Entry entry = new(offset, block) { Dirty = dirty };
         _entries.Add(offset, entry);
         LinkFirst(entry);
+        if (dirty)
+        {
+            entry.New = true;
+            MarkChanged(entry);
+        }
         NeedsWriteBack = _entries.Count > _capacity;
         return entry;
+    }
+
+    /// <summary>Marks a block changed: dirty for the next pass and, when tracked, unwritten until it next reaches the file.</summary>
+    public void MarkChanged(Entry entry)
+    {
+        entry.Dirty = true;
+        if (_trackUnwritten && !entry.Unwritten)
+        {
+            entry.Unwritten = true;
+            _unwritten.Add(entry);
+        }
+    }
+
+    /// <summary>
+    /// Moves the blocks changed since they last reached the file into <paramref name="into"/> and
+    /// marks them written (the caller writes them before it releases its claim on the file). They
+    /// stay dirty: the next pass still writes them in its order, and only it makes them durable.
+    /// </summary>
+    public void TakeUnwritten(List<Entry> into)
+    {
+        foreach (Entry entry in _unwritten)
+        {
+            if (entry.Unwritten)
+            {
+                entry.Unwritten = false;
+                into.Add(entry);
+            }
+        }
+        _unwritten.Clear();
     }
 
     /// <summary>Drops a block (its cluster was freed). Pinned blocks stay until unpinned.</summary>
@@ -101,6 +150,8 @@ internal sealed class MetadataCache : IDisposable
     {
         if (_entries.TryGetValue(offset, out Entry? entry) && entry.Pins == 0)
         {
+            // A freed block is never written again, nor is its buffer once returned.
+            entry.Unwritten = false;
             _entries.Remove(offset);
             Unlink(entry);
             ReturnBlock(entry.Block);
@@ -130,6 +181,9 @@ internal sealed class MetadataCache : IDisposable
             AlignedBlock copy = rentCopy();
             entry.Block.Span.CopyTo(copy.Span);
             entry.Dirty = false;
+            // The pass writes this copy, and no one can write the file while the pass runs.
+            entry.Unwritten = false;
+            entry.New = false;
             entry.Pins++;
             into.Add((entry.Offset, copy, entry));
         }
@@ -177,6 +231,7 @@ internal sealed class MetadataCache : IDisposable
             e.Block.Dispose();
         }
         _entries.Clear();
+        _unwritten.Clear();
         _lru.Next = _lru.Previous = _lru;
         NeedsWriteBack = false;
     }

@@ -158,6 +158,8 @@ public sealed partial class Qcow2Image
                         // Every subcluster now holds data (the copy-up wrote the whole cluster).
                         ulong bitmap = _extendedL2 ? Qcow2Format.SubclusterAllocationMask : 0;
                         _l2.Write(table!, index, new L2Entry((ulong)host | Qcow2Format.OflagCopied, bitmap));
+                        // The cluster holds old data besides the request's: durable before the entry reaches the file.
+                        _dataFirstPending = true;
                         QueueCompressedFree(entry);
                         metadataChanged = true;
                         return IoStatus.Ok;

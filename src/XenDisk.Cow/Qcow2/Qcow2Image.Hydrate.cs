@@ -117,7 +117,9 @@ public sealed partial class Qcow2Image
             {
                 ExitExclusive(stripe, cluster);
             }
-            status = AfterMetadataChange(status, metadataChanged);
+            // Copies are no answered write: a crash loses them, not data (the base still shows through),
+            // so they are not written before the next request's mapping (which flushes their data first).
+            status = AfterMetadataChange(status, metadataChanged, publish: false);
             long examined = Math.Min(_virtualSize, (cluster + 1) << _clusterBits);
             if (newBacking == null && status == IoStatus.Ok)
             {
@@ -227,7 +229,7 @@ public sealed partial class Qcow2Image
                     differingEnd = next;
                 }
                 IoBuffer data = current.AsIoBuffer(at, differingEnd - at);
-                status = WriteInCluster(guestCluster, at, differingEnd - at, new ReadOnlySpan<IoBuffer>(in data), ref metadataChanged);
+                status = WriteInCluster(guestCluster, at, differingEnd - at, new ReadOnlySpan<IoBuffer>(in data), ref metadataChanged, copiedData: true);
                 if (status != IoStatus.Ok)
                 {
                     return status;

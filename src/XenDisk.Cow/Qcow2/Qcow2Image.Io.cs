@@ -170,11 +170,12 @@ public sealed partial class Qcow2Image
     /// <summary>
     /// Sync makes the request durable before acknowledging it: its metadata and, because the device
     /// then reports no volatile cache (the guest will not flush), its data too, even when rewriting
-    /// in place changed no metadata. Any policy writes back when the caches are over budget.
+    /// in place changed no metadata. Any policy writes back when the caches are over budget. Flush
+    /// and Lazy then write the request's changed mapping into the file before it is answered
+    /// (<see cref="PublishMetadata"/>), so that it outlives a crash of the service.
     /// </summary>
-    private IoStatus AfterMetadataChange(IoStatus status, bool metadataChanged)
+    private IoStatus AfterMetadataChange(IoStatus status, bool metadataChanged, bool publish = true)
     {
-        _ = metadataChanged;
         PersistCorruptBitIfPending();
         if (status == IoStatus.Ok && _policy == MetadataPolicy.Sync)
         {
@@ -188,6 +189,15 @@ public sealed partial class Qcow2Image
                 status = writeBack;
             }
         }
+        if (metadataChanged && publish && PublishesMetadata)
+        {
+            // Even for a request that failed part-way: the clusters it did map were written.
+            IoStatus published = PublishMetadata();
+            if (status == IoStatus.Ok)
+            {
+                status = published;
+            }
+        }
         return status;
     }
 
@@ -195,8 +205,9 @@ public sealed partial class Qcow2Image
     /// Writes [start, start + length) of one guest cluster, with that cluster's stripe held
     /// exclusively. Units (subclusters or clusters) the write covers only partly and that do not
     /// hold data yet are completed from their source (backing device or zeros) in the same write.
+    /// <paramref name="copiedData"/>: the data is not the guest's (hydration copies the base).
     /// </summary>
-    private IoStatus WriteInCluster(long guestCluster, int start, int length, ReadOnlySpan<IoBuffer> data, ref bool metadataChanged)
+    private IoStatus WriteInCluster(long guestCluster, int start, int length, ReadOnlySpan<IoBuffer> data, ref bool metadataChanged, bool copiedData = false)
     {
         IoStatus status;
         L2Entry entry;
@@ -341,6 +352,15 @@ public sealed partial class Qcow2Image
             }
             _l2.Write(table!, index, updated);
             metadataChanged = true;
+            if (copiedData || fillHead || fillTail)
+            {
+                // The new units hold bytes the guest did not send with this write (backing data
+                // copied up, or the zeros a unit read as): they must be durable before the entry
+                // reaches the file, or a power loss could change sectors the guest never wrote
+                // (to zeros, or to what a reused cluster held). QEMU orders a copy-on-write the
+                // same way (the L2 update depends on a flush after the copy).
+                _dataFirstPending = true;
+            }
         }
         return IoStatus.Ok;
     }

@@ -93,6 +93,8 @@ public sealed partial class Qcow2Image
                 batch.L1Runs.Add((_l1.Offset + start, CopyOf(_l1.Block, start, length)));
             }
             _refcounts.TakePendingFrees(batch.Frees);
+            // The pass flushes the data before it writes any table, so copied-up data is covered.
+            _dataFirstPending = false;
             // Every block goes only where the map says that structure lives; nothing of the pass is
             // written when one would land on something else.
             overlap = CheckBatch(batch);
@@ -107,8 +109,7 @@ public sealed partial class Qcow2Image
             {
                 if (status == IoStatus.Ok && barriers && unflushed)
                 {
-                    status = _overlay.Flush();
-                    _statistics.CountMetadataFlush();
+                    status = FlushForMetadata(_overlay.Info.SizeBytes);
                     unflushed = false;
                 }
             }
@@ -242,6 +243,33 @@ public sealed partial class Qcow2Image
                 i++;
             }
             IoStatus status = _overlay.Write(start, run.AsSpan(0, count));
+            if (status != IoStatus.Ok)
+            {
+                return status;
+            }
+        }
+        return IoStatus.Ok;
+    }
+
+    /// <summary>Writes <paramref name="count"/> blocks from <paramref name="first"/>, sorted by offset, merging neighbours into one vectored write; allocates nothing.</summary>
+    private IoStatus WriteBlocks(List<(long Offset, AlignedBlock Copy, int Length)> blocks, int first, int count)
+    {
+        const int MaximumRun = 64;
+        Span<IoBuffer> run = stackalloc IoBuffer[MaximumRun];
+        int i = first;
+        int end = first + count;
+        while (i < end)
+        {
+            long start = blocks[i].Offset;
+            long next = start;
+            int length = 0;
+            while (i < end && length < MaximumRun && blocks[i].Offset == next)
+            {
+                run[length++] = blocks[i].Copy.AsIoBuffer(0, blocks[i].Length);
+                next += blocks[i].Length;
+                i++;
+            }
+            IoStatus status = _overlay.Write(start, run[..length]);
             if (status != IoStatus.Ok)
             {
                 return status;

@@ -25,6 +25,8 @@ namespace XenDisk.Cow.Qcow2;
 /// Crash safety (see <see cref="MetadataPolicy"/>): dirty metadata is written back in phases
 /// separated by flushes: data, refcount blocks, refcount table and header, L2 tables, L1 entries.
 /// A freed cluster returns to the allocator only after the L2 entry that referenced it is gone on disk.
+/// With Flush and Lazy, the mapping a request changed is also written into the file (not made
+/// durable) before the request is answered, under the dirty bit (Qcow2Image.Publish.cs).
 /// </para>
 /// </summary>
 public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteImage
@@ -105,7 +107,8 @@ public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteIma
         _l1 = new L1Table(header.L1Size, header.L1TableOffset, RoundUpToSector((long)header.L1Size * 8), _metadataSector);
         _info = MakeInfo();
         _statistics = new OverlayStatistics(() => FileBytes, () => BackingFile == null);
-        _l2 = new L2TableCache(overlay, header, l2Budget, _statistics);
+        _l2 = new L2TableCache(overlay, header, l2Budget, _statistics, trackUnwritten: PublishesMetadata);
+        _durableFileBytes = overlay.Info.SizeBytes;
         _refcounts = new RefcountAllocator(overlay, header, _metadataSector, refcountBudget, _metadata, _statistics, Corrupt, RefuseRequest, ProveFreeClustersUnreferenced);
     }
 

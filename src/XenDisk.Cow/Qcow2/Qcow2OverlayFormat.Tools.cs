@@ -102,8 +102,8 @@ internal sealed partial class Qcow2OverlayFormat
     public override string? LunRefusal => "qcow2 images live in files; a LUN holds a raw disk or a bitmap overlay";
 
     /// <summary>The provider opens qcow2 targets itself, following the backing chain its policy allows.</summary>
-    public override IBlockDevice OpenForIo(string path, bool readOnly, IDiskProvider provider, Func<string, bool, IBlockDevice> openStorage) =>
-        provider.Open(new DiskSpecification("qcow2:" + path, readOnly));
+    public override IBlockDevice OpenForIo(string path, bool readOnly, IDiskProvider provider, Func<string, bool, IBlockDevice> openStorage, string? policy = null) =>
+        provider.Open(new DiskSpecification("qcow2:" + path + (policy != null ? ",policy=" + policy : ""), readOnly));
 
     public override string ResolveBasePath(string imagePath, string baseName) => Qcow2Disk.ResolveBackingPath(imagePath, baseName);
 

@@ -126,6 +126,8 @@ public enum UnflushedWrites
     LostAll,
     /// <summary>Each sector of each unflushed write survives or not at random (storage promises only sector atomicity).</summary>
     KeptPerSector,
+    /// <summary>Each unflushed write survives whole or not at all, at random: any subset, in any order (a page cache writing back).</summary>
+    KeptPerWrite,
 }
 
 /// <summary>
@@ -189,6 +191,12 @@ public sealed class CrashReplayer
                     break;
                 case UnflushedWrites.KeptPerSector:
                     Apply(image, ref size, _log[i], keepSector: () => random.Next(2) == 0);
+                    break;
+                case UnflushedWrites.KeptPerWrite:
+                    if (random.Next(2) == 0)
+                    {
+                        Apply(image, ref size, _log[i], keepSector: null);
+                    }
                     break;
             }
         }

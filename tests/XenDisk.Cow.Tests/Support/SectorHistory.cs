@@ -37,6 +37,7 @@ public sealed class SectorHistory
     private readonly List<DurablePoint> _durable = [];
     private readonly ulong[] _read;
     private readonly bool[] _satisfied;
+    private readonly bool[] _rewritten;
     private static readonly ulong ZeroHash = Hash(new byte[SectorSize]);
 
     private sealed record Request(int FirstSector, ulong[] Values, int StartPosition, bool Acknowledged);
@@ -62,6 +63,7 @@ public sealed class SectorHistory
         Array.Fill(_revertibleFrom, NoWindow);
         _read = new ulong[sectors];
         _satisfied = new bool[sectors];
+        _rewritten = new bool[sectors];
     }
 
     public int Sectors => _initial.Length;
@@ -111,8 +113,15 @@ public sealed class SectorHistory
     /// <summary>Checks contents read from the open image against the live view.</summary>
     public void CheckLive(ReadOnlySpan<byte> contents, string where) => Check(contents, _lastAcknowledged, int.MaxValue, where, "the live image");
 
-    /// <summary>Checks contents read after a crash at device log position <paramref name="crashPosition"/> (int.MaxValue: after everything recorded).</summary>
-    public void CheckDurable(ReadOnlySpan<byte> contents, int crashPosition, string where)
+    /// <summary>
+    /// Checks contents read after a crash at device log position <paramref name="crashPosition"/> (int.MaxValue: after everything recorded).
+    /// <paramref name="formerContents"/>, when given, also accepts for a sector that a request after its
+    /// baseline (not yet durable) touched any value it says the image file held before: the mapping of
+    /// an unflushed write may survive a power loss without its data, and then the sector reads what its
+    /// new cluster held (zeros, or the data of a cluster freed and reused). Sectors no request touched
+    /// since the durable point stay strict.
+    /// </summary>
+    public void CheckDurable(ReadOnlySpan<byte> contents, int crashPosition, string where, Func<ulong, bool>? formerContents = null)
     {
         DurablePoint? point = null;
         for (int i = _durable.Count - 1; i >= 0; i--)
@@ -127,7 +136,7 @@ public sealed class SectorHistory
         {
             throw new InvalidOperationException("No durable point precedes the crash: call MarkDurable when the image is opened.");
         }
-        Check(contents, point.Baseline, crashPosition, where, $"the durable point at device log position {point.Position}");
+        Check(contents, point.Baseline, crashPosition, where, $"the durable point at device log position {point.Position}", formerContents);
     }
 
     private void Add(int firstSector, ulong[] values, int startPosition, bool acknowledged, bool isWrite, bool revertible)
@@ -160,7 +169,7 @@ public sealed class SectorHistory
     private ulong ValueOf(int request, int sector) =>
         request < 0 ? _initial[sector] : _requests[request].Values[sector - _requests[request].FirstSector];
 
-    private void Check(ReadOnlySpan<byte> contents, int[] baseline, int crashPosition, string where, string against)
+    private void Check(ReadOnlySpan<byte> contents, int[] baseline, int crashPosition, string where, string against, Func<ulong, bool>? formerContents = null)
     {
         if (contents.Length != DiskBytes)
         {
@@ -170,6 +179,7 @@ public sealed class SectorHistory
         {
             _read[s] = Hash(contents.Slice(s * SectorSize, SectorSize));
             _satisfied[s] = _read[s] == ValueOf(baseline[s], s);
+            _rewritten[s] = false;
         }
         for (int index = 0; index < _requests.Count; index++)
         {
@@ -181,10 +191,18 @@ public sealed class SectorHistory
             for (int i = 0; i < request.Values.Length; i++)
             {
                 int s = request.FirstSector + i;
+                _rewritten[s] |= index > baseline[s];
                 if (!_satisfied[s] && index > baseline[s] && request.Values[i] == _read[s])
                 {
                     _satisfied[s] = true;
                 }
+            }
+        }
+        if (formerContents is not null)
+        {
+            for (int s = 0; s < Sectors; s++)
+            {
+                _satisfied[s] |= _rewritten[s] && formerContents(_read[s]);
             }
         }
         int bad = Array.IndexOf(_satisfied, false);

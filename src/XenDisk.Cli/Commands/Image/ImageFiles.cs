@@ -167,11 +167,11 @@ internal static class ImageFiles
     /// caches and checks a guest's disk gets): raw:PATH, or an overlay as its format opens it
     /// (<see cref="OverlayFormat.OpenForIo"/>) with the base it records. Throws <see cref="StorageException"/>.
     /// </summary>
-    public static IBlockDevice OpenForIo(string path, ImageFormat format, IEnumerable<string>? allowBase, bool readOnly, ILogger? logger = null)
+    public static IBlockDevice OpenForIo(string path, ImageFormat format, IEnumerable<string>? allowBase, bool readOnly, ILogger? logger = null, string? policy = null)
     {
         try
         {
-            return OpenThroughProvider(path, format, allowBase, readOnly, logger);
+            return OpenThroughProvider(path, format, allowBase, readOnly, logger, policy);
         }
         catch (StorageException e) when (e.Message.Contains("allowed base directory", StringComparison.Ordinal))
         {
@@ -180,7 +180,7 @@ internal static class ImageFiles
         }
     }
 
-    private static IBlockDevice OpenThroughProvider(string path, ImageFormat format, IEnumerable<string>? allowBase, bool readOnly, ILogger? logger)
+    private static IBlockDevice OpenThroughProvider(string path, ImageFormat format, IEnumerable<string>? allowBase, bool readOnly, ILogger? logger, string? policy)
     {
         string fullPath = FullName(path);
         CowDiskProvider provider = new(new CowProviderOptions
@@ -191,7 +191,7 @@ internal static class ImageFiles
         });
         if (ImageFormats.Overlay(format) is { } overlay)
         {
-            return overlay.OpenForIo(fullPath, readOnly, provider, (storage, storageReadOnly) => OpenRawImage(storage, storageReadOnly));
+            return overlay.OpenForIo(fullPath, readOnly, provider, (storage, storageReadOnly) => OpenRawImage(storage, storageReadOnly), policy);
         }
         return provider.Open(new DiskSpecification("raw:" + fullPath, readOnly));
     }
