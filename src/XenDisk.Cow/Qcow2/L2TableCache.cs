@@ -120,7 +120,7 @@ internal sealed class L2TableCache : IDisposable
         {
             BinaryPrimitives.WriteUInt64BigEndian(span[8..], entry.Bitmap);
         }
-        _tables.MarkChanged(table);
+        _tables.MarkChanged(table, index * _entrySize, _entrySize);
     }
 
     /// <summary>The tables changed since they last reached the file (see <see cref="MetadataCache.TakeUnwritten"/>).</summary>

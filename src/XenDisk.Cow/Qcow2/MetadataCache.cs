@@ -46,6 +46,12 @@ internal sealed class MetadataCache : IDisposable
         /// <summary>Changed in memory since the block was last written to the file (tracked caches only).</summary>
         public bool Unwritten { get; set; }
 
+        /// <summary>While <see cref="Unwritten"/>: the first byte of the block changed since it last reached the file.</summary>
+        public int UnwrittenStart { get; set; }
+
+        /// <summary>While <see cref="Unwritten"/>: the end (exclusive) of the bytes changed since the block last reached the file.</summary>
+        public int UnwrittenEnd { get; set; }
+
         /// <summary>A block that never was in the file: whatever its cluster held before is not a table of this kind.</summary>
         public bool New { get; set; }
 
@@ -116,15 +122,31 @@ internal sealed class MetadataCache : IDisposable
         return entry;
     }
 
-    /// <summary>Marks a block changed: dirty for the next pass and, when tracked, unwritten until it next reaches the file.</summary>
-    public void MarkChanged(Entry entry)
+    /// <summary>Marks a whole block changed: dirty for the next pass and, when tracked, unwritten until it next reaches the file.</summary>
+    public void MarkChanged(Entry entry) => MarkChanged(entry, 0, entry.Block.Length);
+
+    /// <summary>
+    /// Marks <paramref name="length"/> bytes at <paramref name="start"/> of a block changed. A tracked
+    /// cache keeps the span of bytes changed since the block last reached the file, so that a
+    /// publication writes only the sectors that hold them, not the whole block.
+    /// </summary>
+    public void MarkChanged(Entry entry, int start, int length)
     {
         entry.Dirty = true;
-        if (_trackUnwritten && !entry.Unwritten)
+        if (!_trackUnwritten)
+        {
+            return;
+        }
+        if (!entry.Unwritten)
         {
             entry.Unwritten = true;
+            entry.UnwrittenStart = start;
+            entry.UnwrittenEnd = start + length;
             _unwritten.Add(entry);
+            return;
         }
+        entry.UnwrittenStart = Math.Min(entry.UnwrittenStart, start);
+        entry.UnwrittenEnd = Math.Max(entry.UnwrittenEnd, start + length);
     }
 
     /// <summary>

@@ -45,7 +45,8 @@ namespace XenDisk.Cow.Qcow2;
 /// </para>
 /// <para>
 /// Cost: nothing on writes that change no metadata (in-place rewrites). An allocating request
-/// writes each L2 table it touched and each changed L1 sector once, merged with neighbours; it
+/// writes the changed sectors of each L2 table it touched (the whole table when it is new) and each
+/// changed L1 sector once, merged with neighbours; it
 /// takes the write-back lock, so it waits for a pass that is running (a guest flush). A request
 /// that copied up also waits for one flush, shared with every request whose entries the same
 /// publication writes; whole-unit writes (subclusters make them the common case) need none.
@@ -101,12 +102,18 @@ public sealed partial class Qcow2Image
                 foreach (MetadataCache.Entry table in _publishTables)
                 {
                     status = status == IoStatus.Ok ? CheckOverlap(table.Offset, _clusterSize, MetadataKind.L2Table, "an L2 table") : status;
-                    newTables |= table.New;
+                    bool isNew = table.New;
+                    newTables |= isNew;
                     table.New = false;
+                    // Only the sectors holding entries changed since the table last reached the file
+                    // (a new table whole: its cluster held something else before). The rest of the
+                    // table on disk already says what memory says.
+                    int start = isNew ? 0 : table.UnwrittenStart / _metadataSector * _metadataSector;
+                    int end = isNew ? _clusterSize : Math.Min(_clusterSize, (table.UnwrittenEnd + _metadataSector - 1) / _metadataSector * _metadataSector);
                     // A copy taken under the lock: the table may change again as soon as the lock is released.
                     AlignedBlock copy = RentCopy();
-                    table.Block.Span.CopyTo(copy.Span);
-                    _publishBlocks.Add((table.Offset, copy, _clusterSize));
+                    table.Block.Span[start..end].CopyTo(copy.Span);
+                    _publishBlocks.Add((table.Offset + start, copy, end - start));
                 }
                 _publishBlocks.Sort(static (a, b) => a.Offset.CompareTo(b.Offset));
                 foreach ((int start, int length) in _publishL1Runs)
