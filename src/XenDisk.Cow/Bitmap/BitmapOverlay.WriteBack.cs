@@ -98,20 +98,7 @@ public sealed partial class BitmapOverlay
                 _map.TakeDirtyLocked(requiredOnly, _takenBlocks);
                 // The flush below covers the data of every grain mapped so far.
                 _map.DataFirstPending = false;
-                blocks = _takenBlocks.Count;
-                if (blocks > 0)
-                {
-                    long needed = (long)blocks * BitmapFormat.MapBlockSize;
-                    if (_staging is null || _staging.Length < needed)
-                    {
-                        _staging?.Dispose();
-                        _staging = new AlignedBlock(checked((int)needed));
-                    }
-                    for (int i = 0; i < blocks; i++)
-                    {
-                        _map.BlockLocked(_takenBlocks[i]).CopyTo(_staging.Slice(checked(i * BitmapFormat.MapBlockSize), BitmapFormat.MapBlockSize));
-                    }
-                }
+                blocks = StageTakenBlocksLocked();
             }
             IoStatus status = FlushCow();
             _statistics.CountMetadataFlush();
@@ -167,20 +154,7 @@ public sealed partial class BitmapOverlay
                 _map.TakeUnwrittenLocked(_takenBlocks);
                 dataFirst = _map.DataFirstPending;
                 _map.DataFirstPending = false;
-                blocks = _takenBlocks.Count;
-                if (blocks > 0)
-                {
-                    long needed = (long)blocks * BitmapFormat.MapBlockSize;
-                    if (_staging is null || _staging.Length < needed)
-                    {
-                        _staging?.Dispose();
-                        _staging = new AlignedBlock(checked((int)needed));
-                    }
-                    for (int i = 0; i < blocks; i++)
-                    {
-                        _map.BlockLocked(_takenBlocks[i]).CopyTo(_staging.Slice(checked(i * BitmapFormat.MapBlockSize), BitmapFormat.MapBlockSize));
-                    }
-                }
+                blocks = StageTakenBlocksLocked();
             }
             if (blocks == 0)
             {
@@ -235,5 +209,30 @@ public sealed partial class BitmapOverlay
             _flushFailed = true;
         }
         return status;
+    }
+
+    /// <summary>
+    /// Copies the map blocks just taken (<c>_takenBlocks</c>) into the staging buffer, in order, so
+    /// that they can be written after the map's lock is released; returns how many. Caller holds
+    /// the map's gate.
+    /// </summary>
+    private int StageTakenBlocksLocked()
+    {
+        int blocks = _takenBlocks.Count;
+        if (blocks == 0)
+        {
+            return 0;
+        }
+        long needed = (long)blocks * BitmapFormat.MapBlockSize;
+        if (_staging is null || _staging.Length < needed)
+        {
+            _staging?.Dispose();
+            _staging = new AlignedBlock(checked((int)needed));
+        }
+        for (int i = 0; i < blocks; i++)
+        {
+            _map.BlockLocked(_takenBlocks[i]).CopyTo(_staging.Slice(checked(i * BitmapFormat.MapBlockSize), BitmapFormat.MapBlockSize));
+        }
+        return blocks;
     }
 }
