@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using XenDisk.Abi;
+using XenDisk.Storage;
 
 namespace XenDisk.Backend.DataPlane;
 
@@ -14,6 +15,7 @@ public sealed partial class BlkifRing
     private PersistentGrantCache? _persistent;
     private BounceBufferPool? _bounce;
     private IoWorkerPool? _workers;
+    private PublicationGroup? _publications;
     private int _maxSegments;
     private int _maxIndirectSegments;
     private long _persistentExpiryTicks;
@@ -70,6 +72,11 @@ public sealed partial class BlkifRing
         InitializeEngine(entries);
         if (!Setup.Disk.CompletesInline)
         {
+            if (Setup.Disk is IGroupCommitDevice groupCommit)
+            {
+                _publications = new PublicationGroup(groupCommit, entries, OnPublished);
+            }
+
             _workers = new IoWorkerPool("blkif-io " + Setup.Name, options.IoThreadsPerRing, entries, RunOnIoThread);
             _workers.Start();
         }
@@ -253,14 +260,19 @@ public sealed partial class BlkifRing
     private bool HasCompletions => Volatile.Read(ref _completionCount) != 0;
 
     /// <summary>Called by I/O threads: queue the finished context for the ring thread and wake it.</summary>
-    private void PostCompletion(int context)
+    private void PostCompletion(int context) => PostCompletions(new ReadOnlySpan<int>(in context));
+
+    private void PostCompletions(ReadOnlySpan<int> contexts)
     {
         bool wasEmpty;
         lock (_completionLock)
         {
-            _completionQueue[(_completionHead + _completionCount) % _completionQueue.Length] = context;
             wasEmpty = _completionCount == 0;
-            _completionCount++;
+            foreach (int context in contexts)
+            {
+                _completionQueue[(_completionHead + _completionCount) % _completionQueue.Length] = context;
+                _completionCount++;
+            }
         }
 
         // The ring thread empties the whole queue on each wake-up, so only the first completion of a

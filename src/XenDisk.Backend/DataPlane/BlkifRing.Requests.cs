@@ -137,9 +137,18 @@ public sealed partial class BlkifRing
     private void RunOnIoThread(int index)
     {
         RequestContext context = _contexts[index];
+        bool publish = false;
         try
         {
-            Execute(context);
+            if (_publications is not null && context.Request.Kind == RingOperation.Write)
+            {
+                ref BlkifRequestInfo request = ref context.Request;
+                context.Result = _publications.Device.WriteUnpublished(request.Offset, context.Buffers.AsSpan(0, request.SegmentCount), out publish);
+            }
+            else
+            {
+                Execute(context);
+            }
         }
         catch (Exception exception)
         {
@@ -149,7 +158,37 @@ public sealed partial class BlkifRing
             Interlocked.CompareExchange(ref _workerFailure, exception, null);
         }
 
-        PostCompletion(index);
+        if (publish)
+        {
+            // Answered only after its mapping is in the file (crash promise), gathered with others.
+            _publications!.Join(index);
+        }
+        else
+        {
+            PostCompletion(index);
+        }
+    }
+
+    /// <summary>I/O thread (a publication's leader): the mapping of <paramref name="indices"/> is in the file, or failed to get there.</summary>
+    private void OnPublished(ReadOnlySpan<int> indices, IoStatus status, Exception? failure)
+    {
+        if (failure is not null)
+        {
+            Interlocked.CompareExchange(ref _workerFailure, failure, null);
+        }
+
+        if (status != IoStatus.Ok)
+        {
+            foreach (int index in indices)
+            {
+                if (_contexts[index].Result == IoStatus.Ok)
+                {
+                    _contexts[index].Result = status;
+                }
+            }
+        }
+
+        PostCompletions(indices);
     }
 
     /// <summary>Ring thread: the I/O of <paramref name="context"/> finished; release its data and answer.</summary>

@@ -72,8 +72,16 @@ public sealed partial class BitmapOverlay
         }
     }
 
-    public IoStatus Write(long offset, ReadOnlySpan<IoBuffer> buffers)
+    public IoStatus Write(long offset, ReadOnlySpan<IoBuffer> buffers) => WriteRange(offset, buffers, publish: true, out _);
+
+    public IoStatus WriteUnpublished(long offset, ReadOnlySpan<IoBuffer> buffers, out bool publish) => WriteRange(offset, buffers, publish: false, out publish);
+
+    public IoStatus Publish() => _policy != MetadataPolicy.Sync && _map.TrackUnwritten ? PublishMap() : IoStatus.Ok;
+
+    /// <summary>A guest write; <paramref name="publish"/> false leaves a changed map block for <see cref="Publish"/> (<paramref name="unpublished"/>).</summary>
+    private IoStatus WriteRange(long offset, ReadOnlySpan<IoBuffer> buffers, bool publish, out bool unpublished)
     {
+        unpublished = false;
         if (IsDisposed)
         {
             return IoStatus.IoError;
@@ -119,6 +127,12 @@ public sealed partial class BitmapOverlay
             {
                 ArrayPool<IoBuffer>.Shared.Return(rented);
             }
+        }
+        if (status == IoStatus.Ok && !publish && mapChanged && _policy != MetadataPolicy.Sync && _map.TrackUnwritten)
+        {
+            // The caller gathers this with other requests' changes into one publication (IGroupCommitDevice).
+            unpublished = true;
+            return status;
         }
         return status == IoStatus.Ok ? CompleteUpdate(mapChanged) : status;
     }

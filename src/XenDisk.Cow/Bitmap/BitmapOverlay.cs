@@ -39,7 +39,7 @@ namespace XenDisk.Cow.Bitmap;
 /// must have stopped I/O first. Buffers passed to I/O are borrowed for the call.
 /// </para>
 /// </summary>
-public sealed partial class BitmapOverlay : IRemappableBlockDevice, ICopyOnWriteImage
+public sealed partial class BitmapOverlay : IRemappableBlockDevice, IGroupCommitDevice, ICopyOnWriteImage
 {
     /// <summary>Enough stripes that unrelated grains rarely share a lock.</summary>
     private const int StripeCount = 1024;

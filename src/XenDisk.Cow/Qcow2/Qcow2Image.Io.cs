@@ -123,8 +123,16 @@ public sealed partial class Qcow2Image
         return status;
     }
 
-    public IoStatus Write(long offset, ReadOnlySpan<IoBuffer> buffers)
+    public IoStatus Write(long offset, ReadOnlySpan<IoBuffer> buffers) => WriteRange(offset, buffers, publish: true, out _);
+
+    public IoStatus WriteUnpublished(long offset, ReadOnlySpan<IoBuffer> buffers, out bool publish) => WriteRange(offset, buffers, publish: false, out publish);
+
+    public IoStatus Publish() => PublishesMetadata ? PublishMetadata() : IoStatus.Ok;
+
+    /// <summary>A guest write; <paramref name="publish"/> false leaves a changed mapping for <see cref="Publish"/> (<paramref name="unpublished"/>).</summary>
+    private IoStatus WriteRange(long offset, ReadOnlySpan<IoBuffer> buffers, bool publish, out bool unpublished)
     {
+        unpublished = false;
         if (IsClosed)
         {
             // Closed (its tables and locks released): an error result, never an exception on a ring thread.
@@ -164,7 +172,7 @@ public sealed partial class Qcow2Image
                 break;
             }
         }
-        return AfterMetadataChange(status, metadataChanged);
+        return AfterMetadataChange(status, metadataChanged, publish, out unpublished);
     }
 
     /// <summary>
@@ -174,8 +182,13 @@ public sealed partial class Qcow2Image
     /// and Lazy then write the request's changed mapping into the file before it is answered
     /// (<see cref="PublishMetadata"/>), so that it outlives a crash of the service.
     /// </summary>
-    private IoStatus AfterMetadataChange(IoStatus status, bool metadataChanged, bool publish = true)
+    private IoStatus AfterMetadataChange(IoStatus status, bool metadataChanged, bool publish = true) =>
+        AfterMetadataChange(status, metadataChanged, publish, out _);
+
+    /// <summary><paramref name="unpublished"/>: the mapping changed and <paramref name="publish"/> was false, so it waits for a <see cref="Publish"/>.</summary>
+    private IoStatus AfterMetadataChange(IoStatus status, bool metadataChanged, bool publish, out bool unpublished)
     {
+        unpublished = false;
         PersistCorruptBitIfPending();
         if (status == IoStatus.Ok && _policy == MetadataPolicy.Sync)
         {
@@ -189,8 +202,14 @@ public sealed partial class Qcow2Image
                 status = writeBack;
             }
         }
-        if (metadataChanged && publish && PublishesMetadata)
+        if (metadataChanged && PublishesMetadata)
         {
+            if (!publish)
+            {
+                // The caller gathers this with other requests' changes into one publication (IGroupCommitDevice).
+                unpublished = true;
+                return status;
+            }
             // Even for a request that failed part-way: the clusters it did map were written.
             IoStatus published = PublishMetadata();
             if (status == IoStatus.Ok)

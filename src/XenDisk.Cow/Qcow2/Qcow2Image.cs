@@ -29,7 +29,7 @@ namespace XenDisk.Cow.Qcow2;
 /// durable) before the request is answered, under the dirty bit (Qcow2Image.Publish.cs).
 /// </para>
 /// </summary>
-public sealed partial class Qcow2Image : IRemappableBlockDevice, ICopyOnWriteImage
+public sealed partial class Qcow2Image : IRemappableBlockDevice, IGroupCommitDevice, ICopyOnWriteImage
 {
     /// <summary>Enough stripes that unrelated clusters rarely share a lock, few enough to be cheap to hold.</summary>
     private const int StripeCount = 256;
