@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using System.Text.RegularExpressions;
 using Microsoft.Extensions.Logging;
 using XenDisk.Backend.ControlPlane;
 using XenDisk.Backend.DataPlane;
@@ -31,7 +32,9 @@ internal sealed record StorageBenchConfiguration(
     double FioContextSwitchesPerRequest,
     double FastPathShare,
     double? VsXendiskRaw,
-    double FrontendCpuUsPerRequest);
+    double FrontendCpuUsPerRequest,
+    double? QemuIops = null,
+    double? VsQemu = null);
 
 internal sealed record StorageBenchReport(
     long SizeBytes,
@@ -40,6 +43,7 @@ internal sealed record StorageBenchReport(
     double SecondsPerRun,
     string SyscallCounting,
     string FioCommand,
+    string? QemuCommand,
     IReadOnlyList<StorageBenchConfiguration> Configurations);
 
 [JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
@@ -149,6 +153,7 @@ internal static class StorageBenchmark
 
                 var xendisk = new List<Side>();
                 var peer = new List<Side>();
+                var qemu = new List<double>();
                 for (int round = 0; round < settings.Rounds; round++)
                 {
                     cancellationToken.ThrowIfCancellationRequested();
@@ -164,6 +169,12 @@ internal static class StorageBenchmark
                     Side f = RunFio(fio, perf, file, settings, workload, work.FullName);
                     progress(Invariant($"{workload.Name} round {round + 1}: fio {f.Iops:F0} IOPS, {f.CpuUsPerRequest:F1} us CPU, {f.SyscallsPerRequest:F2} syscalls, {f.ContextSwitchesPerRequest:F2} cs per request"));
                     peer.Add(f);
+                    if (workload.FirstWrite)
+                    {
+                        double q = RunQemuFirstWrites(file, work.FullName, settings, workload);
+                        progress(Invariant($"{workload.Name} round {round + 1}: qemu-img bench {q:F0} IOPS"));
+                        qemu.Add(q);
+                    }
                 }
 
                 Side xm = Median(xendisk);
@@ -175,15 +186,64 @@ internal static class StorageBenchmark
                 results.Add(new StorageBenchConfiguration(workload.Name, workload.Description, workload.QueueDepth, settings.Engine.ToString(),
                     Round(xm.Iops), Round(fm.Iops), Ratio(xm.Iops, fm.Iops), Round(xm.CpuUsPerRequest), Round(fm.CpuUsPerRequest),
                     Ratio(xm.CpuUsPerRequest, fm.CpuUsPerRequest), Round(xm.SyscallsPerRequest), Round(fm.SyscallsPerRequest),
-                    Round(xm.ContextSwitchesPerRequest), Round(fm.ContextSwitchesPerRequest), Round(xm.FastPathShare), vsRaw, Round(xm.FrontendCpuUsPerRequest)));
+                    Round(xm.ContextSwitchesPerRequest), Round(fm.ContextSwitchesPerRequest), Round(xm.FastPathShare), vsRaw, Round(xm.FrontendCpuUsPerRequest),
+                    qemu.Count > 0 ? Round(Median(qemu)) : null, qemu.Count > 0 ? Ratio(xm.Iops, Median(qemu)) : null));
             }
 
             return new StorageBenchReport(settings.SizeBytes, FileSystemOf(work.FullName), settings.Rounds, settings.Duration.TotalSeconds,
-                syscallCounting, "fio --ioengine=io_uring --direct=1 (rw, bs, iodepth per configuration; --time_based except first writes, which make one pass)", results);
+                syscallCounting, "fio --ioengine=io_uring --direct=1 (rw, bs, iodepth per configuration; --time_based except first writes, which make one pass)",
+                results.Any(r => r.QemuIops is not null) ? "qemu-img bench -w -t none -i io_uring -d 32 -s 4096 -S 65536 on a fresh qcow2 overlay of the file (" + QemuBestOptions + ")" : null,
+                results);
         }
         finally
         {
             work.Delete(recursive: true);
+        }
+    }
+
+    /// <summary>QEMU's best qcow2 configuration for first writes (`bench cow`): subclusters, so a 4 KiB write copies nothing up, and lazy refcounts.</summary>
+    private const string QemuBestOptions = "cluster_size=64k,extended_l2=on,lazy_refcounts=on";
+
+    /// <summary>
+    /// First writes the way QEMU does them, as the issue's peer for allocation: qemu-img bench on a
+    /// fresh qcow2 overlay of the file in QEMU's best configuration, one 4 KiB write into each 64 KiB
+    /// cluster in turn at the same depth, O_DIRECT (-t none) through io_uring. Returns IOPS.
+    /// </summary>
+    private static double RunQemuFirstWrites(string baseFile, string directory, StorageBenchSettings settings, Workload workload)
+    {
+        string qemuImg = ProcessRunner.Find("qemu-img") ?? throw new InvalidOperationException("qemu-img is not installed (Debian package qemu-utils)");
+        string overlay = Path.Combine(directory, "qemu-first-writes.qcow2");
+        try
+        {
+            (int created, _, string createError) = ProcessRunner.Run(qemuImg,
+                ["create", "-q", "-f", "qcow2", "-b", baseFile, "-F", "raw", "-o", QemuBestOptions, overlay, settings.SizeBytes.ToString(CultureInfo.InvariantCulture)]);
+            if (created != 0)
+            {
+                throw new InvalidOperationException($"qemu-img create failed: {createError.Trim()}");
+            }
+
+            long stride = (workload.StrideSectors ?? workload.Pages * 8L) * 512;
+            long requests = settings.SizeBytes / stride;
+            (int exit, string output, string error) = ProcessRunner.Run(qemuImg,
+            [
+                "bench", "-w", "-f", "qcow2", "-t", "none", "-i", "io_uring",
+                "-d", workload.QueueDepth.ToString(CultureInfo.InvariantCulture),
+                "-c", requests.ToString(CultureInfo.InvariantCulture),
+                "-s", workload.BlockBytes.ToString(CultureInfo.InvariantCulture),
+                "-S", stride.ToString(CultureInfo.InvariantCulture),
+                overlay,
+            ]);
+            Match completed = Regex.Match(output, @"Run completed in ([0-9]+(?:\.[0-9]+)?) seconds");
+            if (exit != 0 || !completed.Success)
+            {
+                throw new InvalidOperationException($"qemu-img bench exited with {exit}: {(error + output).Trim()}");
+            }
+
+            return requests / double.Parse(completed.Groups[1].Value, CultureInfo.InvariantCulture);
+        }
+        finally
+        {
+            File.Delete(overlay);
         }
     }
 
@@ -418,6 +478,8 @@ internal static class StorageBenchmark
         return type;
     }
 
+    private static double Median(List<double> values) => values.Order().ElementAt(values.Count / 2);
+
     private static Side Median(List<Side> sides)
     {
         Side[] byIops = [.. sides.OrderBy(s => s.Iops)];
@@ -435,11 +497,17 @@ internal static class StorageBenchmark
     public static void WriteText(TextWriter output, StorageBenchReport report)
     {
         output.WriteLine(Invariant($"storage bench: {report.SizeBytes >> 20} MiB file on {report.FileSystem}, {report.Rounds} round(s) of {report.SecondsPerRun:F0} s, median round; system calls: {report.SyscallCounting}"));
-        output.WriteLine(Invariant($"{"configuration",-32} {"xendisk IOPS",12} {"fio IOPS",9} {"ratio",6} {"vs raw",6} {"CPU us/req",13} {"syscalls/req",13} {"cs/req",11} {"fast path",9} {"frontend CPU",12}"));
+        output.WriteLine(Invariant($"{"configuration",-32} {"xendisk IOPS",12} {"fio IOPS",9} {"ratio",6} {"vs raw",6} {"vs qemu",7} {"CPU us/req",13} {"syscalls/req",13} {"cs/req",11} {"fast path",9} {"frontend CPU",12}"));
         foreach (StorageBenchConfiguration c in report.Configurations)
         {
             string vsRaw = c.VsXendiskRaw is { } v ? v.ToString("F2", CultureInfo.InvariantCulture) : "";
-            output.WriteLine(Invariant($"{c.Name,-32} {c.XendiskIops,12:F0} {c.FioIops,9:F0} {c.IopsRatio,6:F2} {vsRaw,6} {c.CpuUsPerRequest,5:F1}/{c.FioCpuUsPerRequest,-7:F1} {c.SyscallsPerRequest,5:F2}/{c.FioSyscallsPerRequest,-7:F2} {c.ContextSwitchesPerRequest,4:F2}/{c.FioContextSwitchesPerRequest,-6:F2} {c.FastPathShare,9:P0} {c.FrontendCpuUsPerRequest,9:F1} us"));
+            string vsQemu = c.VsQemu is { } q ? q.ToString("F2", CultureInfo.InvariantCulture) : "";
+            output.WriteLine(Invariant($"{c.Name,-32} {c.XendiskIops,12:F0} {c.FioIops,9:F0} {c.IopsRatio,6:F2} {vsRaw,6} {vsQemu,7} {c.CpuUsPerRequest,5:F1}/{c.FioCpuUsPerRequest,-7:F1} {c.SyscallsPerRequest,5:F2}/{c.FioSyscallsPerRequest,-7:F2} {c.ContextSwitchesPerRequest,4:F2}/{c.FioContextSwitchesPerRequest,-6:F2} {c.FastPathShare,9:P0} {c.FrontendCpuUsPerRequest,9:F1} us"));
+        }
+
+        if (report.QemuCommand is not null)
+        {
+            output.WriteLine("vs qemu: first writes against " + report.QemuCommand);
         }
     }
 
