@@ -76,4 +76,64 @@ public class GroupCommitTests
             }
         }
     }
+    /// <summary>
+    /// The data plane's group commit (IGroupCommitDevice): writes that leave their mapping to a later
+    /// Publish write only their data, and one Publish then writes the changed sectors of the table
+    /// once for all of them. A successor opening the file in between (the service killed before
+    /// answering) sees none of them mapped; after the Publish it sees all of them.
+    /// </summary>
+    [Fact]
+    public void Unpublished_writes_are_mapped_in_the_file_only_by_the_one_publication_that_follows()
+    {
+        byte[] baseData = TestData.Random(1 << 20, 41);
+        using MemoryBlockDevice backing = TestData.Base(baseData);
+        GrowableMemoryDevice file = TestData.NewOverlay(1 << 20, ClusterSize, extendedL2: true, withBacking: true);
+        using Qcow2Image image = TestData.Open(file, backing, MetadataPolicy.Flush);
+
+        // A first allocating write, published as usual: the table and the dirty bit are in the file.
+        Assert.Equal(IoStatus.Ok, image.WriteAt(0, TestData.Random(4096, 42)));
+        long before = file.WrittenBytes;
+        byte[][] data = [TestData.Random(4096, 43), TestData.Random(4096, 44), TestData.Random(4096, 45)];
+        for (int i = 0; i < data.Length; i++)
+        {
+            Assert.Equal(IoStatus.Ok, WriteUnpublished(image, (i + 1) * ClusterSize, data[i], out bool publish));
+            Assert.True(publish);
+        }
+
+        // Only the three data writes reached the file.
+        Assert.Equal(3 * 4096, file.WrittenBytes - before);
+        using (Qcow2Image successor = TestData.Open(new GrowableMemoryDevice(file.ToArray()), backing))
+        {
+            Assert.Equal(baseData.AsSpan(ClusterSize, 3 * ClusterSize).ToArray(), TestData.ReadAll(successor).AsSpan(ClusterSize, 3 * ClusterSize).ToArray());
+        }
+
+        // One publication: the one 512-byte sector of the table that holds the three entries.
+        before = file.WrittenBytes;
+        int writes = file.WriteCount;
+        Assert.Equal(IoStatus.Ok, image.Publish());
+        Assert.Equal(512, file.WrittenBytes - before);
+        Assert.Equal(1, file.WriteCount - writes);
+        using (Qcow2Image successor = TestData.Open(new GrowableMemoryDevice(file.ToArray()), backing))
+        {
+            byte[] all = TestData.ReadAll(successor);
+            for (int i = 0; i < data.Length; i++)
+            {
+                Assert.Equal(data[i], all.AsSpan((i + 1) * ClusterSize, 4096).ToArray());
+            }
+        }
+
+        // Nothing left to publish: a second call writes nothing.
+        before = file.WrittenBytes;
+        Assert.Equal(IoStatus.Ok, image.Publish());
+        Assert.Equal(before, file.WrittenBytes);
+    }
+
+    private static unsafe IoStatus WriteUnpublished(Qcow2Image image, long offset, byte[] data, out bool publish)
+    {
+        fixed (byte* pointer = data)
+        {
+            IoBuffer buffer = new((nint)pointer, data.Length);
+            return image.WriteUnpublished(offset, new ReadOnlySpan<IoBuffer>(in buffer), out publish);
+        }
+    }
 }
