@@ -37,7 +37,8 @@ internal static class IoCommand
     }
 
     /// <summary>One parsed -c command.</summary>
-    internal sealed record IoRequest(IoOperation Operation, long Offset, long Length, byte? Pattern, bool Zeros, string Text);
+    /// <param name="Pause">How long a sleep command waits; zero for the others.</param>
+    internal sealed record IoRequest(IoOperation Operation, long Offset, long Length, byte? Pattern, bool Zeros, string Text, TimeSpan Pause = default);
 
     public static Command Create()
     {
@@ -90,7 +91,7 @@ internal static class IoCommand
                     cancellationToken.ThrowIfCancellationRequested();
                     if (request.Operation == IoOperation.Sleep)
                     {
-                        cancellationToken.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(request.Length));
+                        cancellationToken.WaitHandle.WaitOne(request.Pause);
                         continue;
                     }
                     if (Execute(device, request, buffers, out string outcome))
@@ -151,7 +152,7 @@ internal static class IoCommand
                 error = "sleep takes a number of milliseconds";
                 return false;
             }
-            request = new IoRequest(IoOperation.Sleep, 0, milliseconds, null, false, text);
+            request = new IoRequest(IoOperation.Sleep, 0, 0, null, false, text, TimeSpan.FromMilliseconds(milliseconds));
             return true;
         }
         if (operation == IoOperation.Flush)
