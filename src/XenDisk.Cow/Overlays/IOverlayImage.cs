@@ -17,7 +17,7 @@ public interface IOverlayImage : IBlockDevice, ICopyOnWriteImage
     /// <summary>The overlay's format.</summary>
     OverlayFormat Format { get; }
 
-    /// <summary>When metadata reaches the disk (docs/ARCHITECTURE.md, metadata policies).</summary>
+    /// <summary>When metadata reaches the disk (docs/OPERATIONS.md, "Stopping and restarting": what each policy keeps after a crash).</summary>
     MetadataPolicy Policy { get; }
 
     /// <summary>
