@@ -219,7 +219,7 @@ public sealed class BackendTestBed : IAsyncDisposable
 
     /// <summary>Waits for the disk-opened marker, which the backend writes after InitWait once the disk is open.</summary>
     public Task WaitForDiskOpenedAsync(DiskAttachment attachment) =>
-        WaitUntilAsync(() => ReadBackend(attachment, DiskOpenedKey) == "1", $"{attachment.BackendPath} published its open disk");
+        Toolstack.WaitForBackendKeyAsync(attachment, DiskOpenedKey, value => value == "1", Timeout);
 
     /// <summary>Polls <paramref name="condition"/> until it holds; for outcomes no watch announces.</summary>
     public static async Task WaitUntilAsync(Func<bool> condition, string what)
