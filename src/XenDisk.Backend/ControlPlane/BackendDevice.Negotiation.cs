@@ -176,10 +176,14 @@ internal sealed partial class BackendDevice
                 opened.Disk.Dispose();
             }
         }
-        catch (Exception e)
+        catch (DeviceSetupException e)
         {
             // The open failed: nothing to close, and nobody left to tell but the log.
-            ControlPlaneLog.ReleaseFailed(_context.Logger, Name, "the disk being opened", e is DeviceSetupException ? null : e);
+            ControlPlaneLog.DeviceFailed(_context.Logger, Name, e.Message, null);
+        }
+        catch (Exception e)
+        {
+            ControlPlaneLog.ReleaseFailed(_context.Logger, Name, "the disk being opened", e);
         }
     }
 
@@ -212,7 +216,7 @@ internal sealed partial class BackendDevice
     /// <summary>
     /// What we offer whatever the disk, written with InitWait so that the frontend reads it all at
     /// once: Linux blkfront's talk_to_blkback reads multi-queue-max-queues, max-ring-page-order and
-    /// feature-persistent at InitWait; the disk's keys it reads only at Connected
+    /// (in recent kernels) feature-persistent at InitWait; the disk's keys it reads only at Connected
     /// (blkfront_connect, blkfront_gather_backend_features), which <see cref="PublishDisk"/> writes
     /// once the disk is open. The marker of an earlier open (a restart) and any old error go.
     /// </summary>
