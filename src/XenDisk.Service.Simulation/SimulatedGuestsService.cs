@@ -60,6 +60,9 @@ internal sealed class SimulatedGuestsService : IHostedService
     /// <summary>How long the simulated toolstack waits for InitWait before playing the hotplug script (libxl waits 10 s).</summary>
     private static readonly TimeSpan HotplugScriptTimeout = TimeSpan.FromSeconds(10);
 
+    /// <summary>How long the played hotplug script waits for the disk-opened marker (config/xendisk-hotplug waits 30 s).</summary>
+    private static readonly TimeSpan DiskOpenTimeout = TimeSpan.FromSeconds(30);
+
     /// <summary>xvda, the virtual-device number libxl gives a guest's first disk.</summary>
     private const int GuestDeviceId = 51712;
 
@@ -113,9 +116,11 @@ internal sealed class SimulatedGuestsService : IHostedService
             Task connected = frontend.ConnectAsync(cancellationToken);
             if (script is not null)
             {
-                // libxl runs the hotplug script once the backend reaches InitWait, and the backend
-                // connects a script-managed device only after the script reports hotplug-status=connected.
+                // libxl runs the hotplug script once the backend reaches InitWait; the script reports
+                // hotplug-status=connected once the backend's disk-opened marker is there (or error on
+                // its "error" node), and the backend connects a script-managed device only after that.
                 await _toolstack.WaitForBackendStateAsync(attachment, XenbusState.InitWait, HotplugScriptTimeout).ConfigureAwait(false);
+                await _toolstack.WaitForBackendKeyAsync(attachment, "disk-opened", value => value == "1", DiskOpenTimeout).ConfigureAwait(false);
                 using var store = hypervisor.OpenXenStore(hypervisor.Dom0);
                 store.Write(XenStoreTransaction.None, attachment.BackendPath + "/" + BlkifKeys.HotplugStatus, "connected");
             }

@@ -95,8 +95,9 @@ public sealed class SimulatedService : IAsyncDisposable
         }
         else
         {
-            // The disk is open once the backend publishes InitWait.
+            // The disk is open once the backend publishes its disk-opened marker (after InitWait).
             await _toolstack.WaitForBackendStateAsync(attachment, XenbusState.InitWait, Timeout);
+            await _toolstack.WaitForBackendKeyAsync(attachment, "disk-opened", value => value == "1", Timeout);
         }
 
         var disk = new AttachedDisk(domain, attachment, frontend);

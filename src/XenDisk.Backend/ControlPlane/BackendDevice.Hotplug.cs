@@ -3,12 +3,19 @@ using XenDisk.Abi;
 namespace XenDisk.Backend.ControlPlane;
 
 // libxl's hotplug contract (docs/E2E.md "Hotplug contract"): which devices are ours (the script filter),
-// the connect gate a script-managed device waits at until its script reports hotplug-status, and the
-// failure path that hands the reason to the script through InitWait instead of closing.
+// the disk-opened marker the script waits for, the connect gate a script-managed device waits at until
+// its script reports hotplug-status, and the failure path that hands the reason to the script through
+// InitWait instead of closing.
 internal sealed partial class BackendDevice
 {
     /// <summary>Where the hotplug script leaves its reason for failing (libxl prints it as "script: ...").</summary>
     private const string HotplugErrorKey = "hotplug-error";
+
+    /// <summary>
+    /// Written ("1") with the disk's keys once the disk is open, removed with every new InitWait: the
+    /// hotplug script reports the device ready only when it finds this (or fails on "error").
+    /// </summary>
+    internal const string DiskOpenedKey = "disk-opened";
 
     // A "script" key in the backend directory: libxl runs a hotplug script for this device.
     private bool _hotplugManaged;
@@ -41,8 +48,8 @@ internal sealed partial class BackendDevice
     }
 
     /// <summary>
-    /// A script-managed device whose setup failed: the "error" node and then InitWait, in one
-    /// transaction. libxl runs the hotplug script only once it sees exactly InitWait; the script
+    /// A script-managed device whose setup failed (its keys, or the disk open after InitWait): the
+    /// "error" node and InitWait, in one transaction. libxl runs the hotplug script only once it sees exactly InitWait; the script
     /// finds the reason there and hands it to xl, and libxl then removes the device. Closed instead
     /// would leave libxl waiting out its 10 s with no reason given. Returns false (and the caller
     /// closes the device as usual) when the toolstack is removing it already.

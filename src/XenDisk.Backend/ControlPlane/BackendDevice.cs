@@ -42,6 +42,14 @@ internal sealed partial class BackendDevice
     private XenbusState? _lastUnexpectedFrontendState;
     private string? _error;
 
+    // Set up: InitWait published and the disk open started (_opening) or done (_disk).
+    private bool _setUp;
+    private Task<OpenedDisk>? _opening;
+    private int _setUpCount;
+    private readonly long _createdAt;
+    private long _discoveredAt;
+    private long _initWaitAt;
+
     private bool _settingUp;
     private bool _setUpFailed;
     private bool _refusedFrontendLogged;
@@ -55,6 +63,7 @@ internal sealed partial class BackendDevice
         BackendPath = backendPath;
         FrontendDomainId = frontendDomainId;
         DeviceId = deviceId;
+        _createdAt = context.Options.DataPlane.TimeProvider.GetTimestamp();
         _status = BuildStatus();
     }
 
@@ -255,7 +264,7 @@ internal sealed partial class BackendDevice
             return;
         }
 
-        if (_disk is null)
+        if (!_setUp)
         {
             // A fresh device (state absent or Initialising), or one we find on our first look
             // after a restart whatever state an earlier instance left it in.
@@ -270,9 +279,27 @@ internal sealed partial class BackendDevice
             _hotplugManaged = !string.IsNullOrEmpty(ReadBackend(BlkifKeys.Script));
             // Left set when SetUp throws, for FailAsync to tell a failed setup from a later failure.
             _settingUp = true;
-            await SetUpAsync().ConfigureAwait(false);
+            SetUp();
             _settingUp = false;
 
+            if (!_setUp)
+            {
+                return;
+            }
+        }
+
+        if (_disk is null)
+        {
+            // InitWait is out and the disk is opening: nothing connects before it is open. The
+            // open's completion kicks the device again.
+            if (_opening is not { IsCompleted: true })
+            {
+                return;
+            }
+
+            _settingUp = true;
+            await CompleteOpenAsync().ConfigureAwait(false);
+            _settingUp = false;
             if (_disk is null)
             {
                 return;
@@ -456,6 +483,8 @@ internal sealed partial class BackendDevice
             ControlPlaneLog.ReleaseFailed(_context.Logger, Name, "the connection", e);
         }
 
+        // An open still in progress is waited for, so that what it opens is closed here too.
+        await AbandonOpenAsync().ConfigureAwait(false);
         if (_disk is not null)
         {
             try
@@ -482,6 +511,7 @@ internal sealed partial class BackendDevice
 
             _disk = null;
             _diskInfo = null;
+            _setUp = false;
         }
 
         if (_frontendWatched)

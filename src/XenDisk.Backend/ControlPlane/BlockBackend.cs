@@ -138,7 +138,7 @@ public sealed class BlockBackend : IAsyncDisposable
     /// xenstore is deliberately left untouched: the backend directories keep their keys and their
     /// last state (usually Connected), and the frontends are not told anything. A frontend whose
     /// backend stopped keeps its rings granted and its requests queued; the next instance finds the
-    /// device on its first look, publishes InitWait, sees the frontend still Connected and attaches
+    /// device on its first look, publishes InitWait, opens the disk, sees the frontend still Connected and attaches
     /// to the same rings (xen-blkback likewise connects when the frontend is already Connected), so
     /// a restart is invisible to the guest apart from the pause. Writing Closed instead would make
     /// Linux blkfront tear the disk down, which a mounted file system does not survive.

@@ -22,8 +22,13 @@ internal static partial class ControlPlaneLog
     [LoggerMessage(EventId = 1003, Level = LogLevel.Information, Message = "{Device}: left to another backend (script \"{Script}\" is not {Filter})")]
     public static partial void DeviceIgnored(ILogger logger, string device, string script, string filter);
 
-    [LoggerMessage(EventId = 1004, Level = LogLevel.Information, Message = "{Device}: disk open ({Disk}, {Sectors} sectors of 512 bytes, {Access}), waiting for the frontend (InitWait)")]
-    public static partial void DeviceInitWait(ILogger logger, string device, string disk, ulong sectors, string access);
+    // Timings in milliseconds since the device was discovered (the watch event that created it, or
+    // the start of a later setup), so that a slow InitWait shows which phase took the time.
+    [LoggerMessage(EventId = 1004, Level = LogLevel.Information, Message = "{Device}: waiting for the frontend (InitWait) {TotalMs:0.0} ms after discovery (queued {QueuedMs:0.0} ms, toolstack keys {KeysMs:0.0} ms, commit {CommitMs:0.0} ms); opening the disk")]
+    public static partial void DeviceInitWait(ILogger logger, string device, double totalMs, double queuedMs, double keysMs, double commitMs);
+
+    [LoggerMessage(EventId = 1028, Level = LogLevel.Information, Message = "{Device}: disk open ({Disk}, {Sectors} sectors of 512 bytes, {Access}) {TotalMs:0.0} ms after discovery (InitWait at {InitWaitMs:0.0} ms, open {OpenMs:0.0} ms, pick-up {PickUpMs:0.0} ms, commit {CommitMs:0.0} ms)")]
+    public static partial void DiskOpened(ILogger logger, string device, string disk, ulong sectors, string access, double totalMs, double initWaitMs, double openMs, double pickUpMs, double commitMs);
 
     [LoggerMessage(EventId = 1005, Level = LogLevel.Information, Message = "{Device}: connected: {Queues} queue(s) of {RingPages} ring page(s), {Protocol}, persistent grants {Persistent}, indirect segments {IndirectSegments}")]
     public static partial void DeviceConnected(ILogger logger, string device, int queues, int ringPages, string protocol, bool persistent, int indirectSegments);

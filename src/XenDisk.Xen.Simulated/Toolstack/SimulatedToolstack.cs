@@ -131,6 +131,38 @@ public sealed class SimulatedToolstack : IDisposable
         return WaitForStateAsync(attachment.FrontendPath, state, timeout);
     }
 
+    /// <summary>
+    /// Waits (through a watch) until the backend key <paramref name="key"/> (null while absent)
+    /// satisfies <paramref name="condition"/>, and returns its value; throws <see cref="TimeoutException"/>.
+    /// </summary>
+    public async Task<string?> WaitForBackendKeyAsync(DiskAttachment attachment, string key, Func<string?, bool> condition, TimeSpan timeout)
+    {
+        ArgumentNullException.ThrowIfNull(attachment);
+        ArgumentNullException.ThrowIfNull(condition);
+        string path = attachment.BackendPath + "/" + key;
+        using IXenStore store = _hypervisor.Platform(_hypervisor.Dom0).OpenXenStore();
+        using var cancellation = new CancellationTokenSource(timeout);
+        store.Watch(path, "toolstack-wait");
+        string? current = null;
+        try
+        {
+            while (true)
+            {
+                current = store.Read(XenStoreTransaction.None, path);
+                if (condition(current))
+                {
+                    return current;
+                }
+
+                await store.ReadWatchAsync(cancellation.Token).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
+        {
+            throw new TimeoutException($"{path} did not reach the expected value within {timeout} (it is {current ?? "absent"}).");
+        }
+    }
+
     public void Dispose() => _store.Dispose();
 
     private async Task WaitForStateAsync(string directory, XenbusState state, TimeSpan timeout)

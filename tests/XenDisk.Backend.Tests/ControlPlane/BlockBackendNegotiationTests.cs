@@ -126,6 +126,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
 
         await bed.WaitForBackendStateAsync(bad, XenbusState.Closed);
         await bed.WaitForBackendStateAsync(good, XenbusState.InitWait);
+        await bed.WaitForDiskOpenedAsync(good);
         Assert.Contains(expectedError, bed.ReadBackend(bad, BlkifKeys.Error), StringComparison.Ordinal);
         Assert.Null(bed.ReadBackend(good, BlkifKeys.Error));
         Assert.Contains(bed.Logs.WithEventId(1008), e => e.Message.Contains(bad.BackendPath, StringComparison.Ordinal));
@@ -244,6 +245,7 @@ public sealed class BlockBackendNegotiationTests(ITestOutputHelper output)
         DiskAttachment ours = bed.Attach(guest, FirstDevice, "disk-a", script: "/etc/xen/scripts/xendisk");
 
         await bed.WaitForBackendStateAsync(ours, XenbusState.InitWait);
+        await bed.WaitForDiskOpenedAsync(ours);
         await BackendTestBed.WaitUntilAsync(() => bed.Logs.WithEventId(1003).Count() >= 2, "both foreign devices were looked at");
         Assert.Equal(XenbusState.Initialising, bed.Toolstack.ReadBackendState(blockScript));
         Assert.Equal(XenbusState.Initialising, bed.Toolstack.ReadBackendState(noScript));

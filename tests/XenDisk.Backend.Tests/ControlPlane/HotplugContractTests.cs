@@ -25,9 +25,12 @@ public sealed class HotplugContractTests(ITestOutputHelper output)
         SimulatedDomain guest = bed.CreateGuest();
         DiskAttachment attachment = bed.Attach(guest, FirstDevice, "no-such-disk", script: Script, runHotplugScript: false);
 
+        // InitWait comes first, the failed open's "error" after it, never the disk-opened marker.
         await bed.WaitForBackendStateAsync(attachment, XenbusState.InitWait);
+        await BackendTestBed.WaitUntilAsync(() => bed.ReadBackend(attachment, BlkifKeys.Error) is not null, "the failed open left its error");
         Assert.Contains("cannot open disk \"no-such-disk\"", bed.ReadBackend(attachment, BlkifKeys.Error), StringComparison.Ordinal);
-        Assert.Null(bed.ReadBackend(attachment, BlkifKeys.FeatureFlushCache));
+        Assert.Null(bed.ReadBackend(attachment, BackendTestBed.DiskOpenedKey));
+        Assert.Null(bed.ReadBackend(attachment, BlkifKeys.Sectors));
         // The backend logs the failure just after it publishes InitWait, so wait for the line too.
         await BackendTestBed.WaitUntilAsync(() => bed.Logs.WithEventId(1020).Any(), "the failed setup was logged");
         Assert.Single(bed.Logs.WithEventId(1020));

@@ -26,8 +26,10 @@ public sealed class SharedDiskTests(ITestOutputHelper output)
         bed.SetVm(incoming, "6b9e1b5e-0d4c-4c59-9d84-2b8f1c7a1e01");
         DiskAttachment before = bed.Attach(outgoing, Device, "disk");
         await bed.WaitForBackendStateAsync(before, XenbusState.InitWait);
+        await bed.WaitForDiskOpenedAsync(before);
         DiskAttachment after = bed.Attach(incoming, Device, "disk");
         await bed.WaitForBackendStateAsync(after, XenbusState.InitWait);
+        await bed.WaitForDiskOpenedAsync(after);
 
         Assert.Equal(1, bed.Disks.Opens);
         Assert.Equal(1, bed.Disks.OpenHandles);
@@ -60,6 +62,7 @@ public sealed class SharedDiskTests(ITestOutputHelper output)
         foreach (DiskAttachment device in devices)
         {
             await bed.WaitForBackendStateAsync(device, XenbusState.InitWait);
+            await bed.WaitForDiskOpenedAsync(device);
         }
 
         Assert.Equal(3, bed.Disks.Opens);

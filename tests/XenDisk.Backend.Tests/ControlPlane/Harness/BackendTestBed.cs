@@ -91,9 +91,9 @@ public sealed class BackendTestBed : IAsyncDisposable
     }
 
     /// <summary>
-    /// What libxl and `xendisk add` do (docs/E2E.md "Hotplug contract"), polled: once the backend
-    /// shows InitWait or later, hotplug-status=error when it left an "error" node, else
-    /// hotplug-status=connected. Gives up quietly after <see cref="Timeout"/> or when the bed closes.
+    /// What libxl and `xendisk add` do (docs/E2E.md "Hotplug contract"), polled: hotplug-status=error
+    /// when the backend left an "error" node; hotplug-status=connected once it shows InitWait or
+    /// later with the disk-opened marker. Gives up quietly after <see cref="Timeout"/> or when the bed closes.
     /// </summary>
     private async Task RunHotplugScriptAsync(DiskAttachment attachment, CancellationToken cancellationToken)
     {
@@ -102,11 +102,17 @@ public sealed class BackendTestBed : IAsyncDisposable
         {
             while (DateTime.UtcNow < deadline)
             {
-                string? state = ReadBackend(attachment, BlkifKeys.State);
-                if (state is "2" or "3" or "4")
+                if (ReadBackend(attachment, BlkifKeys.Error) is not null)
                 {
-                    bool failed = ReadBackend(attachment, BlkifKeys.Error) is not null;
-                    WriteBackend(attachment, BlkifKeys.HotplugStatus, failed ? "error" : "connected");
+                    WriteBackend(attachment, BlkifKeys.HotplugStatus, "error");
+                    return;
+                }
+
+                string? state = ReadBackend(attachment, BlkifKeys.State);
+                if (state is "2" or "3" or "4" && ReadBackend(attachment, DiskOpenedKey) == "1")
+                {
+                    // The error check once more: the backend writes "error" and the marker never together.
+                    WriteBackend(attachment, BlkifKeys.HotplugStatus, ReadBackend(attachment, BlkifKeys.Error) is null ? "connected" : "error");
                     return;
                 }
 
@@ -197,15 +203,23 @@ public sealed class BackendTestBed : IAsyncDisposable
     public void SetFrontendState(DiskAttachment attachment, XenbusState state) =>
         WriteFrontend(attachment, BlkifKeys.State, XenbusStateText.ToWire(state));
 
-    /// <summary>Attaches a disk and waits for the backend to offer it (InitWait).</summary>
+    /// <summary>Attaches a disk and waits for the backend to offer it (InitWait) with the disk open (its keys and the disk-opened marker published).</summary>
     public async Task<DiskAttachment> AttachReadyAsync(SimulatedDomain guest, int deviceId, string target, long sizeBytes = 4 << 20,
         int logicalSectorSize = 512, bool readOnly = false, string kind = "vbd")
     {
         Disks.Add(target, sizeBytes, logicalSectorSize);
         DiskAttachment attachment = Attach(guest, deviceId, target, readOnly, kind);
         await WaitForBackendStateAsync(attachment, XenbusState.InitWait);
+        await WaitForDiskOpenedAsync(attachment);
         return attachment;
     }
+
+    /// <summary>The backend's "disk-opened" marker (docs/E2E.md "Hotplug contract"): written with the disk's keys once the disk is open.</summary>
+    public const string DiskOpenedKey = "disk-opened";
+
+    /// <summary>Waits for the disk-opened marker, which the backend writes after InitWait once the disk is open.</summary>
+    public Task WaitForDiskOpenedAsync(DiskAttachment attachment) =>
+        Toolstack.WaitForBackendKeyAsync(attachment, DiskOpenedKey, value => value == "1", Timeout);
 
     /// <summary>Polls <paramref name="condition"/> until it holds; for outcomes no watch announces.</summary>
     public static async Task WaitUntilAsync(Func<bool> condition, string what)
