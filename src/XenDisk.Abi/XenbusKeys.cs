@@ -33,6 +33,13 @@ public static class BlkifKeys
     public const string MaxRingPages = "max-ring-pages";
     public const string HotplugStatus = "hotplug-status";
     public const string Error = "error";
+
+    /// <summary>
+    /// XenDisk's own: written ("1") with the disk's keys once the disk is open, removed with every new
+    /// InitWait; the hotplug script reports the device ready only when it finds this, or fails on
+    /// "error" (docs/E2E.md, "Hotplug contract").
+    /// </summary>
+    public const string DiskOpened = "disk-opened";
     public const string PhysicalDevice = "physical-device";
 
     // Written by the frontend.

@@ -120,7 +120,7 @@ internal sealed class SimulatedGuestsService : IHostedService
                 // hotplug-status=connected once the backend's disk-opened marker is there (or error on
                 // its "error" node), and the backend connects a script-managed device only after that.
                 await _toolstack.WaitForBackendStateAsync(attachment, XenbusState.InitWait, HotplugScriptTimeout).ConfigureAwait(false);
-                await _toolstack.WaitForBackendKeyAsync(attachment, "disk-opened", value => value == "1", DiskOpenTimeout).ConfigureAwait(false);
+                await _toolstack.WaitForBackendKeyAsync(attachment, BlkifKeys.DiskOpened, value => value == "1", DiskOpenTimeout).ConfigureAwait(false);
                 using var store = hypervisor.OpenXenStore(hypervisor.Dom0);
                 store.Write(XenStoreTransaction.None, attachment.BackendPath + "/" + BlkifKeys.HotplugStatus, "connected");
             }

@@ -97,7 +97,7 @@ public sealed class SimulatedService : IAsyncDisposable
         {
             // The disk is open once the backend publishes its disk-opened marker (after InitWait).
             await _toolstack.WaitForBackendStateAsync(attachment, XenbusState.InitWait, Timeout);
-            await _toolstack.WaitForBackendKeyAsync(attachment, "disk-opened", value => value == "1", Timeout);
+            await _toolstack.WaitForBackendKeyAsync(attachment, BlkifKeys.DiskOpened, value => value == "1", Timeout);
         }
 
         var disk = new AttachedDisk(domain, attachment, frontend);

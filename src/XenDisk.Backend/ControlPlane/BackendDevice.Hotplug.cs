@@ -11,12 +11,6 @@ internal sealed partial class BackendDevice
     /// <summary>Where the hotplug script leaves its reason for failing (libxl prints it as "script: ...").</summary>
     private const string HotplugErrorKey = "hotplug-error";
 
-    /// <summary>
-    /// Written ("1") with the disk's keys once the disk is open, removed with every new InitWait: the
-    /// hotplug script reports the device ready only when it finds this (or fails on "error").
-    /// </summary>
-    internal const string DiskOpenedKey = "disk-opened";
-
     // A "script" key in the backend directory: libxl runs a hotplug script for this device.
     private bool _hotplugManaged;
     private bool _ignoreLogged;

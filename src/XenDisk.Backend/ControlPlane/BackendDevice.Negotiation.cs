@@ -249,7 +249,7 @@ internal sealed partial class BackendDevice
         // The older spelling of the same limit, for frontends that still read max-ring-pages.
         Write(t, BlkifKeys.MaxRingPages, Text(1 << options.MaxRingPageOrder));
         _context.Store.Remove(t, Key(BlkifKeys.Error));
-        _context.Store.Remove(t, Key(DiskOpenedKey));
+        _context.Store.Remove(t, Key(BlkifKeys.DiskOpened));
         Write(t, BlkifKeys.State, XenbusStateText.ToWire(XenbusState.InitWait));
         return true;
     }
@@ -281,7 +281,7 @@ internal sealed partial class BackendDevice
         Write(t, BlkifKeys.Sectors, Text(SectorsOf(info)));
         Write(t, BlkifKeys.SectorSize, Text(info.LogicalSectorSize));
         Write(t, BlkifKeys.PhysicalSectorSize, Text(Math.Max(info.PhysicalSectorSize, info.LogicalSectorSize)));
-        Write(t, DiskOpenedKey, "1");
+        Write(t, BlkifKeys.DiskOpened, "1");
         return true;
     }
 

@@ -215,7 +215,7 @@ public sealed class BackendTestBed : IAsyncDisposable
     }
 
     /// <summary>The backend's "disk-opened" marker (docs/E2E.md "Hotplug contract"): written with the disk's keys once the disk is open.</summary>
-    public const string DiskOpenedKey = "disk-opened";
+    public const string DiskOpenedKey = BlkifKeys.DiskOpened;
 
     /// <summary>Waits for the disk-opened marker, which the backend writes after InitWait once the disk is open.</summary>
     public Task WaitForDiskOpenedAsync(DiskAttachment attachment) =>
