@@ -205,6 +205,9 @@ reboot_done() {
             return 1
         fi
     done
+    # How long the rebooted domain's new devices took to InitWait and to their open disk (events
+    # 1004 and 1028), for the report: libxl allows 10 s for the first and its script 40 s for the second.
+    grep -E "vbd/[0-9]+/[0-9]+: (waiting for the frontend \(InitWait\)|disk open) " /var/log/xendisk.log | tail -n 4 | sed "s/^/E2E-LOG $2-timing| /"
     reboots=$((reboots + 1)); pass "$2"
 }
 # detach_attach NAME STEP: the guest puts a marker on xvdb and lets go of it; dom0 detaches xvdb
