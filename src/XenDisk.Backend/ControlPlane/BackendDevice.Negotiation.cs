@@ -55,7 +55,6 @@ internal sealed partial class BackendDevice
         }
 
         long committed = clock.GetTimestamp();
-        _setUp = true;
         _opening = OpenDiskAsync(vm, configuration);
 
         // Kicked once the open is over, whatever its outcome; a retired device ignores the kick and
@@ -104,7 +103,6 @@ internal sealed partial class BackendDevice
         TimeProvider clock = _context.Options.DataPlane.TimeProvider;
         Task<OpenedDisk> opening = _opening!;
         _opening = null;
-        _setUp = false;
         OpenedDisk opened = await opening.ConfigureAwait(false);
         long picked = clock.GetTimestamp();
         IBlockDevice disk = opened.Disk;
@@ -132,7 +130,6 @@ internal sealed partial class BackendDevice
             _readOnly = readOnly;
             _discardOffered = discard;
             _publishedSectors = SectorsOf(info);
-            _setUp = true;
             ControlPlaneLog.DiskOpened(
                 _context.Logger,
                 Name,
@@ -167,7 +164,6 @@ internal sealed partial class BackendDevice
         }
 
         _opening = null;
-        _setUp = false;
         try
         {
             OpenedDisk opened = await opening.ConfigureAwait(false);

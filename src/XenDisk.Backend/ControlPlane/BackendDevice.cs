@@ -43,8 +43,9 @@ internal sealed partial class BackendDevice
     private string? _error;
 
     // Set up: InitWait published and the disk open started (_opening) or done (_disk).
-    private bool _setUp;
     private Task<OpenedDisk>? _opening;
+
+    private bool IsSetUp => _opening is not null || _disk is not null;
     private int _setUpCount;
     private readonly long _createdAt;
     private long _discoveredAt;
@@ -264,7 +265,7 @@ internal sealed partial class BackendDevice
             return;
         }
 
-        if (!_setUp)
+        if (!IsSetUp)
         {
             // A fresh device (state absent or Initialising), or one we find on our first look
             // after a restart whatever state an earlier instance left it in.
@@ -282,7 +283,7 @@ internal sealed partial class BackendDevice
             SetUp();
             _settingUp = false;
 
-            if (!_setUp)
+            if (!IsSetUp)
             {
                 return;
             }
@@ -511,7 +512,6 @@ internal sealed partial class BackendDevice
 
             _disk = null;
             _diskInfo = null;
-            _setUp = false;
         }
 
         if (_frontendWatched)

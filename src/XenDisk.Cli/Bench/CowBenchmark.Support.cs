@@ -9,7 +9,7 @@ namespace XenDisk.Cli.Bench;
 internal static partial class CowBenchmark
 {
     /// <summary>qemu-img, as the peer under test.</summary>
-    private static partial class QemuImg
+    internal static partial class QemuImg
     {
         public static string Find()
         {
@@ -50,13 +50,26 @@ internal static partial class CowBenchmark
         public static Measurement Bench(string qemuImg, string format, string path, string aio, int depth, long requests, Phase phase)
         {
             (int bufferSize, bool write) = Shape(phase);
+            double? seconds = RunBench(qemuImg, format, path, aio, depth, requests, bufferSize, ClusterSize, write, out string failure);
+            return seconds is null
+                ? new Measurement(phase, requests, 0, 0, failure)
+                : new Measurement(phase, requests, seconds.Value, 0, null);
+        }
+
+        /// <summary>
+        /// `qemu-img bench` with O_DIRECT (-t none): <paramref name="requests"/> requests of
+        /// <paramref name="bufferSize"/> bytes, <paramref name="stride"/> bytes apart, at
+        /// <paramref name="depth"/>. Returns the seconds it reports, or null with the reason.
+        /// </summary>
+        public static double? RunBench(string qemuImg, string format, string path, string aio, int depth, long requests, int bufferSize, long stride, bool write, out string failure)
+        {
             List<string> args =
             [
                 "bench", "-f", format, "-t", "none", "-i", aio,
                 "-d", depth.ToString(CultureInfo.InvariantCulture),
                 "-c", requests.ToString(CultureInfo.InvariantCulture),
                 "-s", bufferSize.ToString(CultureInfo.InvariantCulture),
-                "-S", ClusterSize.ToString(CultureInfo.InvariantCulture),
+                "-S", stride.ToString(CultureInfo.InvariantCulture),
                 "--pattern=" + WritePattern.ToString(CultureInfo.InvariantCulture),
             ];
             if (write)
@@ -68,9 +81,11 @@ internal static partial class CowBenchmark
             Match match = CompletedIn().Match(output);
             if (exit != 0 || !match.Success)
             {
-                return new Measurement(phase, requests, 0, 0, $"qemu-img bench exited with {exit}: {(error + output).Trim()}");
+                failure = $"qemu-img bench exited with {exit}: {(error + output).Trim()}";
+                return null;
             }
-            return new Measurement(phase, requests, double.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture), 0, null);
+            failure = "";
+            return double.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture);
         }
 
         private static (int Exit, string Output, string Error) Run(string qemuImg, params string[] args) =>

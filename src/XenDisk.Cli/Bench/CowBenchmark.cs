@@ -229,7 +229,7 @@ internal static partial class CowBenchmark
         }).ToList();
 
     /// <summary>One phase's outcome before ratios are known.</summary>
-    private sealed record Measurement(Phase Phase, long Requests, double Seconds, long Errors, string? Failure)
+    internal sealed record Measurement(Phase Phase, long Requests, double Seconds, long Errors, string? Failure)
     {
         public double Iops => Seconds > 0 && Failure == null ? Requests / Seconds : 0;
     }

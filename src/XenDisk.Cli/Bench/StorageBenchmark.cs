@@ -2,7 +2,6 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
-using System.Text.RegularExpressions;
 using Microsoft.Extensions.Logging;
 using XenDisk.Backend.ControlPlane;
 using XenDisk.Backend.DataPlane;
@@ -211,35 +210,16 @@ internal static class StorageBenchmark
     /// </summary>
     private static double RunQemuFirstWrites(string baseFile, string directory, StorageBenchSettings settings, Workload workload)
     {
-        string qemuImg = ProcessRunner.Find("qemu-img") ?? throw new InvalidOperationException("qemu-img is not installed (Debian package qemu-utils)");
+        string qemuImg = CowBenchmark.QemuImg.Find();
         string overlay = Path.Combine(directory, "qemu-first-writes.qcow2");
         try
         {
-            (int created, _, string createError) = ProcessRunner.Run(qemuImg,
-                ["create", "-q", "-f", "qcow2", "-b", baseFile, "-F", "raw", "-o", QemuBestOptions, overlay, settings.SizeBytes.ToString(CultureInfo.InvariantCulture)]);
-            if (created != 0)
-            {
-                throw new InvalidOperationException($"qemu-img create failed: {createError.Trim()}");
-            }
-
+            CowBenchmark.QemuImg.CreateOverlay(qemuImg, overlay, baseFile, QemuBestOptions);
             long stride = (workload.StrideSectors ?? workload.Pages * 8L) * 512;
             long requests = settings.SizeBytes / stride;
-            (int exit, string output, string error) = ProcessRunner.Run(qemuImg,
-            [
-                "bench", "-w", "-f", "qcow2", "-t", "none", "-i", "io_uring",
-                "-d", workload.QueueDepth.ToString(CultureInfo.InvariantCulture),
-                "-c", requests.ToString(CultureInfo.InvariantCulture),
-                "-s", workload.BlockBytes.ToString(CultureInfo.InvariantCulture),
-                "-S", stride.ToString(CultureInfo.InvariantCulture),
-                overlay,
-            ]);
-            Match completed = Regex.Match(output, @"Run completed in ([0-9]+(?:\.[0-9]+)?) seconds");
-            if (exit != 0 || !completed.Success)
-            {
-                throw new InvalidOperationException($"qemu-img bench exited with {exit}: {(error + output).Trim()}");
-            }
-
-            return requests / double.Parse(completed.Groups[1].Value, CultureInfo.InvariantCulture);
+            double seconds = CowBenchmark.QemuImg.RunBench(qemuImg, "qcow2", overlay, "io_uring", workload.QueueDepth, requests, workload.BlockBytes, stride, write: true, out string failure)
+                ?? throw new InvalidOperationException(failure);
+            return requests / seconds;
         }
         finally
         {

@@ -76,7 +76,10 @@ public sealed partial class BitmapOverlay
 
     public IoStatus WriteUnpublished(long offset, ReadOnlySpan<IoBuffer> buffers, out bool publish) => WriteRange(offset, buffers, publish: false, out publish);
 
-    public IoStatus Publish() => _policy != MetadataPolicy.Sync && _map.TrackUnwritten ? PublishMap() : IoStatus.Ok;
+    public IoStatus Publish() => PublishesMap ? PublishMap() : IoStatus.Ok;
+
+    /// <summary>Flush and Lazy write a changed map block before the answer; Sync makes it durable anyway; Transient promises nothing.</summary>
+    private bool PublishesMap => _policy != MetadataPolicy.Sync && _map.TrackUnwritten;
 
     /// <summary>A guest write; <paramref name="publish"/> false leaves a changed map block for <see cref="Publish"/> (<paramref name="unpublished"/>).</summary>
     private IoStatus WriteRange(long offset, ReadOnlySpan<IoBuffer> buffers, bool publish, out bool unpublished)
@@ -128,7 +131,7 @@ public sealed partial class BitmapOverlay
                 ArrayPool<IoBuffer>.Shared.Return(rented);
             }
         }
-        if (status == IoStatus.Ok && !publish && mapChanged && _policy != MetadataPolicy.Sync && _map.TrackUnwritten)
+        if (status == IoStatus.Ok && !publish && mapChanged && PublishesMap)
         {
             // The caller gathers this with other requests' changes into one publication (IGroupCommitDevice).
             unpublished = true;
@@ -194,7 +197,7 @@ public sealed partial class BitmapOverlay
         {
             return mapChanged ? WriteBack(requiredOnly: false) : FlushCow();
         }
-        return mapChanged && _map.TrackUnwritten ? PublishMap() : IoStatus.Ok;
+        return mapChanged && PublishesMap ? PublishMap() : IoStatus.Ok;
     }
 
     /// <summary>
