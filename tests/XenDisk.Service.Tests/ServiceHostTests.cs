@@ -153,6 +153,18 @@ public sealed class ServiceHostTests : IDisposable
         ServiceStatusReport? roundTripped = System.Text.Json.JsonSerializer.Deserialize(ControlClient.ToJson(later), ControlJsonContext.Default.ServiceStatusReport);
         Assert.Equal(later.Devices.Count, roundTripped!.Devices.Count);
 
+        // Memory: every report carries the process's figures; --collect takes them after a full collection.
+        MemoryReport uncollected = Assert.IsType<MemoryReport>(later.Memory);
+        ServiceStatusReport collected = await ControlClient.GetStatusAsync(SocketPath, CancellationToken.None, collect: true);
+        MemoryReport memory = Assert.IsType<MemoryReport>(collected.Memory);
+        Assert.False(uncollected.Collected);
+        Assert.True(memory.Collected);
+        Assert.True(memory.FullCollections > uncollected.FullCollections, "the collection is a full one");
+        Assert.InRange(memory.AnonymousBytes, 1, memory.ResidentBytes);
+        Assert.InRange(memory.ManagedHeapBytes, 1, memory.ManagedCommittedBytes);
+        Assert.Equal(2, collected.Devices.Count);
+        Assert.Contains("just collected", StatusTextFormatter.Format(collected), StringComparison.Ordinal);
+
         await stop.CancelAsync();
         Assert.Equal(ServeExitCodes.Success, await run.WaitAsync(Timeout));
         await systemd.ReceiveUntilAsync("STOPPING=1", Timeout);

@@ -21,16 +21,20 @@ internal static class StatusCommand
     {
         var socket = SocketOption();
         var json = new Option<bool>("--json") { Description = "Print the status as JSON, for scripts" };
+        var collect = new Option<bool>("--collect")
+        {
+            Description = "Run a full garbage collection in the service first, so that its memory figures show only what it still holds",
+        };
         var command = new Command("status", "Show the running service's devices, negotiated features, live counters and hydrations")
         {
-            socket, json,
+            socket, json, collect,
         };
         command.SetAction(async (parseResult, cancellationToken) =>
         {
             ServiceStatusReport report;
             try
             {
-                report = await ControlClient.GetStatusAsync(parseResult.GetValue(socket)!, cancellationToken).ConfigureAwait(false);
+                report = await ControlClient.GetStatusAsync(parseResult.GetValue(socket)!, cancellationToken, parseResult.GetValue(collect)).ConfigureAwait(false);
             }
             catch (ControlClientException e)
             {

@@ -6,6 +6,8 @@ namespace XenDisk.Service.Control;
 // The control socket's protocol: the client connects to the Unix stream socket, writes one JSON
 // request on one line, and reads one JSON response (the server closes the connection after it).
 //   {"command":"status"}  ->  {"ok":true,"status":{...}}  or  {"ok":false,"error":"..."}
+//   {"command":"status","collect":true}  ->  the same, after a full compacting garbage collection
+//       (status.memory then says what the process holds once nothing unreachable is left)
 //   {"command":"hydrate","device":"3/51712","bytesPerSecond":52428800}
 //       ->  {"ok":true,"device":"/local/domain/0/backend/vbd/3/51712","hydration":{"state":"running",...}}
 //   {"command":"hydrate-cancel","device":"3/51712"}  ->  the same shape, the state as it is after the cancel
@@ -18,7 +20,8 @@ namespace XenDisk.Service.Control;
 /// <param name="Command">status, hydrate, hydrate-cancel or resize (see <see cref="ControlCommands"/>).</param>
 /// <param name="Device">The device a hydrate or resize command is about.</param>
 /// <param name="BytesPerSecond">hydrate: the most bytes per second taken from the base; null or 0 for no limit.</param>
-public sealed record ControlRequest(string Command, string? Device = null, long? BytesPerSecond = null);
+/// <param name="Collect">status: run a full compacting garbage collection first (see <see cref="MemoryReport"/>).</param>
+public sealed record ControlRequest(string Command, string? Device = null, long? BytesPerSecond = null, bool? Collect = null);
 
 /// <param name="Device">The backend path of the device a hydrate command acted on.</param>
 /// <param name="Hydration">That device's hydration after the command.</param>
@@ -52,7 +55,29 @@ public sealed record ServiceStatusReport(
     bool Simulated,
     DateTimeOffset StartedAt,
     DateTimeOffset TakenAt,
-    IReadOnlyList<DeviceReport> Devices);
+    IReadOnlyList<DeviceReport> Devices,
+    MemoryReport? Memory = null);
+
+/// <summary>
+/// What the process holds, for telling a leak from garbage not yet collected: an idle .NET process
+/// does not collect, so a resident figure alone keeps whatever was allocated since the last full
+/// collection. Asked with a collection first, the managed heap is what is still reachable.
+/// </summary>
+/// <param name="ResidentBytes">VmRSS from /proc/self/status.</param>
+/// <param name="AnonymousBytes">RssAnon: the resident part that is neither a file nor shared memory (heaps, stacks).</param>
+/// <param name="ManagedHeapBytes">The managed heap after the last collection (live objects plus fragmentation).</param>
+/// <param name="ManagedFragmentedBytes">Free space inside that heap.</param>
+/// <param name="ManagedCommittedBytes">Memory the garbage collector has committed from the system.</param>
+/// <param name="FullCollections">Generation-2 collections since start.</param>
+/// <param name="Collected">True when this report was taken right after a forced full collection.</param>
+public sealed record MemoryReport(
+    long ResidentBytes,
+    long AnonymousBytes,
+    long ManagedHeapBytes,
+    long ManagedFragmentedBytes,
+    long ManagedCommittedBytes,
+    int FullCollections,
+    bool Collected);
 
 public sealed record DeviceReport(
     string BackendPath,

@@ -223,13 +223,23 @@ internal sealed class ControlServer : IHostedService, IAsyncDisposable
 
         return request?.Command switch
         {
-            ControlCommands.Status => new ControlResponse(true, Status: _reporter.Report()),
+            ControlCommands.Status => new ControlResponse(true, Status: Status(request.Collect == true)),
             ControlCommands.Hydrate => Answer(await _hydrations.StartAsync(request.Device, request.BytesPerSecond ?? 0, cancellationToken).ConfigureAwait(false)),
             ControlCommands.HydrateCancel => Answer(await _hydrations.CancelAsync(request.Device, cancellationToken).ConfigureAwait(false)),
             ControlCommands.Resize => Answer(await _resizer.ResizeAsync(request.Device, cancellationToken).ConfigureAwait(false)),
             null => new ControlResponse(false, $"The request names no command; known: {ControlCommands.Known}."),
             string other => new ControlResponse(false, $"Unknown command \"{Printable(other)}\"; known: {ControlCommands.Known}."),
         };
+    }
+
+    private ServiceStatusReport Status(bool collect)
+    {
+        if (collect)
+        {
+            ProcessMemory.Collect();
+        }
+
+        return _reporter.Report() with { Memory = ProcessMemory.Report(collect) };
     }
 
     private static ControlResponse Answer(HydrationOutcome outcome) => outcome.Refusal is { } refusal
@@ -277,9 +287,10 @@ public static class ControlClient
 
     /// <summary>Asks the service at <paramref name="socketPath"/> for its status. Throws
     /// <see cref="ControlClientException"/> with a message for people when no service answers.</summary>
-    public static async Task<ServiceStatusReport> GetStatusAsync(string socketPath, CancellationToken cancellationToken = default)
+    /// <param name="collect">Ask for a full compacting garbage collection before the report (its memory figures then hold only what is reachable).</param>
+    public static async Task<ServiceStatusReport> GetStatusAsync(string socketPath, CancellationToken cancellationToken = default, bool collect = false)
     {
-        ControlResponse response = await SendAsync(socketPath, new ControlRequest("status"), cancellationToken).ConfigureAwait(false);
+        ControlResponse response = await SendAsync(socketPath, new ControlRequest(ControlCommands.Status, Collect: collect ? true : null), cancellationToken).ConfigureAwait(false);
         if (!response.Ok || response.Status is null)
         {
             throw new ControlClientException($"The service refused the request: {response.Error ?? "no status in its answer"}");

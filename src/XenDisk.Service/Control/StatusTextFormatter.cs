@@ -13,6 +13,11 @@ public static class StatusTextFormatter
         var text = new StringBuilder();
         TimeSpan up = report.TakenAt - report.StartedAt;
         text.Append(CultureInfo.InvariantCulture, $"xendisk {report.Version} on {report.Platform}, up {(int)up.TotalHours}:{up:mm\\:ss}, {report.Devices.Count} device(s)\n");
+        if (report.Memory is { } memory)
+        {
+            text.Append(CultureInfo.InvariantCulture,
+                $"memory: {Bytes(memory.ResidentBytes)} resident ({Bytes(memory.AnonymousBytes)} anonymous), managed heap {Bytes(memory.ManagedHeapBytes)} ({Bytes(memory.ManagedFragmentedBytes)} free) of {Bytes(memory.ManagedCommittedBytes)} committed, {memory.FullCollections} full collection(s){(memory.Collected ? ", just collected" : "")}\n");
+        }
         foreach (DeviceReport device in report.Devices)
         {
             text.Append('\n');
