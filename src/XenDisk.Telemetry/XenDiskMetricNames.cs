@@ -38,6 +38,12 @@ public static class XenDiskMetricNames
     /// <summary>Counter: times a ring stopped taking requests because bounce buffers ran out.</summary>
     public const string RingBackPressure = "xendisk.ring.back_pressure";
 
+    /// <summary>Counter: requests whose data the ring thread moved itself through its io_uring (not handed to an I/O thread).</summary>
+    public const string RingFastPathRequests = "xendisk.ring.fast_path_requests";
+
+    /// <summary>Counter: io_uring_enter calls of the ring thread (submissions and sleeps; the notifications are the ring's other system calls).</summary>
+    public const string RingEngineCalls = "xendisk.ring.engine_calls";
+
     /// <summary>Gauge: 1 when the ring was halted because the frontend broke the ring protocol.</summary>
     public const string RingHalted = "xendisk.ring.halted";
 
@@ -84,6 +90,7 @@ public static class XenDiskMetricNames
         public const string Errors = "{error}";
         public const string Batches = "{batch}";
         public const string Events = "{event}";
+        public const string Calls = "{call}";
         public const string Notifications = "{notification}";
         public const string Operations = "{operation}";
         public const string Lookups = "{lookup}";

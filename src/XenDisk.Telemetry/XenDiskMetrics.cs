@@ -51,6 +51,10 @@ public sealed class XenDiskMetrics : IDisposable
             "Requests taken off the ring whose response has not been written yet");
         Meter.CreateObservableCounter(RingBackPressure, () => PerQueue(c => c.BackPressureEvents), Units.Events,
             "Times the ring stopped taking requests because its bounce buffers ran out");
+        Meter.CreateObservableCounter(RingFastPathRequests, () => PerQueue(c => c.FastPathRequests), Units.Requests,
+            "Requests whose data the ring thread moved itself through its io_uring rather than an I/O thread");
+        Meter.CreateObservableCounter(RingEngineCalls, () => PerQueue(c => c.EngineCalls), Units.Calls,
+            "io_uring_enter calls of the ring thread: each submits what the loop queued, most also sleep until a kick or a completion");
         Meter.CreateObservableGauge(RingHalted, ObserveHalted, unit: null,
             "1 when the ring was halted because the frontend broke the ring protocol");
         Meter.CreateObservableCounter(Notifications, ObserveNotifications, Units.Notifications,

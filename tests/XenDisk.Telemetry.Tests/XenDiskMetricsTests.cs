@@ -53,6 +53,15 @@ public sealed class XenDiskMetricsTests(Xunit.Abstractions.ITestOutputHelper out
         double sent = points.Where(p => p.Name == XenDiskMetricNames.Notifications && p.Tags[XenDiskMetricNames.NotificationOutcomeAttribute] == "sent").Sum(p => p.Value);
         Assert.True(sent >= 1, "a synchronous guest waits for every answer, so the backend must have notified it");
 
+        // The ring threads' system calls: a synchronous guest lets each ring sleep in io_uring_enter
+        // between its requests; a memory disk completes inline, so nothing takes the io_uring fast path.
+        List<BlkifRing> rings = [.. host.Backend.Devices.Single().Queues.Select(q => q.Ring)];
+        double engineCalls = points.Where(p => p.Name == XenDiskMetricNames.RingEngineCalls).Sum(p => p.Value);
+        Assert.Equal(rings.Sum(r => r.Statistics.EngineCalls), engineCalls);
+        Assert.True(rings.All(r => r.EngineName != "io_uring") || engineCalls >= 12, $"{engineCalls} io_uring_enter calls for 25 synchronous requests");
+        Assert.Equal(0, points.Where(p => p.Name == XenDiskMetricNames.RingFastPathRequests).Sum(p => p.Value));
+        Assert.Equal(frontend.QueueCount, points.Count(p => p.Name == XenDiskMetricNames.RingFastPathRequests));
+
         // Batch sizes per queue: as many batches as the rings counted, and a synchronous guest sends one request at a time.
         long batches = host.Backend.Devices.Single().Queues.Sum(q => q.Ring.Statistics.Batches);
         List<Point> batchPoints = [.. points.Where(p => p.Name == XenDiskMetricNames.RingBatchSize)];

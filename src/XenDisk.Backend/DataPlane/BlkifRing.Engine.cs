@@ -73,9 +73,6 @@ public sealed unsafe partial class BlkifRing
     /// <summary>The engine this ring runs: "io_uring" or "threads".</summary>
     public string EngineName => _uring is null ? "threads" : "io_uring";
 
-    /// <summary>io_uring_enter calls this ring has made (0 with the thread engine).</summary>
-    public long EngineEnterCalls => _uring?.EnterCalls ?? 0;
-
     private void InitializeEngine(int entries)
     {
         _waker = new RingWaker();
@@ -382,6 +379,7 @@ public sealed unsafe partial class BlkifRing
         if (_uring is { PendingSubmissions: > 0 } uring)
         {
             CheckEnter(uring.SubmitAndWait(0));
+            Statistics.SetEngineCalls(uring.EnterCalls);
         }
     }
 
@@ -634,6 +632,7 @@ public sealed unsafe partial class BlkifRing
         }
 
         CheckEnter(uring.SubmitAndWait(1));
+        Statistics.SetEngineCalls(uring.EnterCalls);
     }
 
     private void ArmPoll(int fd, ulong tag)

@@ -60,6 +60,7 @@ public sealed class RingStatistics
     private long _notificationsSuppressed;
     private long _backPressureEvents;
     private long _fastPathRequests;
+    private long _engineCalls;
     private long _grantMaps;
     private long _grantUnmaps;
     private long _grantUnmapFailures;
@@ -126,6 +127,10 @@ public sealed class RingStatistics
     /// <summary>Requests whose data the ring thread moved itself through its io_uring (the remap fast
     /// path), rather than handing them to an I/O thread.</summary>
     public long FastPathRequests => Volatile.Read(ref _fastPathRequests);
+
+    /// <summary>io_uring_enter calls the ring thread made (each submits a batch, and most also sleep
+    /// until the next kick or completion): with the notifications, the ring thread's system calls.</summary>
+    public long EngineCalls => Volatile.Read(ref _engineCalls);
 
     /// <summary>MapGrantRefs calls that succeeded (data pages, indirect pages, persistent grants).</summary>
     public long GrantMaps => Volatile.Read(ref _grantMaps);
@@ -235,6 +240,8 @@ public sealed class RingStatistics
     internal void BackPressure() => Increment(ref _backPressureEvents);
 
     internal void FastPath() => Increment(ref _fastPathRequests);
+
+    internal void SetEngineCalls(long count) => Volatile.Write(ref _engineCalls, count);
 
     internal void GrantMapped() => Increment(ref _grantMaps);
 

@@ -37,6 +37,10 @@ public sealed class RingCounters
 
     public long BackPressureEvents { get; set; }
 
+    public long FastPathRequests { get; set; }
+
+    public long EngineCalls { get; set; }
+
     public long GrantMaps { get; set; }
 
     public long GrantUnmaps { get; set; }
@@ -93,6 +97,8 @@ public sealed class RingCounters
         counters.NotificationsSent = statistics.NotificationsSent;
         counters.NotificationsSuppressed = statistics.NotificationsSuppressed;
         counters.BackPressureEvents = statistics.BackPressureEvents;
+        counters.FastPathRequests = statistics.FastPathRequests;
+        counters.EngineCalls = statistics.EngineCalls;
         counters.GrantMaps = statistics.GrantMaps;
         counters.GrantUnmaps = statistics.GrantUnmaps;
         counters.GrantUnmapFailures = statistics.GrantUnmapFailures;
@@ -139,6 +145,8 @@ public sealed class RingCounters
         NotificationsSent += other.NotificationsSent;
         NotificationsSuppressed += other.NotificationsSuppressed;
         BackPressureEvents += other.BackPressureEvents;
+        FastPathRequests += other.FastPathRequests;
+        EngineCalls += other.EngineCalls;
         GrantMaps += other.GrantMaps;
         GrantUnmaps += other.GrantUnmaps;
         GrantUnmapFailures += other.GrantUnmapFailures;

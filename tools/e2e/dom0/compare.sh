@@ -80,7 +80,8 @@ cpu_busy_since() {
 # thread_cpu PID: the process's threads by CPU time used (user + system, seconds), busiest first.
 thread_cpu() {
     for task in /proc/"$1"/task/*; do
-        sed 's/^[0-9]* (\(.*\)) [A-Z] /\1|/' "$task/stat" | awk -F'|' '{ split($2, f, " "); printf "%.2f %s\n", (f[11] + f[12]) / 100, $1 }'
+        cs=$(awk '/^voluntary_ctxt_switches:/ { v = $2 } /^nonvoluntary_ctxt_switches:/ { n = $2 } END { printf "%d+%d", v, n }' "$task/status" 2>/dev/null)
+        sed 's/^[0-9]* (\(.*\)) [A-Z] /\1|/' "$task/stat" | awk -F'|' -v cs="$cs" '{ split($2, f, " "); printf "%.2f (user %.2f, system %.2f, switches %s) %s\n", (f[11] + f[12]) / 100, f[11] / 100, f[12] / 100, cs, $1 }'
     done | sort -rn | head -n 12 | tr '\n' ';'
 }
 
