@@ -25,6 +25,27 @@ public sealed class NativeEventChannels : IEventChannels
         _handle = handle;
         _wake = wake;
         _evtchnFd = Interop.XenEvtchn.xenevtchn_fd(handle);
+        MakeNonBlocking(_evtchnFd);
+    }
+
+    /// <summary>
+    /// O_NONBLOCK on the evtchn descriptor. The ring thread reads pending ports and writes unmasks
+    /// through its io_uring; the evtchn device has plain read/write methods and no FMODE_NOWAIT, so
+    /// io_uring hands every such read and write of a blocking descriptor to one of its worker threads
+    /// (io_uring.c, __io_file_supports_nowait: "any ->read/write should understand O_NONBLOCK"): two
+    /// extra thread wake-ups per guest kick and per unmask, each a trip through the hypervisor in a PV
+    /// dom0. Non-blocking, the read is tried in place, parked on the device's poll while nothing is
+    /// pending, and completes in the ring thread's own wait; the unmask completes at once. Every other
+    /// read of the descriptor (<see cref="WaitPending"/>, <see cref="TakePending"/>) comes after a poll
+    /// said it is readable, so no caller depends on a blocking read.
+    /// </summary>
+    private static void MakeNonBlocking(int fd)
+    {
+        int flags = LibC.fcntl(fd, LibC.F_GETFL, 0);
+        if (flags >= 0 && (flags & LibC.O_NONBLOCK) == 0)
+        {
+            _ = LibC.fcntl(fd, LibC.F_SETFL, flags | LibC.O_NONBLOCK);
+        }
     }
 
     /// <summary>xenevtchn_open. Throws <see cref="XenException"/> naming xenevtchn_open when the evtchn device cannot be opened.</summary>

@@ -85,6 +85,30 @@ thread_cpu() {
     done | sort -rn | head -n 12 | tr '\n' ';'
 }
 
+# syscalls_start, syscalls_report PID LABEL (only with e2e_count_syscalls=1 on the kernel command
+# line, tools/e2e/compare --count-syscalls): from the start to the report, every system call in dom0
+# counted by thread and call number with a tracing histogram (CONFIG_HIST_TRIGGERS; perf does not run
+# in this dom0); the report prints PID's threads' counts (by thread name and call: 426 io_uring_enter,
+# 16 ioctl, 0 read, 1 write, 7 poll, 202 futex) and their total.
+count_syscalls=$(grep -c 'e2e_count_syscalls=1' /proc/cmdline)
+tracing=/sys/kernel/tracing
+syscall_hist='hist:keys=common_pid,id:vals=hitcount:size=8192'
+syscalls_start() {
+    [ "$count_syscalls" = 1 ] || return 0
+    [ -d $tracing/events ] || mount -t tracefs nodev $tracing 2>/dev/null
+    echo "!$syscall_hist" >$tracing/events/raw_syscalls/sys_enter/trigger 2>/dev/null
+    echo "$syscall_hist" >$tracing/events/raw_syscalls/sys_enter/trigger || info "cannot set the system-call histogram"
+}
+syscalls_report() {
+    [ "$count_syscalls" = 1 ] || return 0
+    ls /proc/"$1"/task | while read -r tid; do echo "$tid $(cat /proc/"$1"/task/"$tid"/comm 2>/dev/null | tr ' ' '_')"; done >/tmp/tids
+    counts=$(sed -n 's/.*common_pid: *\([0-9]*\), *id: *\([0-9]*\) *} *hitcount: *\([0-9]*\).*/\1 \2 \3/p' $tracing/events/raw_syscalls/sys_enter/hist |
+        awk 'NR == FNR { name[$1] = $2; next } ($1 in name) { n[name[$1] "|" $2] += $3; total += $3 }
+             END { for (k in n) printf "%s=%d; ", k, n[k]; printf "total %d", total }' /tmp/tids -)
+    echo "!$syscall_hist" >$tracing/events/raw_syscalls/sys_enter/trigger 2>/dev/null
+    info "$2: xendisk system calls by thread|call: $counts"
+}
+
 # sample_threads PID FILE: once a second until FILE.stop exists, one line per thread of PID that is
 # running or runnable (state R): its name and its system call number ("running": in user space).
 # perf does not run in this dom0; this says which of XenDisk's threads spend the CPU, and whether
@@ -133,12 +157,13 @@ run_bench() {
     for job in $jobs; do
         follow_guest $name "GUEST: INFO job $job starts" 900 || break
         cpu_snapshot /tmp/cpu-job
-        case "$1" in xendisk-*) rm -f /tmp/samples.stop; sample_threads "$xendisk_pid" /tmp/samples & sampler=$! ;; esac
+        case "$1" in xendisk-*) syscalls_start; rm -f /tmp/samples.stop; sample_threads "$xendisk_pid" /tmp/samples & sampler=$! ;; esac
         follow_guest $name "GUEST: DATA bench-$job=" 900
         found=$?
         [ -n "${sampler:-}" ] && { : >/tmp/samples.stop; wait $sampler; sampler=; }
         [ $found -eq 0 ] || break
         echo "$job $(cpu_busy_since /tmp/cpu-job)" >>/tmp/job-cpu
+        case "$1" in xendisk-*) syscalls_report "$xendisk_pid" "$1 round $2 job $job" ;; esac
         [ -s /tmp/samples ] && info "$1 round $2 job $job: xendisk threads seen running or waiting, by count of one-second samples in state R (thread|system call): $(sort /tmp/samples | uniq -c | sort -rn | head -n 12 | tr -s ' ' | tr '\n' ';')"
         rm -f /tmp/samples
     done
