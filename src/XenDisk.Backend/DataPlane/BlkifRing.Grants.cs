@@ -72,7 +72,7 @@ public sealed partial class BlkifRing
     {
         PersistentGrantCache cache = _persistent!;
         Span<byte> destination = MemoryMarshal.AsBytes(context.Segments.AsSpan());
-        long now = Setup.Options.TimeProvider.GetTimestamp();
+        long now = _now;
         for (int i = 0; i < refs.Length; i++)
         {
             int entry = cache.Acquire(refs[i]);
@@ -202,7 +202,7 @@ public sealed partial class BlkifRing
             return;
         }
 
-        long now = Setup.Options.TimeProvider.GetTimestamp();
+        long now = _now;
         for (int i = 0; i < segmentCount; i++)
         {
             if (context.PersistentEntries[i] >= 0)

@@ -93,6 +93,7 @@ public sealed partial class BlkifRing
     {
         while (true)
         {
+            RefreshNow();
             ReapEngine();
             ProcessCompletions();
             ThrowIfWorkerFailed();
@@ -326,7 +327,7 @@ public sealed partial class BlkifRing
         }
 
         TimeProvider time = Setup.Options.TimeProvider;
-        long now = time.GetTimestamp();
+        long now = _now;
         _persistent.ExpireIdle(now - _persistentExpiryTicks);
         if (_persistent.OldestIdleTimestamp is not long lastUsed)
         {

@@ -129,6 +129,7 @@ public sealed partial class BlkifRing : IAsyncDisposable
         {
             DataPlaneLog.RingStarted(_logger, Setup.Name, _ring.Entries, Setup.Protocol, Setup.Options.DataPath, EngineName,
                 _workers is null ? 0 : Setup.Options.IoThreadsPerRing, _persistent is not null, _maxIndirectSegments);
+            RefreshNow();
             RedoRecoveredRequests();
             RunLoop();
             ShutDownCleanly();

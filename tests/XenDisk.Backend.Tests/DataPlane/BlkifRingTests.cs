@@ -461,6 +461,45 @@ public class BlkifRingTests
     }
 
     [Fact]
+    public async Task The_ring_reads_its_clock_per_loop_iteration_not_per_request()
+    {
+        using var hypervisor = new SimulatedHypervisor();
+        SimulatedDomain guest = hypervisor.CreateDomain("guest");
+        using var memory = new MemoryBlockDevice(DiskBytes);
+        var clock = new CountingTimeProvider();
+        await using var connection = new RingConnection(hypervisor, guest, memory,
+            features: new NegotiatedFeatures { PersistentGrants = true },
+            options: new DataPlaneOptions { TimeProvider = clock }).Start();
+        using var pages = new GuestBuffers(guest, 1, readOnly: false);
+
+        // A whole ring of requests published at once: each is stamped at its start and end, and its
+        // persistent grant at its release, with the time of the loop iteration that handled it.
+        const int requests = 32;
+        long before = clock.Reads;
+        WireSlots.Response[] responses = connection.Submit([.. Enumerable.Range(0, requests)
+            .Select(i => WireSlots.ReadWrite(BlkifProtocol.X86_64, R, (ulong)i, (ulong)i * 8, pages.FullSegments()))]);
+        long reads = clock.Reads - before;
+
+        Assert.All(responses, r => Assert.Equal(BlkifStatus.Okay, r.Status));
+        Assert.Equal(requests, connection.Statistics.Requests(RingOperation.Read));
+        Assert.True(reads < requests, $"{reads} clock reads for {requests} requests taken in {connection.Statistics.Batches} batch(es)");
+    }
+
+    /// <summary>The system clock, counting its reads.</summary>
+    private sealed class CountingTimeProvider : TimeProvider
+    {
+        private long _reads;
+
+        public long Reads => Interlocked.Read(ref _reads);
+
+        public override long GetTimestamp()
+        {
+            Interlocked.Increment(ref _reads);
+            return System.GetTimestamp();
+        }
+    }
+
+    [Fact]
     public async Task Idle_persistent_grants_expire()
     {
         using var hypervisor = new SimulatedHypervisor();
