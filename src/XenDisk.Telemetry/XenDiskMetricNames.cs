@@ -103,7 +103,7 @@ public static class XenDiskMetricNames
 
     // Attributes.
 
-    /// <summary>The device's backend path, /local/domain/&lt;backend&gt;/backend/&lt;kind&gt;/&lt;domid&gt;/&lt;devid&gt;.</summary>
+    /// <summary>The guest's name and the device id, "web1/51712" (DeviceStatus.MetricsName): stable across the guest's reboots.</summary>
     public const string DeviceAttribute = "xendisk.device";
 
     /// <summary>The queue (ring) index within the device.</summary>

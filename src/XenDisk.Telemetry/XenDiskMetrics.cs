@@ -29,6 +29,9 @@ public sealed class XenDiskMetrics : IDisposable
     private readonly Lock _copyOnWriteLock = new();
     private readonly List<ICopyOnWriteMetricsSource> _copyOnWriteSources = [];
     private bool _copyOnWriteInstrumentsCreated;
+    private readonly Lock _namedLock = new();
+    private BackendSnapshot? _namedSnapshot;
+    private List<NamedDevice> _named = [];
 
     public XenDiskMetrics(IMeterFactory meterFactory, BackendStatisticsCollector collector)
     {
@@ -132,7 +135,7 @@ public sealed class XenDiskMetrics : IDisposable
             foreach (QueueStatus queue in device.Queues)
             {
                 RingStatistics statistics = queue.Ring.Statistics;
-                if (!statistics.IsObserved && statistics.Observe(new RingObserver(RequestDurations, BatchSizes, device.BackendPath, queue.QueueIndex)))
+                if (!statistics.IsObserved && statistics.Observe(new RingObserver(RequestDurations, BatchSizes, device.MetricsName, queue.QueueIndex)))
                 {
                     attached++;
                 }
@@ -146,55 +149,55 @@ public sealed class XenDiskMetrics : IDisposable
 
     private IEnumerable<Measurement<long>> PerOperation(Func<RingCounters, long[]> select)
     {
-        foreach (DeviceCounters device in _collector.GetSnapshot().Devices)
+        foreach (NamedDevice device in NamedDevices())
         {
             long[] values = select(device.Total);
             for (int op = 0; op < values.Length; op++)
             {
-                yield return new Measurement<long>(values[op], Device(device), new(OperationAttribute, Values.Operations[op]));
+                yield return new Measurement<long>(values[op], device.Tag, new(OperationAttribute, Values.Operations[op]));
             }
         }
     }
 
     private IEnumerable<Measurement<long>> ObserveErrors()
     {
-        foreach (DeviceCounters device in _collector.GetSnapshot().Devices)
+        foreach (NamedDevice device in NamedDevices())
         {
-            yield return new Measurement<long>(device.Total.GuestErrors, Device(device), new(ErrorTypeAttribute, Values.ErrorGuest));
-            yield return new Measurement<long>(device.Total.StorageErrors, Device(device), new(ErrorTypeAttribute, Values.ErrorStorage));
-            yield return new Measurement<long>(device.Total.Unsupported, Device(device), new(ErrorTypeAttribute, Values.ErrorUnsupported));
+            yield return new Measurement<long>(device.Total.GuestErrors, device.Tag, new(ErrorTypeAttribute, Values.ErrorGuest));
+            yield return new Measurement<long>(device.Total.StorageErrors, device.Tag, new(ErrorTypeAttribute, Values.ErrorStorage));
+            yield return new Measurement<long>(device.Total.Unsupported, device.Tag, new(ErrorTypeAttribute, Values.ErrorUnsupported));
         }
     }
 
     private IEnumerable<Measurement<long>> PerQueue(Func<RingCounters, long> select)
     {
-        foreach (DeviceCounters device in _collector.GetSnapshot().Devices)
+        foreach (NamedDevice device in NamedDevices())
         {
-            foreach (QueueCounters queue in device.Queues)
+            foreach ((int queue, NamedQueue counters) in device.Queues)
             {
-                yield return new Measurement<long>(select(queue.Counters), Device(device), Queue(queue));
+                yield return new Measurement<long>(select(counters.Counters), device.Tag, Queue(queue));
             }
         }
     }
 
     private IEnumerable<Measurement<long>> PerQueue(Func<RingCounters, long> select, string attribute, string value)
     {
-        foreach (DeviceCounters device in _collector.GetSnapshot().Devices)
+        foreach (NamedDevice device in NamedDevices())
         {
-            foreach (QueueCounters queue in device.Queues)
+            foreach ((int queue, NamedQueue counters) in device.Queues)
             {
-                yield return new Measurement<long>(select(queue.Counters), Device(device), Queue(queue), new(attribute, value));
+                yield return new Measurement<long>(select(counters.Counters), device.Tag, Queue(queue), new(attribute, value));
             }
         }
     }
 
     private IEnumerable<Measurement<int>> ObserveHalted()
     {
-        foreach (DeviceCounters device in _collector.GetSnapshot().Devices)
+        foreach (NamedDevice device in NamedDevices())
         {
-            foreach (QueueCounters queue in device.Queues.Where(q => q.Connected))
+            foreach ((int queue, NamedQueue counters) in device.Queues.Where(q => q.Value.Connected))
             {
-                yield return new Measurement<int>(queue.Counters.Halted ? 1 : 0, Device(device), Queue(queue));
+                yield return new Measurement<int>(counters.Counters.Halted ? 1 : 0, device.Tag, Queue(queue));
             }
         }
     }
@@ -254,7 +257,72 @@ public sealed class XenDiskMetrics : IDisposable
             .Where(i => i.HydrationProgress is not null)
             .Select(i => new Measurement<double>(i.HydrationProgress!.Value, new KeyValuePair<string, object?>(ImageAttribute, i.Image)));
 
-    private static KeyValuePair<string, object?> Device(DeviceCounters device) => new(DeviceAttribute, device.Status.BackendPath);
+    /// <summary>
+    /// The snapshot's devices by <see cref="DeviceStatus.MetricsName"/>, summed: the devices of one
+    /// guest's old and new domain coexist for a moment (a reboot, a migration to this host), and an
+    /// observable instrument given two values for one series keeps only the last. Built once per
+    /// snapshot (every callback of one collection reads the same one).
+    /// </summary>
+    private List<NamedDevice> NamedDevices()
+    {
+        BackendSnapshot snapshot = _collector.GetSnapshot();
+        lock (_namedLock)
+        {
+            if (!ReferenceEquals(snapshot, _namedSnapshot))
+            {
+                var byName = new Dictionary<string, NamedDevice>(StringComparer.Ordinal);
+                foreach (DeviceCounters device in snapshot.Devices)
+                {
+                    string name = device.Status.MetricsName;
+                    if (!byName.TryGetValue(name, out NamedDevice? named))
+                    {
+                        named = new NamedDevice(name);
+                        byName.Add(name, named);
+                    }
 
-    private static KeyValuePair<string, object?> Queue(QueueCounters queue) => new(QueueAttribute, queue.QueueIndex);
+                    named.Add(device);
+                }
+
+                _named = [.. byName.Values];
+                _namedSnapshot = snapshot;
+            }
+
+            return _named;
+        }
+    }
+
+    private static KeyValuePair<string, object?> Queue(int queue) => new(QueueAttribute, queue);
+
+    /// <summary>One series' worth of devices: the sum of their totals and of their queues by index.</summary>
+    private sealed class NamedDevice(string name)
+    {
+        public KeyValuePair<string, object?> Tag { get; } = new(DeviceAttribute, name);
+
+        public RingCounters Total { get; } = new();
+
+        public SortedDictionary<int, NamedQueue> Queues { get; } = [];
+
+        public void Add(DeviceCounters device)
+        {
+            Total.Add(device.Total, includeMomentary: true);
+            foreach (QueueCounters queue in device.Queues)
+            {
+                if (!Queues.TryGetValue(queue.QueueIndex, out NamedQueue? named))
+                {
+                    named = new NamedQueue();
+                    Queues.Add(queue.QueueIndex, named);
+                }
+
+                named.Counters.Add(queue.Counters, includeMomentary: true);
+                named.Connected |= queue.Connected;
+            }
+        }
+    }
+
+    private sealed class NamedQueue
+    {
+        public RingCounters Counters { get; } = new();
+
+        public bool Connected { get; set; }
+    }
 }

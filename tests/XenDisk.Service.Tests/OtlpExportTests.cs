@@ -54,7 +54,7 @@ public sealed class OtlpExportTests : IDisposable
         try
         {
             ServiceStatusReport status = await ControlClient.GetStatusAsync(socket).WaitAsync(Timeout);
-            devices = [.. status.Devices.Select(d => d.BackendPath)];
+            devices = [.. status.Devices.Select(d => d.MetricsName!)];
             Assert.Equal(2, devices.Count);
 
             // The demo guests write, read back and flush every 8th round: wait for an export that has

@@ -133,7 +133,7 @@ public sealed class ServiceHostTests : IDisposable
         // Telemetry finds new rings on a timer, so the first scrapes may precede the histogram's first point.
         using (var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) })
         {
-            string series = $"xendisk_request_duration_seconds_count{{xendisk_device=\"{a.BackendPath}\",xendisk_operation=\"write\"}}";
+            string series = $"xendisk_request_duration_seconds_count{{xendisk_device=\"{a.MetricsName}\",xendisk_operation=\"write\"}}";
             string scrape = await http.GetStringAsync(metricsUrl);
             using var deadline = new CancellationTokenSource(Timeout);
             while (!scrape.Contains(series, StringComparison.Ordinal) && !deadline.IsCancellationRequested)

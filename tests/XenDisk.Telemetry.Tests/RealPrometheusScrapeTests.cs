@@ -248,7 +248,7 @@ public sealed class RealPrometheusScrapeTests(RealPrometheusScrapeTests.Scraped 
 
             await SimulatedBackend.WriteAndVerifyAsync(frontend, count: 20, seed: 7);
             Assert.Equal(0, await frontend.FlushAsync().WaitAsync(SimulatedBackend.Timeout));
-            Device = Assert.Single(_host.Backend.Devices).BackendPath;
+            Device = Assert.Single(_host.Backend.Devices).MetricsName;
             IReadOnlyList<RingStatistics> rings = [.. _host.Backend.Devices.Single().Queues.Select(q => q.Ring.Statistics)];
             Assert.Equal(20, rings.Sum(r => r.Requests(RingOperation.Write)));
             WriteSeconds = rings.Sum(r => r.Latency(RingOperation.Write).SumNanoseconds) / 1e9;

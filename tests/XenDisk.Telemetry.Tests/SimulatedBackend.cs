@@ -18,6 +18,7 @@ internal sealed class SimulatedBackend : IAsyncDisposable
 
     private const int DeviceId = 51712;
     private readonly List<BlockFrontend> _frontends = [];
+    private readonly Dictionary<BlockFrontend, (SimulatedDomain Domain, DiskAttachment Attachment)> _guests = [];
 
     private SimulatedBackend()
     {
@@ -51,7 +52,20 @@ internal sealed class SimulatedBackend : IAsyncDisposable
         var frontend = new BlockFrontend(Hypervisor, guest, attachment, options ?? new FrontendOptions { Queues = 2 });
         await frontend.ConnectAsync().WaitAsync(Timeout);
         _frontends.Add(frontend);
+        _guests.Add(frontend, (guest, attachment));
         return frontend;
+    }
+
+    /// <summary>Ends a guest the way a reboot or shutdown does: blkfront closes, libxl removes the device, the domain is destroyed.</summary>
+    public async Task DestroyGuestAsync(BlockFrontend frontend)
+    {
+        (SimulatedDomain domain, DiskAttachment attachment) = _guests[frontend];
+        _guests.Remove(frontend);
+        _frontends.Remove(frontend);
+        await frontend.DisconnectAsync().WaitAsync(Timeout);
+        await Toolstack.DetachDiskAsync(attachment, Timeout);
+        await frontend.DisposeAsync();
+        Hypervisor.DestroyDomain(domain);
     }
 
     /// <summary>Writes <paramref name="count"/> 4 KiB blocks (one request each), reads them back and checks them.</summary>

@@ -27,7 +27,8 @@ public sealed class XenDiskMetricsTests(Xunit.Abstractions.ITestOutputHelper out
         Assert.Equal(0, await frontend.FlushAsync().WaitAsync(SimulatedBackend.Timeout));
 
         List<Point> points = capture.Collect();
-        string device = Assert.Single(host.Backend.Devices).BackendPath;
+        string device = Assert.Single(host.Backend.Devices).MetricsName;
+        Assert.Equal("guest/51712", device);
 
         Point Of(string name, string operation) =>
             Assert.Single(points, p => p.Name == name && p.Tags[XenDiskMetricNames.DeviceAttribute] == device && p.Tags.GetValueOrDefault(XenDiskMetricNames.OperationAttribute) == operation);
@@ -142,6 +143,36 @@ public sealed class XenDiskMetricsTests(Xunit.Abstractions.ITestOutputHelper out
         List<Point> points = capture.Collect();
         Assert.Equal(Requests + 1000, points.Where(p => p.Name == XenDiskMetricNames.RequestDuration).Sum(p => p.Count));
         Assert.Equal(Requests + 1000, Assert.Single(points, p => p.Name == XenDiskMetricNames.RingBatchSize).Count);
+    }
+
+    [Fact]
+    public async Task A_rebooted_guests_disk_carries_on_in_its_series_and_leaves_no_stale_one_behind()
+    {
+        await using SimulatedBackend host = await SimulatedBackend.StartAsync();
+        using var meters = new TestMeterFactory();
+        var collector = new BackendStatisticsCollector(new BlockBackendStatusSource(host.Backend), maximumAge: TimeSpan.Zero);
+        using var metrics = new XenDiskMetrics(meters, collector);
+        using var capture = new MetricCapture();
+
+        BlockFrontend first = await host.AttachGuestAsync("web");
+        string firstPath = Assert.Single(host.Backend.Devices).BackendPath;
+        metrics.AttachRings();
+        await SimulatedBackend.WriteAndVerifyAsync(first, count: 4, seed: 1);
+
+        // A reboot: the domain goes, a new one with the same name and a new domain id gets the disk.
+        await host.DestroyGuestAsync(first);
+        BlockFrontend second = await host.AttachGuestAsync("web");
+        metrics.AttachRings();
+        await SimulatedBackend.WriteAndVerifyAsync(second, count: 3, seed: 2);
+
+        DeviceStatus now = Assert.Single(host.Backend.Devices, d => d.Queues.Count > 0);
+        Assert.NotEqual(firstPath, now.BackendPath);
+        Assert.Equal("web/51712", now.MetricsName);
+        List<Point> points = capture.Collect();
+        Assert.All(points.Where(p => p.Tags.ContainsKey(XenDiskMetricNames.DeviceAttribute)),
+            p => Assert.Equal("web/51712", p.Tags[XenDiskMetricNames.DeviceAttribute]));
+        Point writes = Assert.Single(points, p => p.Name == XenDiskMetricNames.RequestDuration && p.Tags[XenDiskMetricNames.OperationAttribute] == "write");
+        Assert.Equal(7, writes.Count);
     }
 
     [Fact]

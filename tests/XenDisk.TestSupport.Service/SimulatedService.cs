@@ -59,7 +59,7 @@ public sealed class SimulatedService : IAsyncDisposable
             UseEnvironment = false,
             ConfigPath = Path.Combine(work, "absent.json"),
             MinimumLogLevel = LogLevel.Warning,
-            ConfigurationOverrides = new Dictionary<string, string?>(settings ?? new Dictionary<string, string?>())
+            ConfigurationOverrides = WithDefaults(settings, new Dictionary<string, string?>
             {
                 ["Control:SocketPath"] = socket,
                 ["Telemetry:Prometheus:Enabled"] = "false",
@@ -67,7 +67,7 @@ public sealed class SimulatedService : IAsyncDisposable
                 ["Simulation:DiskSizeMiB"] = "16",
                 ["Simulation:PauseMilliseconds"] = "20",
                 ["Simulation:ImageDirectory"] = images,
-            },
+            }),
             ConfigureServices = services =>
             {
                 services.AddSingleton<ILoggerProvider>(hydrationLog);
@@ -78,6 +78,17 @@ public sealed class SimulatedService : IAsyncDisposable
         IHost host = XenDiskServiceHost.Build(options, XenDiskServiceHost.BuildConfiguration(options), platform: null);
         await host.StartAsync().WaitAsync(Timeout);
         return new SimulatedService(host, socket, hydrationLog);
+    }
+
+    /// <summary>The service's settings: <paramref name="defaults"/>, with the caller's <paramref name="settings"/> over them.</summary>
+    private static Dictionary<string, string?> WithDefaults(IReadOnlyDictionary<string, string?>? settings, Dictionary<string, string?> defaults)
+    {
+        foreach ((string key, string? value) in settings ?? new Dictionary<string, string?>())
+        {
+            defaults[key] = value;
+        }
+
+        return defaults;
     }
 
     /// <summary>Attaches <paramref name="target"/> to a new guest domain; with <paramref name="connect"/> a frontend connects to it.</summary>

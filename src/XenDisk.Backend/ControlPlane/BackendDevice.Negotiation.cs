@@ -46,7 +46,10 @@ internal sealed partial class BackendDevice
 
         // The frontend domain's VM (/vm/UUID), written by the toolstack: a domain that xl migrate
         // builds on this host beside the outgoing one shares its disks (see SharedDisks).
-        string? vm = store.Read(XenStoreTransaction.None, store.GetDomainPath(configuration.FrontendDomainId) + "/vm");
+        string domainPath = store.GetDomainPath(configuration.FrontendDomainId);
+        string? vm = store.Read(XenStoreTransaction.None, domainPath + "/vm");
+        // The domain's name (the toolstack's, not the guest's to change) names the device in metrics.
+        _frontendName = store.Read(XenStoreTransaction.None, domainPath + "/name") is { Length: > 0 } name ? DeviceConfiguration.Printable(name) : null;
         long keysRead = clock.GetTimestamp();
         if (!CommitState(XenbusState.InitWait, PublishOffers))
         {

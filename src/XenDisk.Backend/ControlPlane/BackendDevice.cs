@@ -42,6 +42,9 @@ internal sealed partial class BackendDevice
     private XenbusState? _lastUnexpectedFrontendState;
     private string? _error;
 
+    /// <summary>The frontend domain's name, read at set-up (see <see cref="DeviceStatus.MetricsName"/>).</summary>
+    private string? _frontendName;
+
     // Set up: InitWait published and the disk open started (_opening) or done (_disk).
     private Task<OpenedDisk>? _opening;
 
@@ -634,6 +637,7 @@ internal sealed partial class BackendDevice
             DeviceId = DeviceId,
             State = _state,
             FrontendPath = _configuration?.FrontendPath,
+            FrontendName = _frontendName,
             Disk = _diskInfo,
             ReadOnly = _readOnly,
             Features = connection?.Features,

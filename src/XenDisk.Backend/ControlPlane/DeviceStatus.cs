@@ -20,6 +20,19 @@ public sealed record DeviceStatus
 
     public required int DeviceId { get; init; }
 
+    /// <summary>The frontend domain's name (/local/domain/&lt;domid&gt;/name), once read; a rebooted guest keeps it.</summary>
+    public string? FrontendName { get; init; }
+
+    /// <summary>
+    /// What metrics call the device (xendisk.device): the guest's name and the device id, "web1/51712".
+    /// A guest's reboot gives it a new domain id, so a new backend path and a new device, under the
+    /// same name: its disk's series carry on instead of leaving one stale set per boot behind, which a
+    /// cumulative exporter would keep for the life of the process. "domain-&lt;domid&gt;" stands in for
+    /// a name not (yet) read.
+    /// </summary>
+    public string MetricsName => string.Create(System.Globalization.CultureInfo.InvariantCulture,
+        $"{FrontendName ?? "domain-" + FrontendDomainId.ToString(System.Globalization.CultureInfo.InvariantCulture)}/{DeviceId}");
+
     /// <summary>The state we last published in the backend "state" key.</summary>
     public required XenbusState State { get; init; }
 

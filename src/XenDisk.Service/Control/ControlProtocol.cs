@@ -79,6 +79,8 @@ public sealed record MemoryReport(
     int FullCollections,
     bool Collected);
 
+/// <param name="FrontendName">The guest domain's name.</param>
+/// <param name="MetricsName">The device's xendisk.device attribute in metrics: the guest's name and the device id, stable across its reboots.</param>
 public sealed record DeviceReport(
     string BackendPath,
     string Kind,
@@ -93,7 +95,9 @@ public sealed record DeviceReport(
     IReadOnlyList<QueueReport> Queues,
     CountersReport Counters,
     string? Error,
-    HydrationReport? Hydration = null);
+    HydrationReport? Hydration = null,
+    string? FrontendName = null,
+    string? MetricsName = null);
 
 public sealed record DiskReport(string Description, long SizeBytes, int LogicalSectorSize, bool ReadOnly, bool SupportsDiscard, bool HasVolatileCache);
 

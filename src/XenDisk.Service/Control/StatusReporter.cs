@@ -61,6 +61,8 @@ internal sealed class StatusReporter(BackendStatisticsCollector collector, Servi
             new CountersReport(operations, total.GuestErrors, total.StorageErrors, total.Unsupported, total.InFlight,
                 total.NotificationsSent, total.NotificationsSuppressed, total.PersistentGrantHits, total.PersistentGrantMisses),
             status.Error,
-            hydrations.Report(status.BackendPath));
+            hydrations.Report(status.BackendPath),
+            status.FrontendName,
+            status.MetricsName);
     }
 }

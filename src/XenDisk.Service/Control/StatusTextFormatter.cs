@@ -22,7 +22,7 @@ public static class StatusTextFormatter
         {
             text.Append('\n');
             text.Append(CultureInfo.InvariantCulture, $"{device.BackendPath}\n");
-            text.Append(CultureInfo.InvariantCulture, $"  frontend  domain {device.FrontendDomainId}, device {device.DeviceId}, {device.State}{(device.FrontendPath is null ? "" : " (" + device.FrontendPath + ")")}\n");
+            text.Append(CultureInfo.InvariantCulture, $"  frontend  domain {device.FrontendDomainId}{(device.FrontendName is null ? "" : " (" + device.FrontendName + ")")}, device {device.DeviceId}, {device.State}{(device.FrontendPath is null ? "" : " (" + device.FrontendPath + ")")}\n");
             if (device.Disk is { } disk)
             {
                 text.Append(CultureInfo.InvariantCulture,
