@@ -77,11 +77,12 @@ cpu_busy_since() {
         { idle[NR] = $5 + $6; steal[NR] = $9; total[NR] = 0; for (i = 2; i <= NF; i++) total[NR] += $i }
         END { t = total[2] - total[1]; printf "%d %d", t - (idle[2] - idle[1]) - (steal[2] - steal[1]), t / cpus }'
 }
-# thread_cpu PID: the process's threads by CPU time used (user + system, seconds), busiest first.
+# thread_cpu PID: the process's threads by CPU time used (user + system, seconds), busiest first,
+# with their context switches (voluntary+involuntary) and page faults (minor and major).
 thread_cpu() {
     for task in /proc/"$1"/task/*; do
         cs=$(awk '/^voluntary_ctxt_switches:/ { v = $2 } /^nonvoluntary_ctxt_switches:/ { n = $2 } END { printf "%d+%d", v, n }' "$task/status" 2>/dev/null)
-        sed 's/^[0-9]* (\(.*\)) [A-Z] /\1|/' "$task/stat" | awk -F'|' -v cs="$cs" '{ split($2, f, " "); printf "%.2f (user %.2f, system %.2f, switches %s) %s\n", (f[11] + f[12]) / 100, f[11] / 100, f[12] / 100, cs, $1 }'
+        sed 's/^[0-9]* (\(.*\)) [A-Z] /\1|/' "$task/stat" | awk -F'|' -v cs="$cs" '{ split($2, f, " "); printf "%.2f (user %.2f, system %.2f, switches %s, page faults %d) %s\n", (f[11] + f[12]) / 100, f[11] / 100, f[12] / 100, cs, f[7] + f[9], $1 }'
     done | sort -rn | head -n 12 | tr '\n' ';'
 }
 
