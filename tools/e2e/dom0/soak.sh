@@ -95,11 +95,12 @@ idle_figures() {
     xendisk status --collect --json >/tmp/status-$1.json 2>&1 || info "$1: xendisk status --collect failed: $(head -c 300 /tmp/status-$1.json)"
     heap=$(sed -n 's/.*"managedHeapBytes": *\([0-9]*\).*/\1/p' /tmp/status-$1.json)
     committed=$(sed -n 's/.*"managedCommittedBytes": *\([0-9]*\).*/\1/p' /tmp/status-$1.json)
-    idle_managed="$(( ${heap:-0} / 1024 )) $(( ${committed:-0} / 1024 ))"
+    fragmented=$(sed -n 's/.*"managedFragmentedBytes": *\([0-9]*\).*/\1/p' /tmp/status-$1.json)
+    idle_managed="$(( ${heap:-0} / 1024 )) $(( ${committed:-0} / 1024 )) $(( ${fragmented:-0} / 1024 ))"
     info "$1 resident memory by mapping (KiB): $(awk '/^[0-9a-f]+-[0-9a-f]+ / { n = $6; if (n == "") n = "anonymous"; else if (n ~ /^\//) n = "files" } /^Rss:/ { r[n] += $2 } END { for (k in r) if (r[k] > 0) printf "%s=%d ", k, r[k] }' "/proc/$xendisk_pid/smaps")"
     idle=$(figures "$xendisk_pid")
     [ -s /tmp/metrics ] || info "$1: the metrics endpoint (127.0.0.1:9464) did not answer; persistent grants and devices read 0"
-    info "$1 figures (rss_kib anon_kib fds gntdev_kib gntdev_areas threads persistent_grants devices): $idle; managed heap and committed KiB after a full collection: $idle_managed"
+    info "$1 figures (rss_kib anon_kib fds gntdev_kib gntdev_areas threads persistent_grants devices): $idle; managed heap, committed and free (fragmented) KiB after a full collection: $idle_managed"
 }
 idle_figures fresh
 fresh=$idle fresh_managed=$idle_managed
