@@ -11,7 +11,7 @@ using XenDisk.Xen.Simulated;
 
 namespace XenDisk.Cli.Bench;
 
-internal sealed record StorageBenchSettings(long SizeBytes, TimeSpan Duration, string? Directory, int Rounds, IoEngine Engine, IReadOnlyList<string>? Only);
+internal sealed record StorageBenchSettings(long SizeBytes, TimeSpan Duration, string? Directory, int Rounds, IoEngine Engine, IReadOnlyList<string>? Only, int IoThreadsPerRing = 8);
 
 /// <summary>One configuration: XenDisk's full backend and fio on the same file, medians over the rounds.</summary>
 internal sealed record StorageBenchConfiguration(
@@ -237,7 +237,7 @@ internal static class StorageBenchmark
         var options = new BackendOptions
         {
             MaxQueues = 1,
-            DataPlane = new DataPlaneOptions { IoEngine = settings.Engine },
+            DataPlane = new DataPlaneOptions { IoEngine = settings.Engine, IoThreadsPerRing = settings.IoThreadsPerRing },
         };
         await using var backend = new BlockBackend(hypervisor.Platform(hypervisor.Dom0), new ImageProvider(file, workload.Disk, baseFile), options, loggerFactory);
         await backend.StartAsync(cancellationToken).ConfigureAwait(false);

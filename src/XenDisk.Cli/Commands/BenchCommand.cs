@@ -53,7 +53,7 @@ internal static class BenchCommand
         var overwrite = new Option<bool>("--overwrite") { Description = "Confirm that the LUN's contents may be overwritten (the write configurations write all over it)" };
         var seconds = new Option<double>("--seconds") { Description = "Measured length of each XenDisk run (qemu-img bench issues as many requests)", DefaultValueFactory = _ => 5 };
         var rounds = new Option<int>("--rounds") { Description = "Interleaved rounds (XenDisk, qemu-img, XenDisk, ...); the median round is reported", DefaultValueFactory = _ => 3 };
-        var ioThreads = new Option<int>("--io-threads") { Description = "XenDisk's I/O threads per ring (the service's default unless given)", DefaultValueFactory = _ => new XenDisk.Backend.DataPlane.DataPlaneOptions().IoThreadsPerRing };
+        var ioThreads = IoThreadsOption();
         var only = new Option<string[]>("--only") { Description = "Run only the configurations whose name contains this text (repeatable)" };
         var json = new Option<bool>("--json") { Description = "Print the result as JSON" };
         var command = new Command("iscsi", "The whole data path over an iSCSI LUN against qemu-img bench through QEMU's libiscsi driver on the same LUN: IOPS, CPU, system calls and context switches per request")
@@ -64,12 +64,12 @@ internal static class BenchCommand
         {
             if (!parse.GetValue(overwrite))
             {
-                return Task.FromResult(CommandErrors.Invalid("bench iscsi writes all over the LUN: give --overwrite to confirm"));
+                return Task.FromResult(CommandErrors.Invalid(parse, "bench iscsi writes all over the LUN: give --overwrite to confirm"));
             }
 
-            if (parse.GetValue(seconds) is <= 0 or > 3600 || parse.GetValue(rounds) is < 1 or > 25 || parse.GetValue(ioThreads) is < 1 or > XenDisk.Backend.DataPlane.DataPlaneOptions.MaxIoThreadsPerRing)
+            if (parse.GetValue(seconds) is <= 0 or > 3600 || parse.GetValue(rounds) is < 1 or > 25 || !IoThreadsValid(parse.GetValue(ioThreads)))
             {
-                return Task.FromResult(CommandErrors.Invalid($"--seconds must be between 0 and 3600, --rounds 1 to 25 and --io-threads 1 to {XenDisk.Backend.DataPlane.DataPlaneOptions.MaxIoThreadsPerRing}"));
+                return Task.FromResult(CommandErrors.Invalid(parse, $"--seconds must be between 0 and 3600, --rounds 1 to 25 and --io-threads 1 to {XenDisk.Backend.DataPlane.DataPlaneOptions.MaxIoThreadsPerRing}"));
             }
 
             using var loggerFactory = CommandLogging.Create(verbose: false);
@@ -91,31 +91,41 @@ internal static class BenchCommand
         var directory = new Option<string?>("--dir") { Description = "Put the file in a temporary directory under this one (default /var/tmp); must not be tmpfs" };
         var only = new Option<string[]>("--only") { Description = "Run only the configurations whose name contains this text (repeatable)" };
         var json = new Option<bool>("--json") { Description = "Print the result as JSON" };
+        var ioThreads = IoThreadsOption();
         var command = new Command("storage", "The whole data path over a real file against fio (io_uring) on the same file: IOPS, CPU, system calls and context switches per request")
         {
-            size, seconds, rounds, engine, directory, only, json,
+            size, seconds, rounds, engine, ioThreads, directory, only, json,
         };
         command.SetAction((parse, cancellationToken) =>
         {
             if (!Image.SizeText.TryParse(parse.GetValue(size), out long bytes, out string sizeError) || bytes < (64L << 20) || bytes % 4096 != 0)
             {
-                return Task.FromResult(CommandErrors.Invalid($"--size must be at least 64M and a multiple of 4k ({sizeError})"));
+                return Task.FromResult(CommandErrors.Invalid(parse, $"--size must be at least 64M and a multiple of 4k ({sizeError})"));
             }
 
-            if (parse.GetValue(seconds) is <= 0 or > 3600 || parse.GetValue(rounds) is < 1 or > 25)
+            if (parse.GetValue(seconds) is <= 0 or > 3600 || parse.GetValue(rounds) is < 1 or > 25 || !IoThreadsValid(parse.GetValue(ioThreads)))
             {
-                return Task.FromResult(CommandErrors.Invalid("--seconds must be between 0 and 3600 and --rounds 1 to 25"));
+                return Task.FromResult(CommandErrors.Invalid(parse, $"--seconds must be between 0 and 3600, --rounds 1 to 25 and --io-threads 1 to {XenDisk.Backend.DataPlane.DataPlaneOptions.MaxIoThreadsPerRing}"));
             }
 
             using var loggerFactory = CommandLogging.Create(verbose: false);
             TextWriter error = Console.Error;
             var report = StorageBenchmark.Run(
-                new StorageBenchSettings(bytes, TimeSpan.FromSeconds(parse.GetValue(seconds)), parse.GetValue(directory), parse.GetValue(rounds), parse.GetValue(engine), parse.GetValue(only)),
+                new StorageBenchSettings(bytes, TimeSpan.FromSeconds(parse.GetValue(seconds)), parse.GetValue(directory), parse.GetValue(rounds), parse.GetValue(engine), parse.GetValue(only), parse.GetValue(ioThreads)),
                 loggerFactory, line => error.WriteLine("bench storage: " + line), cancellationToken);
             return Print(parse.GetValue(json), report, StorageBenchJsonContext.Default.StorageBenchReport, StorageBenchmark.WriteText);
         });
         return command;
     }
+
+    /// <summary>--io-threads, as the storage and iSCSI benchmarks take it: Backend:IoThreadsPerRing.</summary>
+    private static Option<int> IoThreadsOption() => new("--io-threads")
+    {
+        Description = "XenDisk's I/O threads per ring (the service's default unless given)",
+        DefaultValueFactory = _ => new XenDisk.Backend.DataPlane.DataPlaneOptions().IoThreadsPerRing,
+    };
+
+    private static bool IoThreadsValid(int threads) => threads is >= 1 and <= XenDisk.Backend.DataPlane.DataPlaneOptions.MaxIoThreadsPerRing;
 
     private static Command CreateRing()
     {
