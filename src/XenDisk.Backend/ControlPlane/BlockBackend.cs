@@ -67,6 +67,13 @@ public sealed class BlockBackend : IAsyncDisposable
     public IReadOnlyList<DeviceStatus> Devices =>
         [.. _devices.Values.Where(d => d.IsClaimed).Select(d => d.Status).OrderBy(s => s.BackendPath, StringComparer.Ordinal)];
 
+    /// <summary>
+    /// Device objects this backend keeps, served or not (a device left to another backend is still
+    /// watched), and the disks its devices have open through <see cref="SharedDisks"/>: both go back to
+    /// what they were once the devices are gone, so a soak run reads them to tell a leak per device.
+    /// </summary>
+    public (int Devices, int SharedDisks) TrackedCounts => (_devices.Count, _context?.Disks.Count ?? 0);
+
     /// <summary>The device of frontend domain <paramref name="frontendDomainId"/> with virtual device
     /// number <paramref name="deviceId"/>, or null when this backend does not serve it.</summary>
     public DeviceStatus? FindDevice(uint frontendDomainId, int deviceId) => Find(frontendDomainId, deviceId)?.Status;

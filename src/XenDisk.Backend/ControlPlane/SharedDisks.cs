@@ -121,6 +121,18 @@ internal sealed class SharedDisks(IDiskProvider provider)
         }
     }
 
+    /// <summary>Disks open (or opening) for devices of a VM, each counted once however many devices share it.</summary>
+    public int Count
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _byKey.Count;
+            }
+        }
+    }
+
     private readonly record struct Key(string Vm, string Target, bool ReadOnly);
 
     private sealed class Entry(Key key)

@@ -56,7 +56,17 @@ public sealed record ServiceStatusReport(
     DateTimeOffset StartedAt,
     DateTimeOffset TakenAt,
     IReadOnlyList<DeviceReport> Devices,
-    MemoryReport? Memory = null);
+    MemoryReport? Memory = null,
+    TrackedReport? Tracked = null);
+
+/// <summary>
+/// What the service keeps per device beyond the devices it reports: with no guest left, every figure
+/// must be back where it started (the soak run compares them).
+/// </summary>
+/// <param name="Devices">Device objects the backend keeps, served or not.</param>
+/// <param name="SharedDisks">Disks open for devices of a VM (see the backend's SharedDisks).</param>
+/// <param name="Overlays">Copy-on-write overlays open.</param>
+public sealed record TrackedReport(int Devices, int SharedDisks, int Overlays);
 
 /// <summary>
 /// What the process holds, for telling a leak from garbage not yet collected: an idle .NET process

@@ -2,24 +2,30 @@ using XenDisk.Backend.ControlPlane;
 using XenDisk.Backend.DataPlane;
 using XenDisk.Service.Hosting;
 using XenDisk.Service.Maintenance;
+using XenDisk.Service.Storage;
+using XenDisk.Storage;
 using XenDisk.Telemetry;
 using XenDisk.Telemetry.Collection;
 
 namespace XenDisk.Service.Control;
 
 /// <summary>Builds the status report from the backend's devices, the same counters telemetry exports, and each device's hydration.</summary>
-internal sealed class StatusReporter(BackendStatisticsCollector collector, ServiceIdentity identity, HydrationManager hydrations, TimeProvider time)
+internal sealed class StatusReporter(BackendStatisticsCollector collector, ServiceIdentity identity, HydrationManager hydrations, TimeProvider time,
+    BlockBackend backend, IDiskProvider disks)
 {
     public ServiceStatusReport Report()
     {
         BackendSnapshot snapshot = collector.Collect();
+        (int tracked, int shared) = backend.TrackedCounts;
+        int overlays = disks is ImageDiskProvider images ? images.GetOpenOverlays().Count : 0;
         return new ServiceStatusReport(
             identity.Version,
             identity.Platform,
             identity.Simulated,
             identity.StartedAt,
             time.GetUtcNow(),
-            [.. snapshot.Devices.Select(Device)]);
+            [.. snapshot.Devices.Select(Device)],
+            Tracked: new TrackedReport(tracked, shared, overlays));
     }
 
     private DeviceReport Device(DeviceCounters device)

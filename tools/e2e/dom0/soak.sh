@@ -90,6 +90,17 @@ sample_peak() {
 # figures could not tell garbage from a leak. Its managed heap and the collector's committed memory
 # (KiB) land in $idle_managed; where the resident memory lies (malloc's heap, anonymous mappings,
 # stacks, files) is printed from smaps.
+# held LABEL: the service's managed heap after a full collection and what it keeps per device
+# (device objects, shared disks, open overlays), printed after each event slot of the soak, so that a
+# growth can be pinned on the event that leaves it (a reboot: a new domain of the same VM; a
+# detach/attach: the same backend path again).
+held() {
+    xendisk status --collect --json >/tmp/status-held.json 2>&1 || return 0
+    h=$(sed -n 's/.*"managedHeapBytes": *\([0-9]*\).*/\1/p' /tmp/status-held.json)
+    t=$(tr -d ' \n' </tmp/status-held.json | sed -n 's/.*"tracked":{\([^}]*\)}.*/\1/p')
+    info "$1: managed heap $(( ${h:-0} / 1024 )) KiB after a full collection; kept: ${t:-?}; resident $(awk '/^VmRSS:/ { print $2 }' "/proc/$xendisk_pid/status") KiB"
+}
+
 idle_figures() {
     sleep 20
     xendisk status --collect --json >/tmp/status-$1.json 2>&1 || info "$1: xendisk status --collect failed: $(head -c 300 /tmp/status-$1.json)"
@@ -98,6 +109,7 @@ idle_figures() {
     fragmented=$(sed -n 's/.*"managedFragmentedBytes": *\([0-9]*\).*/\1/p' /tmp/status-$1.json)
     idle_managed="$(( ${heap:-0} / 1024 )) $(( ${committed:-0} / 1024 )) $(( ${fragmented:-0} / 1024 ))"
     info "$1 resident memory by mapping (KiB): $(awk '/^[0-9a-f]+-[0-9a-f]+ / { n = $6; if (n == "") n = "anonymous"; else if (n ~ /^\//) n = "files" } /^Rss:/ { r[n] += $2 } END { for (k in r) if (r[k] > 0) printf "%s=%d ", k, r[k] }' "/proc/$xendisk_pid/smaps")"
+    info "$1 kept by the service: $(tr -d ' \n' </tmp/status-$1.json | sed -n 's/.*"tracked":{\([^}]*\)}.*/\1/p')"
     idle=$(figures "$xendisk_pid")
     [ -s /tmp/metrics ] || info "$1: the metrics endpoint (127.0.0.1:9464) did not answer; persistent grants and devices read 0"
     info "$1 figures (rss_kib anon_kib fds gntdev_kib gntdev_areas threads persistent_grants devices): $idle; managed heap, committed and free (fragmented) KiB after a full collection: $idle_managed"
@@ -313,6 +325,7 @@ if start_guests soak; then
         detach_attach "$second" soak-detach-attach-$((slot + 1)) || events_ok=no
         [ "$second" != "$target" ] && reboot_done "$target" soak-reboot-$((slot + 1))
         target=$second slot=$((slot + 1))
+        held "after event slot $slot"
     done
     idle_until $t_end
     info "soak: $slot event slot(s) in $(($(uptime_s) - t_soak)) s"
