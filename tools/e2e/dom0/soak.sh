@@ -6,13 +6,14 @@
 # mappings must be back at their baseline, and no guest may have seen an error.
 #
 # Two phases, both with the same guests and disks:
-#   warm-up  the guests run; XenDisk is killed (SIGKILL) and started again, one guest reboots, one
-#            guest's xvdb is detached and attached again, XenDisk is stopped (SIGTERM) and started
-#            again; the guests stop. The baseline is taken now, with no guest left: the figures of the
-#            process that will serve the soak, after it has served every kind of event once (its
-#            thread pool, buffer pools and GC heap grown to their working size, rings resumed after a
-#            restart). A process's memory can only be compared with the same process's: a restart
-#            starts from nothing, so the restarts belong before the baseline.
+#   warm-up  the guests run; XenDisk is killed (SIGKILL) and started again, then stopped (SIGTERM)
+#            and started again; then one guest reboots and another guest's xvdb is detached and
+#            attached again; the guests stop. The baseline is taken now, with no guest left: the
+#            figures of the process that will serve the soak, after it has served every kind of event
+#            once (rings resumed after a restart, a rebooted guest's new devices, a re-attached disk;
+#            its thread pool, buffer pools and GC heap grown to their working size). A process's
+#            memory can only be compared with the same process's: a restart starts from nothing, so
+#            the restarts come first, and the reboot and re-attach after them.
 #   soak     the guests run again for e2e_minutes; every e2e_interval seconds one guest reboots and
 #            another's xvdb is detached and attached again (rotating); the guests stop, and the same
 #            figures are taken again from the same process.
@@ -42,11 +43,11 @@ names=${names# }
 memory=512
 
 plan="dom0-modules dom0-toolstack soak-xendisk-start soak-images
- warmup-guests-create warmup-guests-running warmup-kill warmup-reboot warmup-detach-attach
- warmup-restart-stop warmup-restart-start warmup-guests-poweroff warmup-no-stale-nodes soak-baseline
+ warmup-guests-create warmup-guests-running warmup-kill warmup-restart-stop warmup-restart-start
+ warmup-reboot warmup-detach-attach warmup-guests-poweroff warmup-no-stale-nodes soak-baseline
  soak-guests-create soak-guests-running soak-events soak-guests-poweroff soak-no-stale-nodes
  soak-bases-unchanged soak-overlays-check soak-overlay-contents soak-consoles-clean
- soak-rss soak-fds soak-grant-mappings soak-threads soak-xendisk-same-process"
+ soak-rss soak-heap-steady soak-fds soak-grant-mappings soak-threads soak-xendisk-same-process"
 say "PLAN $(echo $plan)"
 info "scenario soak: $guests guest(s) ($names, $memory MiB, 2 vCPUs each), warm-up at least $warmup min, soak $minutes min, an event every $interval s, dom0 kernel $(uname -r)"
 
@@ -99,6 +100,7 @@ held() {
     h=$(sed -n 's/.*"managedHeapBytes": *\([0-9]*\).*/\1/p' /tmp/status-held.json)
     t=$(tr -d ' \n' </tmp/status-held.json | sed -n 's/.*"tracked":{\([^}]*\)}.*/\1/p')
     info "$1: managed heap $(( ${h:-0} / 1024 )) KiB after a full collection; kept: ${t:-?}; resident $(awk '/^VmRSS:/ { print $2 }' "/proc/$xendisk_pid/status") KiB"
+    [ -n "$h" ] && echo "$(( h / 1024 ))" >>/tmp/held-heaps
 }
 
 idle_figures() {
@@ -291,13 +293,13 @@ if start_guests warmup; then
     idle_until $(($(uptime_s) + 15))
     restart_kill warmup-kill
     idle_until $(($(uptime_s) + 15))
+    restart_term warmup-restart
+    idle_until $(($(uptime_s) + 15))
     request_reboot "$first"
     second=$(other "$first")
     [ "$second" = "$first" ] && reboot_done "$first" warmup-reboot
     detach_attach "$second" warmup-detach-attach
     [ "$second" != "$first" ] && reboot_done "$first" warmup-reboot
-    idle_until $(($(uptime_s) + 15))
-    restart_term warmup-restart
     idle_until $((t_warm + warmup * 60))
     stop_guests warmup
 fi
@@ -421,6 +423,18 @@ judge soak-rss rss_kib 1 $(($(field "$baseline" 1) + 8192)) KiB
 say "RESULT figure rss_anon_kib baseline=$(field "$baseline" 2) end=$(field "$end" 2) limit=- fresh=$(field "$fresh" 2) peak=$(field "$peak" 2) unit=KiB"
 say "RESULT figure managed_heap_kib baseline=$(field "$baseline_managed" 1) end=$(field "$end_managed" 1) limit=- fresh=$(field "$fresh_managed" 1) peak=- unit=KiB"
 say "RESULT figure gc_committed_kib baseline=$(field "$baseline_managed" 2) end=$(field "$end_managed" 2) limit=- fresh=$(field "$fresh_managed" 2) peak=- unit=KiB"
+# The heap with guests running, after each event slot: the same guests and devices are live at
+# every slot, so a leak per device cycle shows as a heap that keeps rising from slot to slot, while a
+# working set reached once (pools, caches) stays level. From the second slot (the first still grows
+# into the soak's working set) to the last, at most 1 MiB: about 150 KB per cycle over a 10-minute run.
+heaps=$(wc -l </tmp/held-heaps 2>/dev/null || echo 0)
+if [ "$heaps" -ge 3 ]; then
+    h2=$(sed -n 2p /tmp/held-heaps); hn=$(tail -n 1 /tmp/held-heaps)
+    say "RESULT figure managed_heap_per_slot_kib baseline=$h2 end=$hn limit=$((h2 + 1024)) fresh=- peak=- unit=KiB"
+    if [ "$hn" -le $((h2 + 1024)) ]; then pass soak-heap-steady; else fail soak-heap-steady "the managed heap rose from $h2 KiB after the second event slot to $hn KiB after the last ($(tr '\n' ' ' </tmp/held-heaps)KiB)"; fi
+else
+    skip soak-heap-steady "$heaps event slot(s) measured; at least 3 needed (a longer --minutes)"
+fi
 judge soak-fds open_fds 3 "$(field "$baseline" 3)" fds
 judge soak-grant-mappings gntdev_mapped_kib 4 "$(field "$baseline" 4)" KiB
 say "RESULT figure gntdev_areas baseline=$(field "$baseline" 5) end=$(field "$end" 5) limit=$(field "$baseline" 5) fresh=$(field "$fresh" 5) peak=$(field "$peak" 5) unit=areas"
