@@ -84,7 +84,7 @@ public sealed class HydrateCommandTests : IDisposable
         Task<CliResult> waiting = Task.Run(() => Xendisk.Run("hydrate", device, "--rate", "256k", "--wait", "--socket", Socket));
         using (var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(60)))
         {
-            while (!(await ControlClient.GetStatusAsync(Socket, deadline.Token)).Devices.Any(d => d.Hydration?.IsRunning == true))
+            while (!(await ControlClient.GetStatusAsync(Socket, cancellationToken: deadline.Token)).Devices.Any(d => d.Hydration?.IsRunning == true))
             {
                 await Task.Delay(50, deadline.Token);
             }

@@ -58,7 +58,7 @@ public sealed class ServiceHostTests : IDisposable
         {
             try
             {
-                last = await ControlClient.GetStatusAsync(socket, deadline.Token);
+                last = await ControlClient.GetStatusAsync(socket, cancellationToken: deadline.Token);
                 if (condition(last))
                 {
                     return last;
@@ -155,7 +155,7 @@ public sealed class ServiceHostTests : IDisposable
 
         // Memory: every report carries the process's figures; --collect takes them after a full collection.
         MemoryReport uncollected = Assert.IsType<MemoryReport>(later.Memory);
-        ServiceStatusReport collected = await ControlClient.GetStatusAsync(SocketPath, CancellationToken.None, collect: true);
+        ServiceStatusReport collected = await ControlClient.GetStatusAsync(SocketPath, collect: true);
         MemoryReport memory = Assert.IsType<MemoryReport>(collected.Memory);
         Assert.False(uncollected.Collected);
         Assert.True(memory.Collected);

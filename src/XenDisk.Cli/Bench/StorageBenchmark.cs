@@ -11,7 +11,7 @@ using XenDisk.Xen.Simulated;
 
 namespace XenDisk.Cli.Bench;
 
-internal sealed record StorageBenchSettings(long SizeBytes, TimeSpan Duration, string? Directory, int Rounds, IoEngine Engine, IReadOnlyList<string>? Only, int IoThreadsPerRing = 8);
+internal sealed record StorageBenchSettings(long SizeBytes, TimeSpan Duration, string? Directory, int Rounds, IoEngine Engine, IReadOnlyList<string>? Only, int IoThreadsPerRing);
 
 /// <summary>One configuration: XenDisk's full backend and fio on the same file, medians over the rounds.</summary>
 internal sealed record StorageBenchConfiguration(

@@ -99,7 +99,7 @@ internal static class HydrateCommand
         {
             progress.Report(current.BytesDone, current.BytesTotal);
             await Task.Delay(PollInterval, cancellationToken).ConfigureAwait(false);
-            ServiceStatusReport status = await ControlClient.GetStatusAsync(socketPath, cancellationToken).ConfigureAwait(false);
+            ServiceStatusReport status = await ControlClient.GetStatusAsync(socketPath, cancellationToken: cancellationToken).ConfigureAwait(false);
             HydrationReport? now = status.Devices.FirstOrDefault(d => d.BackendPath == path)?.Hydration;
             if (now is null || now.StartedAt != started.StartedAt)
             {

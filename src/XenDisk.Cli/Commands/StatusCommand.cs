@@ -34,7 +34,7 @@ internal static class StatusCommand
             ServiceStatusReport report;
             try
             {
-                report = await ControlClient.GetStatusAsync(parseResult.GetValue(socket)!, cancellationToken, parseResult.GetValue(collect)).ConfigureAwait(false);
+                report = await ControlClient.GetStatusAsync(parseResult.GetValue(socket)!, parseResult.GetValue(collect), cancellationToken).ConfigureAwait(false);
             }
             catch (ControlClientException e)
             {

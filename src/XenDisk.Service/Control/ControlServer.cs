@@ -288,7 +288,7 @@ public static class ControlClient
     /// <summary>Asks the service at <paramref name="socketPath"/> for its status. Throws
     /// <see cref="ControlClientException"/> with a message for people when no service answers.</summary>
     /// <param name="collect">Ask for a full compacting garbage collection before the report (its memory figures then hold only what is reachable).</param>
-    public static async Task<ServiceStatusReport> GetStatusAsync(string socketPath, CancellationToken cancellationToken = default, bool collect = false)
+    public static async Task<ServiceStatusReport> GetStatusAsync(string socketPath, bool collect = false, CancellationToken cancellationToken = default)
     {
         ControlResponse response = await SendAsync(socketPath, new ControlRequest(ControlCommands.Status, Collect: collect ? true : null), cancellationToken).ConfigureAwait(false);
         if (!response.Ok || response.Status is null)

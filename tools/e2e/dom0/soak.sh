@@ -84,34 +84,34 @@ sample_peak() {
     done
     peak=${new# }
 }
+# status_kib FILE KEY: a byte figure of a `xendisk status --json` answer in KiB (0 when absent);
+# status_tracked FILE: its "tracked" object (device objects, shared disks, open overlays) on one line.
+status_kib() { v=$(sed -n "s/.*\"$2\": *\([0-9]*\).*/\1/p" "$1"); echo $(( ${v:-0} / 1024 )); }
+status_tracked() { tr -d ' \n' <"$1" | sed -n 's/.*"tracked":{\([^}]*\)}.*/\1/p'; }
+
+# held LABEL: the service's managed heap after a full collection and what it keeps per device,
+# printed after each event slot of the soak, so that a growth can be pinned on the event that
+# leaves it (a reboot: a new domain of the same VM; a detach/attach: the same backend path again).
+held() {
+    xendisk status --collect --json >/tmp/status-held.json 2>&1 || return 0
+    h=$(status_kib /tmp/status-held.json managedHeapBytes)
+    info "$1: managed heap $h KiB after a full collection; kept: $(status_tracked /tmp/status-held.json); resident $(awk '/^VmRSS:/ { print $2 }' "/proc/$xendisk_pid/status") KiB"
+    [ "$h" -gt 0 ] && echo "$h" >>/tmp/held-heaps
+}
+
 # idle_figures LABEL: the figures (in $idle) once the service has been idle for 20 s (persistent
 # grants of closed rings are gone with their rings; nothing allocates), printed for the log.
 # Before the figures, the service runs a full compacting collection (`xendisk status --collect`):
 # without it an idle .NET process keeps whatever it allocated since its last collection, and the
-# figures could not tell garbage from a leak. Its managed heap and the collector's committed memory
-# (KiB) land in $idle_managed; where the resident memory lies (malloc's heap, anonymous mappings,
-# stacks, files) is printed from smaps.
-# held LABEL: the service's managed heap after a full collection and what it keeps per device
-# (device objects, shared disks, open overlays), printed after each event slot of the soak, so that a
-# growth can be pinned on the event that leaves it (a reboot: a new domain of the same VM; a
-# detach/attach: the same backend path again).
-held() {
-    xendisk status --collect --json >/tmp/status-held.json 2>&1 || return 0
-    h=$(sed -n 's/.*"managedHeapBytes": *\([0-9]*\).*/\1/p' /tmp/status-held.json)
-    t=$(tr -d ' \n' </tmp/status-held.json | sed -n 's/.*"tracked":{\([^}]*\)}.*/\1/p')
-    info "$1: managed heap $(( ${h:-0} / 1024 )) KiB after a full collection; kept: ${t:-?}; resident $(awk '/^VmRSS:/ { print $2 }' "/proc/$xendisk_pid/status") KiB"
-    [ -n "$h" ] && echo "$(( h / 1024 ))" >>/tmp/held-heaps
-}
-
+# figures could not tell garbage from a leak. Its managed heap, the collector's committed memory and
+# the heap's free part (KiB) land in $idle_managed; where the resident memory lies (malloc's heap,
+# anonymous mappings, stacks, files) is printed from smaps.
 idle_figures() {
     sleep 20
     xendisk status --collect --json >/tmp/status-$1.json 2>&1 || info "$1: xendisk status --collect failed: $(head -c 300 /tmp/status-$1.json)"
-    heap=$(sed -n 's/.*"managedHeapBytes": *\([0-9]*\).*/\1/p' /tmp/status-$1.json)
-    committed=$(sed -n 's/.*"managedCommittedBytes": *\([0-9]*\).*/\1/p' /tmp/status-$1.json)
-    fragmented=$(sed -n 's/.*"managedFragmentedBytes": *\([0-9]*\).*/\1/p' /tmp/status-$1.json)
-    idle_managed="$(( ${heap:-0} / 1024 )) $(( ${committed:-0} / 1024 )) $(( ${fragmented:-0} / 1024 ))"
+    idle_managed="$(status_kib /tmp/status-$1.json managedHeapBytes) $(status_kib /tmp/status-$1.json managedCommittedBytes) $(status_kib /tmp/status-$1.json managedFragmentedBytes)"
     info "$1 resident memory by mapping (KiB): $(awk '/^[0-9a-f]+-[0-9a-f]+ / { n = $6; if (n == "") n = "anonymous"; else if (n ~ /^\//) n = "files" } /^Rss:/ { r[n] += $2 } END { for (k in r) if (r[k] > 0) printf "%s=%d ", k, r[k] }' "/proc/$xendisk_pid/smaps")"
-    info "$1 kept by the service: $(tr -d ' \n' </tmp/status-$1.json | sed -n 's/.*"tracked":{\([^}]*\)}.*/\1/p')"
+    info "$1 kept by the service: $(status_tracked /tmp/status-$1.json)"
     idle=$(figures "$xendisk_pid")
     [ -s /tmp/metrics ] || info "$1: the metrics endpoint (127.0.0.1:9464) did not answer; persistent grants and devices read 0"
     info "$1 figures (rss_kib anon_kib fds gntdev_kib gntdev_areas threads persistent_grants devices): $idle; managed heap, committed and free (fragmented) KiB after a full collection: $idle_managed"
