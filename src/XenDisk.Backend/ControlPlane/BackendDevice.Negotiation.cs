@@ -120,6 +120,16 @@ internal sealed partial class BackendDevice
             CheckDisk(info);
             bool readOnly = _configuration!.ReadOnly || info.ReadOnly;
             bool discard = _context.Options.Discard && info.SupportsDiscard && !readOnly;
+
+            // As CommitState does for "state": the snapshot shows the open disk before its keys
+            // (and the disk-opened marker) commit, so that whoever the marker wakes finds it in
+            // BlockBackend.Devices. ForgetDisk takes it back if the commit does not happen.
+            _disk = disk;
+            _diskInfo = info;
+            _readOnly = readOnly;
+            _discardOffered = discard;
+            _publishedSectors = SectorsOf(info);
+            _status = BuildStatus();
             if (!XenStoreTransactions.Run(_context.Store, t => PublishDisk(t, info, discard)))
             {
                 // Removed, or closed by the toolstack, while the disk was opening.
@@ -128,11 +138,6 @@ internal sealed partial class BackendDevice
             }
 
             long committed = clock.GetTimestamp();
-            _disk = disk;
-            _diskInfo = info;
-            _readOnly = readOnly;
-            _discardOffered = discard;
-            _publishedSectors = SectorsOf(info);
             ControlPlaneLog.DiskOpened(
                 _context.Logger,
                 Name,
@@ -192,6 +197,8 @@ internal sealed partial class BackendDevice
         _diskInfo = null;
         _readOnly = false;
         _discardOffered = false;
+        _publishedSectors = 0;
+        _status = BuildStatus();
         if (_context.Disks.Release(disk))
         {
             disk.Dispose();
