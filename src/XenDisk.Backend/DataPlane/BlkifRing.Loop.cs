@@ -78,7 +78,6 @@ public sealed partial class BlkifRing
             }
 
             _workers = new IoWorkerPool("blkif-io " + Setup.Name, options.IoThreadsPerRing, entries, RunOnIoThread);
-            _workers.Start();
         }
 
         // BACK_RING_ATTACH: pick up where a previous connection left the ring (zero on a fresh ring).

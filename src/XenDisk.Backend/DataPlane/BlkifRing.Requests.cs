@@ -93,7 +93,10 @@ public sealed partial class BlkifRing
         }
         else if (!TrySubmitFast(context) && !TrySubmitPolled(context))
         {
-            _workers.Enqueue(context.Index);
+            if (_workers.Enqueue(context.Index))
+            {
+                Statistics.IoThreadStarted();
+            }
         }
     }
 

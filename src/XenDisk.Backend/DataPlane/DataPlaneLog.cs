@@ -8,7 +8,7 @@ namespace XenDisk.Backend.DataPlane;
 internal static partial class DataPlaneLog
 {
     [LoggerMessage(EventId = 2000, Level = LogLevel.Information,
-        Message = "Ring {Ring} started: {Entries} entries, {Protocol}, {DataPath}, {Engine} engine, {IoThreads} I/O threads, persistent grants {PersistentGrants}, max indirect segments {MaxIndirectSegments}")]
+        Message = "Ring {Ring} started: {Entries} entries, {Protocol}, {DataPath}, {Engine} engine, up to {IoThreads} I/O threads (started as requests need them), persistent grants {PersistentGrants}, max indirect segments {MaxIndirectSegments}")]
     public static partial void RingStarted(ILogger logger, string ring, int entries, BlkifProtocol protocol, DataPath dataPath, string engine, int ioThreads, bool persistentGrants, int maxIndirectSegments);
 
     [LoggerMessage(EventId = 2007, Level = LogLevel.Warning,

@@ -61,6 +61,7 @@ public sealed class RingStatistics
     private long _backPressureEvents;
     private long _fastPathRequests;
     private long _engineCalls;
+    private long _ioThreadsStarted;
     private long _grantMaps;
     private long _grantUnmaps;
     private long _grantUnmapFailures;
@@ -131,6 +132,10 @@ public sealed class RingStatistics
     /// <summary>io_uring_enter calls the ring thread made (each submits a batch, and most also sleep
     /// until the next kick or completion): with the notifications, the ring thread's system calls.</summary>
     public long EngineCalls => Volatile.Read(ref _engineCalls);
+
+    /// <summary>The ring's I/O threads started so far: they start as slow-path requests need them, up
+    /// to DataPlaneOptions.IoThreadsPerRing, so a ring whose requests all take the fast path has none.</summary>
+    public long IoThreadsStarted => Volatile.Read(ref _ioThreadsStarted);
 
     /// <summary>MapGrantRefs calls that succeeded (data pages, indirect pages, persistent grants).</summary>
     public long GrantMaps => Volatile.Read(ref _grantMaps);
@@ -242,6 +247,8 @@ public sealed class RingStatistics
     internal void FastPath() => Increment(ref _fastPathRequests);
 
     internal void SetEngineCalls(long count) => Volatile.Write(ref _engineCalls, count);
+
+    internal void IoThreadStarted() => Increment(ref _ioThreadsStarted);
 
     internal void GrantMapped() => Increment(ref _grantMaps);
 

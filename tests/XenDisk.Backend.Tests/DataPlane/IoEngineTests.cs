@@ -157,6 +157,50 @@ public sealed class IoEngineTests : IDisposable
         Assert.Equal(0, connection.Statistics.GrantUnmaps);
     }
 
+    [Theory]
+    [InlineData(IoEngine.IoUring)]
+    [InlineData(IoEngine.Threads)]
+    public async Task IO_threads_start_only_when_requests_need_them(IoEngine engine)
+    {
+        using var hypervisor = new SimulatedHypervisor();
+        SimulatedDomain guest = hypervisor.CreateDomain("guest", memoryPages: 4096);
+        using RawBlockDevice disk = CreateDisk();
+        await using var connection = new RingConnection(hypervisor, guest, disk,
+            features: new NegotiatedFeatures { PersistentGrants = true, MaxIndirectSegments = 32, Discard = true },
+            options: new DataPlaneOptions { IoEngine = engine, IoThreadsPerRing = 3 }).Start();
+        using var pages = new GuestBuffers(guest, 16, readOnly: false);
+
+        // Three bursts of a full ring each: reads, writes and a flush at once.
+        for (int burst = 0; burst < 3; burst++)
+        {
+            var slots = new List<byte[]>();
+            for (int i = 0; i < 31; i++)
+            {
+                byte operation = i % 2 == 0 ? W : R;
+                slots.Add(WireSlots.ReadWrite(BlkifProtocol.X86_64, operation, (ulong)i, (ulong)i * 8, [new(pages.Ref(i % 16), 0, 7)]));
+            }
+
+            slots.Add(WireSlots.ReadWrite(BlkifProtocol.X86_64, BlkifOperation.FlushDiskCache, 31, 0, []));
+            Assert.All(connection.Submit([.. slots]), AssertOkay);
+        }
+
+        if (engine == IoEngine.IoUring)
+        {
+            // Every read, write and flush moved by the ring thread itself: no I/O thread was needed.
+            Assert.Equal(0, connection.Statistics.IoThreadsStarted);
+            Assert.Equal(3 * 32, connection.Statistics.FastPathRequests);
+
+            // A discard has no io_uring operation here: the slow path starts its first thread.
+            AssertOkay(connection.SubmitOne(WireSlots.Discard(BlkifProtocol.X86_64, 100, 2048, 16)));
+            Assert.Equal(1, connection.Statistics.IoThreadsStarted);
+        }
+        else
+        {
+            // Everything goes through the threads; bursts of a full ring start them, never past the limit.
+            Assert.InRange(connection.Statistics.IoThreadsStarted, 1, 3);
+        }
+    }
+
     [Fact]
     public async Task Stop_waits_for_engine_reads_in_flight_before_any_page_is_unmapped()
     {
