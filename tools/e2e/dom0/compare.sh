@@ -110,6 +110,64 @@ syscalls_report() {
     info "$2: xendisk system calls by thread|call: $counts"
 }
 
+# kprofile_start PATTERN, kprofile_report LABEL (only with e2e_kprofile=1 on the kernel command line,
+# tools/e2e/compare --profile): a sampling profile of the threads whose name starts with PATTERN
+# (XenDisk's ring threads, "blkif ", or blkback's, "blkback"), kernel and user time alike. perf does
+# not run in this dom0 and Debian's kernel has no function profiler; the timer interrupt is the clock:
+# a stacktrace trigger on timer:hrtimer_expire_entry, filtered to those threads, records the whole
+# kernel stack each time a timer (the scheduler tick, 250 Hz) expires while one of them is current.
+# What lies below the hypervisor callback's entry frame is the interrupted code: a kernel function,
+# or nothing (the thread was in user space). The report counts samples by the interrupted code's
+# innermost function, and by its innermost four frames.
+kprofile=$(grep -c 'e2e_kprofile=1' /proc/cmdline)
+kprofile_event=$tracing/events/timer/hrtimer_expire_entry
+kprofile_start() {
+    [ "$kprofile" = 1 ] || return 0
+    [ -d $tracing/events ] || mount -t tracefs nodev $tracing 2>/dev/null
+    tids=$(for comm in /proc/[0-9]*/task/[0-9]*/comm; do
+               case "$(cat "$comm" 2>/dev/null)" in "$1"*) tid=${comm%/comm}; echo "${tid##*/}" ;; esac
+           done)
+    [ -n "$tids" ] || { info "kernel profile: no thread named $1*"; return 0; }
+    filter=$(echo $tids | sed 's/\([0-9][0-9]*\)/common_pid == \1/g; s/ common_pid/ || common_pid/g')
+    echo 0 >$tracing/tracing_on
+    echo 8192 >$tracing/buffer_size_kb
+    echo >$tracing/trace
+    echo '!stacktrace' >$kprofile_event/trigger 2>/dev/null
+    if echo "stacktrace if $filter" >$kprofile_event/trigger; then
+        echo 1 >$tracing/tracing_on
+    else
+        info "kernel profile: cannot set the stacktrace trigger ($(tail -n 2 $tracing/error_log 2>/dev/null | tr '\n' ' '))"
+    fi
+}
+kprofile_report() {
+    [ "$kprofile" = 1 ] || return 0
+    echo 0 >$tracing/tracing_on
+    echo '!stacktrace' >$kprofile_event/trigger 2>/dev/null
+    awk '
+        function flush() {
+            if (!open) return
+            open = 0; samples++
+            for (i = 1; i <= n; i++) if (frame[i] ~ /^asm_exc_xen_hypervisor_callback|^asm_sysvec_|^asm_common_interrupt/) break
+            if (i > n) { leaf["(no interrupt entry; outermost " frame[n] ")"]++; return }
+            if (i == n) { user++; leaf["(user space)"]++; return }
+            leaf[frame[i + 1]]++
+            s = frame[i + 1]; for (k = i + 2; k <= n && k <= i + 4; k++) s = s "<" frame[k]
+            stack[s]++
+        }
+        /<stack trace>/ { flush(); open = 1; n = 0; next }
+        /^ => / { if (open) frame[++n] = $2; next }
+        { flush() }
+        END {
+            flush()
+            printf "H %d samples, %d in user space\n", samples, user
+            for (f in leaf) if (leaf[f] * 100 >= samples) printf "L %d %s\n", leaf[f], f
+            for (f in stack) if (stack[f] * 50 >= samples) printf "S %d %s\n", stack[f], f
+        }' $tracing/trace >/tmp/kprofile
+    echo >$tracing/trace
+    profile="$(sed -n 's/^H //p' /tmp/kprofile); innermost function: $(sed -n 's/^L //p' /tmp/kprofile | sort -rn | head -n 20 | tr '\n' ';'); innermost four frames: $(sed -n 's/^S //p' /tmp/kprofile | sort -rn | head -n 15 | tr '\n' ';')"
+    info "$1: kernel profile (timer-interrupt samples; functions of at least 1% and four-frame stacks of at least 2% shown): $profile"
+}
+
 # sample_threads PID FILE: once a second until FILE.stop exists, one line per thread of PID that is
 # running or runnable (state R): its name and its system call number ("running": in user space).
 # perf does not run in this dom0; this says which of XenDisk's threads spend the CPU, and whether
@@ -158,13 +216,17 @@ run_bench() {
     for job in $jobs; do
         follow_guest $name "GUEST: INFO job $job starts" 900 || break
         cpu_snapshot /tmp/cpu-job
-        case "$1" in xendisk-*) syscalls_start; rm -f /tmp/samples.stop; sample_threads "$xendisk_pid" /tmp/samples & sampler=$! ;; esac
+        case "$1" in
+            xendisk-*) syscalls_start; kprofile_start "blkif "; rm -f /tmp/samples.stop; sample_threads "$xendisk_pid" /tmp/samples & sampler=$! ;;
+            blkback) kprofile_start blkback ;;
+        esac
         follow_guest $name "GUEST: DATA bench-$job=" 900
         found=$?
         [ -n "${sampler:-}" ] && { : >/tmp/samples.stop; wait $sampler; sampler=; }
         [ $found -eq 0 ] || break
         echo "$job $(cpu_busy_since /tmp/cpu-job)" >>/tmp/job-cpu
         case "$1" in xendisk-*) syscalls_report "$xendisk_pid" "$1 round $2 job $job" ;; esac
+        case "$1" in xendisk-*|blkback) kprofile_report "$1 round $2 job $job" ;; esac
         [ -s /tmp/samples ] && info "$1 round $2 job $job: xendisk threads seen running or waiting, by count of one-second samples in state R (thread|system call): $(sort /tmp/samples | uniq -c | sort -rn | head -n 12 | tr -s ' ' | tr '\n' ';')"
         rm -f /tmp/samples
     done
