@@ -81,6 +81,9 @@ internal static class IscsiBenchmark
         new("iscsi-seqwrite-64k-qd32", "64 KiB sequential writes (16 segments, indirect)", 32, Write: true, Pages: 16),
     ];
 
+    /// <summary>The configurations' names, which --only selects from.</summary>
+    public static IReadOnlyList<string> ConfigurationNames { get; } = [.. Workloads.Select(w => w.Name)];
+
     private sealed record Side(double Iops, double CpuUsPerRequest, double? SyscallsPerRequest, double ContextSwitchesPerRequest);
 
     /// <summary>qemu-img's fixed cost (start-up, login, logout, exit), measured by a run of one request per slot.</summary>

@@ -113,6 +113,9 @@ internal static class StorageBenchmark
             DiskKind.EmptyBitmap, StrideSectors: Sectors64K, FioRw: "write:60k"),
     ];
 
+    /// <summary>The configurations' names, which --only selects from.</summary>
+    public static IReadOnlyList<string> ConfigurationNames { get; } = [.. Workloads.Select(w => w.Name)];
+
     private sealed record Side(double Iops, double CpuUsPerRequest, double? SyscallsPerRequest, double ContextSwitchesPerRequest, double FastPathShare = 0, double FrontendCpuUsPerRequest = 0);
 
     public static StorageBenchReport Run(StorageBenchSettings settings, ILoggerFactory loggerFactory, Action<string> progress, CancellationToken cancellationToken)
