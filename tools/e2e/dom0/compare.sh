@@ -111,61 +111,74 @@ syscalls_report() {
 }
 
 # kprofile_start PATTERN, kprofile_report LABEL (only with e2e_kprofile=1 on the kernel command line,
-# tools/e2e/compare --profile): a sampling profile of the threads whose name starts with PATTERN
-# (XenDisk's ring threads, "blkif ", or blkback's, "blkback"), kernel and user time alike. perf does
+# tools/e2e/compare --profile): a sampling profile of the threads whose name matches the shell
+# pattern PATTERN (XenDisk's ring threads, "blkif *", or blkback's ring threads, named
+# DOMID.DEVICE-RING by xen-blkback: "[0-9]*.xvd*-[0-9]*"), kernel and user time alike. perf does
 # not run in this dom0 and Debian's kernel has no function profiler; the timer interrupt is the clock:
 # a stacktrace trigger on timer:hrtimer_expire_entry, filtered to those threads, records the whole
 # kernel stack each time a timer (the scheduler tick, 250 Hz) expires while one of them is current.
 # What lies below the hypervisor callback's entry frame is the interrupted code: a kernel function,
 # or nothing (the thread was in user space). The report counts samples by the interrupted code's
-# innermost function, and by its innermost four frames.
+# innermost function, by its innermost four frames, and by the way the kernel was entered (the
+# system call, a page fault).
 kprofile=$(grep -c 'e2e_kprofile=1' /proc/cmdline)
 kprofile_event=$tracing/events/timer/hrtimer_expire_entry
+kprofile_trigger=
 kprofile_start() {
     [ "$kprofile" = 1 ] || return 0
     [ -d $tracing/events ] || mount -t tracefs nodev $tracing 2>/dev/null
     tids=$(for comm in /proc/[0-9]*/task/[0-9]*/comm; do
-               case "$(cat "$comm" 2>/dev/null)" in "$1"*) tid=${comm%/comm}; echo "${tid##*/}" ;; esac
+               # shellcheck disable=SC2254 # the pattern is the argument
+               case "$(cat "$comm" 2>/dev/null)" in $1) tid=${comm%/comm}; echo "${tid##*/}" ;; esac
            done)
-    [ -n "$tids" ] || { info "kernel profile: no thread named $1*"; return 0; }
-    filter=$(echo $tids | sed 's/\([0-9][0-9]*\)/common_pid == \1/g; s/ common_pid/ || common_pid/g')
-    echo 0 >$tracing/tracing_on
-    echo 8192 >$tracing/buffer_size_kb
+    [ -n "$tids" ] || { info "kernel profile: no thread named $1"; return 0; }
+    # The ring buffer stays on throughout: the system-call histogram needs it too. A trigger with a
+    # filter is removed by its whole text.
+    [ "$(cat $tracing/buffer_size_kb)" = 8192 ] || echo 8192 >$tracing/buffer_size_kb
+    echo 1 >$tracing/tracing_on
+    kprofile_trigger="stacktrace if $(echo $tids | sed 's/\([0-9][0-9]*\)/common_pid == \1/g; s/ common_pid/ || common_pid/g')"
     echo >$tracing/trace
-    echo '!stacktrace' >$kprofile_event/trigger 2>/dev/null
-    if echo "stacktrace if $filter" >$kprofile_event/trigger; then
-        echo 1 >$tracing/tracing_on
-    else
-        info "kernel profile: cannot set the stacktrace trigger ($(tail -n 2 $tracing/error_log 2>/dev/null | tr '\n' ' '))"
-    fi
+    echo "$kprofile_trigger" >$kprofile_event/trigger ||
+        { info "kernel profile: cannot set the stacktrace trigger ($(tail -n 2 $tracing/error_log 2>/dev/null | tr '\n' ' '))"; kprofile_trigger=; }
 }
 kprofile_report() {
-    [ "$kprofile" = 1 ] || return 0
-    echo 0 >$tracing/tracing_on
-    echo '!stacktrace' >$kprofile_event/trigger 2>/dev/null
+    [ "$kprofile" = 1 ] && [ -n "$kprofile_trigger" ] || return 0
+    echo "!$kprofile_trigger" >$kprofile_event/trigger || info "kernel profile: cannot remove the stacktrace trigger"
+    kprofile_trigger=
+    # Frames are listed innermost first: the timer's own, the interrupt's, its entry from the
+    # hypervisor callback, then the interrupted code, if the interrupt came in kernel mode.
     awk '
         function flush() {
             if (!open) return
             open = 0; samples++
-            for (i = 1; i <= n; i++) if (frame[i] ~ /^asm_exc_xen_hypervisor_callback|^asm_sysvec_|^asm_common_interrupt/) break
-            if (i > n) { leaf["(no interrupt entry; outermost " frame[n] ")"]++; return }
-            if (i == n) { user++; leaf["(user space)"]++; return }
+            for (i = 1; i <= n; i++) if (frame[i] ~ /^(asm_)?exc_xen_hypervisor_callback$|^xen_pv_evtchn_do_upcall$|^(asm_)?sysvec_|^(asm_)?common_interrupt$/) break
+            while (i < n && frame[i + 1] ~ /^(asm_)?exc_xen_hypervisor_callback$|^xen_pv_evtchn_do_upcall$/) i++
+            if (i > n) { unparsed++; if (example == "") { example = frame[1]; for (k = 2; k <= n; k++) example = example "<" frame[k] } return }
+            if (i == n) { user++; return }
             leaf[frame[i + 1]]++
             s = frame[i + 1]; for (k = i + 2; k <= n && k <= i + 4; k++) s = s "<" frame[k]
             stack[s]++
+            # Where the kernel was entered from user space: a system call (by name), a page fault, or else its outermost frame.
+            entry = "outermost " frame[n]
+            for (k = i + 1; k <= n; k++) {
+                if (frame[k] ~ /^__x64_sys_/) { entry = "system call " substr(frame[k], 11); break }
+                if (frame[k] ~ /^(asm_)?exc_page_fault$/) { entry = "page fault"; break }
+            }
+            entries[entry]++
         }
         /<stack trace>/ { flush(); open = 1; n = 0; next }
         /^ => / { if (open) frame[++n] = $2; next }
         { flush() }
         END {
             flush()
-            printf "H %d samples, %d in user space\n", samples, user
+            printf "H %d samples: %d in user space, %d in the kernel, %d not understood%s\n", samples, user, samples - user - unparsed, unparsed, example == "" ? "" : " (one: " example ")"
             for (f in leaf) if (leaf[f] * 100 >= samples) printf "L %d %s\n", leaf[f], f
             for (f in stack) if (stack[f] * 50 >= samples) printf "S %d %s\n", stack[f], f
+            for (f in entries) if (entries[f] * 100 >= samples) printf "E %d %s\n", entries[f], f
         }' $tracing/trace >/tmp/kprofile
     echo >$tracing/trace
-    profile="$(sed -n 's/^H //p' /tmp/kprofile); innermost function: $(sed -n 's/^L //p' /tmp/kprofile | sort -rn | head -n 20 | tr '\n' ';'); innermost four frames: $(sed -n 's/^S //p' /tmp/kprofile | sort -rn | head -n 15 | tr '\n' ';')"
-    info "$1: kernel profile (timer-interrupt samples; functions of at least 1% and four-frame stacks of at least 2% shown): $profile"
+    profile="$(sed -n 's/^H //p' /tmp/kprofile); innermost kernel function: $(sed -n 's/^L //p' /tmp/kprofile | sort -rn | head -n 20 | tr '\n' ';'); innermost four kernel frames: $(sed -n 's/^S //p' /tmp/kprofile | sort -rn | head -n 15 | tr '\n' ';'); kernel samples by way in: $(sed -n 's/^E //p' /tmp/kprofile | sort -rn | head -n 12 | tr '\n' ';')"
+    info "$1: kernel profile (timer-interrupt samples; functions of at least 1% and four-frame stacks of at least 2% of all samples shown): $profile"
 }
 
 # sample_threads PID FILE: once a second until FILE.stop exists, one line per thread of PID that is
@@ -217,8 +230,8 @@ run_bench() {
         follow_guest $name "GUEST: INFO job $job starts" 900 || break
         cpu_snapshot /tmp/cpu-job
         case "$1" in
-            xendisk-*) syscalls_start; kprofile_start "blkif "; rm -f /tmp/samples.stop; sample_threads "$xendisk_pid" /tmp/samples & sampler=$! ;;
-            blkback) kprofile_start blkback ;;
+            xendisk-*) syscalls_start; kprofile_start 'blkif *'; rm -f /tmp/samples.stop; sample_threads "$xendisk_pid" /tmp/samples & sampler=$! ;;
+            blkback) kprofile_start '[0-9]*.xvd*-[0-9]*' ;;
         esac
         follow_guest $name "GUEST: DATA bench-$job=" 900
         found=$?
@@ -229,6 +242,8 @@ run_bench() {
         case "$1" in xendisk-*|blkback) kprofile_report "$1 round $2 job $job" ;; esac
         [ -s /tmp/samples ] && info "$1 round $2 job $job: xendisk threads seen running or waiting, by count of one-second samples in state R (thread|system call): $(sort /tmp/samples | uniq -c | sort -rn | head -n 12 | tr -s ' ' | tr '\n' ';')"
         rm -f /tmp/samples
+        # The guest waits for this before its next job (domU/init, task_bench).
+        xenstore-write "/local/domain/$(xl domid $name)/data/e2e-job-$job" 1
     done
     if follow_guest $name "GUEST: WAIT counters" 1200; then
         cpu_snapshot /tmp/cpu-idle
