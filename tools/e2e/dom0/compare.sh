@@ -132,17 +132,20 @@ kprofile_start() {
                case "$(cat "$comm" 2>/dev/null)" in $1) tid=${comm%/comm}; echo "${tid##*/}" ;; esac
            done)
     [ -n "$tids" ] || { info "kernel profile: no thread named $1"; return 0; }
-    # The ring buffer stays on throughout: the system-call histogram needs it too. A trigger with a
-    # filter is removed by its whole text.
-    [ "$(cat $tracing/buffer_size_kb)" = 8192 ] || echo 8192 >$tracing/buffer_size_kb
-    echo 1 >$tracing/tracing_on
+    # The buffer is cleared and the trigger set with recording off (clearing a buffer that a trigger
+    # writes into from the timer interrupt hung dom0 once); recording is on again before the job,
+    # which the system-call histogram needs too. A trigger with a filter is removed by its whole text.
     kprofile_trigger="stacktrace if $(echo $tids | sed 's/\([0-9][0-9]*\)/common_pid == \1/g; s/ common_pid/ || common_pid/g')"
+    echo 0 >$tracing/tracing_on
+    [ "$(cat $tracing/buffer_size_kb)" = 8192 ] || echo 8192 >$tracing/buffer_size_kb
     echo >$tracing/trace
     echo "$kprofile_trigger" >$kprofile_event/trigger ||
         { info "kernel profile: cannot set the stacktrace trigger ($(tail -n 2 $tracing/error_log 2>/dev/null | tr '\n' ' '))"; kprofile_trigger=; }
+    echo 1 >$tracing/tracing_on
 }
 kprofile_report() {
     [ "$kprofile" = 1 ] && [ -n "$kprofile_trigger" ] || return 0
+    echo 0 >$tracing/tracing_on
     echo "!$kprofile_trigger" >$kprofile_event/trigger || info "kernel profile: cannot remove the stacktrace trigger"
     kprofile_trigger=
     # Frames are listed innermost first: the timer's own, the interrupt's, its entry from the
@@ -177,6 +180,7 @@ kprofile_report() {
             for (f in entries) if (entries[f] * 100 >= samples) printf "E %d %s\n", entries[f], f
         }' $tracing/trace >/tmp/kprofile
     echo >$tracing/trace
+    echo 1 >$tracing/tracing_on
     profile="$(sed -n 's/^H //p' /tmp/kprofile); innermost kernel function: $(sed -n 's/^L //p' /tmp/kprofile | sort -rn | head -n 20 | tr '\n' ';'); innermost four kernel frames: $(sed -n 's/^S //p' /tmp/kprofile | sort -rn | head -n 15 | tr '\n' ';'); kernel samples by way in: $(sed -n 's/^E //p' /tmp/kprofile | sort -rn | head -n 12 | tr '\n' ';')"
     info "$1: kernel profile (timer-interrupt samples; functions of at least 1% and four-frame stacks of at least 2% of all samples shown): $profile"
 }
