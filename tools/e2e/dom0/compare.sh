@@ -164,7 +164,8 @@ kprofile_report() {
             # Where the kernel was entered from user space: a system call (by name), a page fault, or else its outermost frame.
             entry = "outermost " frame[n]
             for (k = i + 1; k <= n; k++) {
-                if (frame[k] ~ /^__x64_sys_/) { entry = "system call " substr(frame[k], 11); break }
+                # __x64_sys_X is often a tail call and leaves no frame; __do_sys_X, when not inlined, does.
+                if (frame[k] ~ /^__x64_sys_|^__do_sys_/) { name = frame[k]; sub(/^__x64_sys_|^__do_sys_/, "", name); entry = "system call " name; break }
                 if (frame[k] ~ /^(asm_)?exc_page_fault$/) { entry = "page fault"; break }
             }
             entries[entry]++
