@@ -44,6 +44,9 @@ public static class XenDiskMetricNames
     /// <summary>Counter: io_uring_enter calls of the ring thread (submissions and sleeps; the notifications are the ring's other system calls).</summary>
     public const string RingEngineCalls = "xendisk.ring.engine_calls";
 
+    /// <summary>Gauge: the ring's I/O threads started so far (they start as slow-path requests need them, up to IoThreadsPerRing).</summary>
+    public const string RingIoThreads = "xendisk.ring.io_threads";
+
     /// <summary>Gauge: 1 when the ring was halted because the frontend broke the ring protocol.</summary>
     public const string RingHalted = "xendisk.ring.halted";
 
@@ -91,6 +94,7 @@ public static class XenDiskMetricNames
         public const string Batches = "{batch}";
         public const string Events = "{event}";
         public const string Calls = "{call}";
+        public const string Threads = "{thread}";
         public const string Notifications = "{notification}";
         public const string Operations = "{operation}";
         public const string Lookups = "{lookup}";

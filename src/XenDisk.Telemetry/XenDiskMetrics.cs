@@ -58,6 +58,8 @@ public sealed class XenDiskMetrics : IDisposable
             "Requests whose data the ring thread moved itself through its io_uring rather than an I/O thread");
         Meter.CreateObservableCounter(RingEngineCalls, () => PerQueue(c => c.EngineCalls), Units.Calls,
             "io_uring_enter calls of the ring thread: each submits what the loop queued, most also sleep until a kick or a completion");
+        Meter.CreateObservableGauge(RingIoThreads, () => PerQueue(c => c.IoThreadsStarted), Units.Threads,
+            "I/O threads the ring has started for its slow path (allocation, copy-up, discard; everything with the thread engine); none while every request takes the fast path");
         Meter.CreateObservableGauge(RingHalted, ObserveHalted, unit: null,
             "1 when the ring was halted because the frontend broke the ring protocol");
         Meter.CreateObservableCounter(Notifications, ObserveNotifications, Units.Notifications,

@@ -63,6 +63,10 @@ public sealed class XenDiskMetricsTests(Xunit.Abstractions.ITestOutputHelper out
         Assert.Equal(0, points.Where(p => p.Name == XenDiskMetricNames.RingFastPathRequests).Sum(p => p.Value));
         Assert.Equal(frontend.QueueCount, points.Count(p => p.Name == XenDiskMetricNames.RingFastPathRequests));
 
+        // The I/O threads the rings started: a memory disk completes inline and starts none.
+        Assert.Equal(frontend.QueueCount, points.Count(p => p.Name == XenDiskMetricNames.RingIoThreads));
+        Assert.Equal(0, points.Where(p => p.Name == XenDiskMetricNames.RingIoThreads).Sum(p => p.Value));
+
         // Batch sizes per queue: as many batches as the rings counted, and a synchronous guest sends one request at a time.
         long batches = host.Backend.Devices.Single().Queues.Sum(q => q.Ring.Statistics.Batches);
         List<Point> batchPoints = [.. points.Where(p => p.Name == XenDiskMetricNames.RingBatchSize)];

@@ -41,6 +41,8 @@ public sealed class RingCounters
 
     public long EngineCalls { get; set; }
 
+    public long IoThreadsStarted { get; set; }
+
     public long GrantMaps { get; set; }
 
     public long GrantUnmaps { get; set; }
@@ -99,6 +101,7 @@ public sealed class RingCounters
         counters.BackPressureEvents = statistics.BackPressureEvents;
         counters.FastPathRequests = statistics.FastPathRequests;
         counters.EngineCalls = statistics.EngineCalls;
+        counters.IoThreadsStarted = statistics.IoThreadsStarted;
         counters.GrantMaps = statistics.GrantMaps;
         counters.GrantUnmaps = statistics.GrantUnmaps;
         counters.GrantUnmapFailures = statistics.GrantUnmapFailures;
