@@ -35,6 +35,7 @@ public sealed class BadArgumentTests : IDisposable
     [InlineData(2, "--rate", "image", "hydrate", "--rate", "fast", "{dir}/missing.img")]
     [InlineData(2, "--size", "bench", "cow", "--size", "lots")]
     [InlineData(2, "at least 4M", "bench", "cow", "--size", "1M")]
+    [InlineData(2, "--only \"vmdk\" matches no configuration (configurations: qemu qcow2,", "bench", "cow", "--only", "vmdk")]
     [InlineData(2, "--io-threads 1 to 256", "bench", "storage", "--io-threads", "0")]
     [InlineData(2, "--io-threads 1 to 256", "bench", "iscsi", "iscsi://127.0.0.1/iqn.2026-01.test:x/0", "--overwrite", "--io-threads", "300")]
     [InlineData(2, "--only \"QD32 \" matches no configuration (configurations: raw-randrw-4k-qd32,", "bench", "storage", "--only", "raw", "--only", "QD32 ")]

@@ -9,8 +9,7 @@ internal sealed record CowBenchSettings(long SizeBytes, TimeSpan TargetRunTime, 
     IReadOnlyList<string>? Only = null, int Rounds = 1)
 {
     /// <summary>Whether a configuration runs: all of them, or those whose name contains one of <see cref="Only"/>.</summary>
-    public bool Includes(string configurationName) =>
-        Only is not { Count: > 0 } || Only.Any(part => configurationName.Contains(part, StringComparison.OrdinalIgnoreCase));
+    public bool Includes(string configurationName) => ConfigurationFilter.Selects(Only, configurationName);
 }
 
 /// <summary>One measured run: a phase on one configuration.</summary>
@@ -151,6 +150,9 @@ internal static partial class CowBenchmark
         new("qemu raw", Engine.Qemu, Layout.Raw, null, ExtendedL2: false, LazyRefcounts: false),
         new("xendisk raw", Engine.XenDisk, Layout.Raw, null, ExtendedL2: false, LazyRefcounts: false),
     ];
+
+    /// <summary>The configurations' names, which --only selects from.</summary>
+    public static IReadOnlyList<string> ConfigurationNames { get; } = [.. Configurations.Select(c => c.Name)];
 
     /// <summary>
     /// Runs the benchmark. <paramref name="log"/> receives a line per step (for stderr). Throws

@@ -109,7 +109,7 @@ internal static class IscsiBenchmark
             var results = new List<IscsiBenchConfiguration>();
             foreach (Workload workload in Workloads)
             {
-                if (settings.Only is { Count: > 0 } only && !only.Any(o => workload.Name.Contains(o, StringComparison.OrdinalIgnoreCase)))
+                if (!ConfigurationFilter.Selects(settings.Only, workload.Name))
                 {
                     continue;
                 }

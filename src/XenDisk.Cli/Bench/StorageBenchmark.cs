@@ -142,7 +142,7 @@ internal static class StorageBenchmark
             var images = new Dictionary<DiskKind, string> { [DiskKind.Raw] = file };
             foreach (Workload workload in Workloads)
             {
-                if (settings.Only is { Count: > 0 } only && !only.Any(o => workload.Name.Contains(o, StringComparison.OrdinalIgnoreCase)))
+                if (!ConfigurationFilter.Selects(settings.Only, workload.Name))
                 {
                     continue;
                 }

@@ -72,7 +72,7 @@ internal static class BenchCommand
                 return Task.FromResult(CommandErrors.Invalid(parse, $"--seconds must be between 0 and 3600, --rounds 1 to 25 and --io-threads 1 to {XenDisk.Backend.DataPlane.DataPlaneOptions.MaxIoThreadsPerRing}"));
             }
 
-            if (UnmatchedOnly(parse.GetValue(only), IscsiBenchmark.ConfigurationNames) is { } unmatched)
+            if (ConfigurationFilter.Unmatched(parse.GetValue(only), IscsiBenchmark.ConfigurationNames) is { } unmatched)
             {
                 return Task.FromResult(CommandErrors.Invalid(parse, unmatched));
             }
@@ -113,7 +113,7 @@ internal static class BenchCommand
                 return Task.FromResult(CommandErrors.Invalid(parse, $"--seconds must be between 0 and 3600, --rounds 1 to 25 and --io-threads 1 to {XenDisk.Backend.DataPlane.DataPlaneOptions.MaxIoThreadsPerRing}"));
             }
 
-            if (UnmatchedOnly(parse.GetValue(only), StorageBenchmark.ConfigurationNames) is { } unmatched)
+            if (ConfigurationFilter.Unmatched(parse.GetValue(only), StorageBenchmark.ConfigurationNames) is { } unmatched)
             {
                 return Task.FromResult(CommandErrors.Invalid(parse, unmatched));
             }
@@ -127,13 +127,6 @@ internal static class BenchCommand
         });
         return command;
     }
-
-    /// <summary>The refusal for an --only text that selects no configuration (a run of nothing would
-    /// print an empty table and succeed), naming the configurations; null when each selects one.</summary>
-    private static string? UnmatchedOnly(string[]? only, IReadOnlyList<string> names) =>
-        only?.FirstOrDefault(o => !names.Any(n => n.Contains(o, StringComparison.OrdinalIgnoreCase))) is { } text
-            ? $"--only \"{text}\" matches no configuration (configurations: {string.Join(", ", names)})"
-            : null;
 
     /// <summary>--io-threads, as the storage and iSCSI benchmarks take it: Backend:IoThreadsPerRing.</summary>
     private static Option<int> IoThreadsOption() => new("--io-threads")

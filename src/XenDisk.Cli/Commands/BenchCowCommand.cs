@@ -45,6 +45,10 @@ internal static class BenchCowCommand
             {
                 return CommandErrors.Invalid(parse, "--queue-depth must be 1 to 1024");
             }
+            if (ConfigurationFilter.Unmatched(parse.GetValue(only), CowBenchmark.ConfigurationNames) is { } unmatched)
+            {
+                return CommandErrors.Invalid(parse, unmatched);
+            }
             string? parent = parse.GetValue(directory);
             if (parent != null && !Directory.Exists(parent))
             {
