@@ -11,13 +11,13 @@ namespace XenDisk.Service.Control;
 
 /// <summary>Builds the status report from the backend's devices, the same counters telemetry exports, and each device's hydration.</summary>
 internal sealed class StatusReporter(BackendStatisticsCollector collector, ServiceIdentity identity, HydrationManager hydrations, TimeProvider time,
-    BlockBackend backend, IDiskProvider disks)
+    BlockBackend backend, ImageDiskProvider images)
 {
     public ServiceStatusReport Report()
     {
         BackendSnapshot snapshot = collector.Collect();
         (int tracked, int shared) = backend.TrackedCounts;
-        int overlays = disks is ImageDiskProvider images ? images.GetOpenOverlays().Count : 0;
+        int overlays = images.GetOpenOverlays().Count;
         return new ServiceStatusReport(
             identity.Version,
             identity.Platform,

@@ -179,13 +179,16 @@ public static class XenDiskServiceHost
         }
 
         // The one registration that decides how disk targets are opened: raw, qcow2 and cow targets.
-        services.AddSingleton<IDiskProvider>(sp => new ImageDiskProvider(sp.GetRequiredService<ImageDirectoryPolicy>(),
+        // Status and metrics read its open overlays; a provider put in IDiskProvider's place by
+        // ConfigureServices opens no copy-on-write image they could see, and this one then has none open.
+        services.AddSingleton(sp => new ImageDiskProvider(sp.GetRequiredService<ImageDirectoryPolicy>(),
             new CowProviderOptions
             {
                 Logger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("XenDisk.Cow"),
                 // iSCSI LUNs only when the Iscsi section enables them, with its initiator name and CHAP credentials.
                 RawProvider = new RawDiskProvider(new RawDiskProviderOptions { Iscsi = sp.GetRequiredService<IOptions<IscsiSettings>>().Value.ToOptions() }),
             }));
+        services.AddSingleton<IDiskProvider>(sp => sp.GetRequiredService<ImageDiskProvider>());
 
         services.AddSingleton(sp =>
         {
@@ -209,13 +212,7 @@ public static class XenDiskServiceHost
         services.AddSingleton(sp =>
         {
             var metrics = new XenDiskMetrics(sp.GetRequiredService<IMeterFactory>(), sp.GetRequiredService<BackendStatisticsCollector>());
-            // The overlays of disks opened through the image provider; a provider put in its place by
-            // ConfigureServices opens no copy-on-write images the service could see.
-            if (sp.GetRequiredService<IDiskProvider>() is ImageDiskProvider images)
-            {
-                metrics.RegisterCopyOnWrite(new CopyOnWriteMetricsSource(images.GetOpenOverlays));
-            }
-
+            metrics.RegisterCopyOnWrite(new CopyOnWriteMetricsSource(sp.GetRequiredService<ImageDiskProvider>().GetOpenOverlays));
             return metrics;
         });
         services.AddSingleton<HydrationManager>();
