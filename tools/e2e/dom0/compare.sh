@@ -1,10 +1,11 @@
 # The compare scenario (busybox sh, sourced by /init with lib.sh; run by tools/e2e/compare): the
-# same fio jobs, in a guest with the same configuration, against six backends, in `e2e_rounds=N`
+# same fio jobs, in a guest with the same configuration, against seven backends, in `e2e_rounds=N`
 # rounds of:
 #   blkback        the kernel's xen-blkback, `phy:` through a loop device over the raw file
 #   qdisk-raw      QEMU's xen-block (`backendtype=qdisk`; libxl starts qemu-system-xen for the guest) on the raw file
 #   qdisk-qcow2    the same on a fresh qcow2 overlay over the raw file (qemu-img create -b)
 #   xendisk-raw    XenDisk, `raw:` on the raw file
+#   xendisk-phy    XenDisk, `raw:` on the loop device blkback serves (the same storage path below both)
 #   xendisk-qcow2  XenDisk, `cow:` with a fresh qcow2 overlay over the raw file
 #   xendisk-bitmap XenDisk, `cow:...,format=bitmap` with a fresh bitmap overlay over the raw file
 # Only one backend serves vbd devices at a time: blkback is loaded for its turn and unloaded after it
@@ -15,7 +16,7 @@
 
 # The job names, from the guest's image (domU/init runs every file in /etc/e2e/workloads).
 jobs=$(cpio -t </guest/domU.cpio 2>/dev/null | sed -n 's|^etc/e2e/workloads/\(.*\)\.fio$|\1|p' | sort)
-backends="blkback qdisk-raw qdisk-qcow2 xendisk-raw xendisk-qcow2 xendisk-bitmap"
+backends="blkback qdisk-raw qdisk-qcow2 xendisk-raw xendisk-phy xendisk-qcow2 xendisk-bitmap"
 # e2e_backends=A+B (tools/e2e/compare --backends) keeps only those, in this order.
 wanted=$(sed -n 's/.*e2e_backends=\([^ ]*\).*/\1/p' /proc/cmdline | tr '+' ' ')
 if [ -n "$wanted" ]; then
@@ -295,6 +296,7 @@ disk_of() {
             qemu-img create -q -f qcow2 -b $images/bench.img -F raw $images/bench-q.qcow2 >&2
             echo "vdev=xvda,access=rw,backendtype=qdisk,format=qcow2,target=$images/bench-q.qcow2" ;;
         xendisk-raw) echo "vdev=xvda,access=rw,script=xendisk,target=raw:$images/bench.img" ;;
+        xendisk-phy) echo "vdev=xvda,access=rw,script=xendisk,target=raw:/dev/loop0" ;;
         xendisk-qcow2) rm -f $images/bench-x.qcow2; echo "vdev=xvda,access=rw,script=xendisk,target=cow:$images/bench.img,$images/bench-x.qcow2" ;;
         xendisk-bitmap) rm -f $images/bench-x.bitmap; echo "vdev=xvda,access=rw,script=xendisk,target=cow:$images/bench.img,$images/bench-x.bitmap,format=bitmap" ;;
     esac
