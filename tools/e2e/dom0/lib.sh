@@ -63,6 +63,16 @@ start_toolstack() {
 # alive PID: the process exists and has not exited (a child that exited stays a zombie until the
 # shell reaps it, and kill -0 still succeeds on a zombie).
 alive() { [ -r "/proc/$1/stat" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+# xendisk_settings: the service settings given on the kernel command line as
+# e2e_xendisk_setting=SECTION:KEY=VALUE (tools/e2e/compare --setting), one XENDISK_SECTION__KEY=VALUE
+# word each, as the service reads its environment.
+xendisk_settings() {
+    for word in $(cat /proc/cmdline); do
+        case "$word" in
+            e2e_xendisk_setting=*=*) setting=${word#e2e_xendisk_setting=}; key=${setting%%=*}; echo "XENDISK_$(echo "$key" | sed 's/:/__/g')=${setting#*=}" ;;
+        esac
+    done
+}
 # start_xendisk STEP: starts `xendisk serve` in the background (xendisk_pid) and waits for its
 # control socket. The service watches backend/vbd and serves the devices whose hotplug script is
 # `xendisk`; the socket comes up after the backend has started watching, so it is the readiness
@@ -72,7 +82,8 @@ start_xendisk() {
     echo "--- $1: xendisk serve starts (dom0 uptime $(cut -d. -f1 /proc/uptime)s)" >>/var/log/xendisk.log
     # Images may lie in the default directory; bases also on LVM volumes, whose device-mapper nodes
     # (/dev/mapper/VG-LV, where /dev/VG/LV leads) the copy-on-write provider must be allowed to read.
-    XENDISK_Storage__AllowedImageDirectories__0=$images XENDISK_Storage__AllowedImageDirectories__1=/dev/mapper \
+    # shellcheck disable=SC2046 # one word per setting
+    env XENDISK_Storage__AllowedImageDirectories__0=$images XENDISK_Storage__AllowedImageDirectories__1=/dev/mapper $(xendisk_settings) \
         /opt/xendisk/xendisk serve --hotplug-script xendisk --verbose >>/var/log/xendisk.log 2>&1 &
     xendisk_pid=$!
     n=0
