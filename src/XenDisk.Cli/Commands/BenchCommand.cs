@@ -97,9 +97,10 @@ internal static class BenchCommand
         var only = new Option<string[]>("--only") { Description = "Run only the configurations whose name contains this text (repeatable)" };
         var json = new Option<bool>("--json") { Description = "Print the result as JSON" };
         var ioThreads = IoThreadsOption();
+        var dataPath = new Option<XenDisk.Backend.DataPlane.DataPath>("--data-path") { Description = "XenDisk's data path (Backend:DataPath): GrantMap (persistent grants offered) or GrantCopy (bounce buffers, no persistent grants)", DefaultValueFactory = _ => XenDisk.Backend.DataPlane.DataPath.GrantMap };
         var command = new Command("storage", "The whole data path over a real file against fio (io_uring) on the same file: IOPS, CPU, system calls and context switches per request")
         {
-            size, seconds, rounds, engine, ioThreads, directory, only, json,
+            size, seconds, rounds, engine, ioThreads, dataPath, directory, only, json,
         };
         command.SetAction((parse, cancellationToken) =>
         {
@@ -121,7 +122,7 @@ internal static class BenchCommand
             using var loggerFactory = CommandLogging.Create(verbose: false);
             TextWriter error = Console.Error;
             var report = StorageBenchmark.Run(
-                new StorageBenchSettings(bytes, TimeSpan.FromSeconds(parse.GetValue(seconds)), parse.GetValue(directory), parse.GetValue(rounds), parse.GetValue(engine), parse.GetValue(only), parse.GetValue(ioThreads)),
+                new StorageBenchSettings(bytes, TimeSpan.FromSeconds(parse.GetValue(seconds)), parse.GetValue(directory), parse.GetValue(rounds), parse.GetValue(engine), parse.GetValue(only), parse.GetValue(ioThreads), parse.GetValue(dataPath)),
                 loggerFactory, line => error.WriteLine("bench storage: " + line), cancellationToken);
             return Print(parse.GetValue(json), report, StorageBenchJsonContext.Default.StorageBenchReport, StorageBenchmark.WriteText);
         });
