@@ -53,6 +53,12 @@ public sealed unsafe partial class BlkifRing
     private IRemappableBlockDevice? _remap;
     private int[] _fileDescriptors = [];
     private bool _fixedFiles;
+
+    // Grant copy: the bounce pool registered with the io_uring as its one fixed buffer (index 0).
+    private bool _fixedBounce;
+
+    /// <summary>Whether one-buffer transfers name the registered bounce pool (grant copy under io_uring).</summary>
+    internal bool BouncePoolRegistered => _fixedBounce;
     private int _iovecCapacity;
     private nint _controlMemory;
     private int _eventFd;
@@ -132,6 +138,12 @@ public sealed unsafe partial class BlkifRing
 
         // Registered files spare a file-table lookup per operation; an old kernel without them still works.
         _fixedFiles = uring!.RegisterFiles(_fileDescriptors) == 0;
+
+        // Grant copy moves every byte through the bounce pool. Registered once, its pages are pinned
+        // once: a one-buffer transfer then names it (READ_FIXED/WRITE_FIXED) and the kernel does not
+        // look up and pin the page again for each operation. Without it (a memlock limit too low for
+        // an unprivileged service) transfers take plain reads and writes.
+        _fixedBounce = _bounce is not null && uring.RegisterBuffer(_bounce.BaseAddress, _bounce.ByteLength) == 0;
         _iovecCapacity = _maxSegments + MaxExtentsPerRequest;
         foreach (RequestContext context in _contexts)
         {
@@ -327,6 +339,11 @@ public sealed unsafe partial class BlkifRing
                 sqe->opcode = write ? IORING_OP_WRITE : IORING_OP_READ;
                 sqe->addr = (ulong)iov[first].iov_base;
                 sqe->len = (uint)iov[first].iov_len;
+                if (_fixedBounce && (nuint)((nint)iov[first].iov_base - _bounce!.BaseAddress) < _bounce.ByteLength)
+                {
+                    sqe->opcode = write ? IORING_OP_WRITE_FIXED : IORING_OP_READ_FIXED;
+                    sqe->buf_index = 0;
+                }
             }
             else
             {

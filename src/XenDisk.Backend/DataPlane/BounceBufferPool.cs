@@ -36,6 +36,11 @@ internal sealed unsafe class BounceBufferPool : IDisposable
 
     public nint AddressOf(int page) => (nint)(_memory + ((nint)page * XenPage.Size));
 
+    /// <summary>The first page's address: the pool is one allocation of <see cref="PageCount"/> pages.</summary>
+    public nint BaseAddress => (nint)_memory;
+
+    public nuint ByteLength => (nuint)PageCount * XenPage.Size;
+
     /// <summary>Rents <c>pages.Length</c> pages, or none when fewer are free.</summary>
     public bool TryRent(Span<int> pages)
     {

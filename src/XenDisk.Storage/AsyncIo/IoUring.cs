@@ -60,6 +60,7 @@ public sealed unsafe class IoUring : IDisposable
     private uint _sqTailLocal;
     private uint _sqTailPublished;
     private bool _filesRegistered;
+    private bool _buffersRegistered;
     private bool _disposed;
 
     private IoUring(int fd, in io_uring_params p, void* sqRing, nuint sqRingSize, void* cqRing, nuint cqRingSize, io_uring_sqe* sqes, nuint sqesSize)
@@ -197,6 +198,25 @@ public sealed unsafe class IoUring : IDisposable
     }
 
     /// <summary>
+    /// IORING_REGISTER_BUFFERS with one buffer: the kernel pins its pages once, and IORING_OP_READ_FIXED
+    /// and WRITE_FIXED with buf_index 0 then name ranges inside it without pinning them again per
+    /// operation. The memory must stay allocated until this ring is disposed (which unregisters it).
+    /// Returns 0 or a negative errno.
+    /// </summary>
+    public int RegisterBuffer(nint address, nuint length)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        iovec buffer = new() { iov_base = (void*)address, iov_len = (size_t)(ulong)length };
+        if (io_uring_register(_fd, IORING_REGISTER_BUFFERS, &buffer, 1) < 0)
+        {
+            return -errno;
+        }
+
+        _buffersRegistered = true;
+        return 0;
+    }
+
+    /// <summary>
     /// The next free submission entry, cleared, or null when the submission ring is full (the caller
     /// then calls <see cref="SubmitAndWait"/> with no wait to make room). The entry is handed to the
     /// kernel by the next <see cref="SubmitAndWait"/>.
@@ -276,6 +296,11 @@ public sealed unsafe class IoUring : IDisposable
         if (_filesRegistered)
         {
             io_uring_register(_fd, IORING_UNREGISTER_FILES, null, 0);
+        }
+
+        if (_buffersRegistered)
+        {
+            io_uring_register(_fd, IORING_UNREGISTER_BUFFERS, null, 0);
         }
 
         munmap(_sqes, (size_t)(ulong)_sqesSize);

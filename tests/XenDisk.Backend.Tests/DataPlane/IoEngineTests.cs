@@ -67,6 +67,7 @@ public sealed class IoEngineTests : IDisposable
             features: new NegotiatedFeatures { PersistentGrants = persistent, MaxIndirectSegments = 64, Discard = true },
             options: new DataPlaneOptions { DataPath = path, IoEngine = engine, IoThreadsPerRing = 2 }).Start();
         Assert.Equal(engine == IoEngine.IoUring ? "io_uring" : "threads", connection.Ring.EngineName);
+        Assert.Equal(engine == IoEngine.IoUring && path == DataPath.GrantCopy, connection.Ring.BouncePoolRegistered);
 
         // The whole ring at once: direct writes with partial segments, an indirect write, a flush with data.
         const int direct = 29;
@@ -124,6 +125,16 @@ public sealed class IoEngineTests : IDisposable
             Assert.Equal(FileBytes(disk, 16 * 512, 4096), pages.Page(0).ToArray());
             Assert.Equal(FileBytes(disk, (16 * 512) + 4096, 2048), pages.Page(1)[..2048].ToArray());
             Assert.Equal(FileBytes(disk, (16 * 512) + 6144, 2048), pages.Page(2)[2048..].ToArray());
+        }
+
+        // A one-page read, which grant copy under io_uring issues as READ_FIXED from the registered pool
+        // (the flush's one-page write above went as WRITE_FIXED).
+        using (var page = new GuestBuffers(guest, 1, readOnly: false))
+        {
+            WireSlots.Response single = connection.SubmitOne(WireSlots.ReadWrite(BlkifProtocol.X86_64, R, 201, 4096, page.FullSegments()));
+            Assert.Equal(BlkifStatus.Okay, single.Status);
+            Assert.Equal(FileBytes(disk, 4096 * 512, 4096), page.Page(0).ToArray());
+            Assert.True(page.Page(0).ToArray().AsSpan().IndexOfAnyExcept((byte)0xF0) < 0);
         }
 
         Assert.Equal(0, connection.Statistics.StorageErrors);
