@@ -471,6 +471,8 @@ public sealed unsafe partial class BlkifRing
                     break;
             }
         }
+
+        FlushCopyOut();
     }
 
     private void CompleteOperation(in io_uring_cqe cqe)
@@ -496,7 +498,16 @@ public sealed unsafe partial class BlkifRing
         if (--context.PendingOperations == 0)
         {
             ReleaseLeaseOf(context);
-            if (!_drainingForTeardown)
+            if (_drainingForTeardown)
+            {
+                return;
+            }
+
+            if (_bounce is not null && context.Request.Kind == RingOperation.Read && context.Result == IoStatus.Ok)
+            {
+                QueueCopyOut(context);
+            }
+            else
             {
                 Complete(context);
             }

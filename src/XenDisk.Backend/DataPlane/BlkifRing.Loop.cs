@@ -1,6 +1,7 @@
 using System.Runtime.InteropServices;
 using XenDisk.Abi;
 using XenDisk.Storage;
+using XenDisk.Xen;
 
 namespace XenDisk.Backend.DataPlane;
 
@@ -14,6 +15,12 @@ public sealed partial class BlkifRing
     private int _freeContextCount;
     private PersistentGrantCache? _persistent;
     private BounceBufferPool? _bounce;
+
+    // Grant copy: reads finished in this reap whose data goes to the guests in one copy (QueueCopyOut).
+    private int[] _copyOut = [];
+    private int _copyOutCount;
+    private GrantCopySegment[] _copyOutSegments = [];
+    private int _copyOutSegmentCount;
     private IoWorkerPool? _workers;
     private PublicationGroup? _publications;
     private int _maxSegments;
@@ -55,6 +62,8 @@ public sealed partial class BlkifRing
         if (grantCopy)
         {
             _bounce = new BounceBufferPool(options.BounceBufferPagesFor(entries, _maxSegments));
+            _copyOut = new int[entries];
+            _copyOutSegments = new GrantCopySegment[_bounce.PageCount];
         }
 
         _contexts = new RequestContext[entries];

@@ -62,6 +62,10 @@ internal sealed unsafe class RequestContext
 
     public int BouncePageCount;
 
+    /// <summary>Grant copy: a read's data was already copied to the guest in a batch with other reads
+    /// (<see cref="CopyOut.Delivered"/>) or that copy failed for this request; <see cref="CopyOut.None"/> otherwise.</summary>
+    public CopyOut CopiedOut;
+
     public IoStatus Result;
 
     public long StartTimestamp;
@@ -77,4 +81,12 @@ internal sealed unsafe class RequestContext
     public nint Iovecs;
 
     public ReadOnlySpan<BlkifRequestSegment> RequestSegments => Segments.AsSpan(0, Request.SegmentCount);
+}
+
+/// <summary>Where a grant-copy read's copy to the guest stands (<see cref="RequestContext.CopiedOut"/>).</summary>
+internal enum CopyOut : byte
+{
+    None,
+    Delivered,
+    Failed,
 }

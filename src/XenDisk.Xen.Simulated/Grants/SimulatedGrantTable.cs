@@ -30,6 +30,8 @@ public sealed unsafe class SimulatedGrantTable : IGrantTable
     private uint _maxGrants = DefaultMaxGrants;
     private long _mappedPages;
     private bool _disposed;
+    private long _copyOperations;
+    private int _largestCopy;
 
     internal SimulatedGrantTable(SimulatedHypervisor hypervisor, SimulatedDomain domain)
     {
@@ -151,11 +153,23 @@ public sealed unsafe class SimulatedGrantTable : IGrantTable
         return 0;
     }
 
+    /// <summary>Grant-copy operations this handle has made (one hypercall each on real Xen, whatever their length).</summary>
+    public long CopyOperations => Interlocked.Read(ref _copyOperations);
+
+    /// <summary>The most segments one grant-copy operation of this handle carried.</summary>
+    public int LargestCopy => Volatile.Read(ref _largestCopy);
+
     public unsafe int Copy(Span<GrantCopySegment> segments)
     {
         if (Volatile.Read(ref _disposed))
         {
             return -LibC.EBADF;
+        }
+
+        Interlocked.Increment(ref _copyOperations);
+        int largest;
+        while ((largest = Volatile.Read(ref _largestCopy)) < segments.Length && Interlocked.CompareExchange(ref _largestCopy, segments.Length, largest) != largest)
+        {
         }
 
         byte* bounce = stackalloc byte[XenPage.Size];
