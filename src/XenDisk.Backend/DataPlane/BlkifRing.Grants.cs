@@ -266,23 +266,29 @@ public sealed partial class BlkifRing
 
     private bool CopyToGuest(RequestContext context)
     {
+        Span<GrantCopySegment> copies = context.CopySegments.AsSpan(0, context.Request.SegmentCount);
+        FillCopiesToGuest(context, copies);
+        Statistics.GrantCopied(copies.Length);
+        return CopySucceeded(copies);
+    }
+
+    /// <summary>One copy per segment of a grant-copy read, from its bounce page to the guest's granted page.</summary>
+    private void FillCopiesToGuest(RequestContext context, Span<GrantCopySegment> copies)
+    {
         ReadOnlySpan<BlkifRequestSegment> segments = context.RequestSegments;
-        Span<GrantCopySegment> copies = context.CopySegments.AsSpan(0, segments.Length);
         for (int i = 0; i < segments.Length; i++)
         {
             copies[i] = GrantCopySegment.ToGuest(context.Buffers[i].Address, Setup.FrontendDomainId, segments[i].GrantRef,
                 SegmentOffset(segments[i]), (ushort)context.Buffers[i].Length);
         }
-
-        Statistics.GrantCopied(segments.Length);
-        return CopySucceeded(copies);
     }
 
     /// <summary>
-    /// Grant copy: the reads that io_uring finished in one reap go to their guests in one
-    /// GNTTABOP_copy, not one each (a hypercall per batch, where a PV dom0 pays most for each one).
-    /// Each segment carries its own status, so a bad grant fails only its own request. The batch holds
-    /// at most the bounce pool's pages, since every segment in it is one rented page.
+    /// Grant copy: the reads that io_uring finished in one reap go to their guests in one grant-copy
+    /// call, not one each (Linux's gntdev makes one GNTTABOP_copy hypercall per 16 segments of it,
+    /// where one call per read made one per read). Each segment carries its own status, so a bad
+    /// grant fails only its own request. The batch holds at most the bounce pool's pages, since every
+    /// segment in it is one rented page.
     /// </summary>
     private void QueueCopyOut(RequestContext context)
     {
@@ -292,14 +298,8 @@ public sealed partial class BlkifRing
             FlushCopyOut();
         }
 
-        ReadOnlySpan<BlkifRequestSegment> requestSegments = context.RequestSegments;
-        for (int i = 0; i < requestSegments.Length; i++)
-        {
-            _copyOutSegments[_copyOutSegmentCount + i] = GrantCopySegment.ToGuest(context.Buffers[i].Address, Setup.FrontendDomainId,
-                requestSegments[i].GrantRef, SegmentOffset(requestSegments[i]), (ushort)context.Buffers[i].Length);
-        }
-
-        _copyOutSegmentCount += requestSegments.Length;
+        FillCopiesToGuest(context, _copyOutSegments.AsSpan(_copyOutSegmentCount, segments));
+        _copyOutSegmentCount += segments;
         _copyOut[_copyOutCount++] = context.Index;
     }
 
@@ -322,12 +322,7 @@ public sealed partial class BlkifRing
         {
             RequestContext context = _contexts[_copyOut[i]];
             int segments = context.Request.SegmentCount;
-            bool delivered = ran;
-            foreach (ref readonly GrantCopySegment copy in copies.Slice(first, segments))
-            {
-                delivered &= copy.Status == GrantStatus.Okay;
-            }
-
+            bool delivered = ran && AllCopied(copies.Slice(first, segments));
             first += segments;
             context.CopiedOut = delivered ? CopyOut.Delivered : CopyOut.Failed;
             Complete(context);
@@ -335,13 +330,11 @@ public sealed partial class BlkifRing
     }
 
     /// <summary>The copy ran and every segment reports GNTST_okay.</summary>
-    private bool CopySucceeded(Span<GrantCopySegment> copies)
-    {
-        if (Setup.Grants.Copy(copies) != 0)
-        {
-            return false;
-        }
+    private bool CopySucceeded(Span<GrantCopySegment> copies) => Setup.Grants.Copy(copies) == 0 && AllCopied(copies);
 
+    /// <summary>Every segment of a copy that ran reports GNTST_okay.</summary>
+    private static bool AllCopied(ReadOnlySpan<GrantCopySegment> copies)
+    {
         foreach (ref readonly GrantCopySegment copy in copies)
         {
             if (copy.Status != GrantStatus.Okay)

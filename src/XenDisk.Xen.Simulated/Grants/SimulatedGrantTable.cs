@@ -153,7 +153,7 @@ public sealed unsafe class SimulatedGrantTable : IGrantTable
         return 0;
     }
 
-    /// <summary>Grant-copy operations this handle has made (one hypercall each on real Xen, whatever their length).</summary>
+    /// <summary>Grant-copy calls this handle has made (one ioctl each on real Xen, which Linux's gntdev issues as one GNTTABOP_copy per 16 segments).</summary>
     public long CopyOperations => Interlocked.Read(ref _copyOperations);
 
     /// <summary>The most segments one grant-copy operation of this handle carried.</summary>
