@@ -3,8 +3,11 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.Extensions.Logging;
+using Microsoft.Win32.SafeHandles;
 using XenDisk.Backend.ControlPlane;
 using XenDisk.Backend.DataPlane;
+using XenDisk.Cow.Overlays;
+using XenDisk.Libc;
 using XenDisk.Storage;
 using XenDisk.TestFrontend;
 using XenDisk.Xen.Simulated;
@@ -33,7 +36,10 @@ internal sealed record StorageBenchConfiguration(
     double? VsXendiskRaw,
     double FrontendCpuUsPerRequest,
     double? QemuIops = null,
-    double? VsQemu = null);
+    double? VsQemu = null,
+    double? XendiskRawIops = null,
+    double? VsXendiskRawSameBlocks = null,
+    string? FioFile = null);
 
 internal sealed record StorageBenchReport(
     long SizeBytes,
@@ -138,6 +144,7 @@ internal static class StorageBenchmark
             string file = Path.Combine(work.FullName, "disk.img");
             progress($"writing a {settings.SizeBytes >> 20} MiB file in {work.FullName}");
             FillFile(file, settings.SizeBytes);
+            DropFromPageCache(file);
 
             var results = new List<StorageBenchConfiguration>();
             var images = new Dictionary<DiskKind, string> { [DiskKind.Raw] = file };
@@ -152,11 +159,23 @@ internal static class StorageBenchmark
                 {
                     progress($"preparing a fully allocated {workload.Disk.ToString().ToLowerInvariant()} image");
                     images[workload.Disk] = PrepareImage(workload.Disk, file, work.FullName, settings.SizeBytes);
+                    DropFromPageCache(images[workload.Disk]);
                 }
 
                 var xendisk = new List<Side>();
                 var peer = new List<Side>();
                 var qemu = new List<double>();
+
+                // An allocated overlay is held against XenDisk's own raw figure, measured in the same
+                // round (XenDisk and fio on the raw file again), so that both sides of the ratio see the
+                // same minutes of a disk whose rate drifts; and fio runs on the overlay's own data blocks,
+                // since a virtual disk's blocks need not run at one rate (fio alone has run 1.6x faster on
+                // a hydrated bitmap overlay's data than on the raw file it was copied from).
+                bool pairedWithRaw = workload.Disk != DiskKind.Raw && !workload.FirstWrite;
+                FioTarget fioTarget = pairedWithRaw ? OverlayDataRun(workload.Disk, images[workload.Disk], settings.SizeBytes) ?? new FioTarget(file) : new FioTarget(file);
+                var raw = new List<double>();
+                var vsRaw = new List<double>();
+                var vsRawSameBlocks = new List<double>();
                 for (int round = 0; round < settings.Rounds; round++)
                 {
                     cancellationToken.ThrowIfCancellationRequested();
@@ -169,9 +188,20 @@ internal static class StorageBenchmark
 
                     progress(Invariant($"{workload.Name} round {round + 1}: xendisk {x.Iops:F0} IOPS, {x.CpuUsPerRequest:F1} us CPU, {x.SyscallsPerRequest:F2} syscalls, {x.ContextSwitchesPerRequest:F2} cs per request"));
                     xendisk.Add(x);
-                    Side f = RunFio(fio, perf, file, settings, workload, work.FullName);
+                    Side f = RunFio(fio, perf, fioTarget, settings, workload, work.FullName);
                     progress(Invariant($"{workload.Name} round {round + 1}: fio {f.Iops:F0} IOPS, {f.CpuUsPerRequest:F1} us CPU, {f.SyscallsPerRequest:F2} syscalls, {f.ContextSwitchesPerRequest:F2} cs per request"));
                     peer.Add(f);
+                    if (pairedWithRaw)
+                    {
+                        Workload rawTurn = workload with { Disk = DiskKind.Raw };
+                        Side r = RunXenDisk(file, file, settings, rawTurn, perf, loggerFactory, cancellationToken);
+                        Side fr = RunFio(fio, perf, new FioTarget(file), settings, rawTurn, work.FullName);
+                        raw.Add(r.Iops);
+                        vsRaw.Add(x.Iops / r.Iops);
+                        vsRawSameBlocks.Add(x.Iops / f.Iops / (r.Iops / fr.Iops));
+                        progress(Invariant($"{workload.Name} round {round + 1}: on the raw file xendisk {r.Iops:F0} IOPS, fio {fr.Iops:F0}: overlay/raw {vsRaw[^1]:F2}, each against fio on its own blocks {vsRawSameBlocks[^1]:F2}"));
+                    }
+
                     if (workload.FirstWrite)
                     {
                         double q = RunQemuFirstWrites(file, work.FullName, settings, workload);
@@ -183,14 +213,14 @@ internal static class StorageBenchmark
                 Side xm = Median(xendisk);
                 Side fm = Median(peer);
 
-                // Overlays are held against XenDisk's own raw figure at the same depth and mix.
-                double? vsRaw = workload.Disk == DiskKind.Raw || workload.FirstWrite ? null
-                    : results.FirstOrDefault(r => r.Name == "raw-randrw-4k-qd32") is { } raw ? Ratio(xm.Iops, raw.XendiskIops) : null;
                 results.Add(new StorageBenchConfiguration(workload.Name, workload.Description, workload.QueueDepth, settings.Engine.ToString(),
                     Round(xm.Iops), Round(fm.Iops), Ratio(xm.Iops, fm.Iops), Round(xm.CpuUsPerRequest), Round(fm.CpuUsPerRequest),
                     Ratio(xm.CpuUsPerRequest, fm.CpuUsPerRequest), Round(xm.SyscallsPerRequest), Round(fm.SyscallsPerRequest),
-                    Round(xm.ContextSwitchesPerRequest), Round(fm.ContextSwitchesPerRequest), Round(xm.FastPathShare), vsRaw, Round(xm.FrontendCpuUsPerRequest),
-                    qemu.Count > 0 ? Round(Median(qemu)) : null, qemu.Count > 0 ? Ratio(xm.Iops, Median(qemu)) : null));
+                    Round(xm.ContextSwitchesPerRequest), Round(fm.ContextSwitchesPerRequest), Round(xm.FastPathShare),
+                    pairedWithRaw ? Round(Median(vsRaw)) : null, Round(xm.FrontendCpuUsPerRequest),
+                    qemu.Count > 0 ? Round(Median(qemu)) : null, qemu.Count > 0 ? Ratio(xm.Iops, Median(qemu)) : null,
+                    pairedWithRaw ? Round(Median(raw)) : null, pairedWithRaw ? Round(Median(vsRawSameBlocks)) : null,
+                    pairedWithRaw ? fioTarget.Describe(file) : null));
             }
 
             return new StorageBenchReport(settings.SizeBytes, FileSystemOf(work.FullName), settings.Rounds, settings.Duration.TotalSeconds,
@@ -296,18 +326,47 @@ internal static class StorageBenchmark
             frontendCpu.TotalMicroseconds / requests);
     }
 
-    private static Side RunFio(string fio, string? perf, string file, StorageBenchSettings settings, Workload workload, string directory)
+    /// <summary>Where fio runs: a whole file, or the run of an overlay's file that holds its guest data.</summary>
+    private sealed record FioTarget(string File, long Offset = 0, long? Length = null)
+    {
+        public string Describe(string rawFile) => Length is null
+            ? (File == rawFile ? "the raw file (the overlay's data is not one run of its file)" : Path.GetFileName(File))
+            : Invariant($"{Path.GetFileName(File)}, bytes {Offset} to {Offset + Length}: the overlay's data");
+    }
+
+    /// <summary>
+    /// The run of an allocated overlay's file that holds its whole disk, from the image's own map
+    /// (`xendisk image map`): qemu-img's preallocation=full and a hydrated bitmap overlay lay the disk out
+    /// in one run after their metadata. fio reads and writes there the blocks XenDisk moves, and no
+    /// metadata. Null when the map is not one run of data covering the disk.
+    /// </summary>
+    private static FioTarget? OverlayDataRun(DiskKind kind, string image, long size)
+    {
+        OverlayFormat format = kind == DiskKind.Qcow2 ? OverlayFormat.Qcow2 : OverlayFormat.Bitmap;
+        using RawBlockDevice device = RawBlockDevice.Open(image, readOnly: true);
+        IReadOnlyList<OverlayExtent> map = format.Map(device);
+        return map is [{ Kind: OverlayExtentKind.Data, Offset: 0, HostOffset: long host } only] && only.Length == size
+            ? new FioTarget(image, host, size)
+            : null;
+    }
+
+    private static Side RunFio(string fio, string? perf, FioTarget target, StorageBenchSettings settings, Workload workload, string directory)
     {
         string output = Path.Combine(directory, "fio.json");
         string perfOutput = Path.Combine(directory, "perf.txt");
         List<string> fioArgs =
         [
-            "--name=peer", "--filename=" + file, "--direct=1", "--ioengine=io_uring",
+            "--name=peer", "--filename=" + target.File, "--direct=1", "--ioengine=io_uring",
             "--runtime=" + ((int)Math.Ceiling(settings.Duration.TotalSeconds)).ToString(CultureInfo.InvariantCulture),
             "--iodepth=" + workload.QueueDepth.ToString(CultureInfo.InvariantCulture),
             "--output-format=json", "--output=" + output, "--randrepeat=0",
             "--rw=" + workload.FioRw, "--bs=" + (workload.BlockBytes / 1024).ToString(CultureInfo.InvariantCulture) + "k",
         ];
+
+        if (target.Length is long length)
+        {
+            fioArgs.AddRange(["--offset=" + target.Offset.ToString(CultureInfo.InvariantCulture), "--size=" + length.ToString(CultureInfo.InvariantCulture)]);
+        }
 
         // First writes: one pass over the file, as XenDisk's run makes one pass over the empty overlay.
         fioArgs.AddRange(workload.FirstWrite ? [] : ["--time_based", "--ramp_time=1"]);
@@ -349,6 +408,29 @@ internal static class StorageBenchmark
         }
 
         stream.Flush(flushToDisk: true);
+    }
+
+    /// <summary>
+    /// Drops a file just written through the page cache (the raw file, qemu-img's preallocated image)
+    /// from it. Both sides use O_DIRECT, and an O_DIRECT write that meets cached pages of its range
+    /// cannot be issued without blocking (the pages are invalidated first): io_uring hands it to a
+    /// worker thread. Left cached, the first rounds would measure that, not the steady state.
+    /// </summary>
+    private static void DropFromPageCache(string path)
+    {
+        using SafeFileHandle handle = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite);
+        int fd = (int)handle.DangerousGetHandle();
+        if (Tmds.Linux.LibC.fsync(fd) != 0)
+        {
+            throw new InvalidOperationException($"could not write {path} back: {Errno.Describe(Tmds.Linux.LibC.errno)}");
+        }
+
+        // posix_fadvise returns its error number instead of setting errno.
+        int error = Tmds.Linux.LibC.posix_fadvise(fd, 0, 0, Tmds.Linux.LibC.POSIX_FADV_DONTNEED);
+        if (error != 0)
+        {
+            throw new InvalidOperationException($"could not drop {path} from the page cache: {Errno.Describe(error)}");
+        }
     }
 
     private static int[] BackendThreads() => ThreadsNamed(BackendThreadPrefixes);
@@ -489,6 +571,15 @@ internal static class StorageBenchmark
             string vsRaw = c.VsXendiskRaw is { } v ? v.ToString("F2", CultureInfo.InvariantCulture) : "";
             string vsQemu = c.VsQemu is { } q ? q.ToString("F2", CultureInfo.InvariantCulture) : "";
             output.WriteLine(Invariant($"{c.Name,-32} {c.XendiskIops,12:F0} {c.FioIops,9:F0} {c.IopsRatio,6:F2} {vsRaw,6} {vsQemu,7} {c.CpuUsPerRequest,5:F1}/{c.FioCpuUsPerRequest,-7:F1} {c.SyscallsPerRequest,5:F2}/{c.FioSyscallsPerRequest,-7:F2} {c.ContextSwitchesPerRequest,4:F2}/{c.FioContextSwitchesPerRequest,-6:F2} {c.FastPathShare,9:P0} {c.FrontendCpuUsPerRequest,9:F1} us"));
+        }
+
+        if (report.Configurations.Any(c => c.VsXendiskRaw is not null))
+        {
+            output.WriteLine("vs raw: an allocated overlay against XenDisk serving the raw file with the same workload in the same rounds (median of the rounds' ratios); fio ran on the overlay's own data blocks:");
+            foreach (StorageBenchConfiguration c in report.Configurations.Where(c => c.VsXendiskRaw is not null))
+            {
+                output.WriteLine(Invariant($"  {c.Name}: raw {c.XendiskRawIops:F0} IOPS, vs raw {c.VsXendiskRaw:F2}; each against fio on its own blocks, overlay over raw {c.VsXendiskRawSameBlocks:F2}; fio on {c.FioFile}"));
+            }
         }
 
         if (report.QemuCommand is not null)
