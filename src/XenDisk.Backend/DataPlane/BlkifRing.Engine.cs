@@ -10,8 +10,10 @@ namespace XenDisk.Backend.DataPlane;
 // and fdatasyncs and also the thread's sleep (a read of the event channel's descriptor, which
 // delivers the pending port itself, and a poll on the ring's wake-up), so that one io_uring_enter per
 // loop iteration submits the batch taken off the blkif ring, the late unmask (a write of the port to
-// the evtchn descriptor), and waits for whichever comes first, a guest kick or a completion. Without
-// io_uring the thread waits in poll(2) and every request goes to the I/O threads.
+// the evtchn descriptor), and waits for whichever comes first, a guest kick or a completion. A batch
+// larger than DataPlaneOptions.SubmissionBatch goes to the kernel in parts as it is taken, so that
+// its first I/O is not held back by the set-up of the rest. Without io_uring the thread waits in
+// poll(2) and every request goes to the I/O threads.
 public sealed unsafe partial class BlkifRing
 {
     /// <summary>Extents one request may be remapped into before it takes the slow path instead: an
@@ -59,6 +61,9 @@ public sealed unsafe partial class BlkifRing
 
     /// <summary>Whether one-buffer transfers name the registered bounce pool (grant copy under io_uring).</summary>
     internal bool BouncePoolRegistered => _fixedBounce;
+
+    /// <summary>The most operations one io_uring_enter of this ring has submitted (0 without io_uring).</summary>
+    internal uint LargestEngineSubmission => _uring?.LargestSubmission ?? 0;
     private int _iovecCapacity;
     private nint _controlMemory;
     private int _eventFd;
@@ -238,6 +243,12 @@ public sealed unsafe partial class BlkifRing
         if (isFlush && extentCount > 0)
         {
             QueueSyncs(context, link: false);
+        }
+
+        // Only between requests: a linked chain must reach the kernel in one io_uring_enter.
+        if (_uring.PendingSubmissions >= (uint)Setup.Options.SubmissionBatch)
+        {
+            SubmitQueued();
         }
 
         if (context.PendingOperations == 0)

@@ -14,7 +14,7 @@ using XenDisk.Xen.Simulated;
 
 namespace XenDisk.Cli.Bench;
 
-internal sealed record StorageBenchSettings(long SizeBytes, TimeSpan Duration, string? Directory, int Rounds, IoEngine Engine, IReadOnlyList<string>? Only, int IoThreadsPerRing, DataPath DataPath);
+internal sealed record StorageBenchSettings(long SizeBytes, TimeSpan Duration, string? Directory, int Rounds, IoEngine Engine, IReadOnlyList<string>? Only, int IoThreadsPerRing, DataPath DataPath, int SubmissionBatch);
 
 /// <summary>One configuration: XenDisk's full backend and fio on the same file, medians over the rounds.</summary>
 internal sealed record StorageBenchConfiguration(
@@ -47,6 +47,7 @@ internal sealed record StorageBenchReport(
     int Rounds,
     double SecondsPerRun,
     string DataPath,
+    int SubmissionBatch,
     string SyscallCounting,
     string FioCommand,
     string? QemuCommand,
@@ -224,7 +225,7 @@ internal static class StorageBenchmark
             }
 
             return new StorageBenchReport(settings.SizeBytes, FileSystemOf(work.FullName), settings.Rounds, settings.Duration.TotalSeconds,
-                settings.DataPath.ToString(), syscallCounting, "fio --ioengine=io_uring --direct=1 (rw, bs, iodepth per configuration; --time_based except first writes, which make one pass)",
+                settings.DataPath.ToString(), settings.SubmissionBatch, syscallCounting, "fio --ioengine=io_uring --direct=1 (rw, bs, iodepth per configuration; --time_based except first writes, which make one pass)",
                 results.Any(r => r.QemuIops is not null) ? "qemu-img bench -w -t none -i io_uring -d 32 -s 4096 -S 65536 on a fresh qcow2 overlay of the file (" + QemuBestOptions + ")" : null,
                 results);
         }
@@ -273,7 +274,7 @@ internal static class StorageBenchmark
             MaxQueues = 1,
             // Grant copy maps no guest page, so there is nothing to keep mapped (the service's rule too).
             PersistentGrants = settings.DataPath == DataPath.GrantMap,
-            DataPlane = new DataPlaneOptions { IoEngine = settings.Engine, IoThreadsPerRing = settings.IoThreadsPerRing, DataPath = settings.DataPath },
+            DataPlane = new DataPlaneOptions { IoEngine = settings.Engine, IoThreadsPerRing = settings.IoThreadsPerRing, DataPath = settings.DataPath, SubmissionBatch = settings.SubmissionBatch },
         };
         await using var backend = new BlockBackend(hypervisor.Platform(hypervisor.Dom0), new ImageProvider(file, workload.Disk, baseFile), options, loggerFactory);
         await backend.StartAsync(cancellationToken).ConfigureAwait(false);
@@ -564,7 +565,7 @@ internal static class StorageBenchmark
 
     public static void WriteText(TextWriter output, StorageBenchReport report)
     {
-        output.WriteLine(Invariant($"storage bench: {report.SizeBytes >> 20} MiB file on {report.FileSystem}, {report.Rounds} round(s) of {report.SecondsPerRun:F0} s, median round; data path {report.DataPath}; system calls: {report.SyscallCounting}"));
+        output.WriteLine(Invariant($"storage bench: {report.SizeBytes >> 20} MiB file on {report.FileSystem}, {report.Rounds} round(s) of {report.SecondsPerRun:F0} s, median round; data path {report.DataPath}, submission batch {report.SubmissionBatch}; system calls: {report.SyscallCounting}"));
         output.WriteLine(Invariant($"{"configuration",-32} {"xendisk IOPS",12} {"fio IOPS",9} {"ratio",6} {"vs raw",6} {"vs qemu",7} {"CPU us/req",13} {"syscalls/req",13} {"cs/req",11} {"fast path",9} {"frontend CPU",12}"));
         foreach (StorageBenchConfiguration c in report.Configurations)
         {

@@ -98,9 +98,14 @@ internal static class BenchCommand
         var json = new Option<bool>("--json") { Description = "Print the result as JSON" };
         var ioThreads = IoThreadsOption();
         var dataPath = new Option<XenDisk.Backend.DataPlane.DataPath>("--data-path") { Description = "XenDisk's data path (Backend:DataPath): GrantMap (persistent grants offered) or GrantCopy (bounce buffers, no persistent grants)", DefaultValueFactory = _ => XenDisk.Backend.DataPlane.DataPath.GrantMap };
+        var submissionBatch = new Option<int>("--submission-batch")
+        {
+            Description = "XenDisk's data operations per io_uring_enter while a busy ring is still being read (the data plane's SubmissionBatch)",
+            DefaultValueFactory = _ => new XenDisk.Backend.DataPlane.DataPlaneOptions().SubmissionBatch,
+        };
         var command = new Command("storage", "The whole data path over a real file against fio (io_uring) on the same file: IOPS, CPU, system calls and context switches per request")
         {
-            size, seconds, rounds, engine, ioThreads, dataPath, directory, only, json,
+            size, seconds, rounds, engine, ioThreads, dataPath, submissionBatch, directory, only, json,
         };
         command.SetAction((parse, cancellationToken) =>
         {
@@ -114,6 +119,11 @@ internal static class BenchCommand
                 return Task.FromResult(CommandErrors.Invalid(parse, $"--seconds must be between 0 and 3600, --rounds 1 to 25 and --io-threads 1 to {XenDisk.Backend.DataPlane.DataPlaneOptions.MaxIoThreadsPerRing}"));
             }
 
+            if (parse.GetValue(submissionBatch) is < 1 or > 4096)
+            {
+                return Task.FromResult(CommandErrors.Invalid(parse, "--submission-batch must be between 1 and 4096"));
+            }
+
             if (ConfigurationFilter.Unmatched(parse.GetValue(only), StorageBenchmark.ConfigurationNames) is { } unmatched)
             {
                 return Task.FromResult(CommandErrors.Invalid(parse, unmatched));
@@ -122,7 +132,7 @@ internal static class BenchCommand
             using var loggerFactory = CommandLogging.Create(verbose: false);
             TextWriter error = Console.Error;
             var report = StorageBenchmark.Run(
-                new StorageBenchSettings(bytes, TimeSpan.FromSeconds(parse.GetValue(seconds)), parse.GetValue(directory), parse.GetValue(rounds), parse.GetValue(engine), parse.GetValue(only), parse.GetValue(ioThreads), parse.GetValue(dataPath)),
+                new StorageBenchSettings(bytes, TimeSpan.FromSeconds(parse.GetValue(seconds)), parse.GetValue(directory), parse.GetValue(rounds), parse.GetValue(engine), parse.GetValue(only), parse.GetValue(ioThreads), parse.GetValue(dataPath), parse.GetValue(submissionBatch)),
                 loggerFactory, line => error.WriteLine("bench storage: " + line), cancellationToken);
             return Print(parse.GetValue(json), report, StorageBenchJsonContext.Default.StorageBenchReport, StorageBenchmark.WriteText);
         });

@@ -106,6 +106,9 @@ public sealed unsafe class IoUring : IDisposable
     /// <summary>io_uring_enter calls made, for the data plane's statistics.</summary>
     public long EnterCalls { get; private set; }
 
+    /// <summary>The most entries one io_uring_enter has handed to the kernel.</summary>
+    public uint LargestSubmission { get; private set; }
+
     /// <summary>
     /// Creates a ring of at least <paramref name="entries"/> submission entries. Returns false with an
     /// operator-readable reason when io_uring is unavailable: the kernel.io_uring_disabled sysctl
@@ -249,6 +252,7 @@ public sealed unsafe class IoUring : IDisposable
             // Release: the entries are written before the kernel can see the new tail.
             Volatile.Write(ref *_sqTail, _sqTailLocal);
             _sqTailPublished = _sqTailLocal;
+            LargestSubmission = Math.Max(LargestSubmission, toSubmit);
         }
 
         if (toSubmit == 0 && waitFor == 0)

@@ -225,6 +225,37 @@ public sealed class IoEngineTests : IDisposable
     }
 
     [Theory]
+    [InlineData(4)]
+    [InlineData(64)]
+    public async Task A_full_ring_reaches_the_kernel_in_submission_batches(int submissionBatch)
+    {
+        using var hypervisor = new SimulatedHypervisor();
+        SimulatedDomain guest = hypervisor.CreateDomain("guest", memoryPages: 4096);
+        using RawBlockDevice disk = CreateDisk(fill: 0x5A);
+        await using var connection = new RingConnection(hypervisor, guest, disk,
+            features: new NegotiatedFeatures { PersistentGrants = true },
+            options: new DataPlaneOptions { IoEngine = IoEngine.IoUring, SubmissionBatch = submissionBatch }).Start();
+        using var pages = new GuestBuffers(guest, 32, readOnly: false);
+
+        // 32 one-page reads published at once: the ring takes them in one pass.
+        byte[][] slots = [.. Enumerable.Range(0, 32).Select(i => WireSlots.ReadWrite(BlkifProtocol.X86_64, R, (ulong)i, (ulong)i * 8, [new(pages.Ref(i), 0, 7)]))];
+        Assert.All(connection.Submit(slots), AssertOkay);
+        Assert.All(Enumerable.Range(0, 32), i => Assert.True(pages.Page(i).IndexOfAnyExcept((byte)0x5A) < 0, $"page {i}"));
+
+        uint largest = connection.Ring.LargestEngineSubmission;
+        if (submissionBatch < 32)
+        {
+            // At most a batch of reads, or what is left of them with the loop's own control operations
+            // (the event channel's read and unmask, the wake-up poll, a timeout) when it goes to sleep.
+            Assert.InRange(largest, 1u, (uint)submissionBatch + 5);
+        }
+        else
+        {
+            Assert.True(largest >= 32, $"largest submission {largest}");
+        }
+    }
+
+    [Theory]
     [InlineData(IoEngine.IoUring)]
     [InlineData(IoEngine.Threads)]
     public async Task IO_threads_start_only_when_requests_need_them(IoEngine engine)
