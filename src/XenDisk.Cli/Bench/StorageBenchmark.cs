@@ -66,7 +66,8 @@ internal sealed partial class StorageBenchJsonContext : JsonSerializerContext;
 /// test frontend's thread, which plays the guest in the same process, reported apart);
 /// system calls per request (perf stat -e raw_syscalls:sys_enter, attached to the backend's threads
 /// or wrapping fio); context switches per request (voluntary plus involuntary, from /proc for the
-/// backend, from fio's report).
+/// backend, from fio's report). An allocated overlay's fio runs on the overlay's own data blocks,
+/// and each of its rounds also serves the raw file, for its "vs raw".
 /// </summary>
 internal static class StorageBenchmark
 {
