@@ -22,6 +22,21 @@ public sealed class ConfigurationValidationTests
     }
 
     [Fact]
+    public void Data_plane_settings_reach_the_data_plane()
+    {
+        IConfigurationRoot configuration = new ConfigurationBuilder()
+            .AddInMemoryCollection([new("Backend:SubmissionBatch", "3"), new("Backend:IoThreadsPerRing", "5")])
+            .Build();
+        Assert.Empty(ServiceConfiguration.Validate(configuration));
+        var settings = new BackendSettings();
+        configuration.GetSection(BackendSettings.SectionName).Bind(settings);
+
+        Backend.DataPlane.DataPlaneOptions options = settings.ToBackendOptions(TimeProvider.System).DataPlane;
+        Assert.Equal(3, options.SubmissionBatch);
+        Assert.Equal(5, options.IoThreadsPerRing);
+    }
+
+    [Fact]
     public void The_shipped_configuration_file_is_valid()
     {
         string file = Path.Combine(RepositoryRoot(), "config", "xendisk.json");
@@ -39,6 +54,8 @@ public sealed class ConfigurationValidationTests
     [InlineData("Backend:MaxIndirectSegments", "-5", "Backend:MaxIndirectSegments")]
     [InlineData("Backend:IoThreadsPerRing", "0", "Backend:IoThreadsPerRing")]
     [InlineData("Backend:IoThreadsPerRing", "1000", "Backend:IoThreadsPerRing")]
+    [InlineData("Backend:SubmissionBatch", "0", "Backend:SubmissionBatch")]
+    [InlineData("Backend:SubmissionBatch", "513", "Backend:SubmissionBatch")]
     [InlineData("Backend:RingDrainTimeoutSeconds", "0", "Backend:RingDrainTimeoutSeconds")]
     [InlineData("Backend:SizeCheckSeconds", "-1", "Backend:SizeCheckSeconds")]
     [InlineData("Backend:DataPath", "GrantMapp", "Backend:DataPath")]

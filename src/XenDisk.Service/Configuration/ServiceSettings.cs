@@ -58,6 +58,11 @@ public sealed class BackendSettings
     [Range(1, DataPlaneOptions.MaxIoThreadsPerRing)]
     public int IoThreadsPerRing { get; set; } = new DataPlaneOptions().IoThreadsPerRing;
 
+    /// <summary>Data operations per io_uring_enter while a busy ring is still being read; 512, the
+    /// largest ring's slots, is a whole batch in one call.</summary>
+    [Range(1, 512)]
+    public int SubmissionBatch { get; set; } = new DataPlaneOptions().SubmissionBatch;
+
     /// <summary>Where rings keep their in-flight records (absolute; kept across restarts, not reboots); empty to keep none.</summary>
     public string InflightDirectory { get; set; } = "/run/xendisk/inflight";
 
@@ -88,6 +93,7 @@ public sealed class BackendSettings
             DataPath = Enum.Parse<DataPath>(DataPath, ignoreCase: true),
             IoEngine = Enum.Parse<IoEngine>(IoEngine, ignoreCase: true),
             IoThreadsPerRing = IoThreadsPerRing,
+            SubmissionBatch = SubmissionBatch,
             TimeProvider = timeProvider,
         },
     };
