@@ -64,6 +64,7 @@ public sealed unsafe partial class BlkifRing
 
     /// <summary>The most operations one io_uring_enter of this ring has submitted (0 without io_uring).</summary>
     internal uint LargestEngineSubmission => _uring?.LargestSubmission ?? 0;
+
     private int _iovecCapacity;
     private nint _controlMemory;
     private int _eventFd;

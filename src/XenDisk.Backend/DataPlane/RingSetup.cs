@@ -148,6 +148,9 @@ public sealed record DataPlaneOptions
     /// <summary>Most I/O threads per ring: beyond this a ring's queue depth is better raised by more rings.</summary>
     public const int MaxIoThreadsPerRing = 256;
 
+    /// <summary>The largest ring's slots (order 4, 64-bit layout): a part this large is a whole batch in one call.</summary>
+    public const int MaxSubmissionBatch = 512;
+
     public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
 
     /// <summary>Throws <see cref="ArgumentException"/> for options the data plane cannot run with.</summary>
@@ -158,9 +161,9 @@ public sealed record DataPlaneOptions
             throw new ArgumentException($"MaxBatch must be at least 1 (got {MaxBatch}).");
         }
 
-        if (SubmissionBatch < 1)
+        if (SubmissionBatch is < 1 or > MaxSubmissionBatch)
         {
-            throw new ArgumentException($"SubmissionBatch must be at least 1 (got {SubmissionBatch}).");
+            throw new ArgumentException($"SubmissionBatch must be between 1 and {MaxSubmissionBatch} (got {SubmissionBatch}).");
         }
 
         if (PersistentGrantCacheSize < 0)

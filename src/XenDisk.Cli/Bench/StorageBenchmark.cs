@@ -222,7 +222,7 @@ internal static class StorageBenchmark
                     pairedWithRaw ? Round(Median(vsRaw)) : null, Round(xm.FrontendCpuUsPerRequest),
                     qemu.Count > 0 ? Round(Median(qemu)) : null, qemu.Count > 0 ? Ratio(xm.Iops, Median(qemu)) : null,
                     pairedWithRaw ? Round(Median(raw)) : null, pairedWithRaw ? Round(Median(vsRawSameBlocks)) : null,
-                    pairedWithRaw ? fioTarget.Describe(file) : null));
+                    pairedWithRaw ? fioTarget.Describe() : null));
             }
 
             return new StorageBenchReport(settings.SizeBytes, FileSystemOf(work.FullName), settings.Rounds, settings.Duration.TotalSeconds,
@@ -331,8 +331,9 @@ internal static class StorageBenchmark
     /// <summary>Where fio runs: a whole file, or the run of an overlay's file that holds its guest data.</summary>
     private sealed record FioTarget(string File, long Offset = 0, long? Length = null)
     {
-        public string Describe(string rawFile) => Length is null
-            ? (File == rawFile ? "the raw file (the overlay's data is not one run of its file)" : Path.GetFileName(File))
+        /// <summary>For an overlay's row: its data run, or the raw file when the data is not one run.</summary>
+        public string Describe() => Length is null
+            ? "the raw file (the overlay's data is not one run of its file)"
             : Invariant($"{Path.GetFileName(File)}, bytes {Offset} to {Offset + Length}: the overlay's data");
     }
 

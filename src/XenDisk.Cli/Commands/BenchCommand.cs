@@ -119,9 +119,9 @@ internal static class BenchCommand
                 return Task.FromResult(CommandErrors.Invalid(parse, $"--seconds must be between 0 and 3600, --rounds 1 to 25 and --io-threads 1 to {XenDisk.Backend.DataPlane.DataPlaneOptions.MaxIoThreadsPerRing}"));
             }
 
-            if (parse.GetValue(submissionBatch) is < 1 or > 4096)
+            if (parse.GetValue(submissionBatch) is < 1 or > XenDisk.Backend.DataPlane.DataPlaneOptions.MaxSubmissionBatch)
             {
-                return Task.FromResult(CommandErrors.Invalid(parse, "--submission-batch must be between 1 and 4096"));
+                return Task.FromResult(CommandErrors.Invalid(parse, $"--submission-batch must be between 1 and {XenDisk.Backend.DataPlane.DataPlaneOptions.MaxSubmissionBatch}"));
             }
 
             if (ConfigurationFilter.Unmatched(parse.GetValue(only), StorageBenchmark.ConfigurationNames) is { } unmatched)

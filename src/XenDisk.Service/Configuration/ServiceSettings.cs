@@ -58,9 +58,9 @@ public sealed class BackendSettings
     [Range(1, DataPlaneOptions.MaxIoThreadsPerRing)]
     public int IoThreadsPerRing { get; set; } = new DataPlaneOptions().IoThreadsPerRing;
 
-    /// <summary>Data operations per io_uring_enter while a busy ring is still being read; 512, the
+    /// <summary>Data operations per io_uring_enter while a busy ring is still being read; the maximum, the
     /// largest ring's slots, is a whole batch in one call.</summary>
-    [Range(1, 512)]
+    [Range(1, DataPlaneOptions.MaxSubmissionBatch)]
     public int SubmissionBatch { get; set; } = new DataPlaneOptions().SubmissionBatch;
 
     /// <summary>Where rings keep their in-flight records (absolute; kept across restarts, not reboots); empty to keep none.</summary>
