@@ -85,6 +85,43 @@ public sealed class StatusFeaturesTests : IDisposable
         Assert.Equal(expected, StatusTextFormatter.Indirect(new FeaturesReport(true, offered, false, false, false, largest)));
     }
 
+    [Theory]
+    [InlineData("Auto", "io_uring")]
+    [InlineData("Threads", "threads")]
+    public async Task Each_queue_reports_its_engine_and_the_requests_its_ring_thread_moved_itself(string setting, string engine)
+    {
+        string images = Directory.CreateDirectory(Path.Combine(_work.Path, "images")).FullName;
+        string image = Path.Combine(images, "disk.img");
+        using (FileStream file = File.Create(image))
+        {
+            file.SetLength(16 << 20);
+        }
+
+        await using SimulatedService service = await SimulatedService.StartAsync(_work.Path, images, new Dictionary<string, string?> { ["Backend:IoEngine"] = setting });
+        AttachedDisk disk = await service.AttachAsync(image);
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.Equal(0, await disk.Frontend!.WriteAsync(i * 8, new byte[4096]).WaitAsync(SimulatedService.Timeout));
+        }
+
+        Assert.Equal(0, await disk.Frontend!.ReadAsync(0, new byte[4096]).WaitAsync(SimulatedService.Timeout));
+
+        ServiceStatusReport status = await service.StatusAsync();
+        IReadOnlyList<QueueReport> queues = status.Devices.Single(d => d.BackendPath == disk.BackendPath).Queues;
+        Assert.NotEmpty(queues);
+        Assert.All(queues, q => Assert.Equal(engine, q.Engine));
+        Assert.Equal(4, queues.Sum(q => q.Requests));
+
+        // A raw file's reads and writes all take io_uring's fast path; the thread engine has none.
+        Assert.Equal(engine == "io_uring" ? 4 : 0, queues.Sum(q => q.FastPathRequests));
+        string text = StatusTextFormatter.Format(status);
+        foreach (QueueReport queue in queues.Where(q => q.Requests > 0))
+        {
+            string expected = engine == "io_uring" ? "io_uring, 100% of requests on the fast path" : "threads";
+            Assert.Matches($@"{queue.Index}: \d+ page\(s\), \d+ slots, 0 in flight, {Regex.Escape(expected)}[;\n]", text);
+        }
+    }
+
     private static FeaturesReport Features(ServiceStatusReport status, AttachedDisk disk) =>
         status.Devices.Single(d => d.BackendPath == disk.BackendPath).Features!;
 }

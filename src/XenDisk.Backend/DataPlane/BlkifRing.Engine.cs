@@ -82,13 +82,17 @@ public sealed unsafe partial class BlkifRing
     /// <summary>Data operations (reads, writes, syncs) in flight through io_uring.</summary>
     private int _uringDataOperations;
 
-    /// <summary>The engine this ring runs: "io_uring" or "threads".</summary>
-    public string EngineName => _uring is null ? "threads" : "io_uring";
+    /// <summary>The engine this ring runs: "io_uring" or "threads"; empty until the ring has started. Set
+    /// once by the ring thread and read by status reports, so it outlives the io_uring's closing.</summary>
+    public string EngineName => Volatile.Read(ref _engineName);
+
+    private string _engineName = "";
 
     private void InitializeEngine(int entries)
     {
         _waker = new RingWaker();
         IoEngine choice = Setup.Options.IoEngine;
+        Volatile.Write(ref _engineName, "threads");
         if (choice == IoEngine.Threads)
         {
             return;
@@ -121,6 +125,7 @@ public sealed unsafe partial class BlkifRing
         }
 
         _uring = uring;
+        Volatile.Write(ref _engineName, "io_uring");
         _controlMemory = (nint)NativeMemory.AllocZeroed(ControlMemoryBytes + PolledTimespecBytes);
         _eventFd = Setup.EventChannels.FileDescriptor;
 

@@ -126,7 +126,11 @@ public sealed record FeaturesReport(bool PersistentGrants, int MaxIndirectSegmen
 }
 
 /// <param name="Connected">False for a queue whose ring is gone (its counters stay in the device's totals).</param>
-public sealed record QueueReport(int Index, bool Connected, int RingPages, int Entries, long InFlight, bool Halted, long Requests);
+/// <param name="Engine">How the ring runs its I/O: "io_uring", or "threads" where io_uring was unavailable
+/// or configured off (Backend:IoEngine); empty for a queue whose ring is gone.</param>
+/// <param name="FastPathRequests">Requests whose data the ring thread moved itself through its io_uring,
+/// rather than an I/O thread (allocation, copy-up, discard and the thread engine take the slow path).</param>
+public sealed record QueueReport(int Index, bool Connected, int RingPages, int Entries, long InFlight, bool Halted, long Requests, string Engine, long FastPathRequests);
 
 /// <summary>Cumulative since the device appeared (across reconnects), except <see cref="InFlight"/>.</summary>
 public sealed record CountersReport(

@@ -35,7 +35,7 @@ internal sealed class StatusReporter(BackendStatisticsCollector collector, Servi
         {
             QueueStatus? live = status.Queues.FirstOrDefault(s => s.QueueIndex == q.QueueIndex);
             return new QueueReport(q.QueueIndex, q.Connected, live?.RingPageCount ?? 0, live?.Ring.Entries ?? 0,
-                q.Counters.InFlight, q.Counters.Halted, q.Counters.TotalRequests);
+                q.Counters.InFlight, q.Counters.Halted, q.Counters.TotalRequests, live?.Ring.EngineName ?? "", q.Counters.FastPathRequests);
         }).ToList();
 
         RingCounters total = device.Total;
