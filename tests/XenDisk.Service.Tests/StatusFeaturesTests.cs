@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
+using XenDisk.Backend.DataPlane;
 using XenDisk.Service.Control;
 using XenDisk.Service.Tests.Support;
 
@@ -86,8 +87,8 @@ public sealed class StatusFeaturesTests : IDisposable
     }
 
     [Theory]
-    [InlineData("Auto", "io_uring")]
-    [InlineData("Threads", "threads")]
+    [InlineData("Auto", BlkifRing.IoUringEngineName)]
+    [InlineData("Threads", BlkifRing.ThreadsEngineName)]
     public async Task Each_queue_reports_its_engine_and_the_requests_its_ring_thread_moved_itself(string setting, string engine)
     {
         string images = Directory.CreateDirectory(Path.Combine(_work.Path, "images")).FullName;
@@ -113,14 +114,22 @@ public sealed class StatusFeaturesTests : IDisposable
         Assert.Equal(4, queues.Sum(q => q.Requests));
 
         // A raw file's reads and writes all take io_uring's fast path; the thread engine has none.
-        Assert.Equal(engine == "io_uring" ? 4 : 0, queues.Sum(q => q.FastPathRequests));
+        Assert.Equal(engine == BlkifRing.IoUringEngineName ? 4 : 0, queues.Sum(q => q.FastPathRequests));
         string text = StatusTextFormatter.Format(status);
         foreach (QueueReport queue in queues.Where(q => q.Requests > 0))
         {
-            string expected = engine == "io_uring" ? "io_uring, 100% of requests on the fast path" : "threads";
+            string expected = engine == BlkifRing.IoUringEngineName ? "io_uring, 100% of requests on the fast path" : "threads";
             Assert.Matches($@"{queue.Index}: \d+ page\(s\), \d+ slots, 0 in flight, {Regex.Escape(expected)}[;\n]", text);
         }
     }
+
+    [Theory]
+    [InlineData("", 0, 0, "")]
+    [InlineData(BlkifRing.ThreadsEngineName, 5, 0, ", threads")]
+    [InlineData(BlkifRing.IoUringEngineName, 0, 0, ", io_uring")]
+    [InlineData(BlkifRing.IoUringEngineName, 4, 1, ", io_uring, 25% of requests on the fast path")]
+    public void The_engine_clause_says_nothing_before_the_ring_has_started_and_no_share_before_a_request(string engine, long requests, long fast, string expected) =>
+        Assert.Equal(expected, StatusTextFormatter.Engine(new QueueReport(0, true, 1, 32, 0, false, requests, engine, fast)));
 
     private static FeaturesReport Features(ServiceStatusReport status, AttachedDisk disk) =>
         status.Devices.Single(d => d.BackendPath == disk.BackendPath).Features!;

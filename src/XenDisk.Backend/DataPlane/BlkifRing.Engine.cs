@@ -82,8 +82,15 @@ public sealed unsafe partial class BlkifRing
     /// <summary>Data operations (reads, writes, syncs) in flight through io_uring.</summary>
     private int _uringDataOperations;
 
-    /// <summary>The engine this ring runs: "io_uring" or "threads"; empty until the ring has started. Set
-    /// once by the ring thread and read by status reports, so it outlives the io_uring's closing.</summary>
+    /// <summary>The <see cref="EngineName"/> of a ring that runs its I/O through its own io_uring.</summary>
+    public const string IoUringEngineName = "io_uring";
+
+    /// <summary>The <see cref="EngineName"/> of a ring whose I/O runs on its I/O threads.</summary>
+    public const string ThreadsEngineName = "threads";
+
+    /// <summary>The engine this ring runs (<see cref="IoUringEngineName"/> or <see cref="ThreadsEngineName"/>);
+    /// empty until the ring has started. Set once by the ring thread and read by status reports, so it
+    /// outlives the io_uring's closing.</summary>
     public string EngineName => Volatile.Read(ref _engineName);
 
     private string _engineName = "";
@@ -92,7 +99,7 @@ public sealed unsafe partial class BlkifRing
     {
         _waker = new RingWaker();
         IoEngine choice = Setup.Options.IoEngine;
-        Volatile.Write(ref _engineName, "threads");
+        Volatile.Write(ref _engineName, ThreadsEngineName);
         if (choice == IoEngine.Threads)
         {
             return;
@@ -125,7 +132,7 @@ public sealed unsafe partial class BlkifRing
         }
 
         _uring = uring;
-        Volatile.Write(ref _engineName, "io_uring");
+        Volatile.Write(ref _engineName, IoUringEngineName);
         _controlMemory = (nint)NativeMemory.AllocZeroed(ControlMemoryBytes + PolledTimespecBytes);
         _eventFd = Setup.EventChannels.FileDescriptor;
 

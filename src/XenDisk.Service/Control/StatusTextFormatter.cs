@@ -46,7 +46,7 @@ public static class StatusTextFormatter
             {
                 text.Append("  queues    ");
                 text.AppendJoin("; ", device.Queues.Select(q => q.Connected
-                    ? string.Create(CultureInfo.InvariantCulture, $"{q.Index}: {q.RingPages} page(s), {q.Entries} slots, {q.InFlight} in flight, {Engine(q)}{(q.Halted ? ", HALTED" : "")}")
+                    ? string.Create(CultureInfo.InvariantCulture, $"{q.Index}: {q.RingPages} page(s), {q.Entries} slots, {q.InFlight} in flight{Engine(q)}{(q.Halted ? ", HALTED" : "")}")
                     : string.Create(CultureInfo.InvariantCulture, $"{q.Index}: gone")));
                 text.Append('\n');
             }
@@ -94,18 +94,24 @@ public static class StatusTextFormatter
     }
 
     /// <summary>
-    /// How a queue's ring runs its I/O, and how much of it the ring thread moved itself: "threads" on a
-    /// host without io_uring says why the ring is slower than it could be, and a low fast-path share on
-    /// an overlay says it is still allocating (copy-up, first writes) rather than remapping.
+    /// How a queue's ring runs its I/O, and how much of it the ring thread moved itself, as a clause
+    /// (", io_uring, 100% of requests on the fast path"; nothing before the ring has started): "threads"
+    /// on a host without io_uring says why the ring is slower than it could be, and a low fast-path
+    /// share on an overlay says it is still allocating (copy-up, first writes) rather than remapping.
     /// </summary>
     internal static string Engine(QueueReport queue)
     {
-        if (queue.Requests == 0 || queue.Engine != "io_uring")
+        if (queue.Engine.Length == 0)
         {
-            return queue.Engine;
+            return "";
         }
 
-        return string.Create(CultureInfo.InvariantCulture, $"{queue.Engine}, {100.0 * queue.FastPathRequests / queue.Requests:F0}% of requests on the fast path");
+        if (queue.Requests == 0 || queue.Engine != XenDisk.Backend.DataPlane.BlkifRing.IoUringEngineName)
+        {
+            return ", " + queue.Engine;
+        }
+
+        return string.Create(CultureInfo.InvariantCulture, $", {queue.Engine}, {100.0 * queue.FastPathRequests / queue.Requests:F0}% of requests on the fast path");
     }
 
     /// <summary>One line: the state, how far, the limit, and why it stopped when it did not finish.</summary>
