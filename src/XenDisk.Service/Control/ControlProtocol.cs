@@ -129,7 +129,7 @@ public sealed record FeaturesReport(bool PersistentGrants, int MaxIndirectSegmen
 /// <param name="Engine">How the ring runs its I/O: "io_uring", or "threads" where io_uring was unavailable
 /// or configured off (Backend:IoEngine); empty for a queue whose ring is gone.</param>
 /// <param name="FastPathRequests">Requests whose data the ring thread moved itself through its io_uring,
-/// rather than an I/O thread (allocation, copy-up, discard and the thread engine take the slow path).</param>
+/// rather than an I/O thread (an overlay's flushes and allocation, discards and the thread engine take the slow path).</param>
 public sealed record QueueReport(int Index, bool Connected, int RingPages, int Entries, long InFlight, bool Halted, long Requests, string Engine, long FastPathRequests);
 
 /// <summary>Cumulative since the device appeared (across reconnects), except <see cref="InFlight"/>.</summary>

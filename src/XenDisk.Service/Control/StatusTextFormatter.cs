@@ -96,8 +96,8 @@ public static class StatusTextFormatter
     /// <summary>
     /// How a queue's ring runs its I/O, and how much of it the ring thread moved itself, as a clause
     /// (", io_uring, 100% of requests on the fast path"; nothing before the ring has started): "threads"
-    /// on a host without io_uring says why the ring is slower than it could be, and a low fast-path
-    /// share on an overlay says it is still allocating (copy-up, first writes) rather than remapping.
+    /// on a host without io_uring says why the ring is slower than it could be; on an overlay, what is not
+    /// on the fast path is its flushes and its allocation (first writes, copy-up).
     /// </summary>
     internal static string Engine(QueueReport queue)
     {
