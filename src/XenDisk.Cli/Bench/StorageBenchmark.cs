@@ -39,7 +39,8 @@ internal sealed record StorageBenchConfiguration(
     double? VsQemu = null,
     double? XendiskRawIops = null,
     double? VsXendiskRawSameBlocks = null,
-    string? FioFile = null);
+    string? FioFile = null,
+    IReadOnlyList<double>? IopsRatioRounds = null);
 
 internal sealed record StorageBenchReport(
     long SizeBytes,
@@ -222,7 +223,8 @@ internal static class StorageBenchmark
                     pairedWithRaw ? Round(Median(vsRaw)) : null, Round(xm.FrontendCpuUsPerRequest),
                     qemu.Count > 0 ? Round(Median(qemu)) : null, qemu.Count > 0 ? Ratio(xm.Iops, Median(qemu)) : null,
                     pairedWithRaw ? Round(Median(raw)) : null, pairedWithRaw ? Round(Median(vsRawSameBlocks)) : null,
-                    pairedWithRaw ? fioTarget.Describe() : null));
+                    pairedWithRaw ? fioTarget.Describe() : null,
+                    [.. xendisk.Zip(peer, (x, f) => Ratio(x.Iops, f.Iops))]));
             }
 
             return new StorageBenchReport(settings.SizeBytes, FileSystemOf(work.FullName), settings.Rounds, settings.Duration.TotalSeconds,
@@ -588,6 +590,17 @@ internal static class StorageBenchmark
         if (report.QemuCommand is not null)
         {
             output.WriteLine("vs qemu: first writes against " + report.QemuCommand);
+        }
+
+        // The ratio above is median IOPS over median IOPS; the rounds' own ratios show how much of it
+        // is this host's spread (a virtual disk's rate moves from hour to hour and round to round).
+        if (report.Rounds > 1)
+        {
+            output.WriteLine("ratio round by round (each XenDisk round against the fio round after it):");
+            foreach (StorageBenchConfiguration c in report.Configurations.Where(c => c.IopsRatioRounds is { Count: > 1 }))
+            {
+                output.WriteLine("  " + c.Name + ": " + string.Join(", ", c.IopsRatioRounds!.Select(r => r.ToString("F2", CultureInfo.InvariantCulture))));
+            }
         }
     }
 
