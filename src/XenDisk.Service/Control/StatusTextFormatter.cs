@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using XenDisk.Backend.DataPlane;
 
 namespace XenDisk.Service.Control;
 
@@ -106,7 +107,7 @@ public static class StatusTextFormatter
             return "";
         }
 
-        if (queue.Requests == 0 || queue.Engine != XenDisk.Backend.DataPlane.BlkifRing.IoUringEngineName)
+        if (queue.Requests == 0 || queue.Engine != BlkifRing.IoUringEngineName)
         {
             return ", " + queue.Engine;
         }
